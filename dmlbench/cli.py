@@ -1,0 +1,200 @@
+"""The ``dmlbench`` command: list, run, study, report, data, readme.
+
+    dmlbench list                               losses, miners, datasets, models
+    dmlbench run --loss triplet --miner semi-hard --set epochs=2 --set loss_kwargs='{margin: 0.1}'
+    dmlbench run --study studies/default.yaml --cell <run id>
+    dmlbench study studies/default.yaml [--jobs N] [--emit-make build/cells.mk] [--status]
+    dmlbench report --study studies/default.yaml
+    dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
+    dmlbench readme [--check]                   refresh the README's results block from results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, DatasetNotFoundError
+
+log = logging.getLogger("dmlbench")
+
+
+def _parse_set(items: list[str]) -> dict:
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {error}") from None
+    return values
+
+
+def cmd_list(args) -> int:
+    from .criterion import compatible_miners
+    from .datasets import DATASETS
+    from .losses import LOSSES
+    from .miners import MINERS
+    from .models import MODELS
+
+    sections = {"losses": LOSSES, "miners": MINERS, "datasets": DATASETS, "models": MODELS}
+    for title, registry in sections.items():
+        if args.what and args.what != title:
+            continue
+        print(f"{title}:")
+        for name, doc in registry.describe():
+            extra = ""
+            if title == "losses":
+                extra = f"  [consumes {registry.get(name).consumes}; miners: {', '.join(compatible_miners(name))}]"
+            print(f"  {name:14s} {doc}{extra}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .config import RunConfig
+    from .study import load_study, run_config
+
+    if args.study:
+        if not args.cell:
+            raise ConfigError("--study needs --cell <run id> ('dmlbench study FILE --status' lists them)")
+        if args.set or args.loss or args.miner:
+            raise ConfigError("--study/--cell take their settings from the study file; drop --set/--loss/--miner")
+        config = load_study(args.study).cell(args.cell).config
+    else:
+        values = _parse_set(args.set)
+        if args.loss:
+            values["loss"] = args.loss
+        if args.miner:
+            values["miner"] = args.miner
+        config = RunConfig.from_dict(values, where="--set").validate()
+    path = run_config(config, run_dir=args.run_dir, log_output=args.verbose)
+    print(path)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from .study import describe, emit_makefile, load_study, run_study
+
+    study = load_study(args.study)
+    if args.emit_make:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.emit_make, emit_makefile(study))
+        return 0
+    if args.status:
+        print(describe(study))
+        return 0
+    run_study(study, jobs=args.jobs)
+    from .report import build_report
+
+    print(build_report(study.path))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .readme import update_readme
+    from .report import build_report
+
+    print(build_report(args.study))
+    if not args.no_readme:
+        update_readme()
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .datasets import DATASETS
+    from .datasets.fashion_mnist import locate
+
+    if args.name != "fashion-mnist":
+        DATASETS.get(args.name)
+        raise ConfigError(f"'dmlbench data {args.action}' knows only fashion-mnist so far")
+    if args.action == "locate":
+        paths, where = locate(args.root, allow_download=False)
+        print(where)
+        return 0
+    splits = DATASETS.get(args.name).load(root=args.root)
+    print(f"{splits.name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+          f"({splits.source['where']})")
+    return 0
+
+
+def cmd_readme(args) -> int:
+    from .readme import check_readme, update_readme
+
+    if args.check:
+        problem = check_readme()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 1
+        print("README results block is current")
+        return 0
+    update_readme()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list losses, miners, datasets and models")
+    p.add_argument("what", nargs="?", choices=["losses", "miners", "datasets", "models"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run one cell through the experiment notebook (papermill)")
+    p.add_argument("--study", help="study file whose cell to run")
+    p.add_argument("--cell", help="run id of the cell (with --study)")
+    p.add_argument("--loss", help="loss name or package.module:Class")
+    p.add_argument("--miner", help="miner name or package.module:Class")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any RunConfig setting, value in YAML (repeatable)")
+    p.add_argument("--run-dir", help="where to write the run (default results/runs/<run id>)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("study", help="run every unfinished cell of a study, then the report")
+    p.add_argument("study", type=Path)
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    p.add_argument("--emit-make", type=Path, help="write a makefile with one target per cell instead of running")
+    p.add_argument("--status", action="store_true", help="list the cells and whether they are done")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="build results/report.html from the finished runs")
+    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
+    p.add_argument("--no-readme", action="store_true", help="leave the README's results block alone")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="find a dataset's files and build its cache")
+    p.add_argument("action", choices=["locate", "prepare"])
+    p.add_argument("name")
+    p.add_argument("--root", help="look only here")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("readme", help="refresh (or --check) the README's results block from results/")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=cmd_readme)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.verbose:
+        logging.getLogger("dmlbench").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetNotFoundError) as error:
+        print(f"dmlbench: error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # a failed run (RunFailed), a locked run folder
+        print(f"dmlbench: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

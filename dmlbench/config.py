@@ -1,0 +1,115 @@
+"""The configuration of one run (one cell of a study) and its identity.
+
+``RunConfig`` holds every setting that can change a run's numbers. Its hash (SHA-256 of the
+canonical JSON of those settings) identifies the run: the run id embeds it, so a changed setting
+gives a new run folder and never overwrites an old run's results. Settings that only decide where
+or how fast a run executes (device, data root, evaluation batch size) are not hashed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+SELECT_METRICS = ("map@r", "recall@1")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+NOT_HASHED = ("device", "data_root", "eval_batch_size")
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "fashion-mnist"
+    loss: str = "triplet"
+    miner: str = "semi-hard"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    miner_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    embedding_dim: int = 64
+    P: int = 5  # classes per batch
+    K: int = 16  # images per class
+    epochs: int = 8
+    iters_per_epoch: int = 60  # batches per epoch; 0 = one pass over the train split
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    select_metric: str = "map@r"  # validation metric that picks the tested epoch
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    eval_batch_size: int = 1000
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "RunConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting {', '.join(map(repr, unknown))}; "
+                              f"valid settings: {', '.join(cls.field_names())}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hashed_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def run_id(self) -> str:
+        def slug(name: str) -> str:
+            return re.sub(r"[^A-Za-z0-9_-]+", "-", name.split(":")[-1] if ":" in name else name).strip("-").lower()
+
+        return f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__seed{self.seed}__{self.config_hash()[:10]}"
+
+    def validate(self) -> "RunConfig":
+        """Check every field; names are checked against the registries. Returns self."""
+        from .criterion import check_compatible
+        from .datasets import DATASETS
+        from .losses import LOSSES
+        from .miners import MINERS
+        from .models import MODELS
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("embedding_dim", "P", "K", "epochs", "eval_batch_size"):
+            positive_int(name)
+        if not isinstance(self.iters_per_epoch, int) or self.iters_per_epoch < 0:
+            raise ConfigError(f"iters_per_epoch must be a non-negative integer (0 = one pass), got {self.iters_per_epoch!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+        if self.lr == 0:
+            raise ConfigError("lr must be positive, got 0")
+        for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
+        for name in ("loss_kwargs", "miner_kwargs", "model_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping of argument names to values, got {getattr(self, name)!r}")
+        DATASETS.get(self.dataset)
+        MODELS.check_kwargs(self.model, self.model_kwargs | {"embedding_dim": self.embedding_dim})
+        check_compatible(self.loss, self.miner)
+        # Building the components checks their argument values too (a margin's sign, a variant name).
+        LOSSES.create(self.loss, **self.loss_kwargs)
+        MINERS.create(self.miner, **self.miner_kwargs)
+        return self

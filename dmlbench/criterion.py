@@ -1,0 +1,72 @@
+"""A training criterion: one loss crossed with one miner, both chosen by name.
+
+    criterion = build_criterion("triplet", "semi-hard", loss_kwargs={"margin": 0.2})
+    value = criterion(embeddings, labels)   # scalar
+
+The miner decides which pairs or triplets of the batch the loss sees; "none" means all of them.
+A loss and a miner are compatible when the miner can produce what the loss consumes (a triplet miner
+also feeds pair losses); an incompatible choice fails here, before any training, naming the miners
+that would work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import IncompatibleError
+from .losses import LOSSES, Loss
+from .miners import MINERS, Miner
+
+
+def is_compatible(loss_cls: type[Loss], miner_cls: type[Miner]) -> bool:
+    if miner_cls.registry_name == "none":
+        return True
+    consumes = loss_cls.consumes
+    produces = miner_cls.produces
+    return consumes in produces or (consumes == "pairs" and "triplets" in produces)
+
+
+def compatible_miners(loss: str) -> list[str]:
+    loss_cls = LOSSES.get(loss)
+    return [name for name in MINERS.names() if is_compatible(loss_cls, MINERS.get(name))]
+
+
+def check_compatible(loss: str, miner: str) -> None:
+    loss_cls, miner_cls = LOSSES.get(loss), MINERS.get(miner)
+    if not is_compatible(loss_cls, miner_cls):
+        raise IncompatibleError(
+            f"loss {loss!r} consumes {loss_cls.consumes} but miner {miner!r} produces "
+            f"{' or '.join(miner_cls.produces)}; miners compatible with {loss!r}: {', '.join(compatible_miners(loss))}"
+        )
+
+
+class Criterion(nn.Module):
+    """``loss(embeddings, labels, miner(embeddings, labels))``; records how many tuples were mined."""
+
+    def __init__(self, loss: Loss, miner: Miner | None = None):
+        super().__init__()
+        self.loss = loss
+        self.miner = miner
+        self.last_mined = 0
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = embeddings.float()  # losses run in fp32 even under autocast
+        mined = None
+        if self.miner is not None and self.loss.consumes != "batch":
+            mined = self.miner(embeddings, labels, self.loss.consumes)
+            self.last_mined = len(mined)
+        return self.loss(embeddings, labels, mined)
+
+
+def build_criterion(loss: str, miner: str = "none", loss_kwargs: dict[str, Any] | None = None,
+                    miner_kwargs: dict[str, Any] | None = None, seed: int | None = None) -> Criterion:
+    """Build a :class:`Criterion` from registry names (or ``package.module:Class`` paths)."""
+    check_compatible(loss, miner)
+    loss_module = LOSSES.create(loss, **(loss_kwargs or {}))
+    miner_module = MINERS.create(miner, **(miner_kwargs or {}))
+    if seed is not None:
+        miner_module.seed(seed)
+    return Criterion(loss_module, miner_module)

@@ -1,0 +1,20 @@
+"""The exceptions dmlbench raises for bad input, so callers can tell them from bugs."""
+
+
+class ConfigError(ValueError):
+    """A value given by the user (notebook parameter, study file, CLI flag) is invalid."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that is not in a registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompatibleError(ConfigError):
+    """A loss crossed with a miner whose output it cannot consume."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are in none of the places searched; the message says how to get them."""

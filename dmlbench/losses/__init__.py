@@ -1,0 +1,7 @@
+"""Losses of the study, registered by name in LOSSES (one loss per module)."""
+
+from .base import LOSSES, REDUCTIONS, Loss, reduce
+from .contrastive import ContrastiveLoss
+from .triplet import TripletMarginLoss
+
+__all__ = ["LOSSES", "REDUCTIONS", "Loss", "reduce", "ContrastiveLoss", "TripletMarginLoss"]

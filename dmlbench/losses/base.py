@@ -1,0 +1,84 @@
+"""The loss contract: what every loss of the study shares.
+
+A loss is an ``nn.Module`` called as ``loss(embeddings, labels, mined)`` that returns a scalar. It
+declares what it consumes:
+
+- ``"pairs"``: positive and negative pairs (:class:`dmlbench.tuples.Pairs`);
+- ``"triplets"``: anchor-positive-negative triplets (:class:`dmlbench.tuples.Triplets`);
+- ``"batch"``: the whole batch, no miner (proxy and classification losses, later).
+
+Subclasses implement :meth:`Loss.terms`, returning named per-element loss tensors (for a pair loss:
+one value per positive pair and one per negative pair). The base class checks shapes, builds all
+pairs/triplets when no miner is used, reduces each term and sums the reductions. Reductions:
+
+- ``"mean"``: the mean over all elements of the term;
+- ``"mean_nonzero"``: the mean over elements with a positive loss (the average over "active"
+  pairs/triplets; 0 when none is active), as pytorch-metric-learning's AvgNonZeroReducer;
+- ``"sum"``: the sum.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from ..tuples import Pairs, Triplets, all_pairs, all_triplets
+
+REDUCTIONS = ("mean", "mean_nonzero", "sum")
+CONSUMES = ("pairs", "triplets", "batch")
+
+
+def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "mean":
+        return values.sum() / max(values.numel(), 1)
+    if reduction == "mean_nonzero":
+        return values.sum() / (values > 0).sum().clamp_min(1)
+    raise ConfigError(f"unknown reduction {reduction!r}; valid reductions: {', '.join(REDUCTIONS)}")
+
+
+class Loss(nn.Module):
+    """Base class of every loss; see the module docstring for the contract."""
+
+    consumes: ClassVar[str] = "pairs"
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, reduction: str = "mean_nonzero"):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"unknown reduction {reduction!r}; valid reductions: {', '.join(REDUCTIONS)}")
+        self.reduction = reduction
+
+    def terms(self, embeddings: torch.Tensor, labels: torch.Tensor, mined) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mined: Pairs | Triplets | None = None) -> torch.Tensor:
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be (batch, dim), got shape {tuple(embeddings.shape)}")
+        if labels.ndim != 1 or len(labels) != len(embeddings):
+            raise ValueError(f"labels must be (batch,) = ({len(embeddings)},), got shape {tuple(labels.shape)}")
+        labels = labels.to(embeddings.device)
+        if mined is None:
+            mined = self.all_tuples(labels)
+        elif self.consumes == "pairs" and isinstance(mined, Triplets):
+            mined = mined.to_pairs()
+        total = embeddings.sum() * 0.0  # keeps the graph when nothing is mined
+        for values in self.terms(embeddings, labels, mined).values():
+            if values.numel():
+                total = total + reduce(values, self.reduction)
+        return total
+
+    def all_tuples(self, labels: torch.Tensor) -> Pairs | Triplets | None:
+        if self.consumes == "pairs":
+            return all_pairs(labels)
+        if self.consumes == "triplets":
+            return all_triplets(labels)
+        return None
+
+
+LOSSES = Registry("loss", base=Loss)

@@ -1,0 +1,39 @@
+"""Triplet margin loss (Schroff, Kalenichenko & Philbin, "FaceNet", CVPR 2015; Weinberger & Saul's
+large-margin idea).
+
+For a triplet (a, p, n) with Euclidean distances d_ap, d_an:
+
+    hinge:      [d_ap - d_an + margin]_+
+    soft-plus:  log(1 + exp(d_ap - d_an + margin))   (Hermans et al. 2017 use margin 0)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..distances import euclidean
+from ..errors import ConfigError
+from .base import LOSSES, Loss
+
+VARIANTS = ("hinge", "softplus")
+
+
+@LOSSES.register("triplet")
+class TripletMarginLoss(Loss):
+    """Triplet loss with margin (Schroff et al. 2015): d(a,p) + margin < d(a,n), hinge or soft-plus."""
+
+    consumes = "triplets"
+
+    def __init__(self, margin: float = 0.2, variant: str = "hinge", reduction: str = "mean_nonzero"):
+        super().__init__(reduction)
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown triplet variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        self.margin = float(margin)
+        self.variant = variant
+
+    def terms(self, embeddings, labels, triplets):
+        dist = euclidean(embeddings)  # (B, B)
+        violation = dist[triplets.anchor, triplets.positive] - dist[triplets.anchor, triplets.negative] + self.margin
+        values = torch.relu(violation) if self.variant == "hinge" else F.softplus(violation)
+        return {"triplet": values}

@@ -1,0 +1,58 @@
+"""The miner contract: choose which pairs or triplets of a batch a loss sees.
+
+A miner is called as ``miner(embeddings, labels, kind)`` with ``kind`` the loss's ``consumes``
+(``"pairs"`` or ``"triplets"``) and returns :class:`dmlbench.tuples.Pairs` or
+:class:`dmlbench.tuples.Triplets` index tensors. It works on detached embeddings (mining is not
+differentiated). ``produces`` lists the kinds it can build; a triplet miner also serves pair losses
+(each triplet gives one positive and one negative pair). Randomised miners draw from
+``self.generator``, seeded by :meth:`Miner.seed` so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from ..tuples import Pairs, Triplets
+
+
+class Miner(nn.Module):
+    """Base class of every miner; see the module docstring for the contract."""
+
+    produces: ClassVar[tuple[str, ...]] = ("triplets",)
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(0)
+
+    def seed(self, seed: int) -> "Miner":
+        self.generator.manual_seed(int(seed))
+        return self
+
+    def can_produce(self, kind: str) -> bool:
+        return kind in self.produces or (kind == "pairs" and "triplets" in self.produces)
+
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, kind: str) -> Pairs | Triplets:
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, kind: str = "triplets") -> Pairs | Triplets:
+        if not self.can_produce(kind):
+            raise ValueError(f"miner {self.registry_name or type(self).__name__!r} produces "
+                             f"{' or '.join(self.produces)}, not {kind}")
+        with torch.no_grad():
+            mined = self.mine(embeddings.detach().float(), labels.to(embeddings.device), kind)
+        if kind == "pairs" and isinstance(mined, Triplets):
+            mined = mined.to_pairs()
+        return mined
+
+    def random(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Uniform [0, 1) numbers from this miner's generator (drawn on the CPU, so CPU and GPU
+        runs with one seed mine the same tuples from the same distances)."""
+        return torch.rand(shape, generator=self.generator).to(device)
+
+
+MINERS = Registry("miner", base=Miner)

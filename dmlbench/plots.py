@@ -1,0 +1,88 @@
+"""Figures of a run: training curves, t-SNE of test embeddings, retrieval grids.
+
+Each function returns a matplotlib Figure and leaves saving and showing to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+from .metrics import knn
+
+
+def training_curves(history: Sequence[dict], title: str = "") -> Figure:
+    """Left: mean training loss per epoch. Right: validation Recall@1 and MAP@R per epoch."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.4))
+    trained = [h for h in history if h.get("loss") is not None]
+    ax_loss.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], marker="o", color="tab:gray")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    epochs = [h["epoch"] for h in history]
+    for key, label in (("val_recall@1", "Recall@1"), ("val_map@r", "MAP@R")):
+        ax_val.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    ax_val.set(xlabel="epoch", ylabel="validation", title="validation (train classes, held-out images)")
+    ax_val.legend(loc="lower right")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def tsne_figure(embeddings: torch.Tensor, labels: torch.Tensor, class_names: dict[int, str] | None = None, *,
+                max_points: int = 1500, seed: int = 0, title: str = "") -> Figure:
+    """2-D t-SNE of (a seeded random subset of) the embeddings, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    x = embeddings.float().cpu().numpy()
+    y = labels.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(x), size=min(max_points, len(x)), replace=False))
+    points = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=30, random_state=seed).fit_transform(x[keep])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c in np.unique(y):
+        sel = y[keep] == c
+        name = (class_names or {}).get(int(c), str(c))
+        ax.scatter(points[sel, 0], points[sel, 1], s=6, alpha=0.7, label=f"{c}: {name}")
+    ax.set(xticks=[], yticks=[], title=title or f"t-SNE of {len(keep)} test embeddings")
+    ax.legend(markerscale=3, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_grid(images: np.ndarray, labels: torch.Tensor, embeddings: torch.Tensor, *, num_queries: int = 8,
+                   k: int = 8, seed: int = 0, title: str = "") -> Figure:
+    """Queries (left column) and their top-k neighbours, framed green when the label matches."""
+    emb = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    labels = labels.cpu()
+    rng = np.random.default_rng(seed)
+    queries = np.sort(rng.choice(len(emb), size=min(num_queries, len(emb)), replace=False))
+    q = torch.from_numpy(queries)
+    _, neighbours = knn(emb[q], emb, k, exclude=q)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(queries)))
+    axes = np.atleast_2d(axes)
+    for row, query in enumerate(queries):
+        cells = [(int(query), None)] + [(int(n), bool(labels[n] == labels[query])) for n in neighbours[row]]
+        for col, (index, correct) in enumerate(cells):
+            ax = axes[row, col]
+            image = images[index]
+            ax.imshow(image if image.ndim == 2 else np.moveaxis(image, 0, -1), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            color = "black" if correct is None else ("tab:green" if correct else "tab:red")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(color)
+                spine.set_linewidth(1.0 if correct is None else 3.0)
+        axes[row, 0].set_ylabel(f"q{row}", rotation=0, labelpad=12)
+    axes[0, 0].set_title("query", fontsize=9)
+    for col in range(1, k + 1):
+        axes[0, col].set_title(f"#{col}", fontsize=9)
+    fig.suptitle(title or f"top-{k} retrievals (green: same class, red: other class)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,91 @@
+"""The source of truth of a run: its metrics.json, written atomically at the end of the run.
+
+It holds the resolved configuration and its hash, the test metrics of the selected epoch, the
+per-epoch history, timings, the software versions and the device. The executed notebook beside it
+is for reading; the report reads only metrics.json files.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .io import atomic_write_json, read_json
+
+SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+PACKAGES = ("dmlbench", "torch", "torchvision", "numpy", "faiss-cpu", "scikit-learn", "papermill", "pandas")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict[str, Any]:
+    info = {"device": device, "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str, Any]:
+    """metrics.json content for a finished :class:`dmlbench.train.TrainResult`."""
+    config: RunConfig = result.config
+    best = result.history[result.best_epoch]
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "config_hash": config.config_hash(),
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "dataset": splits.summary(),
+        "test": result.test_metrics,
+        "best_epoch": result.best_epoch,
+        "selected_by": f"val_{config.select_metric}",
+        "val_at_best": {k: v for k, v in best.items() if k.startswith("val_")},
+        "history": result.history,
+        "wall_time_s": wall_time_s,
+        "train_time_s": result.train_time_s,
+        "images_per_s": result.images_per_s,
+        "device": result.device,
+        "machine": device_info(result.device),
+        "versions": versions(),
+    }
+
+
+def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write metrics.json atomically; refuses to overwrite a finished run."""
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists():
+        raise FileExistsError(f"{path} exists: this run is finished and is never overwritten "
+                              f"(change a setting to get a new run id, or delete the folder deliberately)")
+    atomic_write_json(path, record)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    return read_json(path)

@@ -1,0 +1,5 @@
+"""Batch samplers (plain torch Samplers yielding lists of indices)."""
+
+from .pk import PKSampler
+
+__all__ = ["PKSampler"]

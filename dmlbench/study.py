@@ -1,0 +1,321 @@
+"""A study: datasets x losses x miners x seeds, each cell one papermill run of the experiment notebook.
+
+A study file (YAML) looks like::
+
+    name: default
+    datasets: [fashion-mnist]
+    losses:                      # name -> keyword arguments of the loss
+      contrastive: {neg_margin: 1.0}
+      triplet: {margin: 0.2}
+    miners:                      # name -> keyword arguments of the miner
+      none: {}
+      semi-hard: {margin: 0.2}
+    seeds: [0]
+    settings:                    # any other RunConfig field, shared by every cell
+      epochs: 8
+
+Every name is checked before anything runs; an unknown one fails naming the valid choices. A loss
+crossed with a miner it cannot consume is not run: the cell is listed as skipped with the reason.
+
+Each cell runs in ``results/runs/<run id>/``: the executed notebook and the metrics.json it writes.
+The run id embeds the configuration hash, so a finished cell (its metrics.json exists) is never run
+again and a changed configuration never overwrites an old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .config import RunConfig
+from .errors import ConfigError, IncompatibleError
+from .io import atomic_write_json
+from .paths import REPO_ROOT, notebook, results_dir, runs_dir
+from .record import METRICS_FILE
+
+log = logging.getLogger("dmlbench")
+
+STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "seeds", "settings")
+AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
+EXPERIMENT_NOTEBOOK = "experiment.ipynb"
+KERNEL = "python3"
+
+
+@dataclass
+class Cell:
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+    @property
+    def run_dir(self) -> Path:
+        return runs_dir() / self.run_id
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    def is_done(self) -> bool:
+        return self.metrics_path.is_file()
+
+
+@dataclass
+class SkippedCell:
+    dataset: str
+    loss: str
+    miner: str
+    seed: int
+    reason: str
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    description: str
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[SkippedCell] = field(default_factory=list)
+
+    def cell(self, run_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.run_id == run_id:
+                return cell
+        raise ConfigError(f"{self.path}: no cell {run_id!r}; its cells: {', '.join(c.run_id for c in self.cells)}")
+
+
+def _named_kwargs(study_path: Path, key: str, value: Any) -> dict[str, dict[str, Any]]:
+    """``[a, b]`` or ``{a: {kw: v}, b: null}`` -> ``{a: {...}, b: {}}``."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {v: {} for v in value}
+    if isinstance(value, dict):
+        out = {}
+        for name, kwargs in value.items():
+            if kwargs is None:
+                kwargs = {}
+            if not isinstance(kwargs, dict):
+                raise ConfigError(f"{study_path}: {key}: {name}: expected a mapping of keyword arguments, got {kwargs!r}")
+            out[str(name)] = kwargs
+        return out
+    raise ConfigError(f"{study_path}: {key}: expected a list of names or a mapping name -> keyword arguments, got {value!r}")
+
+
+def load_study(path: str | os.PathLike) -> Study:
+    """Read and validate a study file; every cell's configuration is checked before returning."""
+    from .datasets import DATASETS
+    from .losses import LOSSES
+    from .miners import MINERS
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file is a mapping with keys {', '.join(STUDY_KEYS)}")
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(STUDY_KEYS)}")
+    for key in ("datasets", "losses", "miners"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: '{key}' is missing or empty")
+
+    datasets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
+    losses = _named_kwargs(path, "losses", raw["losses"])
+    miners = _named_kwargs(path, "miners", raw["miners"])
+    seeds = raw.get("seeds", [0])
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or not seeds:
+        raise ConfigError(f"{path}: seeds: expected a list of non-negative integers, got {seeds!r}")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: settings: expected a mapping, got {settings!r}")
+    allowed = [f for f in RunConfig.field_names() if f not in AXES]
+    bad = sorted(set(settings) - set(allowed))
+    if bad:
+        raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
+
+    for registry, key, names in ((DATASETS, "datasets", datasets), (LOSSES, "losses", losses), (MINERS, "miners", miners)):
+        for name in names:
+            try:
+                registry.get(name)
+            except ConfigError as error:
+                raise ConfigError(f"{path}: {key}: {error}") from None
+
+    study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
+    for dataset, (loss, loss_kwargs), (miner, miner_kwargs), seed in itertools.product(
+            datasets, losses.items(), miners.items(), seeds):
+        config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
+                           miner_kwargs=dict(miner_kwargs), seed=seed)
+        try:
+            config.validate()
+        except IncompatibleError as error:
+            study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))
+            continue
+        except ConfigError as error:
+            raise ConfigError(f"{path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
+        study.cells.append(Cell(config))
+    if not study.cells:
+        raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
+    return study
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on a run folder: a second process running the same cell fails at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{run_dir} is being run by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def notebook_parameters(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    return {**config.to_dict(), "run_dir": str(run_dir)}
+
+
+def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, log_output: bool = False) -> Path:
+    """Run one configuration through the experiment notebook with papermill; returns metrics.json.
+
+    A finished run (metrics.json present) is not run again. The notebook is executed into
+    ``experiment.running.ipynb`` and renamed ``experiment.ipynb`` on success or
+    ``experiment.failed.ipynb`` on failure (the error is then raised as RunFailed).
+    """
+    import papermill
+
+    config.validate()
+    run_dir = Path(run_dir) if run_dir else runs_dir() / config.run_id()
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        log.info("%s: finished already, not run again", run_dir)
+        return metrics
+    with run_lock(run_dir):
+        if metrics.is_file():  # finished by another process while we waited for nothing
+            return metrics
+        running = run_dir / "experiment.running.ipynb"
+        started = time.time()
+        try:
+            papermill.execute_notebook(
+                str(notebook(EXPERIMENT_NOTEBOOK)), str(running), parameters=notebook_parameters(config, run_dir),
+                kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False, log_output=log_output)
+        except BaseException as error:
+            if running.exists():
+                os.replace(running, run_dir / "experiment.failed.ipynb")
+            if isinstance(error, papermill.PapermillExecutionError):
+                raise RunFailed(f"{config.run_id()} failed: {error.ename}: {error.evalue} "
+                                f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
+            raise
+        os.replace(running, run_dir / "experiment.ipynb")
+        failed = run_dir / "experiment.failed.ipynb"
+        if failed.exists():
+            failed.unlink()
+        atomic_write_json(run_dir / "execution.json", {
+            "run_id": config.run_id(), "started": started, "finished": time.time(),
+            "notebook_wall_s": time.time() - started, "kernel": KERNEL})
+    if not metrics.is_file():
+        raise RunFailed(f"{config.run_id()}: the notebook finished without writing {metrics}")
+    return metrics
+
+
+def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
+    """Run every unfinished cell; ``jobs`` > 1 runs that many cells at once (separate processes)."""
+    todo = [cell for cell in study.cells if not cell.is_done()]
+    log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible", study.name, len(study.cells),
+             len(study.cells) - len(todo), len(todo), len(study.skipped))
+    if jobs <= 1:
+        return [run_config(cell.config) for cell in todo]
+    pending = list(todo)
+    running: list[tuple[Cell, subprocess.Popen]] = []
+    failures = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cell = pending.pop(0)
+            command = [sys.executable, "-m", "dmlbench", "run", "--study", str(study.path), "--cell", cell.run_id]
+            running.append((cell, subprocess.Popen(command)))
+        time.sleep(0.5)
+        for cell, process in list(running):
+            if process.poll() is not None:
+                running.remove((cell, process))
+                if process.returncode != 0:
+                    failures.append(cell.run_id)
+    if failures:
+        raise RunFailed(f"{len(failures)} cells failed: {', '.join(failures)}")
+    return [cell.metrics_path for cell in study.cells if cell.is_done()]
+
+
+def emit_makefile(study: Study, python: str = sys.executable) -> str:
+    """A makefile with one target per cell's metrics.json, and the report depending on all of them."""
+    dmlbench = f"{shlex.quote(python)} -m dmlbench"
+    study_path = shlex.quote(str(study.path))
+    results = results_dir()
+    targets = [str(cell.metrics_path.relative_to(REPO_ROOT)) if cell.metrics_path.is_relative_to(REPO_ROOT)
+               else str(cell.metrics_path) for cell in study.cells]
+    report_html = results / "report.html"
+    report_target = str(report_html.relative_to(REPO_ROOT)) if report_html.is_relative_to(REPO_ROOT) else str(report_html)
+    lines = [
+        f"# Generated by 'dmlbench study {study.path} --emit-make': one target per cell of study {study.name!r}.",
+        "# No .DELETE_ON_ERROR here: runs write metrics.json atomically themselves, and a finished",
+        "# run's results must never be deleted.",
+        "SHELL := bash",
+        ".SHELLFLAGS := -eu -o pipefail -c",
+        f"RUNS := {' '.join(targets)}",
+        "",
+        ".PHONY: cells report",
+        "cells: $(RUNS)",
+        f"report: {report_target}",
+        "",
+    ]
+    for cell, target in zip(study.cells, targets):
+        lines += [f"{target}:", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
+    sources = " ".join(["notebooks/report.ipynb", "dmlbench/report.py", str(study.path)])
+    lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
+    return "\n".join(lines)
+
+
+def describe(study: Study) -> str:
+    rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells, {len(study.skipped)} skipped"]
+    for cell in study.cells:
+        state = "done" if cell.is_done() else "to run"
+        rows.append(f"  {cell.run_id}  [{state}]")
+    for skip in study.skipped:
+        rows.append(f"  skipped {skip.dataset} x {skip.loss} x {skip.miner} x seed {skip.seed}: {skip.reason}")
+    return "\n".join(rows)
+
+
+def study_manifest(study: Study) -> dict[str, Any]:
+    """What the report needs to know of the study: expected cells and skipped ones."""
+    return {
+        "name": study.name, "path": str(study.path), "description": study.description,
+        "cells": [{"run_id": c.run_id, "dataset": c.config.dataset, "loss": c.config.loss, "miner": c.config.miner,
+                   "seed": c.config.seed, "config_hash": c.config.config_hash()} for c in study.cells],
+        "skipped": [vars(s) for s in study.skipped],
+    }
+
+
+def dump_manifest(study: Study) -> str:
+    return json.dumps(study_manifest(study), indent=2)

@@ -1,0 +1,191 @@
+"""The training loop: dataset -> PK batches -> model -> criterion -> optimiser, validated each epoch.
+
+Model selection follows ../shared/PROTOCOL.md: after every epoch the model embeds the validation
+split (never the test split) and the epoch with the best validation ``select_metric`` is kept; the
+test split is embedded and evaluated once, on that model. On the CPU a seed fixes every number
+(sampler, miner and initialisation draw from seeded generators); on CUDA the forward pass runs under
+bf16 autocast (fp16 with a gradient scaler where bf16 is unsupported) while losses stay in fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .criterion import Criterion, build_criterion
+from .datasets import ImageSet, Splits
+from .metrics import evaluate
+from .models import MODELS
+from .samplers import PKSampler
+
+log = logging.getLogger("dmlbench")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def image_tensor(images: np.ndarray, mean: float, std: float, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> normalised float (N, C, H, W), channels-last, on device."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    x = ((x.float() / 255.0 - mean) / std).to(device)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """(N, C, H, W) on the model's device -> (N, D) float32 embeddings, eval mode."""
+    was_training = model.training
+    model.eval()
+    amp = autocast_dtype(images.device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(images[start:start + batch_size]).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+@dataclass
+class TrainResult:
+    config: RunConfig
+    model: torch.nn.Module
+    criterion: Criterion
+    history: list[dict]
+    best_epoch: int
+    test_metrics: dict[str, float]
+    test_embeddings: torch.Tensor  # (N_test, D), CPU
+    test_labels: torch.Tensor  # (N_test,), CPU
+    device: str
+    train_time_s: float
+    images_per_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.std import tqdm  # plain text bar: renders the same in a terminal and an executed notebook
+
+    return tqdm(total=total, desc="training", unit="batch", file=sys.stderr, mininterval=5.0, dynamic_ncols=False, ncols=90)
+
+
+def validation_metrics(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
+    metrics = evaluate(embed(model, images, batch_size), labels, ks=(1,), nmi=False)
+    return {"val_recall@1": metrics["recall@1"], "val_map@r": metrics["map@r"]}
+
+
+def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train one run, select the best validation epoch, evaluate it once on the test split."""
+    config.validate()
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    amp = autocast_dtype(device)
+
+    model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    model = model.to(device, memory_format=torch.channels_last)
+    criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs,
+                                seed=config.seed).to(device)
+    params = list(model.parameters()) + list(criterion.parameters())
+    optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+
+    train_x = image_tensor(splits.train.images, splits.mean, splits.std, device)
+    train_y = torch.from_numpy(splits.train.labels).to(device)
+    val_x = image_tensor(splits.val.images, splits.mean, splits.std, device)
+    val_y = torch.from_numpy(splits.val.labels)
+    sampler = PKSampler(splits.train.labels, config.P, config.K, batches_per_epoch=config.iters_per_epoch or None,
+                        generator=torch.Generator().manual_seed(config.seed))
+
+    history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0,
+                            **validation_metrics(model, val_x, val_y, config.eval_batch_size)}]
+    if on_epoch_end:
+        on_epoch_end(history[-1], history)
+    best_score, best_epoch, best_state = -float("inf"), 0, None
+    select_key = f"val_{config.select_metric}"
+    bar = _progress(config.epochs * len(sampler), progress)
+    train_time, images_seen = 0.0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        losses, mined = [], []
+        for step, batch in enumerate(sampler):
+            idx = torch.tensor(batch, device=device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                embeddings = model(train_x[idx])
+            loss = criterion(embeddings, train_y[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
+                                         f"(lower lr={config.lr}?)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            mined.append(criterion.last_mined)
+            images_seen += len(batch)
+            if bar is not None:
+                bar.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - start
+        train_time += epoch_time
+        record = {"epoch": epoch, "loss": torch.stack(losses).mean().item(), "mined_per_batch": float(np.mean(mined)),
+                  "time_s": epoch_time, **validation_metrics(model, val_x, val_y, config.eval_batch_size)}
+        history.append(record)
+        if record[select_key] > best_score:
+            best_score, best_epoch = record[select_key], epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", epoch, config.epochs,
+                 record["loss"], record["val_recall@1"], record["val_map@r"], epoch_time)
+        if on_epoch_end:
+            on_epoch_end(record, history)
+    if bar is not None:
+        bar.close()
+
+    model.load_state_dict(best_state)
+    test_x = image_tensor(splits.test.images, splits.mean, splits.std, device)
+    test_embeddings = embed(model, test_x, config.eval_batch_size).cpu()
+    test_labels = torch.from_numpy(splits.test.labels)
+    test_metrics = evaluate(test_embeddings, test_labels, device=device)  # the one look at the test split
+    return TrainResult(config=config, model=model, criterion=criterion, history=history, best_epoch=best_epoch,
+                       test_metrics=test_metrics, test_embeddings=test_embeddings, test_labels=test_labels,
+                       device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9))

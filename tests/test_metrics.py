@@ -1,0 +1,162 @@
+"""Metrics against brute force and against pytorch-metric-learning's AccuracyCalculator."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from dmlbench.metrics import evaluate, kmeans_clusters, knn
+
+
+def clustered(n=300, dim=16, classes=20, noise=1.0, seed=0, singletons=0, duplicates=0):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(classes, generator=g) ** 2 + 0.05  # unbalanced class sizes
+    labels = torch.multinomial(weights, n, replacement=True, generator=g)
+    centers = torch.randn(classes, dim, generator=g)
+    x = centers[labels] + noise * torch.randn(n, dim, generator=g)
+    if singletons:
+        labels[:singletons] = torch.arange(1000, 1000 + singletons)
+    for i in range(duplicates):
+        x[-1 - i] = x[i]
+    return F.normalize(x, dim=1), labels
+
+
+def brute_force(x, labels, ks, gallery=None, gallery_labels=None):
+    """Rank every reference for every query by a full sort (cosine, ties by index)."""
+    x = x.double()
+    ref, ref_labels = (x, labels) if gallery is None else (gallery.double(), gallery_labels)
+    recall = {k: [] for k in ks}
+    r_prec, ap = [], []
+    for q in range(len(x)):
+        candidates = [j for j in range(len(ref)) if gallery is not None or j != q]
+        candidates.sort(key=lambda j: (-float(x[q] @ ref[j]), j))
+        rel = [bool(ref_labels[j] == labels[q]) for j in candidates]
+        r = sum(rel)
+        if r == 0:
+            continue
+        for k in ks:
+            recall[k].append(any(rel[:k]))
+        r_prec.append(sum(rel[:r]) / r)
+        hits, total = 0, 0.0
+        for i, is_rel in enumerate(rel[:r], start=1):
+            if is_rel:
+                hits += 1
+                total += hits / i
+        ap.append(total / r)
+    out = {f"recall@{k}": float(np.mean(v)) for k, v in recall.items()}
+    out.update({"r_precision": float(np.mean(r_prec)), "map@r": float(np.mean(ap)), "num_queries": len(ap)})
+    return out
+
+
+@pytest.mark.parametrize("seed,singletons,duplicates", [(0, 0, 0), (1, 5, 0), (2, 3, 4)])
+def test_matches_brute_force(seed, singletons, duplicates):
+    x, labels = clustered(n=150, seed=seed, singletons=singletons, duplicates=duplicates)
+    ours = evaluate(x, labels, ks=(1, 2, 4, 8), nmi=False)
+    expected = brute_force(x, labels, (1, 2, 4, 8))
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    assert ours["num_excluded_queries"] == lone_items(labels)
+
+
+def lone_items(labels):
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return int((counts[inverse] == 1).sum())
+
+
+def pml_accuracy(x, labels, gallery=None, gallery_labels=None, kmeans_func=None):
+    include = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+    if kmeans_func is not None:
+        include += ("NMI", "AMI")
+    calculator = AccuracyCalculator(include=include, k="max_bin_count", kmeans_func=kmeans_func)
+    if gallery is None:
+        return calculator.get_accuracy(x, labels, x, labels, ref_includes_query=True)
+    return calculator.get_accuracy(x, labels, gallery, gallery_labels, ref_includes_query=False)
+
+
+@pytest.mark.parametrize("seed,singletons,duplicates", [(0, 0, 0), (3, 6, 0), (4, 0, 5), (5, 4, 3)])
+def test_matches_accuracy_calculator(seed, singletons, duplicates):
+    x, labels = clustered(n=400, dim=32, classes=25, seed=seed, singletons=singletons, duplicates=duplicates)
+    ours = evaluate(x, labels, nmi=False)
+    theirs = pml_accuracy(x, labels)
+    # Duplicated embeddings tie exactly; the reference leaves their order to faiss.
+    tol = 1e-4 if duplicates else 1e-6
+    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=tol)
+    assert ours["r_precision"] == pytest.approx(theirs["r_precision"], abs=tol)
+    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=tol)
+
+
+def test_nmi_matches_accuracy_calculator_with_same_kmeans():
+    x, labels = clustered(n=500, dim=16, classes=10, noise=0.8, seed=6)
+    ours = evaluate(x, labels)
+
+    def same_kmeans(embeddings, num_clusters):
+        return torch.from_numpy(kmeans_clusters(embeddings.cpu().numpy(), num_clusters))
+
+    theirs = pml_accuracy(x, labels, kmeans_func=same_kmeans)
+    assert ours["nmi"] == pytest.approx(theirs["NMI"], abs=1e-9)
+    assert ours["ami"] == pytest.approx(theirs["AMI"], abs=1e-9)
+    assert 0.2 < ours["nmi"] < 1.0
+
+
+def test_nmi_separates_structure_from_noise():
+    x, labels = clustered(n=300, dim=32, classes=6, noise=0.01, seed=7)
+    assert evaluate(x, labels)["nmi"] > 0.9
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    assert evaluate(x, shuffled)["nmi"] < 0.1
+
+
+def test_gallery_mode_matches_brute_force_and_accuracy_calculator():
+    x, labels = clustered(n=300, dim=16, classes=15, seed=8)
+    query, query_labels, gallery, gallery_labels = x[:120], labels[:120], x[120:], labels[120:]
+    ours = evaluate(query, query_labels, gallery=gallery, gallery_labels=gallery_labels, nmi=False)
+    expected = brute_force(query, query_labels, (1, 2, 4, 8), gallery, gallery_labels)
+    theirs = pml_accuracy(query, query_labels, gallery, gallery_labels)
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+
+
+def test_ties_are_broken_by_index_even_across_the_kth_place():
+    # Items 1..6 are the same point: every query among them ties with the others.
+    base = F.normalize(torch.randn(1, 8), dim=1)
+    x = torch.cat([F.normalize(torch.randn(1, 8), dim=1), base.repeat(6, 1), F.normalize(torch.randn(5, 8), dim=1)])
+    _, idx = knn(x[1:2], x, 3, exclude=torch.tensor([1]), block_size=4)
+    assert idx.tolist() == [[2, 3, 4]]
+    _, idx = knn(x[6:7], x, 2, exclude=torch.tensor([6]))
+    assert idx.tolist() == [[1, 2]]
+    # topk's own order among ties is unspecified: a full ranking must still be by index.
+    _, idx = knn(x[3:4], x, 5, exclude=torch.tensor([3]))
+    assert idx.tolist() == [[1, 2, 4, 5, 6]]
+
+
+def test_block_size_does_not_change_results():
+    x, labels = clustered(n=257, seed=9)
+    a = evaluate(x, labels, nmi=False, block_size=1024)
+    b = evaluate(x, labels, nmi=False, block_size=10)
+    assert a == b
+
+
+@pytest.mark.parametrize("embeddings,labels,error,message", [
+    (torch.tensor([[0.0, math.nan], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1]), ValueError, "NaN or infinite"),
+    (torch.randn(4, 3), torch.tensor([0, 1, 1]), ValueError, "4 rows but 3 labels"),
+    (torch.randn(4, 3), torch.tensor([0, 0, 0, 0]), ValueError, "fewer than two classes"),
+    (torch.empty(0, 3), torch.empty(0, dtype=torch.long), ValueError, "empty"),
+    (torch.randint(0, 5, (4, 3)), torch.tensor([0, 0, 1, 1]), TypeError, "floating point"),
+    (torch.randn(4, 3, 2), torch.tensor([0, 0, 1, 1]), ValueError, "2-D"),
+    (torch.randn(4, 3), torch.tensor([0.0, 0.0, 1.0, 1.0]), TypeError, "labels must be integers"),
+    ([[0.0, 1.0]], [0], TypeError, "torch.Tensor or numpy array"),
+])
+def test_bad_input_fails_naming_the_problem(embeddings, labels, error, message):
+    with pytest.raises(error, match=message):
+        evaluate(embeddings, labels)
+
+
+def test_numpy_input_and_excluded_count():
+    x, labels = clustered(n=100, seed=10, singletons=4)
+    out = evaluate(x.numpy(), labels.numpy(), nmi=False)
+    assert out["num_excluded_queries"] == lone_items(labels) >= 4
+    assert out["num_queries"] == 100 - lone_items(labels)
