@@ -107,9 +107,9 @@ class RunConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of argument names to values, got {getattr(self, name)!r}")
         DATASETS.get(self.dataset)
-        MODELS.check_kwargs(self.model, self.model_kwargs | {"embedding_dim": self.embedding_dim})
         check_compatible(self.loss, self.miner)
         # Building the components checks their argument values too (a margin's sign, a variant name).
+        MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
         LOSSES.create(self.loss, **self.loss_kwargs)
         MINERS.create(self.miner, **self.miner_kwargs)
         return self

@@ -156,7 +156,7 @@ def load_study(path: str | os.PathLike) -> Study:
             try:
                 registry.get(name)
             except ConfigError as error:
-                raise ConfigError(f"{path}: {key}: {error}") from None
+                raise type(error)(f"{path}: {key}: {error}") from None
 
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
     for dataset, (loss, loss_kwargs), (miner, miner_kwargs), seed in itertools.product(
@@ -169,7 +169,7 @@ def load_study(path: str | os.PathLike) -> Study:
             study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))
             continue
         except ConfigError as error:
-            raise ConfigError(f"{path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
+            raise type(error)(f"{path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
         study.cells.append(Cell(config))
     if not study.cells:
         raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")

@@ -1,0 +1,73 @@
+# dmlbench: `make all` sets up and reruns the study; `make test` runs the tests.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp records a finished install of the pinned stack; it is remade only when pyproject.toml
+# changes (or the venv is removed), so the 4-minute torch install happens once.
+STAMP := $(VENV)/.dmlbench-installed
+STUDY ?= studies/default.yaml
+CELLS_MK := build/cells.mk
+# pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
+PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: all setup data study report cells test readme list clean distclean
+
+all: report
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
+	$(PY) -c "import dmlbench, torch, torchvision, papermill, faiss, pytorch_metric_learning"
+	touch $@
+
+# Fashion-MNIST: found through $$DMLBENCH_DATA or Debian's package; installed with apt-get when we
+# are root and the files are absent.
+data: $(STAMP)
+	@if ! DMLBENCH_DOWNLOAD=0 $(PY) -m dmlbench data locate fashion-mnist >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; \
+	fi
+	$(PY) -m dmlbench data prepare fashion-mnist
+
+# One make target per cell (results/runs/<run id>/metrics.json), generated from the study file, so
+# finished cells are skipped and `make -j N all` runs N cells at once.
+$(CELLS_MK): FORCE $(STAMP)
+	@mkdir -p $(dir $@)
+	$(PY) -m dmlbench study $(STUDY) --emit-make $@
+
+cells: data $(CELLS_MK)
+	$(MAKE) --no-print-directory -f $(CELLS_MK) cells
+
+study: cells
+
+report: cells
+	$(MAKE) --no-print-directory -f $(CELLS_MK) report
+	$(PY) -m dmlbench readme
+
+test: $(STAMP) data
+	$(PY) -m pytest -q
+
+readme: $(STAMP)
+	$(PY) -m dmlbench readme
+
+list: $(STAMP)
+	$(PY) -m dmlbench list
+
+# Never deletes results: finished runs are the study's data.
+clean:
+	rm -rf build .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
+
+FORCE:

@@ -1,0 +1,167 @@
+"""Real papermill executions of the experiment and report notebooks on the tiny dataset."""
+
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from dmlbench.config import RunConfig
+from dmlbench.errors import ConfigError
+from dmlbench.paths import REPO_ROOT, notebook
+from dmlbench.readme import render_block
+from dmlbench.study import RunFailed, emit_makefile, load_study, run_config, run_study
+
+from .conftest import tiny_settings
+
+PARAMETERS = dict(tiny_settings(), tsne_points=60)
+
+
+def outputs_of(path, kind):
+    nb = nbformat.read(str(path), as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if kind in o.get("data", {})]
+
+
+def no_time(history):
+    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+
+
+def test_experiment_notebook_writes_metrics_and_is_deterministic(isolated):
+    config = RunConfig(**tiny_settings(), loss="triplet", miner="semi-hard")
+    path = run_config(config)
+    record = json.loads(path.read_text())
+    assert record["config_hash"] == config.config_hash() and record["run_id"] == config.run_id()
+    assert path.parent.name == config.run_id()
+    assert record["config"]["loss"] == "triplet" and record["seed"] == 0 and record["device"] == "cpu"
+    assert set(record["test"]) >= {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"}
+    assert len(record["history"]) == config.epochs + 1 and record["best_epoch"] >= 1
+    assert record["versions"]["torch"] == "2.14.1" and record["wall_time_s"] > 0
+    executed = path.parent / "experiment.ipynb"
+    assert executed.is_file() and (path.parent / "execution.json").is_file()
+    assert len(outputs_of(executed, "image/png")) >= 3  # curves, t-SNE, retrieval grid
+    assert not (path.parent / "experiment.running.ipynb").exists()
+
+    # finished: not run again, not touched
+    mtime = path.stat().st_mtime_ns
+    assert run_config(config) == path and path.stat().st_mtime_ns == mtime
+
+    # same seed, another process: identical numbers
+    other = run_config(config, run_dir=isolated / "again")
+    again = json.loads(other.read_text())
+    assert again["test"] == record["test"]
+    assert no_time(again["history"]) == no_time(record["history"])
+
+
+def execute(tmp_path, **parameters):
+    output = tmp_path / "out.ipynb"
+    run_dir = tmp_path / "run"
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(notebook("experiment.ipynb")), str(output), kernel_name="python3",
+                                   parameters={**PARAMETERS, "run_dir": str(run_dir), **parameters},
+                                   cwd=str(REPO_ROOT), progress_bar=False)
+    assert not (run_dir / "metrics.json").exists()
+    return info.value
+
+
+def test_unknown_loss_in_notebook_fails_naming_choices_without_metrics(isolated, tmp_path):
+    error = execute(tmp_path, loss="lifted")
+    assert "unknown loss 'lifted'" in error.evalue and "valid loss names: contrastive, triplet" in error.evalue
+    with pytest.raises(ConfigError, match="valid miner names"):
+        run_config(RunConfig(**tiny_settings(), miner="hardest"))
+
+
+def test_missing_dataset_in_notebook_says_where_it_looked(isolated, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    error = execute(tmp_path, data_root=str(empty))
+    assert error.ename == "DatasetNotFoundError"
+    assert str(empty) in error.evalue and "apt-get install dataset-fashion-mnist" in error.evalue
+
+
+def readme_example():
+    text = (REPO_ROOT / "README.md").read_text()
+    match = re.search(r"<!-- example:my_losses.py -->\n```python\n(.*?)```", text, re.S)
+    assert match, "README lost its worked example"
+    return match.group(1)
+
+
+def test_readme_worked_example_loss_runs_as_a_notebook_parameter(isolated, tmp_path, monkeypatch):
+    module_dir = tmp_path / "user"
+    module_dir.mkdir()
+    (module_dir / "my_losses.py").write_text(readme_example())
+    monkeypatch.syspath_prepend(str(module_dir))
+    monkeypatch.setenv("PYTHONPATH", str(module_dir))
+    config = RunConfig(**tiny_settings(), loss="my_losses:SquaredTripletLoss", loss_kwargs={"margin": 0.1},
+                       miner="semi-hard")
+    record = json.loads(run_config(config).read_text())
+    assert record["config"]["loss"] == "my_losses:SquaredTripletLoss"
+    assert record["history"][1]["loss"] > 0
+
+
+PAIRS_ONLY = '''
+from dmlbench.miners import Miner
+from dmlbench.tuples import all_pairs
+
+
+class PairsOnly(Miner):
+    """A miner that can only give pairs."""
+
+    produces = ("pairs",)
+
+    def mine(self, embeddings, labels, kind):
+        return all_pairs(labels)
+'''
+
+
+def test_study_then_report(isolated, tmp_path, monkeypatch):
+    module_dir = tmp_path / "user"
+    module_dir.mkdir()
+    (module_dir / "pairs_only.py").write_text(PAIRS_ONLY)
+    monkeypatch.syspath_prepend(str(module_dir))
+    monkeypatch.setenv("PYTHONPATH", str(module_dir))
+    study_path = tmp_path / "tiny.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "tiny", "datasets": ["fashion-mnist"], "losses": {"triplet": {"margin": 0.2}},
+        "miners": ["none", "batch-hard", "pairs_only:PairsOnly"], "seeds": [0], "settings": tiny_settings()}))
+    study = load_study(study_path)
+    assert len(study.cells) == 2 and len(study.skipped) == 1
+    assert "miners compatible with 'triplet'" in study.skipped[0].reason
+
+    run_study(study)
+    results = isolated / "results"
+    # every cell finished: the generated makefile has nothing left to do
+    cells_mk = tmp_path / "cells.mk"
+    cells_mk.write_text(emit_makefile(study))
+    assert subprocess.run(["make", "-q", "-f", str(cells_mk), "cells"], cwd=REPO_ROOT).returncode == 0
+
+    from dmlbench.report import build_report
+
+    html = build_report(study_path)
+    text = html.read_text()
+    assert "triplet + " in text and "skipped" in text and "data:image/png;base64" in text
+    assert "import pandas" not in text  # code hidden
+    for name in ("cells.csv", "summary.csv", "runs.csv", "fashion-mnist__recall@1.csv", "fashion-mnist__map@r.csv"):
+        assert (results / "tables" / name).is_file(), name
+    for name in ("heatmap_fashion-mnist__recall@1.png", "heatmap_fashion-mnist__map@r.png", "training_curves.png"):
+        assert (results / "figures" / name).stat().st_size > 1000, name
+    cells = (results / "tables" / "cells.csv").read_text()
+    assert cells.count(",done,") == 2 and cells.count(",skipped,") == 1
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["done"] == 2 and summary["skipped"] == 1 and summary["timing"]["cells_timed"] == 2
+    block = render_block(summary)
+    first = summary["table"][0]
+    assert f"| {first['loss']} | {first['miner']} | {first['recall@1']:.4f}" in block
+
+
+def test_cli_rejects_unknown_names_with_exit_code_2(isolated, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "dmlbench", "run", "--loss", "lifted"], capture_output=True, text=True)
+    assert run.returncode == 2 and "valid loss names: contrastive, triplet" in run.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [fashion-mnist]\nlosses: [triplet]\nminers: [hardest]\n")
+    run = subprocess.run([sys.executable, "-m", "dmlbench", "study", str(bad), "--status"], capture_output=True, text=True)
+    assert run.returncode == 2 and "valid miner names: batch-hard, none, random, semi-hard" in run.stderr
+    assert not list((isolated / "results").rglob("metrics.json")) if (isolated / "results").exists() else True

@@ -1,0 +1,29 @@
+"""README numbers come from results files: its results block is what results/summary.json renders."""
+
+import json
+
+from dmlbench.paths import REPO_ROOT
+from dmlbench.readme import BEGIN, END, check_readme, render_block
+
+
+def test_readme_results_block_matches_committed_results():
+    assert (REPO_ROOT / "results" / "summary.json").is_file(), "run 'make all' to produce results/"
+    assert check_readme() is None
+
+
+def test_committed_summary_covers_every_cell_of_the_default_study():
+    summary = json.loads((REPO_ROOT / "results" / "summary.json").read_text())
+    assert summary["study"] == "default"
+    assert summary["done"] == summary["cells"] and summary["failed"] == 0 and summary["missing"] == 0
+    assert len(summary["table"]) == summary["cells"] // summary["seeds"]
+
+
+def test_render_block_reads_numbers_from_the_summary():
+    summary = {"study": "s", "dataset": "d", "done": 1, "cells": 1, "seeds": 1,
+               "table": [{"loss": "l", "miner": "m", "recall@1": 0.12345, "recall@2": 0.2, "recall@4": 0.4,
+                          "recall@8": 0.8, "map@r": 0.05, "r_precision": 0.06, "nmi": 0.07}],
+               "timing": {"cells_wall_s": 120.0, "cells_timed": 1, "cells_span_s": 130.0},
+               "machine": {"cpu": "cpu x", "cpu_count": 2, "device": "cpu"}}
+    block = render_block(summary)
+    assert block.startswith(BEGIN) and block.endswith(END)
+    assert "| l | m | 0.1235 |" in block and "2.0 min" in block and "cpu x (2 cores" in block

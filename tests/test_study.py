@@ -1,0 +1,65 @@
+"""Study files: validation before anything runs, cells, skipping, and the generated makefile."""
+
+import pytest
+import yaml
+
+from dmlbench.errors import ConfigError, UnknownNameError
+from dmlbench.paths import REPO_ROOT
+from dmlbench.study import emit_makefile, load_study
+
+
+def write_study(tmp_path, **content):
+    study = {"name": "t", "datasets": ["fashion-mnist"], "losses": {"triplet": {"margin": 0.2}},
+             "miners": ["none", "semi-hard"], "seeds": [0, 1], "settings": {"epochs": 1}}
+    study.update(content)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_default_study_is_valid_and_big_enough():
+    study = load_study(REPO_ROOT / "studies" / "default.yaml")
+    losses = {c.config.loss for c in study.cells}
+    miners = {c.config.miner for c in study.cells}
+    assert len(losses) >= 2 and len(miners) >= 3
+    assert len(study.cells) == len(losses) * len(miners) * len({c.config.seed for c in study.cells})
+    assert len({c.run_id for c in study.cells}) == len(study.cells)
+
+
+def test_cells_cross_every_axis(tmp_path, isolated):
+    study = load_study(write_study(tmp_path))
+    assert [(c.config.miner, c.config.seed) for c in study.cells] == [
+        ("none", 0), ("none", 1), ("semi-hard", 0), ("semi-hard", 1)]
+    assert all(c.config.epochs == 1 and c.config.loss_kwargs == {"margin": 0.2} for c in study.cells)
+    assert all(c.run_dir.parent == isolated / "results" / "runs" for c in study.cells)
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"losses": ["triplet", "lifted"]}, "losses: unknown loss 'lifted'; valid loss names: contrastive, triplet"),
+    ({"miners": ["hardest"]}, "miners: unknown miner 'hardest'"),
+    ({"datasets": ["cub"]}, "datasets: unknown dataset 'cub'; valid dataset names: fashion-mnist"),
+    ({"settings": {"epoch": 3}}, "settings: unknown setting 'epoch'; valid settings:"),
+    ({"settings": {"loss": "triplet"}}, "unknown setting 'loss'"),
+    ({"seeds": ["a"]}, "seeds: expected a list of non-negative integers"),
+    ({"sampler": "pk"}, "unknown key 'sampler'; valid keys: name, description, datasets"),
+    ({"losses": {"triplet": {"margn": 0.1}}}, "takes no argument 'margn'"),
+    ({"miners": []}, "'miners' is missing or empty"),
+])
+def test_bad_study_files_fail_before_anything_runs(tmp_path, content, message):
+    with pytest.raises(ConfigError) as info:
+        load_study(write_study(tmp_path, **content))
+    assert message in str(info.value) and "study.yaml" in str(info.value)
+
+
+def test_unknown_name_error_type(tmp_path):
+    with pytest.raises(UnknownNameError):
+        load_study(write_study(tmp_path, miners=["nope"]))
+
+
+def test_emitted_makefile_has_one_target_per_cell_and_the_report(tmp_path, isolated):
+    study = load_study(write_study(tmp_path))
+    text = emit_makefile(study, python="/usr/bin/python3")
+    for cell in study.cells:
+        assert f"{cell.metrics_path}:\n\t/usr/bin/python3 -m dmlbench run --study {study.path} --cell {cell.run_id}" in text
+    assert "report.html: $(RUNS)" in text
+    assert ".DELETE_ON_ERROR" not in text.replace("No .DELETE_ON_ERROR", "")

@@ -1,0 +1,69 @@
+"""The training loop on the tiny dataset: seeded determinism and honest model selection."""
+
+import pytest
+import torch
+
+import dmlbench.train as train_module
+from dmlbench.config import RunConfig
+from dmlbench.datasets import load_dataset
+from dmlbench.metrics import evaluate
+from dmlbench.train import embed, image_tensor, train
+
+from .conftest import tiny_settings
+
+
+@pytest.fixture
+def splits(isolated):
+    return load_dataset("fashion-mnist")
+
+
+def test_same_seed_gives_identical_numbers_on_cpu(splits):
+    config = RunConfig(**tiny_settings(epochs=3, device="cpu"), loss="contrastive", miner="random")
+    a = train(config, splits, progress=False)
+    b = train(config, splits, progress=False)
+    assert a.test_metrics == b.test_metrics
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+    assert torch.equal(a.test_embeddings, b.test_embeddings)
+    c = train(RunConfig(**tiny_settings(epochs=3, device="cpu", seed=1), loss="contrastive", miner="random"),
+              splits, progress=False)
+    assert not torch.equal(a.test_embeddings, c.test_embeddings)
+
+
+def test_tested_model_is_the_best_validation_epoch_and_test_is_scored_once(splits, monkeypatch):
+    calls = []
+
+    def counting_evaluate(embeddings, labels, **kwargs):
+        calls.append(sorted(set(torch.as_tensor(labels).tolist())))
+        return evaluate(embeddings, labels, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", counting_evaluate)
+    config = RunConfig(**tiny_settings(epochs=4, device="cpu", lr=3e-3), loss="triplet", miner="batch-hard")
+    result = train(config, splits, progress=False)
+
+    test_classes = splits.test.classes
+    assert calls.count(test_classes) == 1 and calls[-1] == test_classes  # once, at the end
+    assert calls.count(splits.val.classes) == config.epochs + 1  # epoch 0 and every epoch
+    scores = {h["epoch"]: h["val_map@r"] for h in result.history if h["epoch"] >= 1}
+    assert result.best_epoch == max(scores, key=scores.get)
+    # The weights in hand are that epoch's: re-embedding validation reproduces its score.
+    val_x = image_tensor(splits.val.images, splits.mean, splits.std, torch.device("cpu"))
+    again = evaluate(embed(result.model, val_x), torch.from_numpy(splits.val.labels), ks=(1,), nmi=False)
+    assert again["map@r"] == pytest.approx(scores[result.best_epoch], abs=1e-12)
+    assert set(result.test_metrics) >= {"recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r", "nmi"}
+
+
+def test_training_improves_over_the_untrained_network(splits):
+    config = RunConfig(**tiny_settings(epochs=4, iters_per_epoch=8, lr=3e-3, device="cpu"), loss="triplet",
+                       miner="semi-hard")
+    result = train(config, splits, progress=False)
+    assert result.history[result.best_epoch]["val_map@r"] > result.history[0]["val_map@r"]
+
+
+def test_diverging_loss_fails_with_a_clear_error(splits, monkeypatch):
+    config = RunConfig(**tiny_settings(device="cpu"), loss="triplet", miner="none")
+    from dmlbench.losses import TripletMarginLoss
+
+    monkeypatch.setattr(TripletMarginLoss, "terms", lambda self, e, l, t: {"triplet": e.sum(dim=1) * float("nan")})
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        train(config, splits, progress=False)
