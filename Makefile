@@ -11,6 +11,10 @@ PY := $(VENV)/bin/python
 # changes (or the venv is removed), so the 4-minute torch install happens once.
 STAMP := $(VENV)/.dmlbench-installed
 STUDY ?= studies/default.yaml
+# Where runs, tables, figures and the report go. The repository keeps the default study's results;
+# `make all RESULTS=/some/empty/dir` reruns the whole study from scratch without touching them.
+RESULTS ?= results
+export DMLBENCH_RESULTS := $(abspath $(RESULTS))
 CELLS_MK := build/cells.mk
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true

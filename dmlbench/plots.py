@@ -57,18 +57,28 @@ def tsne_figure(embeddings: torch.Tensor, labels: torch.Tensor, class_names: dic
 
 
 def retrieval_grid(images: np.ndarray, labels: torch.Tensor, embeddings: torch.Tensor, *, num_queries: int = 8,
-                   k: int = 8, seed: int = 0, title: str = "") -> Figure:
-    """Queries (left column) and their top-k neighbours, framed green when the label matches."""
+                   k: int = 8, failures: int = 3, seed: int = 0, title: str = "") -> Figure:
+    """Queries (left column) and their top-k neighbours, framed green when the label matches.
+
+    The queries are drawn (seeded) one per class first; up to ``failures`` of the rows are then given
+    to queries whose nearest neighbour has the wrong class, so the grid shows successes and errors.
+    """
     emb = torch.nn.functional.normalize(embeddings.float(), dim=1)
     labels = labels.cpu()
     rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(len(emb), size=min(num_queries, len(emb)), replace=False))
-    q = torch.from_numpy(queries)
-    _, neighbours = knn(emb[q], emb, k, exclude=q)
+    everyone = torch.arange(len(emb))
+    _, top1 = knn(emb, emb, 1, exclude=everyone)
+    wrong = np.flatnonzero((labels[top1[:, 0]] != labels).numpy())
+    n_fail = min(failures, len(wrong), num_queries)
+    chosen = [int(rng.choice(np.flatnonzero(labels.numpy() == c))) for c in rng.permutation(np.unique(labels.numpy()))]
+    chosen = chosen[:num_queries - n_fail]
+    chosen += [int(i) for i in rng.choice(wrong, size=n_fail, replace=False)] if n_fail else []
+    queries = torch.tensor(chosen)
+    _, neighbours = knn(emb[queries], emb, k, exclude=queries)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(queries)))
     axes = np.atleast_2d(axes)
-    for row, query in enumerate(queries):
-        cells = [(int(query), None)] + [(int(n), bool(labels[n] == labels[query])) for n in neighbours[row]]
+    for row, query in enumerate(queries.tolist()):
+        cells = [(query, None)] + [(int(n), bool(labels[n] == labels[query])) for n in neighbours[row]]
         for col, (index, correct) in enumerate(cells):
             ax = axes[row, col]
             image = images[index]
@@ -83,6 +93,7 @@ def retrieval_grid(images: np.ndarray, labels: torch.Tensor, embeddings: torch.T
     axes[0, 0].set_title("query", fontsize=9)
     for col in range(1, k + 1):
         axes[0, col].set_title(f"#{col}", fontsize=9)
-    fig.suptitle(title or f"top-{k} retrievals (green: same class, red: other class)")
+    note = f"; last {n_fail} rows: queries whose nearest neighbour is wrong" if n_fail else ""
+    fig.suptitle(title or f"top-{k} retrievals (green: same class, red: other class{note})")
     fig.tight_layout()
     return fig

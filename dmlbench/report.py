@@ -61,6 +61,32 @@ def load_histories(runs: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def dataset_summary(runs: str | os.PathLike, dataset: str) -> dict[str, Any]:
+    """The split sizes and classes recorded by the first finished run on ``dataset``."""
+    for path in sorted(Path(runs).glob(f"*/{METRICS_FILE}")):
+        record = read_json(path)
+        if record["config"]["dataset"] == dataset:
+            return record["dataset"]
+    return {}
+
+
+def identical_cells(runs: pd.DataFrame) -> list[list[str]]:
+    """Groups of runs (as 'loss + miner') of one dataset and seed whose test metrics agree to every
+    digit: their training took the same steps, however different their configurations look."""
+    groups = []
+    for _, part in runs.groupby(["dataset", "seed"]):
+        key = part[list(METRICS)].round(12).astype(str).agg("|".join, axis=1)
+        for _, same in part.groupby(key):
+            if len(same) > 1:
+                groups.append([f"{r.loss} + {r.miner}" for r in same.itertuples()])
+    return groups
+
+
+def still_improving(runs: pd.DataFrame) -> int:
+    """Runs whose validation score was best at their last epoch (training may not have converged)."""
+    return int((runs["best_epoch"] == runs["epochs"]).sum())
+
+
 def cell_status(manifest: dict[str, Any], runs: str | os.PathLike) -> pd.DataFrame:
     """Every cell of the study with its state: done, failed (with the error), missing, or skipped."""
     runs = Path(runs)

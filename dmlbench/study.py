@@ -196,7 +196,11 @@ class RunFailed(RuntimeError):
 
 
 def notebook_parameters(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    return {**config.to_dict(), "run_dir": str(run_dir)}
+    """The notebook's parameters; the run folder relative to the repository (the kernel's working
+    directory) when it lies inside it, so executed notebooks carry no machine-specific paths."""
+    run_dir = run_dir.resolve()
+    shown = run_dir.relative_to(REPO_ROOT) if run_dir.is_relative_to(REPO_ROOT) else run_dir
+    return {**config.to_dict(), "run_dir": str(shown)}
 
 
 def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, log_output: bool = False) -> Path:

@@ -36,6 +36,13 @@ def value_and_grad(fn, embeddings):
     return value.detach(), x.grad
 
 
+def assert_same_value_and_grad(ours, reference, embeddings):
+    value, grad = value_and_grad(ours, embeddings)
+    ref_value, ref_grad = value_and_grad(reference, embeddings)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
 def mean_nonzero(values):
     values = [v for v in values if v > 0]
     return sum(values) / len(values) if values else torch.tensor(0.0)
@@ -72,10 +79,8 @@ def all_triplets_loop(labels):
 def test_contrastive_matches_loop(pos_margin, neg_margin, power):
     embeddings, labels = batch(n=14, seed=1)
     ours = ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, power=power)
-    value, grad = value_and_grad(lambda x: ours(F.normalize(x), labels), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: brute_contrastive(F.normalize(x), labels, pos_margin, neg_margin, power), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels),
+                               lambda x: brute_contrastive(F.normalize(x), labels, pos_margin, neg_margin, power), embeddings)
 
 
 @pytest.mark.parametrize("pos_margin,neg_margin", [(0.0, 1.0), (0.25, 0.9)])
@@ -85,10 +90,8 @@ def test_contrastive_matches_pml(pos_margin, neg_margin, reduction):
     ours = ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, reduction=reduction)
     reducer = pml_reducers.AvgNonZeroReducer() if reduction == "mean_nonzero" else pml_reducers.MeanReducer()
     theirs = pml_losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin, reducer=reducer)
-    value, grad = value_and_grad(lambda x: ours(F.normalize(x), labels), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: theirs(x, labels), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels),
+                               lambda x: theirs(x, labels), embeddings)
 
 
 def test_contrastive_on_mined_triplets_matches_pml():
@@ -97,10 +100,8 @@ def test_contrastive_on_mined_triplets_matches_pml():
     indices = (mined.anchor, mined.positive, mined.negative)
     ours = ContrastiveLoss(pos_margin=0.1, neg_margin=0.9)
     theirs = pml_losses.ContrastiveLoss(pos_margin=0.1, neg_margin=0.9)
-    value, grad = value_and_grad(lambda x: ours(F.normalize(x), labels, mined), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: theirs(x, labels, indices), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, mined),
+                               lambda x: theirs(x, labels, indices), embeddings)
 
 
 @pytest.mark.parametrize("variant", ["hinge", "softplus"])
@@ -120,10 +121,8 @@ def test_triplet_matches_pml(margin, smooth):
     embeddings, labels = batch(n=40, dim=32, classes=6, seed=5)
     ours = TripletMarginLoss(margin=margin, variant="softplus" if smooth else "hinge")
     theirs = pml_losses.TripletMarginLoss(margin=margin, smooth_loss=smooth)
-    value, grad = value_and_grad(lambda x: ours(F.normalize(x), labels), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: theirs(x, labels), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels),
+                               lambda x: theirs(x, labels), embeddings)
 
 
 def test_triplet_with_semihard_miner_matches_pml():
@@ -133,11 +132,9 @@ def test_triplet_with_semihard_miner_matches_pml():
     criterion = build_criterion("triplet", "semi-hard", {"margin": 0.2}, {"margin": 0.2})
     pml_loss = pml_losses.TripletMarginLoss(margin=0.2)
     pml_miner = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
-    value, grad = value_and_grad(lambda x: criterion(F.normalize(x), labels), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: pml_loss(x, labels, pml_miner(x, labels)), embeddings)
+    assert_same_value_and_grad(lambda x: criterion(F.normalize(x), labels),
+                               lambda x: pml_loss(x, labels, pml_miner(x, labels)), embeddings)
     assert criterion.last_mined > 0
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_triplet_with_batch_hard_miner_matches_pml():
@@ -146,10 +143,8 @@ def test_triplet_with_batch_hard_miner_matches_pml():
     embeddings, labels = batch(n=64, dim=32, classes=8, seed=7)
     criterion = build_criterion("triplet", "batch-hard", {"margin": 0.2})
     pml_loss = pml_losses.TripletMarginLoss(margin=0.2)
-    value, grad = value_and_grad(lambda x: criterion(F.normalize(x), labels), embeddings)
-    ref_value, ref_grad = value_and_grad(lambda x: pml_loss(x, labels, pml_miners.BatchHardMiner()(x, labels)), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: criterion(F.normalize(x), labels),
+                               lambda x: pml_loss(x, labels, pml_miners.BatchHardMiner()(x, labels)), embeddings)
 
 
 @pytest.mark.parametrize("name", LOSSES.names())

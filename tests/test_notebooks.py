@@ -31,12 +31,14 @@ def no_time(history):
 
 
 def test_experiment_notebook_writes_metrics_and_is_deterministic(isolated):
-    config = RunConfig(**tiny_settings(), loss="triplet", miner="semi-hard")
+    # The determinism promise is for the CPU (CUDA kernels may reorder float sums).
+    config = RunConfig(**tiny_settings(device="cpu"), loss="triplet", miner="semi-hard")
     path = run_config(config)
     record = json.loads(path.read_text())
     assert record["config_hash"] == config.config_hash() and record["run_id"] == config.run_id()
     assert path.parent.name == config.run_id()
     assert record["config"]["loss"] == "triplet" and record["seed"] == 0 and record["device"] == "cpu"
+    assert record["machine"]["cpu_count"] >= 1
     assert set(record["test"]) >= {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"}
     assert len(record["history"]) == config.epochs + 1 and record["best_epoch"] >= 1
     assert record["versions"]["torch"] == "2.14.1" and record["wall_time_s"] > 0
