@@ -55,7 +55,6 @@ study: cells
 
 report: cells
 	$(MAKE) --no-print-directory -f $(CELLS_MK) report
-	$(PY) -m dmlbench readme
 
 test: $(STAMP) data
 	$(PY) -m pytest -q

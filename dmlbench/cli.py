@@ -58,7 +58,11 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from .config import RunConfig
+    from .paths import runs_dir
     from .study import load_study, run_config
+
+    def config_run_dir(config):
+        return runs_dir() / config.run_id()
 
     if args.study:
         if not args.cell:
@@ -73,8 +77,11 @@ def cmd_run(args) -> int:
         if args.miner:
             values["miner"] = args.miner
         config = RunConfig.from_dict(values, where="--set").validate()
-    path = run_config(config, run_dir=args.run_dir, log_output=args.verbose)
-    print(path)
+    done = (Path(args.run_dir) if args.run_dir else config_run_dir(config)) / "metrics.json"
+    if done.is_file():
+        print(f"{done}: finished already, not run again")
+        return 0
+    print(run_config(config, run_dir=args.run_dir, log_output=args.verbose))
     return 0
 
 
@@ -91,20 +98,21 @@ def cmd_study(args) -> int:
         print(describe(study))
         return 0
     run_study(study, jobs=args.jobs)
+    return report_and_readme(study.path)
+
+
+def report_and_readme(study: Path, readme: bool = True) -> int:
+    from .readme import describes_repo_results, update_readme
     from .report import build_report
 
-    print(build_report(study.path))
+    print(build_report(study))
+    if readme and describes_repo_results():  # a rerun elsewhere leaves the README's numbers alone
+        update_readme()
     return 0
 
 
 def cmd_report(args) -> int:
-    from .readme import update_readme
-    from .report import build_report
-
-    print(build_report(args.study))
-    if not args.no_readme:
-        update_readme()
-    return 0
+    return report_and_readme(args.study, readme=not args.no_readme)
 
 
 def cmd_data(args) -> int:

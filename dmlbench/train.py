@@ -181,7 +181,11 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     if bar is not None:
         bar.close()
 
-    model.load_state_dict(best_state)
+    if best_state is None:  # the validation score was never a number (NaN): keep the last epoch
+        log.warning("validation %s was never finite; testing the last epoch", select_key)
+        best_epoch = config.epochs
+    else:
+        model.load_state_dict(best_state)
     test_x = image_tensor(splits.test.images, splits.mean, splits.std, device)
     test_embeddings = embed(model, test_x, config.eval_batch_size).cpu()
     test_labels = torch.from_numpy(splits.test.labels)

@@ -27,3 +27,4 @@ def test_render_block_reads_numbers_from_the_summary():
     block = render_block(summary)
     assert block.startswith(BEGIN) and block.endswith(END)
     assert "| l | m | 0.1235 |" in block and "2.0 min" in block and "cpu x (2 cores" in block
+    assert "plus 42 s for the report" in render_block(dict(summary, report_wall_s=42.0))

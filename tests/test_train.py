@@ -67,3 +67,10 @@ def test_diverging_loss_fails_with_a_clear_error(splits, monkeypatch):
     monkeypatch.setattr(TripletMarginLoss, "terms", lambda self, e, l, t: {"triplet": e.sum(dim=1) * float("nan")})
     with pytest.raises(FloatingPointError, match="training diverged"):
         train(config, splits, progress=False)
+
+
+def test_validation_never_finite_tests_the_last_epoch(splits, monkeypatch):
+    nan = float("nan")
+    monkeypatch.setattr(train_module, "validation_metrics", lambda *a: {"val_recall@1": nan, "val_map@r": nan})
+    result = train(RunConfig(**tiny_settings(device="cpu")), splits, progress=False)
+    assert result.best_epoch == 2 and result.test_metrics["recall@1"] >= 0
