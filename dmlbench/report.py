@@ -214,9 +214,11 @@ def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | 
     results.mkdir(parents=True, exist_ok=True)
     running = results / "report.running.ipynb"
     started = time.time()
+    shown = results.resolve()  # relative to the repository (the kernel's working directory) when inside it
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown
     try:
         papermill.execute_notebook(str(notebook(REPORT_NOTEBOOK)), str(running),
-                                   parameters={"study": str(study_path), "results": str(results)},
+                                   parameters={"study": str(study_path), "results": str(shown)},
                                    kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False)
     except BaseException:
         if running.exists():
