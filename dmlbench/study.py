@@ -219,7 +219,7 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
         log.info("%s: finished already, not run again", run_dir)
         return metrics
     with run_lock(run_dir):
-        if metrics.is_file():  # finished by another process while we waited for nothing
+        if metrics.is_file():  # another process finished it between our check and the lock
             return metrics
         running = run_dir / "experiment.running.ipynb"
         started = time.time()
