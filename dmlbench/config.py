@@ -3,7 +3,8 @@
 ``RunConfig`` holds every setting that can change a run's numbers. Its hash (SHA-256 of the
 canonical JSON of those settings) identifies the run: the run id embeds it, so a changed setting
 gives a new run folder and never overwrites an old run's results. Settings that only decide where
-or how fast a run executes (device, data root, evaluation batch size) are not hashed.
+or how fast a run executes (device, data root, evaluation batch size) are not hashed, nor are
+optional settings left unset (None).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class RunConfig:
     iters_per_epoch: int = 60  # batches per epoch; 0 = one pass over the train split
     optimizer: str = "adam"
     lr: float = 1e-3
+    loss_lr: float | None = None  # learning rate of the loss's own parameters; None = lr x the loss's paper factor
     weight_decay: float = 0.0
     select_metric: str = "map@r"  # validation metric that picks the tested epoch
     seed: int = 0
@@ -63,7 +65,9 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hashed_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        """The settings that identify the run. Unset optional settings (None) are left out, so a
+        setting added to RunConfig later does not change the ids of runs that never used it."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and v is not None}
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"), default=str)
@@ -77,7 +81,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check every field; names are checked against the registries. Returns self."""
-        from .criterion import check_compatible
+        from .criterion import check_compatible, class_kwargs
         from .datasets import DATASETS
         from .losses import LOSSES
         from .miners import MINERS
@@ -100,6 +104,9 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
         if self.lr == 0:
             raise ConfigError("lr must be positive, got 0")
+        if self.loss_lr is not None and (not isinstance(self.loss_lr, (int, float)) or isinstance(self.loss_lr, bool)
+                                         or not math.isfinite(self.loss_lr) or self.loss_lr <= 0):
+            raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
         for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
@@ -110,6 +117,11 @@ class RunConfig:
         check_compatible(self.loss, self.miner)
         # Building the components checks their argument values too (a margin's sign, a variant name).
         MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
-        LOSSES.create(self.loss, **self.loss_kwargs)
+        loss_cls = LOSSES.get(self.loss)
+        if loss_cls.needs_positives and self.K < 2:
+            raise ConfigError(f"loss {self.loss!r} needs two or more images per class in a batch (positives), "
+                              f"but K={self.K}; set K >= 2")
+        # A stand-in class count: the real one (the dataset's training classes) comes at training time.
+        LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
         MINERS.create(self.miner, **self.miner_kwargs)
         return self

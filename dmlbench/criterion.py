@@ -26,7 +26,18 @@ def is_compatible(loss_cls: type[Loss], miner_cls: type[Miner]) -> bool:
         return True
     consumes = loss_cls.consumes
     produces = miner_cls.produces
+    if consumes == "any":
+        return True
     return consumes in produces or (consumes == "pairs" and "triplets" in produces)
+
+
+def mined_kind(loss: Loss, miner: Miner) -> str | None:
+    """What the miner should hand the loss: None for whole-batch losses."""
+    if loss.consumes == "batch":
+        return None
+    if loss.consumes == "any":
+        return miner.produces[0]
+    return loss.consumes
 
 
 def compatible_miners(loss: str) -> list[str]:
@@ -55,17 +66,44 @@ class Criterion(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = embeddings.float()  # losses run in fp32 even under autocast
         mined = None
-        if self.miner is not None and self.loss.consumes != "batch":
-            mined = self.miner(embeddings, labels, self.loss.consumes)
+        kind = mined_kind(self.loss, self.miner) if self.miner is not None else None
+        if kind is not None and not (self.miner.registry_name == "none" and self.loss.consumes == "any"):
+            mined = self.miner(embeddings, labels, kind)
             self.last_mined = len(mined)
         return self.loss(embeddings, labels, mined)
 
+    def param_groups(self, lr: float, loss_lr: float | None = None) -> list[dict]:
+        """Optimiser groups for the loss's own parameters (proxies, classifiers, beta)."""
+        params = [p for p in self.loss.parameters() if p.requires_grad]
+        if not params:
+            return []
+        return [{"params": params, "lr": loss_lr if loss_lr is not None else lr * self.loss.param_lr_scale}]
+
+
+def class_kwargs(cls: type, num_classes: int | None, embedding_dim: int | None) -> dict[str, Any]:
+    """num_classes / embedding_dim for a component whose constructor takes them."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    out = {}
+    if "num_classes" in parameters and num_classes is not None:
+        out["num_classes"] = num_classes
+    if "embedding_dim" in parameters and embedding_dim is not None:
+        out["embedding_dim"] = embedding_dim
+    return out
+
 
 def build_criterion(loss: str, miner: str = "none", loss_kwargs: dict[str, Any] | None = None,
-                    miner_kwargs: dict[str, Any] | None = None, seed: int | None = None) -> Criterion:
-    """Build a :class:`Criterion` from registry names (or ``package.module:Class`` paths)."""
+                    miner_kwargs: dict[str, Any] | None = None, seed: int | None = None,
+                    num_classes: int | None = None, embedding_dim: int | None = None) -> Criterion:
+    """Build a :class:`Criterion` from registry names (or ``package.module:Class`` paths).
+
+    ``num_classes`` (training classes) and ``embedding_dim`` reach the losses that own per-class
+    parameters (proxies, classifiers, class margins); labels must then be 0 .. num_classes - 1.
+    """
     check_compatible(loss, miner)
-    loss_module = LOSSES.create(loss, **(loss_kwargs or {}))
+    loss_kwargs = {**class_kwargs(LOSSES.get(loss), num_classes, embedding_dim), **(loss_kwargs or {})}
+    loss_module = LOSSES.create(loss, **loss_kwargs)
     miner_module = MINERS.create(miner, **(miner_kwargs or {}))
     if seed is not None:
         miner_module.seed(seed)

@@ -53,6 +53,11 @@ class Registry:
         self.kind = kind
         self.base = base
         self._entries: dict[str, type] = {}
+        self._prefixes: dict[str, Callable[[str], type]] = {}
+
+    def add_prefix(self, prefix: str, resolve: Callable[[str], type]) -> None:
+        """Names ``prefix:Rest`` are resolved by ``resolve("Rest")`` (e.g. ``pml:TripletMarginLoss``)."""
+        self._prefixes[prefix] = resolve
 
     def register(self, name: str) -> Callable[[type], type]:
         def decorator(cls: type) -> type:
@@ -86,6 +91,9 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{self.kind} name must be a non-empty string, got {name!r}; "
                               f"valid {self.kind} names: {', '.join(self.names())}")
+        prefix, _, rest = name.partition(":")
+        if prefix in self._prefixes and rest:
+            return self._prefixes[prefix](rest)
         if is_import_path(name):
             cls = import_object(name)
             if self.base is not None and not (inspect.isclass(cls) and issubclass(cls, self.base)):

@@ -9,7 +9,6 @@ bf16 autocast (fp16 with a gradient scaler where bf16 is unsupported) while loss
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import sys
@@ -120,16 +119,19 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     seed_everything(config.seed)
     amp = autocast_dtype(device)
 
+    # Training labels become 0 .. C-1, the indices of per-class parameters (proxies, classifiers).
+    train_classes, train_labels = np.unique(splits.train.labels, return_inverse=True)
     model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
     model = model.to(device, memory_format=torch.channels_last)
     criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs,
-                                seed=config.seed).to(device)
-    params = list(model.parameters()) + list(criterion.parameters())
-    optimizer = make_optimizer(config.optimizer, params, config.lr, config.weight_decay)
+                                seed=config.seed, num_classes=len(train_classes),
+                                embedding_dim=config.embedding_dim).to(device)
+    groups = [{"params": list(model.parameters())}] + criterion.param_groups(config.lr, config.loss_lr)
+    optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
 
     train_x = image_tensor(splits.train.images, splits.mean, splits.std, device)
-    train_y = torch.from_numpy(splits.train.labels).to(device)
+    train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
     val_x = image_tensor(splits.val.images, splits.mean, splits.std, device)
     val_y = torch.from_numpy(splits.val.labels)
     sampler = PKSampler(splits.train.labels, config.P, config.K, batches_per_epoch=config.iters_per_epoch or None,
@@ -173,7 +175,8 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         history.append(record)
         if record[select_key] > best_score:
             best_score, best_epoch = record[select_key], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                          for name, module in (("model", model), ("criterion", criterion))}
         log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", epoch, config.epochs,
                  record["loss"], record["val_recall@1"], record["val_map@r"], epoch_time)
         if on_epoch_end:
@@ -184,8 +187,9 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     if best_state is None:  # the validation score was never a number (NaN): keep the last epoch
         log.warning("validation %s was never finite; testing the last epoch", select_key)
         best_epoch = config.epochs
-    else:
-        model.load_state_dict(best_state)
+    else:  # the model and the loss's parameters (proxies, centres) of the selected epoch
+        model.load_state_dict(best_state["model"])
+        criterion.load_state_dict(best_state["criterion"])
     test_x = image_tensor(splits.test.images, splits.mean, splits.std, device)
     test_embeddings = embed(model, test_x, config.eval_batch_size).cpu()
     test_labels = torch.from_numpy(splits.test.labels)

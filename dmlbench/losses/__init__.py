@@ -2,6 +2,7 @@
 
 from .base import LOSSES, REDUCTIONS, Loss, reduce
 from .contrastive import ContrastiveLoss
+from .pml import PMLLoss, pml_loss
 from .triplet import TripletMarginLoss
 
-__all__ = ["LOSSES", "REDUCTIONS", "Loss", "reduce", "ContrastiveLoss", "TripletMarginLoss"]
+__all__ = ["LOSSES", "REDUCTIONS", "Loss", "reduce", "ContrastiveLoss", "PMLLoss", "TripletMarginLoss", "pml_loss"]

@@ -5,11 +5,14 @@ declares what it consumes:
 
 - ``"pairs"``: positive and negative pairs (:class:`dmlbench.tuples.Pairs`);
 - ``"triplets"``: anchor-positive-negative triplets (:class:`dmlbench.tuples.Triplets`);
-- ``"batch"``: the whole batch, no miner (proxy and classification losses, later).
+- ``"batch"``: the whole batch, no miner (proxy, classifier and class-statistics losses);
+- ``"any"``: whatever the miner produces, pairs or triplets (the pytorch-metric-learning adapter).
 
 Subclasses implement :meth:`Loss.terms`, returning named per-element loss tensors (for a pair loss:
-one value per positive pair and one per negative pair). The base class checks shapes, builds all
-pairs/triplets when no miner is used, reduces each term and sums the reductions. Reductions:
+one value per positive pair and one per negative pair). A term may also be a 0-d tensor that the
+loss has already reduced the way its paper defines; reductions leave such a term as it is. The base
+class checks shapes, builds all pairs/triplets when no miner is used, reduces each term and sums the
+reductions. Reductions:
 
 - ``"mean"``: the mean over all elements of the term;
 - ``"mean_nonzero"``: the mean over elements with a positive loss (the average over "active"
@@ -29,7 +32,7 @@ from ..registry import Registry
 from ..tuples import Pairs, Triplets, all_pairs, all_triplets
 
 REDUCTIONS = ("mean", "mean_nonzero", "sum")
-CONSUMES = ("pairs", "triplets", "batch")
+CONSUMES = ("pairs", "triplets", "batch", "any")
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -47,6 +50,11 @@ class Loss(nn.Module):
 
     consumes: ClassVar[str] = "pairs"
     registry_name: ClassVar[str] = ""
+    # Needs two or more images of a class in a batch (K >= 2): true of every pair or triplet loss.
+    needs_positives: ClassVar[bool] = True
+    # The loss's own parameters (proxies, classifier weights, beta) train at this multiple of the
+    # model's learning rate, as their papers prescribe, unless the run sets loss_lr.
+    param_lr_scale: ClassVar[float] = 1.0
 
     def __init__(self, reduction: str = "mean_nonzero"):
         super().__init__()
@@ -63,7 +71,7 @@ class Loss(nn.Module):
         if labels.ndim != 1 or len(labels) != len(embeddings):
             raise ValueError(f"labels must be (batch,) = ({len(embeddings)},), got shape {tuple(labels.shape)}")
         labels = labels.to(embeddings.device)
-        if mined is None:
+        if mined is None and self.consumes in ("pairs", "triplets"):
             mined = self.all_tuples(labels)
         elif self.consumes == "pairs" and isinstance(mined, Triplets):
             mined = mined.to_pairs()
