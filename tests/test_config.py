@@ -2,6 +2,8 @@ import pytest
 
 from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError, UnknownNameError
+from dmlbench.losses import LOSSES
+from dmlbench.miners import MINERS
 
 
 def test_hash_ignores_execution_only_settings_and_tracks_the_rest():
@@ -20,8 +22,8 @@ def test_run_id_of_an_import_path_is_a_clean_folder_name():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("loss", "tripletx", "valid loss names: contrastive, triplet"),
-    ("miner", "hardest", "valid miner names: batch-hard, none, random, semi-hard"),
+    ("loss", "tripletx", "valid loss names: " + ", ".join(LOSSES.names())),
+    ("miner", "hardest", "valid miner names: " + ", ".join(MINERS.names())),
     ("dataset", "mnist", "valid dataset names: fashion-mnist"),
     ("model", "resnet", "valid model names: convnet"),
 ])

@@ -11,7 +11,8 @@ from pytorch_metric_learning import miners as pml_miners
 
 from dmlbench.criterion import compatible_miners, check_compatible
 from dmlbench.errors import ConfigError, IncompatibleError
-from dmlbench.miners import MINERS, AllTuples, BatchHardMiner, RandomMiner, SemiHardMiner
+from dmlbench.miners import (MINERS, AllTuples, BatchHardMiner, DistanceWeightedMiner, MultiSimilarityMiner, RandomMiner,
+                             SemiHardMiner)
 from dmlbench.tuples import Pairs, Triplets
 
 
@@ -146,22 +147,71 @@ def test_triplet_miner_feeds_pair_loss():
 
 
 def test_compatibility_rules_and_message():
-    assert compatible_miners("triplet") == MINERS.names()
-
-    from dmlbench.miners import Miner
-
-    class PairOnly(Miner):
-        produces = ("pairs",)
-
-    MINERS.register("test-pairs-only")(PairOnly)
-    try:
-        with pytest.raises(IncompatibleError, match="miners compatible with 'triplet': batch-hard, none, random, semi-hard"):
-            check_compatible("triplet", "test-pairs-only")
-        check_compatible("contrastive", "test-pairs-only")
-    finally:
-        MINERS._entries.pop("test-pairs-only")
+    pair_only = [m for m in MINERS.names() if MINERS.get(m).produces == ("pairs",)]
+    assert "multi-similarity" in pair_only
+    assert compatible_miners("triplet") == [m for m in MINERS.names() if m not in pair_only]
+    assert compatible_miners("contrastive") == MINERS.names()
+    expected = "miners compatible with 'triplet': " + ", ".join(compatible_miners("triplet"))
+    with pytest.raises(IncompatibleError, match=expected):
+        check_compatible("triplet", "multi-similarity")
+    check_compatible("contrastive", "multi-similarity")
 
 
 def test_semihard_rejects_bad_margin():
     with pytest.raises(ConfigError, match="margin must be positive"):
         SemiHardMiner(margin=0)
+
+
+def test_multi_similarity_miner_matches_pml_and_the_paper_rule():
+    x, labels = batch(n=64, dim=16, classes=8, seed=10)
+    ours = MultiSimilarityMiner(epsilon=0.1)(x, labels, "pairs")
+    a1, p, a2, n = pml_miners.MultiSimilarityMiner(epsilon=0.1)(x, labels)
+    assert set(zip(ours.pos_a.tolist(), ours.pos_b.tolist())) == set(zip(a1.tolist(), p.tolist()))
+    assert set(zip(ours.neg_a.tolist(), ours.neg_b.tolist())) == set(zip(a2.tolist(), n.tolist()))
+    sim = (x @ x.T).double()
+    for a, k in zip(ours.neg_a.tolist(), ours.neg_b.tolist()):
+        positives = [j for j in range(64) if j != a and labels[j] == labels[a]]
+        assert sim[a, k] + 0.1 > min(sim[a, j] for j in positives) - 1e-6
+    assert 0 < len(ours.neg_a) < int((labels[:, None] != labels[None, :]).sum())
+
+
+def test_distance_weighted_weights_match_pml():
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+    x, labels = batch(n=48, dim=8, classes=6, seed=11)
+    captured = {}
+    original = lmu.get_random_triplet_indices
+
+    def capture(labels_, ref_labels=None, t_per_anchor=None, weights=None):
+        captured["weights"] = weights
+        return original(labels_, ref_labels=ref_labels, t_per_anchor=t_per_anchor, weights=weights)
+
+    lmu.get_random_triplet_indices = capture
+    try:
+        pml_miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)(x, labels)
+    finally:
+        lmu.get_random_triplet_indices = original
+    ours = DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4).negative_weights(x, labels)
+    torch.testing.assert_close(ours, captured["weights"].float(), rtol=1e-4, atol=1e-6)
+
+
+def test_distance_weighted_draws_follow_the_target_distribution():
+    from scipy.stats import chisquare
+
+    x, labels = batch(n=24, dim=4, classes=3, seed=12)
+    miner = DistanceWeightedMiner().seed(0)
+    target = miner.negative_weights(x, labels)[0].double()  # anchor 0's distribution over negatives
+    support = (target > 0).nonzero()[:, 0]
+    counts = torch.zeros(24, dtype=torch.float64)
+    for _ in range(300):
+        mined = miner(x, labels, "triplets")
+        counts += torch.bincount(mined.negative[mined.anchor == 0], minlength=24).double()
+    assert counts[target == 0].sum() == 0
+    expected = target[support] * counts.sum()
+    assert chisquare(counts[support].numpy(), expected.numpy()).pvalue > 1e-3
+    # Without the weighting (uniform over the same negatives) the same test rejects.
+    uniform = torch.full((len(support),), counts.sum() / len(support), dtype=torch.float64)
+    assert chisquare(counts[support].numpy(), uniform.numpy()).pvalue < 1e-6
+    # Every draw is a negative of its anchor closer than the cut-off.
+    d = dist(x)
+    assert all(labels[a] != labels[n] and d[a, n] < 1.4 for a, n in zip(mined.anchor.tolist(), mined.negative.tolist()))

@@ -2,10 +2,10 @@
 
 import json
 import os
-from importlib import metadata
 import re
 import subprocess
 import sys
+from importlib import metadata
 
 import nbformat
 import papermill
@@ -14,9 +14,11 @@ import yaml
 
 from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError
+from dmlbench.losses import LOSSES
+from dmlbench.miners import MINERS
 from dmlbench.paths import REPO_ROOT, notebook
 from dmlbench.readme import render_block
-from dmlbench.study import RunFailed, emit_makefile, load_study, run_config, run_study
+from dmlbench.study import emit_makefile, load_study, run_config, run_study
 
 from .conftest import tiny_settings
 
@@ -73,7 +75,7 @@ def execute(tmp_path, **parameters):
 
 def test_unknown_loss_in_notebook_fails_naming_choices_without_metrics(isolated, tmp_path):
     error = execute(tmp_path, loss="lifted")
-    assert "unknown loss 'lifted'" in error.evalue and "valid loss names: contrastive, triplet" in error.evalue
+    assert "unknown loss 'lifted'" in error.evalue and "valid loss names: " + ", ".join(LOSSES.names()) in error.evalue
     with pytest.raises(ConfigError, match="valid miner names"):
         run_config(RunConfig(**tiny_settings(), miner="hardest"))
 
@@ -163,9 +165,9 @@ def test_study_then_report(isolated, tmp_path, monkeypatch):
 
 def test_cli_rejects_unknown_names_with_exit_code_2(isolated, tmp_path):
     run = subprocess.run([sys.executable, "-m", "dmlbench", "run", "--loss", "lifted"], capture_output=True, text=True)
-    assert run.returncode == 2 and "valid loss names: contrastive, triplet" in run.stderr
+    assert run.returncode == 2 and "valid loss names: " + ", ".join(LOSSES.names()) in run.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: [fashion-mnist]\nlosses: [triplet]\nminers: [hardest]\n")
     run = subprocess.run([sys.executable, "-m", "dmlbench", "study", str(bad), "--status"], capture_output=True, text=True)
-    assert run.returncode == 2 and "valid miner names: batch-hard, none, random, semi-hard" in run.stderr
+    assert run.returncode == 2 and "valid miner names: " + ", ".join(MINERS.names()) in run.stderr
     assert not list((isolated / "results").rglob("metrics.json")) if (isolated / "results").exists() else True
