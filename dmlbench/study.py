@@ -10,12 +10,15 @@ A study file (YAML) looks like::
     miners:                      # name -> keyword arguments of the miner
       none: {}
       semi-hard: {margin: 0.2}
+    cells:                       # more (loss, miner) pairs beyond the grid, e.g. a loss with its paper's sampling
+      - {loss: margin, miner: distance-weighted, loss_kwargs: {beta: 1.2}}
     seeds: [0]
     settings:                    # any other RunConfig field, shared by every cell
       epochs: 8
 
-Every name is checked before anything runs; an unknown one fails naming the valid choices. A loss
-crossed with a miner it cannot consume is not run: the cell is listed as skipped with the reason.
+Every cell runs on every dataset and seed. Every name is checked before anything runs; an unknown
+one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
+cell is listed as skipped with the reason. A pair given twice runs once.
 
 Each cell runs in ``results/runs/<run id>/``: the executed notebook and the metrics.json it writes.
 The run id embeds the configuration hash, so a finished cell (its metrics.json exists) is never run
@@ -48,7 +51,8 @@ from .record import METRICS_FILE
 
 log = logging.getLogger("dmlbench")
 
-STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "seeds", "settings")
+STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings")
+CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 EXPERIMENT_NOTEBOOK = "experiment.ipynb"
 KERNEL = "python3"
@@ -132,13 +136,30 @@ def load_study(path: str | os.PathLike) -> Study:
     unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(STUDY_KEYS)}")
-    for key in ("datasets", "losses", "miners"):
-        if not raw.get(key):
-            raise ConfigError(f"{path}: '{key}' is missing or empty")
+    if not raw.get("datasets"):
+        raise ConfigError(f"{path}: 'datasets' is missing or empty")
+    if "cells" not in raw or "losses" in raw or "miners" in raw:
+        for key in ("losses", "miners"):
+            if not raw.get(key):
+                raise ConfigError(f"{path}: '{key}' is missing or empty (or give a 'cells' list instead)")
 
     datasets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
-    losses = _named_kwargs(path, "losses", raw["losses"])
-    miners = _named_kwargs(path, "miners", raw["miners"])
+    losses = _named_kwargs(path, "losses", raw["losses"]) if raw.get("losses") else {}
+    miners = _named_kwargs(path, "miners", raw["miners"]) if raw.get("miners") else {}
+    pairs = [(loss, lk, miner, mk) for (loss, lk), (miner, mk) in itertools.product(losses.items(), miners.items())]
+    extra = raw.get("cells") or []
+    if not isinstance(extra, list):
+        raise ConfigError(f"{path}: cells: expected a list of {{loss, miner, loss_kwargs, miner_kwargs}}, got {extra!r}")
+    for i, entry in enumerate(extra):
+        if not isinstance(entry, dict) or "loss" not in entry or "miner" not in entry:
+            raise ConfigError(f"{path}: cells[{i}]: expected a mapping with 'loss' and 'miner', got {entry!r}")
+        bad = sorted(set(entry) - set(CELL_KEYS))
+        if bad:
+            raise ConfigError(f"{path}: cells[{i}]: unknown key {', '.join(map(repr, bad))}; valid keys: {', '.join(CELL_KEYS)}")
+        for key in ("loss_kwargs", "miner_kwargs"):
+            if not isinstance(entry.get(key) or {}, dict):
+                raise ConfigError(f"{path}: cells[{i}]: {key}: expected a mapping, got {entry[key]!r}")
+        pairs.append((str(entry["loss"]), entry.get("loss_kwargs") or {}, str(entry["miner"]), entry.get("miner_kwargs") or {}))
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or not seeds:
@@ -151,7 +172,8 @@ def load_study(path: str | os.PathLike) -> Study:
     if bad:
         raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
 
-    for registry, key, names in ((DATASETS, "datasets", datasets), (LOSSES, "losses", losses), (MINERS, "miners", miners)):
+    named = ((DATASETS, "datasets", datasets), (LOSSES, "losses", [p[0] for p in pairs]), (MINERS, "miners", [p[2] for p in pairs]))
+    for registry, key, names in named:
         for name in names:
             try:
                 registry.get(name)
@@ -159,10 +181,13 @@ def load_study(path: str | os.PathLike) -> Study:
                 raise type(error)(f"{path}: {key}: {error}") from None
 
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
-    for dataset, (loss, loss_kwargs), (miner, miner_kwargs), seed in itertools.product(
-            datasets, losses.items(), miners.items(), seeds):
+    seen = set()
+    for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in itertools.product(datasets, pairs, seeds):
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
                            miner_kwargs=dict(miner_kwargs), seed=seed)
+        if config.run_id() in seen:
+            continue
+        seen.add(config.run_id())
         try:
             config.validate()
         except IncompatibleError as error:

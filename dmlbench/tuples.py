@@ -56,10 +56,12 @@ def all_pairs(labels: torch.Tensor) -> Pairs:
 
 
 def all_triplets(labels: torch.Tensor) -> Triplets:
+    """Every (a, p, n), in lexicographic order; built from the P positive pairs x B candidates
+    rather than a (B, B, B) mask."""
     positive, negative = label_masks(labels)
-    valid = positive[:, :, None] & negative[:, None, :]  # (B, B, B): [a, p, n]
-    anchor, pos, neg = valid.nonzero(as_tuple=True)
-    return Triplets(anchor, pos, neg)
+    anchor, pos = positive.nonzero(as_tuple=True)  # (P,), (P,)
+    pair, neg = negative[anchor].nonzero(as_tuple=True)  # over the (P, B) negatives of each pair's anchor
+    return Triplets(anchor[pair], pos[pair], neg)
 
 
 def empty_like(kind: str, device: torch.device) -> Pairs | Triplets:

@@ -63,3 +63,31 @@ def test_emitted_makefile_has_one_target_per_cell_and_the_report(tmp_path, isola
         assert f"{cell.metrics_path}:\n\t/usr/bin/python3 -m dmlbench run --study {study.path} --cell {cell.run_id}" in text
     assert "report.html: $(RUNS)" in text
     assert ".DELETE_ON_ERROR" not in text.replace("No .DELETE_ON_ERROR", "")
+
+
+def test_cells_list_adds_pairs_beyond_the_grid_once(tmp_path, isolated):
+    study = load_study(write_study(tmp_path, seeds=[0], cells=[
+        {"loss": "contrastive", "miner": "multi-similarity", "miner_kwargs": {"epsilon": 0.2}},
+        {"loss": "triplet", "miner": "none", "loss_kwargs": {"margin": 0.2}},  # already in the grid
+        {"loss": "triplet", "miner": "multi-similarity"},  # incompatible: skipped with the reason
+    ]))
+    pairs = [(c.config.loss, c.config.miner) for c in study.cells]
+    assert pairs == [("triplet", "none"), ("triplet", "semi-hard"), ("contrastive", "multi-similarity")]
+    assert study.cells[-1].config.miner_kwargs == {"epsilon": 0.2}
+    assert [(s.loss, s.miner) for s in study.skipped] == [("triplet", "multi-similarity")]
+
+
+def test_cells_alone_make_a_study_and_bad_cells_fail(tmp_path):
+    path = tmp_path / "cells.yaml"
+    path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "cells": [{"loss": "triplet", "miner": "none"}]}))
+    assert len(load_study(path).cells) == 1
+    path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "cells": [{"loss": "triplet", "mine": "none"}]}))
+    with pytest.raises(ConfigError, match=r"cells\[0\]: expected a mapping with 'loss' and 'miner'"):
+        load_study(path)
+    path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "cells": [
+        {"loss": "triplet", "miner": "none", "seed": 3}]}))
+    with pytest.raises(ConfigError, match=r"cells\[0\]: unknown key 'seed'; valid keys: loss, miner"):
+        load_study(path)
+    path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "cells": [{"loss": "nope", "miner": "none"}]}))
+    with pytest.raises(ConfigError, match="losses: unknown loss 'nope'"):
+        load_study(path)

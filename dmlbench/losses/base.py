@@ -55,6 +55,9 @@ class Loss(nn.Module):
     # The loss's own parameters (proxies, classifier weights, beta) train at this multiple of the
     # model's learning rate, as their papers prescribe, unless the run sets loss_lr.
     param_lr_scale: ClassVar[float] = 1.0
+    # The miner that implements the sampling of the loss's own paper ("none": every tuple of the
+    # batch, or the loss selects its tuples itself). The default study runs each loss with it.
+    paper_miner: ClassVar[str] = "none"
 
     def __init__(self, reduction: str = "mean_nonzero"):
         super().__init__()

@@ -24,6 +24,7 @@ class TripletMarginLoss(Loss):
     """Triplet loss with margin (Schroff et al. 2015): d(a,p) + margin < d(a,n), hinge or soft-plus."""
 
     consumes = "triplets"
+    paper_miner = "semi-hard"
 
     def __init__(self, margin: float = 0.2, variant: str = "hinge", reduction: str = "mean_nonzero"):
         super().__init__(reduction)

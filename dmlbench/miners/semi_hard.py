@@ -33,7 +33,8 @@ class SemiHardMiner(Miner):
     def mine(self, embeddings, labels, kind):
         dist = euclidean(embeddings)  # (B, B)
         positive, negative = label_masks(labels)
-        gap = dist[:, None, :] - dist[:, :, None]  # (B, B, B): [a, p, n] = d(a, n) - d(a, p)
-        semi_hard = positive[:, :, None] & negative[:, None, :] & (gap > 0) & (gap <= self.margin)
-        anchor, pos, neg = semi_hard.nonzero(as_tuple=True)
-        return Triplets(anchor, pos, neg)
+        anchor, pos = positive.nonzero(as_tuple=True)  # (P,): the positive pairs
+        gap = dist[anchor] - dist[anchor, pos][:, None]  # (P, B): d(a, n) - d(a, p) for every candidate n
+        semi_hard = negative[anchor] & (gap > 0) & (gap <= self.margin)
+        pair, neg = semi_hard.nonzero(as_tuple=True)
+        return Triplets(anchor[pair], pos[pair], neg)

@@ -1,0 +1,19 @@
+"""Dispatch ``dmlbench bench <what>`` to the benchmark module."""
+
+from __future__ import annotations
+
+import sys
+
+BENCHMARKS = ("losses",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: dmlbench bench {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)
+        return 2
+    what, rest = argv[0], argv[1:]
+    if what == "losses":
+        from .losses import main as run
+
+    return run(rest)
