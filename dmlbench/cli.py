@@ -7,6 +7,7 @@
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench readme [--check]                   refresh the README's results block from results/
+    dmlbench bench losses [--batches ...]       time our losses against pytorch-metric-learning's
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def cmd_list(args) -> int:
             extra = ""
             if title == "losses":
                 extra = f"  [consumes {registry.get(name).consumes}; miners: {', '.join(compatible_miners(name))}]"
-            print(f"  {name:14s} {doc}{extra}")
+            print(f"  {name:19s} {doc}{extra}")
     return 0
 
 
@@ -146,6 +147,12 @@ def cmd_readme(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench.cli import main as bench
+
+    return bench([args.what, *args.options])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
@@ -182,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--root", help="look only here")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
+    p.add_argument("what", choices=["losses"])
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("readme", help="refresh (or --check) the README's results block from results/")
     p.add_argument("--check", action="store_true")

@@ -76,12 +76,13 @@ def knn(query: torch.Tensor, reference: torch.Tensor, k: int, *, exclude: torch.
         if exclude is not None:
             rows = torch.arange(stop - start, device=query.device)
             scores[rows, exclude[start:stop]] = -math.inf
-        top, idx = torch.topk(scores, k, dim=1)
-        # Order by (score descending, index ascending): sort by index, then stable sort by score.
-        idx, order = idx.sort(dim=1)
-        top = top.gather(1, order)
-        top, order = top.sort(dim=1, descending=True, stable=True)
-        idx = idx.gather(1, order)
+        top, idx = torch.topk(scores, k, dim=1)  # (b, k), scores descending
+        # Order equal scores by index: in rows holding a tie, sort by index, then stably by score.
+        tie_rows = (top[:, 1:] == top[:, :-1]).any(dim=1).nonzero(as_tuple=True)[0]
+        if len(tie_rows):
+            t_idx, order = idx[tie_rows].sort(dim=1)
+            t_top, order2 = top[tie_rows].gather(1, order).sort(dim=1, descending=True, stable=True)
+            top[tie_rows], idx[tie_rows] = t_top, t_idx.gather(1, order2)
         # Rows with a tie across the k-th place: topk may have kept any of the tied items, the
         # rule keeps the lowest indices, so those rows are redone with a full stable sort.
         if k < n_candidates:

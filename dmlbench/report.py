@@ -155,24 +155,26 @@ def heatmap(table: pd.DataFrame, title: str):
     return fig
 
 
-def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1"):
-    """Validation curves per run: one panel per loss, one line per miner (mean over seeds)."""
+def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: int = 4):
+    """Validation curves: one panel per loss (wrapped into rows), one line per miner, mean over seeds."""
     from matplotlib import pyplot as plt
 
     losses = list(dict.fromkeys(histories["loss_name"]))
-    fig, axes = plt.subplots(2, len(losses), figsize=(4.5 * len(losses), 6.4), squeeze=False)
-    for col, loss in enumerate(losses):
+    rows = -(-len(losses) // columns)
+    cols = min(columns, len(losses))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(losses):]:
+        ax.set_visible(False)
+    for ax, loss in zip(axes.flat, losses):
         part = histories[histories["loss_name"] == loss]
         for miner, lines in part.groupby("miner", sort=False):
-            mean = lines.groupby("epoch")[[key, "loss"]].mean()
-            axes[0, col].plot(mean.index, mean[key], marker="o", label=miner)
-            trained = mean["loss"].dropna()
-            axes[1, col].plot(trained.index, trained.values, marker="o", label=miner)
-        axes[0, col].set(title=f"{loss}: validation {METRIC_LABELS.get(key[4:], key)}", xlabel="epoch")
-        axes[1, col].set(title=f"{loss}: training loss", xlabel="epoch")
-        for ax in axes[:, col]:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            mean = lines.groupby("epoch")[key].mean()
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, label=miner)
+        ax.set(title=loss, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"validation {METRIC_LABELS.get(key[4:], key)}")
     fig.tight_layout()
     return fig
 

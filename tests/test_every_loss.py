@@ -47,3 +47,12 @@ def test_default_study_runs_every_loss_with_its_papers_sampling():
     pairs = {(c.config.loss, c.config.miner) for c in study.cells}
     for loss in LOSSES.names():
         assert (loss, LOSSES.get(loss).paper_miner) in pairs, loss
+
+
+def test_full_study_crosses_every_loss_with_every_compatible_miner_over_three_seeds():
+    from dmlbench.criterion import compatible_miners
+
+    study = load_study(REPO_ROOT / "studies" / "full.yaml")
+    pairs = {(c.config.loss, c.config.miner) for c in study.cells}
+    assert pairs == {(loss, miner) for loss in LOSSES.names() for miner in compatible_miners(loss)}
+    assert {c.config.seed for c in study.cells} == {0, 1, 2}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import reducers as pml_reducers
 
-from dmlbench.criterion import build_criterion
+from dmlbench.criterion import build_criterion, class_kwargs
 from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES, ContrastiveLoss, TripletMarginLoss
 from dmlbench.miners import BatchHardMiner, SemiHardMiner
@@ -152,7 +152,8 @@ def test_every_loss_backpropagates_finite_gradients_with_duplicates(name):
     embeddings, labels = batch(n=16, seed=8)
     embeddings[1] = embeddings[0]  # zero distance: sqrt must not give NaN gradients
     labels[1] = labels[0]
-    value, grad = value_and_grad(lambda x: LOSSES.create(name)(F.normalize(x), labels), embeddings)
+    loss = LOSSES.create(name, **class_kwargs(LOSSES.get(name), 5, 16))  # batch(): 5 classes, dim 16
+    value, grad = value_and_grad(lambda x: loss(F.normalize(x), labels), embeddings)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
 
 

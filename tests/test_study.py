@@ -19,10 +19,10 @@ def write_study(tmp_path, **content):
 
 def test_default_study_is_valid_and_big_enough():
     study = load_study(REPO_ROOT / "studies" / "default.yaml")
-    losses = {c.config.loss for c in study.cells}
-    miners = {c.config.miner for c in study.cells}
-    assert len(losses) >= 2 and len(miners) >= 3
-    assert len(study.cells) == len(losses) * len(miners) * len({c.config.seed for c in study.cells})
+    miners_of = {}
+    for cell in study.cells:
+        miners_of.setdefault(cell.config.loss, set()).add(cell.config.miner)
+    assert sum(len(m) >= 3 for m in miners_of.values()) >= 2  # at least 2 losses x 3 miners
     assert len({c.run_id for c in study.cells}) == len(study.cells)
 
 

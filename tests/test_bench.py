@@ -1,0 +1,24 @@
+"""The benchmark scripts run end to end (their timings are read in results/bench/, not asserted)."""
+
+import math
+
+from dmlbench.bench import losses as bench_losses
+from dmlbench.losses import LOSSES
+
+
+def test_loss_benchmark_covers_every_loss_and_runs():
+    assert {case.loss for case in bench_losses.CASES} == set(LOSSES.names())
+    table = bench_losses.run(batches=(32,), dims=(16,), repeats=3)
+    assert list(table["case"]) == [case.label for case in bench_losses.CASES]
+    assert (table["dmlbench_ms"] > 0).all()
+    for case, ratio in zip(bench_losses.CASES, table["pml/dmlbench"]):
+        assert math.isnan(ratio) == (case.pml is None), case.label
+
+
+def test_benchmark_cli_saves_its_table(isolated):
+    from dmlbench.cli import main
+
+    assert main(["bench", "losses", "--batches", "32", "--dims", "16", "--repeats", "3"]) == 0
+    text = (isolated / "results" / "bench" / "losses-cpu.txt").read_text()
+    assert "medians of interleaved repetitions" in text and "lifted structure" in text
+    assert (isolated / "results" / "bench" / "losses-cpu.csv").is_file()
