@@ -12,26 +12,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.arcface import ArcFaceLoss
 
-
-def batch(n=24, dim=16, classes=6, seed=0, opposite=0, dtype=torch.float32):
-    """Raw embeddings, labels and raw (classes, dim) class weights. The first ``opposite`` embeddings
-    point almost away from their class weight (theta_y close to pi), so that theta_y + m > pi."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    weights = torch.randn(classes, dim, generator=g, dtype=torch.float64)
-    for i in range(opposite):
-        w = weights[labels[i]]
-        x[i] = -w + 0.15 * torch.linalg.vector_norm(w) * torch.randn(dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
-    return x.to(dtype), labels, weights.to(dtype)
-
-
-def value_and_grads(fn, x, weight_param):
-    x = x.clone().requires_grad_(True)
-    weight_param.grad = None
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad, weight_param.grad.clone()
+from .oracle import assert_same_value_and_grads, batch_with_weights, value_and_grads
 
 
 def target_angles(x, labels, weights):
@@ -57,22 +38,20 @@ def brute_arcface(x, labels, weights, margin, scale):
 @pytest.mark.parametrize("degrees", [28.6, math.degrees(0.5), 10.0])
 @pytest.mark.parametrize("scale", [64.0, 16.0])
 def test_matches_pml_with_the_same_weights(degrees, scale):
-    x, labels, init = batch(n=48, dim=32, classes=10, seed=0, opposite=6)
+    x, labels, init = batch_with_weights(n=48, dim=32, classes=10, seed=0, opposite=6)
     assert (target_angles(x, labels, init) > math.pi - math.radians(degrees)).sum() >= 3  # both branches run
     ours = ArcFaceLoss(10, 32, margin=math.radians(degrees), scale=scale)
     theirs = pml_losses.ArcFaceLoss(num_classes=10, embedding_size=32, margin=degrees, scale=scale)
     assert theirs.W.shape == (32, 10)  # pml stores the weights as (dim, classes)
     ours.weight.data.copy_(init)
     theirs.W.data.copy_(init.T)
-    value, gx, gw = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.weight)
-    ref, ref_gx, ref_gw = value_and_grads(lambda e: theirs(e, labels), x, theirs.W)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw, ref_gw.T, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: theirs(e, labels),
+                                x, ours.weight, theirs.W, transposed=True)
 
 
 def test_default_margin_equals_pml_with_the_margin_in_degrees():
-    x, labels, init = batch(n=32, dim=16, classes=8, seed=1, opposite=4)
+    x, labels, init = batch_with_weights(n=32, dim=16, classes=8, seed=1, opposite=4)
     ours = ArcFaceLoss(8, 16)
     theirs = pml_losses.ArcFaceLoss(num_classes=8, embedding_size=16, margin=math.degrees(0.5), scale=64)
     ours.weight.data.copy_(init)
@@ -88,17 +67,15 @@ def test_default_margin_equals_pml_with_the_margin_in_degrees():
                                                 (1.2, 30.0, torch.float64), (0.5, 8.0, torch.float32)])
 def test_matches_loop(margin, scale, dtype):
     # float64 where exp(s cos) of the loop's literal formula would under/overflow in float32
-    x, labels, init = batch(n=14, dim=8, classes=5, seed=2, opposite=4, dtype=dtype)
+    x, labels, init = batch_with_weights(n=14, dim=8, classes=5, seed=2, opposite=4, dtype=dtype)
     assert (target_angles(x, labels, init) > math.pi - margin).any()  # the theta + m > pi branch runs
     assert (target_angles(x, labels, init) < math.pi - margin).any()
     ours = ArcFaceLoss(5, 8, margin=margin, scale=scale).to(dtype)
     ours.weight.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gw = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.weight)
-    ref, ref_gx, ref_gw = value_and_grads(lambda e: brute_arcface(e, labels, reference, margin, scale), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: brute_arcface(e, labels, reference, margin, scale),
+                                x, ours.weight, reference)
 
 
 @pytest.mark.parametrize("margin", [0.5, 1.0])
@@ -144,7 +121,7 @@ def test_bad_hyperparameters_fail_clearly():
 
 
 def test_finite_gradients_with_duplicates_and_embeddings_on_and_opposite_their_weight():
-    x, labels, init = batch(n=16, dim=8, classes=4, seed=3)
+    x, labels, init = batch_with_weights(n=16, dim=8, classes=4, seed=3)
     x[1] = x[0]
     labels[1] = labels[0]
     x[2] = init[labels[2]]  # theta = 0: sin(theta) = 0, the square root's gradient must not blow up

@@ -2,6 +2,8 @@
 
 pytorch-metric-learning has no center loss, so there is no library oracle here."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,13 +13,10 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.center import CenterLoss
 
+from .oracle import assert_same_value_and_grads, batch_with_weights, value_and_grads
 
-def batch(n=24, dim=16, classes=6, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    centers = torch.randn(classes, dim, generator=g, dtype=torch.float64).to(dtype) * 0.5
-    return x, labels, centers
+
+batch = partial(batch_with_weights, weight_scale=0.5)  # raw embeddings, labels, centres at half their scale
 
 
 def brute_center_loss(x, labels, weight, bias, centers, lambda_c):
@@ -40,17 +39,11 @@ def test_value_and_gradients_match_loop(lambda_c, training, dtype):
     loss.train(training)
     weight = torch.nn.Parameter(loss.classifier.weight.detach().clone())
     bias = torch.nn.Parameter(loss.classifier.bias.detach().clone())
-
-    xo = F.normalize(x).requires_grad_(True)
-    value = loss(xo, labels)
-    value.backward()  # after the in-place centre update (training): autograd must be unaffected
-    xr = F.normalize(x).requires_grad_(True)
-    ref = brute_center_loss(xr, labels, weight, bias, centers, lambda_c)  # the centres before the update
-    ref.backward()
-    torch.testing.assert_close(value.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss.classifier.weight.grad, weight.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss.classifier.bias.grad, bias.grad, rtol=1e-5, atol=1e-6)
+    # gradients with respect to the normalised embeddings; ours backpropagates after its in-place centre
+    # update (training), which must not disturb autograd; the loop sees the centres before the update
+    assert_same_value_and_grads(lambda e: loss(e, labels),
+                                lambda e: brute_center_loss(e, labels, weight, bias, centers, lambda_c),
+                                F.normalize(x), (loss.classifier.weight, loss.classifier.bias), (weight, bias))
     assert torch.equal(loss.centers, centers) != training  # updated in training mode only
 
 
@@ -138,11 +131,9 @@ def test_finite_gradients_with_duplicates_and_an_embedding_on_its_centre():
     x[2] = centers[labels[2]]
     loss = CenterLoss(4, 8)
     loss.centers.copy_(F.normalize(centers))
-    xo = F.normalize(x).requires_grad_(True)
-    value = loss(xo, labels)
-    value.backward()
-    assert torch.isfinite(value) and torch.isfinite(xo.grad).all() and xo.grad.abs().sum() > 0
-    assert torch.isfinite(loss.classifier.weight.grad).all() and torch.isfinite(loss.centers).all()
+    value, gx, gw = value_and_grads(lambda e: loss(e, labels), F.normalize(x), loss.classifier.weight)
+    assert torch.isfinite(value) and torch.isfinite(gx).all() and gx.abs().sum() > 0
+    assert torch.isfinite(gw).all() and torch.isfinite(loss.centers).all()
 
 
 def test_training_pulls_embeddings_towards_centres():

@@ -1,6 +1,7 @@
 """Lifted structured loss against a slow loop and against pytorch-metric-learning."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -14,31 +15,14 @@ from dmlbench.losses.lifted import LiftedStructureLoss
 from dmlbench.miners import BatchHardMiner, RandomMiner, SemiHardMiner
 from dmlbench.tuples import Pairs, all_pairs
 
-
-def batch(n=24, dim=16, classes=5, seed=0, dtype=torch.float32):
-    """Raw embeddings (ours see F.normalize(x); pml normalises inside its distance) and labels."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+from . import oracle
+from .oracle import as_tuple, batch, shuffled_subset, value_and_grad
 
 
-def value_and_grad(fn, embeddings):
-    x = embeddings.clone().requires_grad_(True)
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad
-
-
-def assert_same_value_and_grad(ours, reference, embeddings):
-    value, grad = value_and_grad(ours, embeddings)
-    ref_value, ref_grad = value_and_grad(reference, embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    # float32 rounding grows with the gradients' size (e.g. under reduction="sum"): atol is
-    # relative to the largest gradient
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6 * ref_grad.abs().max().item())
-
-
-def as_tuple(pairs):
-    return pairs.pos_a, pairs.pos_b, pairs.neg_a, pairs.neg_b
+# gradients to rtol 1e-5 and an atol of 1e-6 times the largest reference gradient: float32 rounding
+# grows with the gradients' size (e.g. under reduction="sum")
+assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-5, grad_atol=1e-6,
+                                     relative_grad_atol=True)
 
 
 def brute_lifted(x, pairs, margin, rule):
@@ -59,15 +43,6 @@ def brute_lifted(x, pairs, margin, rule):
         j_ij = torch.log(sum(exps)) + torch.linalg.vector_norm(x[i] - x[j])
         values.append(torch.relu(j_ij) ** 2 / 2)
     return sum(values) / len(values)
-
-
-def shuffled_subset(pairs, keep, seed):
-    """A miner-like choice: a random subset of the pairs, in random order, some negatives repeated."""
-    g = torch.Generator().manual_seed(seed)
-    pos = torch.randperm(len(pairs.pos_a), generator=g)[: max(1, int(keep * len(pairs.pos_a)))]
-    neg = torch.randperm(len(pairs.neg_a), generator=g)[: max(1, int(keep * len(pairs.neg_a)))]
-    neg = torch.cat([neg, neg[:5]])  # repeated negative pairs
-    return Pairs(pairs.pos_a[pos], pairs.pos_b[pos], pairs.neg_a[neg], pairs.neg_b[neg])
 
 
 def test_registered():

@@ -12,10 +12,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses.margin import MarginLoss
 from dmlbench.tuples import Pairs, Triplets, all_triplets
 
-
-def batch(n=24, dim=16, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g), torch.randint(0, classes, (n,), generator=g)
+from .oracle import as_tuple, batch, value_and_grad, value_and_grads
 
 
 def some_triplets(labels, fraction=0.3, seed=0):
@@ -27,13 +24,10 @@ def some_triplets(labels, fraction=0.3, seed=0):
 
 
 def grads(loss_fn, module, embeddings):
-    """Value, gradient w.r.t. the raw embeddings and w.r.t. the module's beta."""
-    x = embeddings.clone().requires_grad_(True)
-    module.zero_grad()
-    value = loss_fn(x)
-    value.backward()
-    beta_grad = module.beta.grad.clone() if isinstance(module.beta, torch.nn.Parameter) else None
-    return value.detach(), x.grad, beta_grad
+    """Value, gradient w.r.t. the raw embeddings and w.r.t. the module's beta (None for a fixed beta)."""
+    if isinstance(module.beta, torch.nn.Parameter):
+        return value_and_grads(loss_fn, embeddings, module.beta)
+    return (*value_and_grad(loss_fn, embeddings), None)
 
 
 def set_betas(ours, theirs, values):
@@ -44,15 +38,17 @@ def set_betas(ours, theirs, values):
         ours.beta.copy_(values)
 
 
-def assert_close_all(a, b):
+def assert_close_all(a, b, beta_atol=None):
     """Values and embedding gradients to 1e-5. The beta gradient is a sum of many +-1/divisor and
     nu/divisor terms (one per pair): in float32 the two libraries accumulate it in different orders
-    and differ by ~3e-6 absolute, so float32 beta gradients get atol 1e-5; float64 gets 1e-5 relative."""
+    and differ by ~3e-6 absolute, so by default float32 beta gradients get atol 1e-5; float64 gets
+    1e-5 relative. ``beta_atol`` replaces that atol (against a loop that sums like ours)."""
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
     if a[2] is not None or b[2] is not None:
-        atol = 1e-5 if a[2].dtype == torch.float32 else 1e-12
-        torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=atol)
+        if beta_atol is None:
+            beta_atol = 1e-5 if a[2].dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=beta_atol)
 
 
 DTYPES = [torch.float32, torch.float64]
@@ -71,9 +67,8 @@ def test_per_class_beta_matches_pml_on_triplets(nu, margin, dtype):
     theirs = pml_losses.MarginLoss(margin=margin, nu=2 * nu, beta=1.2, learn_beta=True, num_classes=classes)
     betas = torch.linspace(0.9, 1.4, classes, dtype=dtype)  # distinct per-class boundaries, copied into both
     set_betas(ours, theirs, betas)
-    indices = (triplets.anchor, triplets.positive, triplets.negative)
     a = grads(lambda x: ours(F.normalize(x), labels, triplets), ours, embeddings)
-    b = grads(lambda x: theirs(x, labels, indices), theirs, embeddings)
+    b = grads(lambda x: theirs(x, labels, as_tuple(triplets)), theirs, embeddings)
     assert a[0] > 0 and torch.count_nonzero(a[2]) > 0
     assert_close_all(a, b)
 
@@ -86,9 +81,8 @@ def test_global_beta_matches_pml(dtype):
     ours = MarginLoss(nu=0.0, learn_beta=True, per_class=False)
     theirs = pml_losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2, learn_beta=True)
     set_betas(ours, theirs, torch.tensor([1.05], dtype=dtype))
-    indices = (triplets.anchor, triplets.positive, triplets.negative)
     a = grads(lambda x: ours(F.normalize(x), labels, triplets), ours, embeddings)
-    b = grads(lambda x: theirs(x, labels, indices), theirs, embeddings)
+    b = grads(lambda x: theirs(x, labels, as_tuple(triplets)), theirs, embeddings)
     assert a[2].shape == (1,) and a[2].abs().item() > 0
     assert_close_all(a, b)
 
@@ -103,9 +97,8 @@ def test_global_beta_with_nu_equals_pml_per_class_with_equal_betas():
     ours = MarginLoss(nu=0.1, learn_beta=True, per_class=False).double()
     theirs = pml_losses.MarginLoss(margin=0.2, nu=0.2, beta=1.2, learn_beta=True, num_classes=classes)
     theirs.beta = torch.nn.Parameter(theirs.beta.detach().double())
-    indices = (triplets.anchor, triplets.positive, triplets.negative)
     a = grads(lambda x: ours(F.normalize(x), labels, triplets), ours, embeddings)
-    b = grads(lambda x: theirs(x, labels, indices), theirs, embeddings)
+    b = grads(lambda x: theirs(x, labels, as_tuple(triplets)), theirs, embeddings)
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a[2], b[2].sum().reshape(1), rtol=1e-5, atol=1e-6)
@@ -116,9 +109,8 @@ def test_fixed_beta_matches_pml_default():
     triplets = some_triplets(labels, fraction=1.0)
     ours = MarginLoss(beta=1.1, learn_beta=False, per_class=False)
     theirs = pml_losses.MarginLoss(beta=1.1)  # margin 0.2, nu 0, fixed beta: pml's defaults
-    indices = (triplets.anchor, triplets.positive, triplets.negative)
     a = grads(lambda x: ours(F.normalize(x), labels, triplets), ours, embeddings)
-    b = grads(lambda x: theirs(x, labels, indices), theirs, embeddings)
+    b = grads(lambda x: theirs(x, labels, as_tuple(triplets)), theirs, embeddings)
     assert a[2] is None and not any(p.requires_grad for p in ours.parameters())
     assert_close_all(a, b)
 
@@ -155,12 +147,9 @@ def test_all_pairs_matches_loop(reduction, per_class):
     reference = torch.nn.Parameter(ours.beta.detach().clone())
     pairs = pair_list(labels.tolist())
     a = grads(lambda x: ours(F.normalize(x), labels), ours, embeddings)
-    x = embeddings.clone().requires_grad_(True)
-    value = brute_margin(F.normalize(x), labels.tolist(), pairs, reference, 0.3, 0.07, per_class, reduction)
-    value.backward()
-    torch.testing.assert_close(a[0], value.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a[1], x.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a[2], reference.grad, rtol=1e-5, atol=1e-6)
+    b = value_and_grads(lambda x: brute_margin(F.normalize(x), labels.tolist(), pairs, reference, 0.3, 0.07, per_class,
+                                               reduction), embeddings, reference)
+    assert_close_all(a, b, beta_atol=1e-6)
 
 
 def test_mined_pairs_with_duplicates_match_loop():
@@ -171,12 +160,9 @@ def test_mined_pairs_with_duplicates_match_loop():
     ours = MarginLoss(nu=0.02, num_classes=3)
     a = grads(lambda x: ours(F.normalize(x), labels, mined), ours, embeddings)
     beta = torch.nn.Parameter(torch.full((3,), 1.2))
-    x = embeddings.clone().requires_grad_(True)
-    value = brute_margin(F.normalize(x), labels.tolist(), (pos, neg), beta, 0.2, 0.02, True, "mean_nonzero")
-    value.backward()
-    torch.testing.assert_close(a[0], value.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a[1], x.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a[2], beta.grad, rtol=1e-5, atol=1e-6)
+    b = value_and_grads(lambda x: brute_margin(F.normalize(x), labels.tolist(), (pos, neg), beta, 0.2, 0.02, True,
+                                               "mean_nonzero"), embeddings, beta)
+    assert_close_all(a, b, beta_atol=1e-6)
 
 
 def test_no_active_pair_leaves_only_the_regulariser():
@@ -204,10 +190,8 @@ def test_finite_gradients_with_duplicated_embeddings():
     embeddings[1] = embeddings[0]
     labels[1] = labels[0]
     loss = MarginLoss(nu=0.01, num_classes=5)
-    x = embeddings.clone().requires_grad_(True)
-    value = loss(F.normalize(x), labels)
-    value.backward()
-    assert torch.isfinite(value) and torch.isfinite(x.grad).all() and torch.isfinite(loss.beta.grad).all()
+    value, grad, beta_grad = value_and_grads(lambda x: loss(F.normalize(x), labels), embeddings, loss.beta)
+    assert torch.isfinite(value) and torch.isfinite(grad).all() and torch.isfinite(beta_grad).all()
 
 
 def test_bad_arguments_fail_clearly():

@@ -1,6 +1,7 @@
 """Multi-similarity loss (Wang et al. 2019) against pytorch-metric-learning and a slow loop."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -13,25 +14,12 @@ from dmlbench.losses.multi_similarity import MultiSimilarityLoss
 from dmlbench.miners import BatchHardMiner, MultiSimilarityMiner
 from dmlbench.tuples import Pairs, all_pairs
 
-
-def batch(n=24, dim=16, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g), torch.randint(0, classes, (n,), generator=g)
+from . import oracle
+from .oracle import as_tuple, batch, value_and_grad
 
 
-def value_and_grad(fn, embeddings):
-    x = embeddings.clone().requires_grad_(True)
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad
-
-
-def assert_same_value_and_grad(ours, reference, embeddings):
-    value, grad = value_and_grad(ours, embeddings)
-    ref_value, ref_grad = value_and_grad(reference, embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
-    assert value > 0 and grad.abs().sum() > 0
+# gradients to rtol 1e-5, atol 1e-6; never a comparison of two zeros
+assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-5, grad_atol=1e-6, nonzero=True)
 
 
 def random_pairs(labels, fraction=0.4, seed=0):
@@ -81,9 +69,8 @@ def test_mined_pairs_match_pml(seed):
     mined = random_pairs(labels, fraction=0.15, seed=seed)
     ours = MultiSimilarityLoss()
     theirs = pml_losses.MultiSimilarityLoss(alpha=2, beta=50, base=1.0)
-    indices = (mined.pos_a, mined.pos_b, mined.neg_a, mined.neg_b)
     assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, mined),
-                               lambda x: theirs(x, labels, indices), embeddings)
+                               lambda x: theirs(x, labels, as_tuple(mined)), embeddings)
 
 
 def test_multi_similarity_miner_pairs_match_pml():
@@ -92,9 +79,8 @@ def test_multi_similarity_miner_pairs_match_pml():
     assert 0 < len(mined) < len(all_pairs(labels))
     ours = MultiSimilarityLoss(base=0.5)
     theirs = pml_losses.MultiSimilarityLoss(base=0.5)
-    indices = (mined.pos_a, mined.pos_b, mined.neg_a, mined.neg_b)
     assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, mined),
-                               lambda x: theirs(x, labels, indices), embeddings)
+                               lambda x: theirs(x, labels, as_tuple(mined)), embeddings)
 
 
 def test_triplets_count_each_pair_once_like_pml():
@@ -102,9 +88,8 @@ def test_triplets_count_each_pair_once_like_pml():
     triplets = BatchHardMiner()(F.normalize(embeddings), labels, "triplets")
     ours = MultiSimilarityLoss()
     theirs = pml_losses.MultiSimilarityLoss(base=1.0)
-    indices = (triplets.anchor, triplets.positive, triplets.negative)
     assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, triplets),
-                               lambda x: theirs(x, labels, indices), embeddings)
+                               lambda x: theirs(x, labels, as_tuple(triplets)), embeddings)
 
 
 @pytest.mark.parametrize("alpha,beta,base", [(2.0, 50.0, 1.0), (3.0, 20.0, 0.4)])
@@ -138,10 +123,9 @@ def test_reductions():
 def test_large_scales_stay_finite():
     """beta = 50 on similarities near 1 gives exp(25); with beta = 1000 a naive sum would overflow."""
     embeddings, labels = batch(n=16, dim=4, classes=2, seed=9)
-    x = embeddings.clone().requires_grad_(True)
-    value = MultiSimilarityLoss(alpha=500.0, beta=1000.0, base=0.0)(F.normalize(x), labels)
-    value.backward()
-    assert torch.isfinite(value) and torch.isfinite(x.grad).all() and value > 0
+    value, grad = value_and_grad(lambda x: MultiSimilarityLoss(alpha=500.0, beta=1000.0, base=0.0)(F.normalize(x), labels),
+                                 embeddings)
+    assert torch.isfinite(value) and torch.isfinite(grad).all() and value > 0
 
 
 def test_no_pairs_gives_zero_with_graph():

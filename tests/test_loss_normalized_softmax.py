@@ -12,22 +12,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.normalized_softmax import NormalizedSoftmaxLoss
 
-
-def batch(n=24, dim=16, classes=6, seed=0, dtype=torch.float32):
-    """Raw embeddings, labels and raw (classes, dim) class weights."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    weights = torch.randn(classes, dim, generator=g, dtype=torch.float64).to(dtype)
-    return x, labels, weights
-
-
-def value_and_grads(fn, x, weight_param):
-    x = x.clone().requires_grad_(True)
-    weight_param.grad = None
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad, weight_param.grad.clone()
+from .oracle import assert_same_value_and_grads, batch_with_weights, value_and_grads
 
 
 def brute_normalized_softmax(x, labels, weights, temperature):
@@ -42,31 +27,27 @@ def brute_normalized_softmax(x, labels, weights, temperature):
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_pml_with_the_same_weights(temperature, seed):
-    x, labels, init = batch(n=48, dim=32, classes=10, seed=seed)
+    x, labels, init = batch_with_weights(n=48, dim=32, classes=10, seed=seed)
     ours = NormalizedSoftmaxLoss(10, 32, temperature=temperature)
     theirs = pml_losses.NormalizedSoftmaxLoss(num_classes=10, embedding_size=32, temperature=temperature)
     assert theirs.W.shape == (32, 10)  # pml stores the weights as (dim, classes)
     ours.weight.data.copy_(init)
     theirs.W.data.copy_(init.T)
-    value, gx, gw = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.weight)
-    ref, ref_gx, ref_gw = value_and_grads(lambda e: theirs(e, labels), x, theirs.W)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw, ref_gw.T, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: theirs(e, labels),
+                                x, ours.weight, theirs.W, transposed=True)
 
 
 @pytest.mark.parametrize("temperature", [0.05, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_loop(temperature, dtype):
-    x, labels, init = batch(n=14, dim=8, classes=5, seed=2, dtype=dtype)
+    x, labels, init = batch_with_weights(n=14, dim=8, classes=5, seed=2, dtype=dtype)
     ours = NormalizedSoftmaxLoss(5, 8, temperature=temperature).to(dtype)
     ours.weight.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gw = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.weight)
-    ref, ref_gx, ref_gw = value_and_grads(lambda e: brute_normalized_softmax(e, labels, reference, temperature), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: brute_normalized_softmax(e, labels, reference, temperature),
+                                x, ours.weight, reference)
 
 
 def test_defaults_and_registration():
@@ -94,7 +75,7 @@ def test_bad_hyperparameters_fail_clearly():
 
 
 def test_finite_gradients_with_duplicates_and_an_embedding_on_its_weight():
-    x, labels, init = batch(n=16, dim=8, classes=4, seed=3)
+    x, labels, init = batch_with_weights(n=16, dim=8, classes=4, seed=3)
     x[1] = x[0]
     labels[1] = labels[0]
     x[2] = init[labels[2]]

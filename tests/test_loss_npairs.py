@@ -1,5 +1,7 @@
 """Multi-class N-pair loss against a slow loop and against pytorch-metric-learning."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,10 +15,8 @@ from dmlbench.losses.npairs import NPairsLoss, one_pair_per_class
 from dmlbench.miners import SemiHardMiner
 from dmlbench.tuples import Pairs, all_pairs
 
-
-def batch(n=24, dim=16, classes=5, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, dim, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+from . import oracle
+from .oracle import as_tuple, batch, value_and_grad
 
 
 def paired_batch(classes=12, dim=16, seed=0):
@@ -26,20 +26,10 @@ def paired_batch(classes=12, dim=16, seed=0):
     return torch.randn(2 * classes, dim, generator=g), labels
 
 
-def value_and_grad(fn, embeddings):
-    x = embeddings.clone().requires_grad_(True)
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad
-
-
-def assert_same_value_and_grad(ours, reference, embeddings):
-    value, grad = value_and_grad(ours, embeddings)
-    ref_value, ref_grad = value_and_grad(reference, embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    # float32 rounding grows with the gradients' size (e.g. under reduction="sum"): atol is
-    # relative to the largest gradient
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6 * ref_grad.abs().max().item())
+# gradients to rtol 1e-5 and an atol of 1e-6 times the largest reference gradient: float32 rounding
+# grows with the gradients' size (e.g. under reduction="sum")
+assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-5, grad_atol=1e-6,
+                                     relative_grad_atol=True)
 
 
 def pml_npairs(l2_weight, normalize=True):
@@ -106,9 +96,8 @@ def test_pair_choice_follows_the_mined_order_as_pml(seed):
     mined = shuffled(all_pairs(labels), seed)
     ours = NPairsLoss()
     theirs = pml_npairs(0.002)
-    indices = (mined.pos_a, mined.pos_b, mined.neg_a, mined.neg_b)
     assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, mined),
-                               lambda x: theirs(F.normalize(x), labels, indices), embeddings)
+                               lambda x: theirs(F.normalize(x), labels, as_tuple(mined)), embeddings)
     # the choice matters: another order gives another value
     assert not torch.isclose(ours(F.normalize(embeddings), labels, mined), ours(F.normalize(embeddings), labels))
 
@@ -116,9 +105,8 @@ def test_pair_choice_follows_the_mined_order_as_pml(seed):
 def test_matches_pml_on_semi_hard_pairs():
     embeddings, labels = batch(n=48, dim=16, classes=8, seed=6)
     mined = SemiHardMiner(margin=0.2)(F.normalize(embeddings), labels, "pairs")
-    indices = (mined.pos_a, mined.pos_b, mined.neg_a, mined.neg_b)
     assert_same_value_and_grad(lambda x: NPairsLoss()(F.normalize(x), labels, mined),
-                               lambda x: pml_npairs(0.002)(F.normalize(x), labels, indices), embeddings)
+                               lambda x: pml_npairs(0.002)(F.normalize(x), labels, as_tuple(mined)), embeddings)
 
 
 def test_one_pair_per_class_with_all_pairs_is_first_and_second_image():

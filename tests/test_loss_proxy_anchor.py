@@ -12,22 +12,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.proxy_anchor import ProxyAnchorLoss
 
-
-def batch(n=24, dim=16, classes=6, seed=0, present=None, dtype=torch.float32):
-    """Raw embeddings, labels drawn from the first ``present`` classes (all by default), raw proxies."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-    labels = torch.randint(0, present or classes, (n,), generator=g)
-    proxies = torch.randn(classes, dim, generator=g, dtype=torch.float64).to(dtype)
-    return x, labels, proxies
-
-
-def value_and_grads(fn, x, proxy_param):
-    x = x.clone().requires_grad_(True)
-    proxy_param.grad = None
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad, proxy_param.grad.clone()
+from .oracle import assert_same_value_and_grads, batch_with_weights, value_and_grads
 
 
 def brute_proxy_anchor(x, labels, proxies, margin, alpha):
@@ -61,42 +46,36 @@ CASES = [  # (n, classes, classes present in the batch, seed)
 @pytest.mark.parametrize("n,classes,present,seed", CASES)
 @pytest.mark.parametrize("margin,alpha", [(0.1, 32.0), (0.2, 16.0), (0.0, 4.0)])
 def test_matches_pml_with_the_same_proxies(n, classes, present, seed, margin, alpha):
-    x, labels, init = batch(n=n, dim=32, classes=classes, present=present, seed=seed)
+    x, labels, init = batch_with_weights(n=n, dim=32, classes=classes, present=present, seed=seed)
     ours = ProxyAnchorLoss(classes, 32, margin=margin, alpha=alpha)
     theirs = pml_losses.ProxyAnchorLoss(num_classes=classes, embedding_size=32, margin=margin, alpha=alpha)
     ours.proxies.data.copy_(init)
     theirs.proxies.data.copy_(init)
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: theirs(e, labels), x, theirs.proxies)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: theirs(e, labels),
+                                x, ours.proxies, theirs.proxies)
 
 
 @pytest.mark.parametrize("n,classes,present,seed", [(14, 5, None, 3), (12, 9, 4, 4), (8, 3, 1, 5)])
 @pytest.mark.parametrize("margin,alpha", [(0.1, 32.0), (0.3, 8.0)])
 def test_matches_loop(n, classes, present, seed, margin, alpha):
-    x, labels, init = batch(n=n, dim=8, classes=classes, present=present, seed=seed, dtype=torch.float64)
+    x, labels, init = batch_with_weights(n=n, dim=8, classes=classes, present=present, seed=seed, dtype=torch.float64)
     ours = ProxyAnchorLoss(classes, 8, margin=margin, alpha=alpha).double()
     ours.proxies.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: brute_proxy_anchor(e, labels, reference, margin, alpha), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: brute_proxy_anchor(e, labels, reference, margin, alpha),
+                                x, ours.proxies, reference)
 
 
 def test_float32_matches_loop():
-    x, labels, init = batch(n=16, dim=16, classes=6, seed=6)
+    x, labels, init = batch_with_weights(n=16, dim=16, classes=6, seed=6)
     ours = ProxyAnchorLoss(6, 16)
     ours.proxies.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: brute_proxy_anchor(e, labels, reference, 0.1, 32.0), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: brute_proxy_anchor(e, labels, reference, 0.1, 32.0),
+                                x, ours.proxies, reference)
 
 
 def test_defaults_initialisation_and_proxy_learning_rate():
@@ -127,7 +106,7 @@ def test_bad_hyperparameters_fail_clearly():
 
 
 def test_finite_gradients_with_duplicates_and_an_embedding_on_its_proxy():
-    x, labels, init = batch(n=16, dim=8, classes=4, seed=7)
+    x, labels, init = batch_with_weights(n=16, dim=8, classes=4, seed=7)
     x[1] = x[0]
     labels[1] = labels[0]
     x[2] = init[labels[2]]
@@ -139,7 +118,7 @@ def test_finite_gradients_with_duplicates_and_an_embedding_on_its_proxy():
 
 
 def test_proxies_without_positives_get_only_the_push_term():
-    x, labels, init = batch(n=10, dim=8, classes=5, present=2, seed=8)
+    x, labels, init = batch_with_weights(n=10, dim=8, classes=5, present=2, seed=8)
     loss = ProxyAnchorLoss(5, 8)
     loss.proxies.data.copy_(init)
     terms = loss.terms(F.normalize(x), labels, None)

@@ -12,22 +12,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.proxy_nca import ProxyNCALoss
 
-
-def batch(n=24, dim=16, classes=6, seed=0, dtype=torch.float32):
-    """Raw embeddings (ours see F.normalize(x), pml normalises inside), labels, raw proxies."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    proxies = torch.randn(classes, dim, generator=g, dtype=torch.float64).to(dtype)
-    return x, labels, proxies
-
-
-def value_and_grads(fn, x, proxy_param):
-    x = x.clone().requires_grad_(True)
-    proxy_param.grad = None
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad, proxy_param.grad.clone()
+from .oracle import assert_same_value_and_grads, batch_with_weights, value_and_grads
 
 
 def brute_proxy_nca(x, labels, proxies, scale):
@@ -50,42 +35,36 @@ def brute_proxy_nca(x, labels, proxies, scale):
 @pytest.mark.parametrize("scale", [1.0, 3.0, 9.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_positive_in_denominator_matches_pml(scale, seed):
-    x, labels, init = batch(n=48, dim=32, classes=10, seed=seed)
+    x, labels, init = batch_with_weights(n=48, dim=32, classes=10, seed=seed)
     ours = ProxyNCALoss(10, 32, softmax_scale=scale, include_positive_in_denominator=True)
     theirs = pml_losses.ProxyNCALoss(num_classes=10, embedding_size=32, softmax_scale=scale)
     ours.proxies.data.copy_(init)
     theirs.proxies.data.copy_(init)
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: theirs(e, labels), x, theirs.proxies)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: theirs(e, labels),
+                                x, ours.proxies, theirs.proxies)
 
 
 @pytest.mark.parametrize("scale", [1.0, 9.0, 32.0])
 @pytest.mark.parametrize("seed", [2, 3])
 def test_paper_default_matches_loop(scale, seed):
-    x, labels, init = batch(n=14, dim=8, classes=5, seed=seed, dtype=torch.float64)
+    x, labels, init = batch_with_weights(n=14, dim=8, classes=5, seed=seed, dtype=torch.float64)
     ours = ProxyNCALoss(5, 8, softmax_scale=scale).double()
     ours.proxies.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: brute_proxy_nca(e, labels, reference, scale), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                lambda e: brute_proxy_nca(e, labels, reference, scale),
+                                x, ours.proxies, reference)
 
 
 def test_paper_default_in_float32_matches_loop_and_differs_from_pml():
-    x, labels, init = batch(n=20, dim=16, classes=6, seed=4)
+    x, labels, init = batch_with_weights(n=20, dim=16, classes=6, seed=4)
     ours = ProxyNCALoss(6, 16)
     ours.proxies.data.copy_(init)
     reference = torch.nn.Parameter(init.clone())
-    value, gx, gp = value_and_grads(lambda e: ours(F.normalize(e), labels), x, ours.proxies)
-    ref, ref_gx, ref_gp = value_and_grads(lambda e: brute_proxy_nca(e, labels, reference, 1.0), x, reference)
-    torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gp, ref_gp, rtol=1e-5, atol=1e-6)
+    value, _, _ = assert_same_value_and_grads(lambda e: ours(F.normalize(e), labels),
+                                              lambda e: brute_proxy_nca(e, labels, reference, 1.0),
+                                              x, ours.proxies, reference)
     theirs = pml_losses.ProxyNCALoss(num_classes=6, embedding_size=16)
     theirs.proxies.data.copy_(init)
     # pml keeps the positive proxy in the denominator: a different (larger) loss
@@ -102,7 +81,7 @@ def test_defaults_and_registration():
     assert criterion.loss.proxies.shape == (7, 4)
     groups = criterion.param_groups(lr=0.01)
     assert len(groups) == 1 and groups[0]["lr"] == 0.01 and groups[0]["params"][0] is criterion.loss.proxies
-    x, labels, _ = batch(n=10, dim=4, classes=7, seed=5)
+    x, labels, _ = batch_with_weights(n=10, dim=4, classes=7, seed=5)
     assert torch.isfinite(criterion(F.normalize(x), labels))
 
 
@@ -122,7 +101,7 @@ def test_bad_hyperparameters_fail_clearly():
 
 @pytest.mark.parametrize("include_positive", [False, True])
 def test_finite_gradients_with_duplicates_and_an_embedding_on_its_proxy(include_positive):
-    x, labels, init = batch(n=16, dim=8, classes=4, seed=6)
+    x, labels, init = batch_with_weights(n=16, dim=8, classes=4, seed=6)
     x[1] = x[0]
     labels[1] = labels[0]
     x[2] = init[labels[2]] * 3.0  # the embedding coincides with its proxy's direction: distance 0
@@ -134,7 +113,7 @@ def test_finite_gradients_with_duplicates_and_an_embedding_on_its_proxy(include_
 
 
 def test_loss_decreases_when_moving_an_embedding_to_its_proxy():
-    x, labels, init = batch(n=1, dim=8, classes=4, seed=7)
+    x, labels, init = batch_with_weights(n=1, dim=8, classes=4, seed=7)
     loss = ProxyNCALoss(4, 8)
     loss.proxies.data.copy_(init)
     far = loss(F.normalize(x), labels).item()

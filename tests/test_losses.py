@@ -1,6 +1,7 @@
 """Losses against slow, obviously-correct loops and against pytorch-metric-learning."""
 
 import itertools
+from functools import partial
 
 import pytest
 import torch
@@ -14,33 +15,12 @@ from dmlbench.losses import LOSSES, ContrastiveLoss, TripletMarginLoss
 from dmlbench.miners import BatchHardMiner, SemiHardMiner
 from dmlbench.tuples import Triplets
 
-
-def batch(n=24, dim=16, classes=5, seed=0):
-    """Random raw embeddings (not normalised) and labels. Our losses see ``F.normalize(x)`` (the
-    models normalise); pytorch-metric-learning normalises inside its distance, so gradients with
-    respect to the raw x are comparable."""
-    g = torch.Generator().manual_seed(seed)
-    embeddings = torch.randn(n, dim, generator=g)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return embeddings, labels
+from . import oracle
+from .oracle import as_tuple, batch, value_and_grad
 
 
-def leaf(embeddings):
-    return embeddings.clone().requires_grad_(True)
-
-
-def value_and_grad(fn, embeddings):
-    x = leaf(embeddings)
-    value = fn(x)
-    value.backward()
-    return value.detach(), x.grad
-
-
-def assert_same_value_and_grad(ours, reference, embeddings):
-    value, grad = value_and_grad(ours, embeddings)
-    ref_value, ref_grad = value_and_grad(reference, embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+# gradients to rtol 1e-4, atol 1e-6
+assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-4, grad_atol=1e-6)
 
 
 def mean_nonzero(values):
@@ -97,22 +77,19 @@ def test_contrastive_matches_pml(pos_margin, neg_margin, reduction):
 def test_contrastive_on_mined_triplets_matches_pml():
     embeddings, labels = batch(n=40, dim=16, classes=5, seed=3)
     mined = BatchHardMiner()(F.normalize(embeddings), labels, "triplets")
-    indices = (mined.anchor, mined.positive, mined.negative)
     ours = ContrastiveLoss(pos_margin=0.1, neg_margin=0.9)
     theirs = pml_losses.ContrastiveLoss(pos_margin=0.1, neg_margin=0.9)
     assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels, mined),
-                               lambda x: theirs(x, labels, indices), embeddings)
+                               lambda x: theirs(x, labels, as_tuple(mined)), embeddings)
 
 
 @pytest.mark.parametrize("variant", ["hinge", "softplus"])
 def test_triplet_all_triplets_matches_loop(variant):
     embeddings, labels = batch(n=12, seed=4, classes=3)
     ours = TripletMarginLoss(margin=0.3, variant=variant)
-    value, grad = value_and_grad(lambda x: ours(F.normalize(x), labels), embeddings)
     triplets = all_triplets_loop(labels.tolist())
-    ref_value, ref_grad = value_and_grad(lambda x: brute_triplet(F.normalize(x), triplets, 0.3, variant == "softplus"), embeddings)
-    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert_same_value_and_grad(lambda x: ours(F.normalize(x), labels),
+                               lambda x: brute_triplet(F.normalize(x), triplets, 0.3, variant == "softplus"), embeddings)
 
 
 @pytest.mark.parametrize("margin", [0.05, 0.2, 1.0])

@@ -105,9 +105,12 @@ def steps_for(case: LossCase, batch: int, dim: int, classes: int, device: torch.
     return {"dmlbench": ours_step, "pml": pml_step}
 
 
-def run(batches=(128, 256), dims=(128, 512), classes: int = 32, repeats: int = 11, only: str | None = None) -> pd.DataFrame:
+def run(batches=(128, 256), dims=(128, 512), classes: int = 32, repeats: int = 11, only: str | None = None,
+        device_names: tuple[str, ...] | None = None) -> pd.DataFrame:
     rows = []
     for device in devices():
+        if device_names and device.type not in device_names:
+            continue
         for case in CASES:
             if only and only not in case.label:
                 continue
@@ -130,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", help="run the cases whose label contains this text")
+    parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
+                        help="time on this device only (repeatable; default: the CPU and CUDA when present)")
     parser.add_argument("--no-save", action="store_true", help="print only, keep results/bench/ as it is")
     args = parser.parse_args(argv)
-    table = run(tuple(args.batches), tuple(args.dims), repeats=args.repeats, only=args.only)
+    table = run(tuple(args.batches), tuple(args.dims), repeats=args.repeats, only=args.only,
+                device_names=tuple(args.device or ()))
+    used = torch.device("cuda") if set(table["device"]) == {"cuda"} else torch.device("cpu")
     header = (f"forward + backward per step, medians of interleaved repetitions; pml/dmlbench > 1 means "
-              f"dmlbench is faster. {machine_line(torch.device('cpu'))}")
+              f"dmlbench is faster. {machine_line(used)}")
     print(header)
     print(table.round(3).to_string(index=False))
     if not args.no_save and not args.only:
