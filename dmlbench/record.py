@@ -77,6 +77,24 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
     }
 
 
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
+    """The selected epoch's model and loss parameters (proxies, classifiers, centres), atomically:
+    ``torch.load`` gives {"model", "criterion", "epoch", "config"}."""
+    import io
+
+    from .io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),
+                "epoch": result.best_epoch, "config": result.config.to_dict()}, buffer)
+    path = Path(run_dir) / CHECKPOINT_FILE
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write metrics.json atomically; refuses to overwrite a finished run."""
     path = Path(run_dir) / METRICS_FILE

@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 
 import nbformat
+import torch
 import papermill
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.miners import MINERS
+from dmlbench.models import MODELS as MODELS
 from dmlbench.paths import REPO_ROOT, notebook
 from dmlbench.readme import render_block
 from dmlbench.study import emit_makefile, load_study, run_config, run_study
@@ -49,6 +51,10 @@ def test_experiment_notebook_writes_metrics_and_is_deterministic(isolated):
     executed = path.parent / "experiment.ipynb"
     assert executed.is_file() and (path.parent / "execution.json").is_file()
     assert len(outputs_of(executed, "image/png")) >= 3  # curves, t-SNE, retrieval grid
+    checkpoint = torch.load(path.parent / "checkpoint.pt")
+    assert checkpoint["epoch"] == record["best_epoch"] and checkpoint["config"] == record["config"]
+    model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    model.load_state_dict(checkpoint["model"])  # strict: the whole network of the selected epoch
     assert not (path.parent / "experiment.running.ipynb").exists()
 
     # finished: not run again, not touched
