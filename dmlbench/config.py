@@ -75,7 +75,10 @@ class RunConfig:
 
     def run_id(self) -> str:
         def slug(name: str) -> str:
-            return re.sub(r"[^A-Za-z0-9_-]+", "-", name.split(":")[-1] if ":" in name else name).strip("-").lower()
+            prefix, _, rest = name.partition(":")
+            # 'pml:Name' keeps its origin; 'package.module:Class' is named by its class
+            name = (f"pml-{rest}" if prefix == "pml" else rest) if rest else name
+            return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower()
 
         return f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__seed{self.seed}__{self.config_hash()[:10]}"
 

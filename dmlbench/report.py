@@ -143,23 +143,32 @@ def pivot(summary: pd.DataFrame, dataset: str, metric: str, losses: list[str] | 
     return table
 
 
-def heatmap(table: pd.DataFrame, title: str):
-    """A loss x miner heatmap with the values written in the cells."""
+def heatmap(table: pd.DataFrame, title: str, skipped: set[tuple[str, str]] = frozenset()):
+    """A loss x miner heatmap with the values written in the cells; (loss, miner) pairs in
+    ``skipped`` (incompatible) are marked as such, other empty cells are not in the study."""
     import seaborn as sns
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(table.columns), 2) + 2, 0.8 * max(len(table.index), 2) + 1.2))
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(table.columns), 2) + 2, 0.6 * max(len(table.index), 2) + 1.2))
     sns.heatmap(table.astype(float), annot=True, fmt=".3f", cmap="viridis", cbar_kws={"shrink": 0.8}, ax=ax)
+    for row, loss in enumerate(table.index):
+        for col, miner in enumerate(table.columns):
+            if (loss, miner) in skipped:
+                ax.text(col + 0.5, row + 0.5, "skipped:\nincompatible", ha="center", va="center", fontsize=7,
+                        color="gray")
     ax.set(title=title, xlabel="miner", ylabel="loss")
     fig.tight_layout()
     return fig
 
 
-def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: int = 4):
-    """Validation curves: one panel per loss (wrapped into rows), one line per miner, mean over seeds."""
+def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: int = 4,
+                  order: list[str] | None = None):
+    """Validation curves: one panel per loss (wrapped into rows, in ``order``), one line per miner,
+    mean over seeds."""
     from matplotlib import pyplot as plt
 
-    losses = list(dict.fromkeys(histories["loss_name"]))
+    present = set(histories["loss_name"])
+    losses = [l for l in order if l in present] if order else sorted(present)
     rows = -(-len(losses) // columns)
     cols = min(columns, len(losses))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
