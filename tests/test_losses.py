@@ -20,7 +20,7 @@ from .oracle import as_tuple, batch, value_and_grad
 
 
 # gradients to rtol 1e-4, atol 1e-6
-assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-4, grad_atol=1e-6)
+assert_same_value_and_grad = partial(oracle.assert_same_value_and_grad, grad_rtol=1e-5, grad_atol=1e-6)
 
 
 def mean_nonzero(values):
