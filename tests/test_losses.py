@@ -106,7 +106,7 @@ def test_triplet_with_semihard_miner_matches_pml():
     from pytorch_metric_learning import miners as pml_miners
 
     embeddings, labels = batch(n=64, dim=32, classes=8, seed=6)
-    criterion = build_criterion("triplet", "semi-hard", {"margin": 0.2}, {"margin": 0.2})
+    criterion = build_criterion("triplet", "semi-hard", {"margin": 0.2}, {"margin": 0.2, "fallback": "none"})
     pml_loss = pml_losses.TripletMarginLoss(margin=0.2)
     pml_miner = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
     assert_same_value_and_grad(lambda x: criterion(F.normalize(x), labels),

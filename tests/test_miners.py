@@ -54,7 +54,7 @@ def test_none_gives_every_triplet_and_pair():
 @given(batches(), st.sampled_from([0.05, 0.2, 0.5]))
 def test_semihard_negatives_satisfy_facenet_rule_and_none_is_missed(data, margin):
     x, labels = data
-    mined = as_set(SemiHardMiner(margin=margin)(x, labels, "triplets"))
+    mined = as_set(SemiHardMiner(margin=margin, fallback="none")(x, labels, "triplets"))
     d = dist(x)
     tol = 1e-5  # float32 mining vs float64 check
     expected_strict = set()
@@ -72,7 +72,7 @@ def test_semihard_negatives_satisfy_facenet_rule_and_none_is_missed(data, margin
 
 def test_semihard_matches_pml():
     x, labels = batch(n=64, dim=32, classes=8, seed=2)
-    ours = as_set(SemiHardMiner(margin=0.2)(x, labels, "triplets"))
+    ours = as_set(SemiHardMiner(margin=0.2, fallback="none")(x, labels, "triplets"))
     theirs = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(x, labels)
     assert ours == set(zip(*(t.tolist() for t in theirs)))
     assert len(ours) > 0

@@ -26,6 +26,7 @@ class LossCase:
     loss_kwargs: dict = field(default_factory=dict)
     pml_kwargs: dict = field(default_factory=dict)
     miner: str = "none"  # our miner
+    miner_kwargs: dict = field(default_factory=dict)
     pml_miner: str | None = None  # pytorch_metric_learning.miners class
     pml_miner_kwargs: dict = field(default_factory=dict)
     per_class: bool = False  # the loss owns per-class parameters (num_classes, embedding_dim)
@@ -42,7 +43,7 @@ CASES = [
              {"pos_margin": 0.0, "neg_margin": 1.0}),
     LossCase("triplet, all triplets", "triplet", "TripletMarginLoss", {"margin": 0.2}, {"margin": 0.2}),
     LossCase("triplet + semi-hard", "triplet", "TripletMarginLoss", {"margin": 0.2}, {"margin": 0.2},
-             miner="semi-hard", pml_miner="TripletMarginMiner",
+             miner="semi-hard", miner_kwargs={"margin": 0.2, "fallback": "none"}, pml_miner="TripletMarginMiner",
              pml_miner_kwargs={"margin": 0.2, "type_of_triplets": "semihard"}),
     LossCase("triplet + batch-hard", "triplet", "TripletMarginLoss", {"margin": 0.2}, {"margin": 0.2},
              miner="batch-hard", pml_miner="BatchHardMiner"),
@@ -79,7 +80,7 @@ def steps_for(case: LossCase, batch: int, dim: int, classes: int, device: torch.
     generator = torch.Generator().manual_seed(0)
     embeddings = torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1).to(device)
     labels = torch.arange(classes).repeat_interleave(batch // classes).to(device)
-    ours = build_criterion(case.loss, case.miner, case.loss_kwargs, seed=0,
+    ours = build_criterion(case.loss, case.miner, case.loss_kwargs, case.miner_kwargs, seed=0,
                            num_classes=classes if case.per_class else None,
                            embedding_dim=dim if case.per_class else None).to(device)
 

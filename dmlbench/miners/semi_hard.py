@@ -6,16 +6,24 @@ positive but still inside the margin:
     d(a, p) < d(a, n) <= d(a, p) + margin
 
 Such negatives give a non-zero triplet loss without the collapse that the hardest negatives cause
-early in training. The miner returns every semi-hard triplet of the batch (the "all" selection,
-as pytorch-metric-learning's TripletMarginMiner with type_of_triplets="semihard").
+early in training. ``selection`` picks, per positive pair, every semi-hard negative ("all", the set
+of pytorch-metric-learning's TripletMarginMiner with type_of_triplets="semihard") or only the
+closest one ("closest", FaceNet's reference implementation). ``fallback`` decides what a positive
+pair with no semi-hard negative gets: "easiest", its farthest negative (what FaceNet's reference
+implementation does, giving a small or zero loss), "hardest", its nearest negative, or "none".
 """
 
 from __future__ import annotations
 
-from ..distances import euclidean
+import torch
+
 from ..errors import ConfigError
-from ..tuples import Triplets, label_masks
+from ..tuples import Triplets
 from .base import MINERS, Miner
+from .margin_triplets import pair_gaps
+
+SELECTIONS = ("all", "closest")
+FALLBACKS = ("easiest", "hardest", "none")
 
 
 @MINERS.register("semi-hard")
@@ -24,17 +32,35 @@ class SemiHardMiner(Miner):
 
     produces = ("triplets",)
 
-    def __init__(self, margin: float = 0.2):
+    def __init__(self, margin: float = 0.2, selection: str = "all", fallback: str = "easiest"):
         super().__init__()
         if margin <= 0:
             raise ConfigError(f"semi-hard margin must be positive, got {margin}")
+        if selection not in SELECTIONS:
+            raise ConfigError(f"unknown semi-hard selection {selection!r}; valid selections: {', '.join(SELECTIONS)}")
+        if fallback not in FALLBACKS:
+            raise ConfigError(f"unknown semi-hard fallback {fallback!r}; valid fallbacks: {', '.join(FALLBACKS)}")
         self.margin = float(margin)
+        self.selection = selection
+        self.fallback = fallback
 
     def mine(self, embeddings, labels, kind):
-        dist = euclidean(embeddings)  # (B, B)
-        positive, negative = label_masks(labels)
-        anchor, pos = positive.nonzero(as_tuple=True)  # (P,): the positive pairs
-        gap = dist[anchor] - dist[anchor, pos][:, None]  # (P, B): d(a, n) - d(a, p) for every candidate n
-        semi_hard = negative[anchor] & (gap > 0) & (gap <= self.margin)
+        anchor, pos, gap, negative, _ = pair_gaps(embeddings, labels)  # gap, negative: (P, B)
+        semi_hard = negative & (gap > 0) & (gap <= self.margin)
+        if self.selection == "closest":
+            closest = gap.masked_fill(~semi_hard, torch.inf).argmin(dim=1)  # (P,)
+            has = semi_hard.any(dim=1)
+            semi_hard = torch.zeros_like(semi_hard)
+            semi_hard[has.nonzero(as_tuple=True)[0], closest[has]] = True
         pair, neg = semi_hard.nonzero(as_tuple=True)
-        return Triplets(anchor[pair], pos[pair], neg)
+        triplets = [(anchor[pair], pos[pair], neg)]
+        if self.fallback != "none":
+            lacking = ~semi_hard.any(dim=1) & negative.any(dim=1)  # (P,)
+            if lacking.any():
+                g = gap[lacking]
+                mask = negative[lacking]
+                pick = (g.masked_fill(~mask, -torch.inf).argmax(dim=1) if self.fallback == "easiest"
+                        else g.masked_fill(~mask, torch.inf).argmin(dim=1))
+                triplets.append((anchor[lacking], pos[lacking], pick))
+        a, p, n = (torch.cat(parts) for parts in zip(*triplets))
+        return Triplets(a, p, n)

@@ -1,0 +1,62 @@
+"""Margin-based triplet selection: the triplets whose loss is non-zero, and their hard and
+semi-hard subsets (the selections of FaceNet, Schroff et al. 2015, and of the triplet-mining
+literature that followed).
+
+With gap = d(a, n) - d(a, p) for a triplet (a, p, n):
+
+    violating:  gap <= margin            (every triplet with a non-zero hinge loss)
+    hard:       gap <= 0                 (the negative is no farther than the positive)
+    semihard:   0 < gap <= margin        (see also the "semi-hard" miner, with FaceNet's fallback)
+
+The same sets as pytorch-metric-learning's TripletMarginMiner with type_of_triplets "all", "hard"
+and "semihard".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..distances import euclidean
+from ..errors import ConfigError
+from ..tuples import Triplets, label_masks
+from .base import MINERS, Miner
+
+SELECTIONS = ("violating", "hard", "semihard")
+
+
+def pair_gaps(embeddings: torch.Tensor, labels: torch.Tensor):
+    """For every positive pair (a, p): gap[k, n] = d(a, n) - d(a, p) over all candidates n.
+
+    Returns (anchor (P,), positive (P,), gap (P, B), negative mask (P, B), distances (B, B)).
+    """
+    dist = euclidean(embeddings)  # (B, B)
+    positive, negative = label_masks(labels)
+    anchor, pos = positive.nonzero(as_tuple=True)  # (P,)
+    gap = dist[anchor] - dist[anchor, pos][:, None]  # (P, B)
+    return anchor, pos, gap, negative[anchor], dist
+
+
+@MINERS.register("margin-triplets")
+class MarginTripletMiner(Miner):
+    """Margin triplets: every triplet violating the margin, or its hard / semi-hard subset."""
+
+    produces = ("triplets",)
+
+    def __init__(self, margin: float = 0.2, selection: str = "violating"):
+        super().__init__()
+        if margin <= 0:
+            raise ConfigError(f"margin-triplets margin must be positive, got {margin}")
+        if selection not in SELECTIONS:
+            raise ConfigError(f"unknown margin-triplets selection {selection!r}; valid selections: {', '.join(SELECTIONS)}")
+        self.margin = float(margin)
+        self.selection = selection
+
+    def mine(self, embeddings, labels, kind):
+        anchor, pos, gap, negative, _ = pair_gaps(embeddings, labels)
+        keep = negative & (gap <= self.margin)
+        if self.selection == "hard":
+            keep &= gap <= 0
+        elif self.selection == "semihard":
+            keep &= gap > 0
+        pair, neg = keep.nonzero(as_tuple=True)
+        return Triplets(anchor[pair], pos[pair], neg)
