@@ -35,6 +35,8 @@ class RunConfig:
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 64
+    sampler: str | None = None  # batch sampler (dmlbench.samplers); None = "pk"
+    sampler_kwargs: dict[str, Any] | None = None  # e.g. {"super_per_batch": 2} for "hierarchical"
     P: int = 5  # classes per batch
     K: int = 16  # images per class
     epochs: int = 8
@@ -60,6 +62,10 @@ class RunConfig:
             raise ConfigError(f"{where}: unknown setting {', '.join(map(repr, unknown))}; "
                               f"valid settings: {', '.join(cls.field_names())}")
         return cls(**values)
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler or "pk"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +119,10 @@ class RunConfig:
         for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
+        from .samplers import SAMPLERS
+
+        SAMPLERS.get(self.sampler_name)
+        SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
         for name in ("loss_kwargs", "miner_kwargs", "model_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping of argument names to values, got {getattr(self, name)!r}")

@@ -24,7 +24,7 @@ from .criterion import Criterion, build_criterion
 from .datasets import ImageSet, Splits
 from .metrics import evaluate
 from .models import MODELS
-from .samplers import PKSampler
+from .samplers import SAMPLERS
 
 log = logging.getLogger("dmlbench")
 
@@ -134,8 +134,9 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
     val_x = image_tensor(splits.val.images, splits.mean, splits.std, device)
     val_y = torch.from_numpy(splits.val.labels)
-    sampler = PKSampler(splits.train.labels, config.P, config.K, batches_per_epoch=config.iters_per_epoch or None,
-                        generator=torch.Generator().manual_seed(config.seed))
+    sampler = SAMPLERS.create(config.sampler_name, labels=splits.train.labels, P=config.P, K=config.K,
+                              super_labels=splits.train.super_labels, batches_per_epoch=config.iters_per_epoch or None,
+                              generator=torch.Generator().manual_seed(config.seed), **(config.sampler_kwargs or {}))
 
     history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0,
                             **validation_metrics(model, val_x, val_y, config.eval_batch_size)}]

@@ -51,3 +51,12 @@ def test_bad_values_fail_naming_the_field(changes, message):
 def test_from_dict_rejects_unknown_settings():
     with pytest.raises(ConfigError, match="unknown setting 'epoch'; valid settings: dataset, loss"):
         RunConfig.from_dict({"epoch": 3})
+
+
+def test_sampler_setting_is_checked_and_unset_keeps_old_run_ids():
+    assert RunConfig(sampler=None).run_id() == RunConfig().run_id()
+    assert RunConfig(sampler="random").run_id() != RunConfig().run_id()
+    with pytest.raises(UnknownNameError, match="valid sampler names: hierarchical, pk, random"):
+        RunConfig(sampler="balanced").validate()
+    with pytest.raises(ConfigError, match="takes no argument 'supers'"):
+        RunConfig(sampler="hierarchical", sampler_kwargs={"supers": 2}).validate()

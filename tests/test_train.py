@@ -74,3 +74,13 @@ def test_validation_never_finite_tests_the_last_epoch(splits, monkeypatch):
     monkeypatch.setattr(train_module, "validation_metrics", lambda *a: {"val_recall@1": nan, "val_map@r": nan})
     result = train(RunConfig(**tiny_settings(device="cpu")), splits, progress=False)
     assert result.best_epoch == 2 and result.test_metrics["recall@1"] >= 0
+
+
+def test_samplers_by_name_in_training(splits):
+    from dmlbench.errors import ConfigError
+
+    result = train(RunConfig(**tiny_settings(device="cpu"), sampler="random", loss="contrastive", miner="none"),
+                   splits, progress=False)
+    assert len(result.history) == 3
+    with pytest.raises(ConfigError, match="needs super-class labels, and this dataset has none; valid samplers"):
+        train(RunConfig(**tiny_settings(device="cpu"), sampler="hierarchical"), splits, progress=False)

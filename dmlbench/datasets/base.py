@@ -24,6 +24,7 @@ class ImageSet:
 
     images: np.ndarray
     labels: np.ndarray
+    super_labels: np.ndarray | None = None  # super-class of each image (SOP, In-Shop), for hierarchical batches
 
     def __post_init__(self):
         if len(self.images) != len(self.labels):
