@@ -40,11 +40,13 @@ def render_block(summary: dict) -> str:
     timing = summary["timing"]
     machine = summary["machine"]
     lines.append("")
+    threads = machine.get("torch_threads")
+    per_cell = f", each cell on {threads} thread(s)" if threads else ""
     lines.append(
         f"Measured wall time of the study on {machine['cpu']} ({machine['cpu_count']} cores, device "
-        f"{machine['device']}): {_minutes(timing['cells_wall_s'])} for the {timing['cells_timed']} cells "
-        f"(sum of each cell's papermill run, kernel start included; {_minutes(timing['cells_span_s'])} from the "
-        f"first cell's start to the last one's end), plus {_report_time(summary)}. Setting up the virtual "
+        f"{machine['device']}): {_minutes(timing['cells_span_s'])} from the first cell's start to the last one's end "
+        f"for the {timing['cells_timed']} cells ({_minutes(timing['cells_wall_s'])} of papermill time summed over "
+        f"cells, kernel starts included{per_cell}), plus {_report_time(summary)}. Setting up the virtual "
         f"environment is not included.")
     lines += ["", END]
     return "\n".join(lines)

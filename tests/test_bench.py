@@ -22,3 +22,15 @@ def test_benchmark_cli_saves_its_table(isolated):
     text = (isolated / "results" / "bench" / "losses-cpu.txt").read_text()
     assert "medians of interleaved repetitions" in text and "lifted structure" in text
     assert (isolated / "results" / "bench" / "losses-cpu.csv").is_file()
+
+
+def test_miner_benchmark_covers_every_miner_and_runs():
+    from dmlbench.bench import miners as bench_miners
+    from dmlbench.miners import MINERS
+
+    assert {case.miner for case in bench_miners.CASES} == set(MINERS.names())
+    table = bench_miners.run(batches=(32,), dims=(16,), repeats=3)
+    assert list(table["case"]) == [case.label for case in bench_miners.CASES]
+    assert (table["dmlbench_ms"] > 0).all()
+    for case, ratio in zip(bench_miners.CASES, table["pml/dmlbench"]):
+        assert math.isnan(ratio) == (case.pml is None), case.label

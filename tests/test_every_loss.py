@@ -56,3 +56,15 @@ def test_full_study_crosses_every_loss_with_every_compatible_miner_over_three_se
     pairs = {(c.config.loss, c.config.miner) for c in study.cells}
     assert pairs == {(loss, miner) for loss in LOSSES.names() for miner in compatible_miners(loss)}
     assert {c.config.seed for c in study.cells} == {0, 1, 2}
+
+
+def test_default_study_crosses_every_miner_with_triplet_and_contrastive():
+    from dmlbench.criterion import compatible_miners
+    from dmlbench.miners import MINERS
+
+    study = load_study(REPO_ROOT / "studies" / "default.yaml")
+    pairs = {(c.config.loss, c.config.miner) for c in study.cells}
+    skipped = {(s.loss, s.miner) for s in study.skipped}
+    for loss in ("triplet", "contrastive"):
+        for miner in MINERS.names():
+            assert (loss, miner) in pairs or ((loss, miner) in skipped and miner not in compatible_miners(loss))

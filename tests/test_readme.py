@@ -26,5 +26,7 @@ def test_render_block_reads_numbers_from_the_summary():
                "machine": {"cpu": "cpu x", "cpu_count": 2, "device": "cpu"}}
     block = render_block(summary)
     assert block.startswith(BEGIN) and block.endswith(END)
-    assert "| l | m | 0.1235 |" in block and "2.0 min" in block and "cpu x (2 cores" in block
+    assert "| l | m | 0.1235 |" in block and "2.2 min from the first" in block and "2.0 min of papermill" in block
+    assert "cpu x (2 cores" in block
+    assert "each cell on 1 thread(s)" in render_block(dict(summary, machine=dict(summary["machine"], torch_threads=1)))
     assert "plus 42 s for the report" in render_block(dict(summary, report_wall_s=42.0))

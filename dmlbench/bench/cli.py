@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses",)
+BENCHMARKS = ("losses", "miners")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,5 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     what, rest = argv[0], argv[1:]
     if what == "losses":
         from .losses import main as run
+    else:
+        from .miners import main as run
 
     return run(rest)
