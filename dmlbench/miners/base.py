@@ -49,6 +49,13 @@ class Miner(nn.Module):
             mined = mined.to_pairs()
         return mined
 
+    def draw(self, weights: torch.Tensor) -> torch.Tensor:
+        """One column index per row of non-negative ``weights`` (R, B), with probability proportional
+        to the row's weights (rows must not be all zero): inverse-CDF sampling, vectorised."""
+        cdf = weights.double().cumsum(dim=1)  # (R, B)
+        u = self.random((len(weights),), weights.device).double() * cdf[:, -1]  # (R,) in [0, row total)
+        return torch.searchsorted(cdf, u[:, None], right=True)[:, 0].clamp_max(weights.shape[1] - 1)
+
     def random(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Uniform [0, 1) numbers from this miner's generator (drawn on the CPU, so CPU and GPU
         runs with one seed mine the same tuples from the same distances)."""

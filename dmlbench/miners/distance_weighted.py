@@ -59,6 +59,4 @@ class DistanceWeightedMiner(Miner):
         anchor, pos = anchor[keep], pos[keep]
         if len(anchor) == 0:
             return empty_like("triplets", embeddings.device)
-        rows = weights[anchor].cpu().double()  # drawn on the CPU generator: same tuples on every device
-        neg = torch.multinomial(rows, 1, generator=self.generator)[:, 0].to(embeddings.device)
-        return Triplets(anchor, pos, neg)
+        return Triplets(anchor, pos, self.draw(weights[anchor]))

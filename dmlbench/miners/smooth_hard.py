@@ -44,5 +44,4 @@ class SmoothHardMiner(Miner):
         keep = weights.sum(dim=1) > 0
         if not keep.any():
             return empty_like("triplets", embeddings.device)
-        neg = torch.multinomial(weights[keep].cpu(), 1, generator=self.generator)[:, 0].to(embeddings.device)
-        return Triplets(anchor[keep], pos[keep], neg)
+        return Triplets(anchor[keep], pos[keep], self.draw(weights[keep]))
