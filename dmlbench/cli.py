@@ -7,7 +7,7 @@
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench readme [--check]                   refresh the README's results block from results/
-    dmlbench bench losses|miners [--batches ...]  time ours against pytorch-metric-learning's
+    dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
-    p.add_argument("what", choices=["losses", "miners"])
+    p.add_argument("what", choices=["losses", "miners", "eval"])
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
     p.set_defaults(func=cmd_bench)
 

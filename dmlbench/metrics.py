@@ -6,13 +6,15 @@ reference items sharing its label:
 - Recall@K: 1 if a same-label item is among the K nearest neighbours, averaged over queries;
 - R-Precision: (same-label items among the R_q nearest) / R_q;
 - MAP@R: (1 / R_q) * sum_{i <= R_q} P(i) * rel(i), with P(i) the precision at rank i;
-- NMI / AMI: k-means (faiss) with k = number of classes, then scikit-learn's NMI and AMI between
-  cluster ids and labels.
+- NMI / AMI: k-means with k = number of classes on the query embeddings (faiss.Kmeans's algorithm and
+  defaults as pytorch-metric-learning runs it: seed 1234, 20 iterations, at most 256 training points
+  per centroid; dmlbench.kmeans computes the same clusters faster), then scikit-learn's NMI and
+  AMI between cluster ids and labels.
 
 Queries whose label has no other reference item are excluded from the retrieval metrics and
-counted. Neighbours are exact: inner products (cosine, after L2 normalisation) computed block by
-block so memory stays at ``block_size x N``; among equal scores the lower reference index ranks
-first, also across the k-th neighbour boundary.
+counted. Neighbours are exact (dmlbench.neighbours): inner products (cosine, after L2
+normalisation) ranked in float64, computed tile by tile so memory stays at ``block_size^2``; among
+equal scores the lower reference index ranks first, also across the k-th neighbour boundary.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .kmeans import KMEANS_ITERATIONS, KMEANS_SEED, MAX_POINTS_PER_CENTROID, kmeans
+from .neighbours import knn
 
 DEFAULT_KS = (1, 2, 4, 8)
-KMEANS_ITERATIONS = 20
-KMEANS_SEED = 0
 
 
 def _as_tensor(name: str, value, dtype=None) -> torch.Tensor:
@@ -59,41 +61,6 @@ def _check_inputs(name: str, embeddings, labels) -> tuple[torch.Tensor, torch.Te
     return embeddings, labels.long()
 
 
-def knn(query: torch.Tensor, reference: torch.Tensor, k: int, *, exclude: torch.Tensor | None = None,
-        block_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest neighbours by inner product, ``(scores, indices)`` each (Q, k).
-
-    ``exclude`` (Q,) gives for each query a reference index it may not retrieve (itself, when the
-    queries are drawn from the reference set). Ties are broken by index, lower first, also when
-    they straddle the k-th place.
-    """
-    n_candidates = len(reference) - (1 if exclude is not None else 0)
-    scores_out = torch.empty(len(query), k, dtype=torch.float32, device=query.device)
-    index_out = torch.empty(len(query), k, dtype=torch.long, device=query.device)
-    for start in range(0, len(query), block_size):
-        stop = min(start + block_size, len(query))
-        scores = query[start:stop] @ reference.T  # (b, N)
-        if exclude is not None:
-            rows = torch.arange(stop - start, device=query.device)
-            scores[rows, exclude[start:stop]] = -math.inf
-        top, idx = torch.topk(scores, k, dim=1)  # (b, k), scores descending
-        # Order equal scores by index: in rows holding a tie, sort by index, then stably by score.
-        tie_rows = (top[:, 1:] == top[:, :-1]).any(dim=1).nonzero(as_tuple=True)[0]
-        if len(tie_rows):
-            t_idx, order = idx[tie_rows].sort(dim=1)
-            t_top, order2 = top[tie_rows].gather(1, order).sort(dim=1, descending=True, stable=True)
-            top[tie_rows], idx[tie_rows] = t_top, t_idx.gather(1, order2)
-        # Rows with a tie across the k-th place: topk may have kept any of the tied items, the
-        # rule keeps the lowest indices, so those rows are redone with a full stable sort.
-        if k < n_candidates:
-            tied = (scores >= top[:, -1:]).sum(dim=1) > k
-            if tied.any():
-                full, full_idx = scores[tied].sort(dim=1, descending=True, stable=True)
-                top[tied], idx[tied] = full[:, :k], full_idx[:, :k]
-        scores_out[start:stop], index_out[start:stop] = top, idx
-    return scores_out, index_out
-
-
 def retrieval_metrics(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, relevant: torch.Tensor,
                       ks: Sequence[int]) -> dict[str, float]:
     """Recall@K, R-Precision and MAP@R from ranked neighbour labels.
@@ -113,40 +80,37 @@ def retrieval_metrics(neighbour_labels: torch.Tensor, query_labels: torch.Tensor
     return out
 
 
-def kmeans_clusters(embeddings: np.ndarray, num_clusters: int, *, seed: int = KMEANS_SEED,
-                    iterations: int = KMEANS_ITERATIONS, gpu: bool = False) -> np.ndarray:
-    """faiss k-means on every point (no subsampling), fixed seed and iteration count."""
+def kmeans_clusters(embeddings, num_clusters: int, *, device: str | torch.device | None = None) -> np.ndarray:
+    """Cluster ids from dmlbench.kmeans: faiss's k-means (seed, iterations and every step) on all points."""
+    return kmeans(embeddings, num_clusters, iterations=KMEANS_ITERATIONS, seed=KMEANS_SEED,
+                  max_points_per_centroid=MAX_POINTS_PER_CENTROID, device=device).assignment
+
+
+def faiss_kmeans_clusters(embeddings, num_clusters: int) -> np.ndarray:
+    """The reference: faiss.Kmeans as pytorch-metric-learning's NMI runs it, then a search."""
     import faiss
 
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    kmeans = faiss.Kmeans(x.shape[1], num_clusters, niter=iterations, seed=seed, gpu=gpu,
-                          max_points_per_centroid=max(len(x), 1), verbose=False)
-    kmeans.train(x)
-    _, assignment = kmeans.index.search(x, 1)
+    x = np.ascontiguousarray(embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings,
+                             dtype=np.float32)
+    clustering = faiss.Kmeans(x.shape[1], num_clusters, niter=KMEANS_ITERATIONS, seed=KMEANS_SEED)
+    clustering.train(x)
+    _, assignment = clustering.index.search(x, 1)
     return assignment[:, 0].astype(np.int64)
 
 
-def clustering_metrics(embeddings: torch.Tensor, labels: torch.Tensor, *, gpu: bool = False) -> dict[str, float]:
+def clustering_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """NMI and AMI (scikit-learn) between the labels and k-means clusters, k = number of classes."""
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
     y = labels.cpu().numpy()
-    clusters = kmeans_clusters(embeddings.float().cpu().numpy(), len(np.unique(y)), gpu=gpu)
+    clusters = kmeans_clusters(embeddings.float(), len(np.unique(y)), device=embeddings.device)
     return {"nmi": float(normalized_mutual_info_score(y, clusters)),
             "ami": float(adjusted_mutual_info_score(y, clusters))}
 
 
-def _faiss_has_gpu() -> bool:
-    try:
-        import faiss
-
-        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:  # pragma: no cover - faiss missing entirely
-        return False
-
-
 def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None, gallery_labels=None,
              device: str | torch.device | None = None, normalize: bool = True, nmi: bool = True,
-             block_size: int = 1024) -> dict[str, float]:
+             block_size: int = 4096) -> dict[str, float]:
     """All metrics of the study for one set of embeddings.
 
     Without a gallery every item queries all the others (itself excluded by index); with one,
@@ -192,13 +156,16 @@ def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None
 
     out: dict[str, float] = {}
     if scored.any() and k > 0:
-        exclude = scored.nonzero(as_tuple=True)[0] if gallery is None else None  # self, by index
-        _, neighbours = knn(query[scored], reference, k, exclude=exclude, block_size=block_size)
+        if gallery is None:  # every item against the others (self excluded), then the scored rows
+            _, neighbours = knn(query, None, k, block_size=block_size)
+            neighbours = neighbours[scored]
+        else:
+            _, neighbours = knn(query[scored], reference, k, block_size=block_size)
         out.update(retrieval_metrics(reference_labels[neighbours], query_labels[scored], relevant[scored], ks))
     else:
         out.update({f"recall@{k}": math.nan for k in ks} | {"r_precision": math.nan, "map@r": math.nan})
     if nmi:
-        out.update(clustering_metrics(query, query_labels, gpu=device.type == "cuda" and _faiss_has_gpu()))
+        out.update(clustering_metrics(query, query_labels))
     out["num_queries"] = int(scored.sum().item())
     out["num_excluded_queries"] = int((~scored).sum().item())
     return out

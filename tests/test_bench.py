@@ -34,3 +34,26 @@ def test_miner_benchmark_covers_every_miner_and_runs():
     assert (table["dmlbench_ms"] > 0).all()
     for case, ratio in zip(bench_miners.CASES, table["pml/dmlbench"]):
         assert math.isnan(ratio) == (case.pml is None), case.label
+
+
+def test_eval_benchmark_runs_both_evaluators_and_they_agree(isolated):
+    from dmlbench.cli import main
+
+    assert main(["bench", "eval", "--size", "1500x32x40", "--size", "800x16x200"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(isolated / "results" / "bench" / "eval-cpu.csv")
+    assert list(table["evaluator"]) == ["dmlbench", "pytorch-metric-learning"] * 2
+    assert (table["total_s"] > 0).all() and (table["peak_rss_gb"] > 0).all()
+    assert (table["max_metric_diff"] <= 1e-6).all()
+    assert "AccuracyCalculator" in (isolated / "results" / "bench" / "eval-cpu.txt").read_text()
+
+
+def test_eval_benchmark_rejects_a_bad_size(capsys):
+    import pytest
+
+    from dmlbench.bench.eval import main
+
+    with pytest.raises(SystemExit):
+        main(["--size", "huge"])
+    assert "use one of ['cub', 'sop'] or NxDIMxCLASSES" in capsys.readouterr().err

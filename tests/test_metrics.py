@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from dmlbench.metrics import evaluate, kmeans_clusters, knn
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+from dmlbench.metrics import evaluate, faiss_kmeans_clusters, kmeans_clusters
+from dmlbench.neighbours import knn
 
 
 def clustered(n=300, dim=16, classes=20, noise=1.0, seed=0, singletons=0, duplicates=0):
@@ -66,11 +69,11 @@ def lone_items(labels):
     return int((counts[inverse] == 1).sum())
 
 
-def pml_accuracy(x, labels, gallery=None, gallery_labels=None, kmeans_func=None):
+def pml_accuracy(x, labels, gallery=None, gallery_labels=None, with_nmi=False):
     include = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
-    if kmeans_func is not None:
+    if with_nmi:
         include += ("NMI", "AMI")
-    calculator = AccuracyCalculator(include=include, k="max_bin_count", kmeans_func=kmeans_func)
+    calculator = AccuracyCalculator(include=include, k="max_bin_count")
     if gallery is None:
         return calculator.get_accuracy(x, labels, x, labels, ref_includes_query=True)
     return calculator.get_accuracy(x, labels, gallery, gallery_labels, ref_includes_query=False)
@@ -88,17 +91,27 @@ def test_matches_accuracy_calculator(seed, singletons, duplicates):
     assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=tol)
 
 
-def test_nmi_matches_accuracy_calculator_with_same_kmeans():
-    x, labels = clustered(n=500, dim=16, classes=10, noise=0.8, seed=6)
+@pytest.mark.parametrize("n,classes,noise,seed", [(500, 10, 0.8, 6), (1500, 4, 1.0, 11), (800, 60, 1.2, 12)])
+def test_nmi_equals_accuracy_calculator_defaults(n, classes, noise, seed):
+    """Our k-means gives faiss.Kmeans's clusters, so NMI/AMI equal the reference's own numbers.
+
+    (1500 points in 4 classes exceeds faiss's 256 points per centroid: the subsampled case.)
+    """
+    x, labels = clustered(n=n, dim=16, classes=classes, noise=noise, seed=seed)
     ours = evaluate(x, labels)
-
-    def same_kmeans(embeddings, num_clusters):
-        return torch.from_numpy(kmeans_clusters(embeddings.cpu().numpy(), num_clusters))
-
-    theirs = pml_accuracy(x, labels, kmeans_func=same_kmeans)
-    assert ours["nmi"] == pytest.approx(theirs["NMI"], abs=1e-9)
-    assert ours["ami"] == pytest.approx(theirs["AMI"], abs=1e-9)
+    theirs = pml_accuracy(x, labels, with_nmi=True)
+    assert ours["nmi"] == pytest.approx(theirs["NMI"], abs=1e-12)
+    assert ours["ami"] == pytest.approx(theirs["AMI"], abs=1e-12)
     assert 0.2 < ours["nmi"] < 1.0
+
+
+def test_nmi_is_scikit_learns_on_the_same_clusters():
+    x, labels = clustered(n=600, dim=16, classes=12, noise=1.0, seed=13)
+    clusters = kmeans_clusters(x, 12)
+    np.testing.assert_array_equal(clusters, faiss_kmeans_clusters(x, 12))
+    ours = evaluate(x, labels)
+    assert ours["nmi"] == normalized_mutual_info_score(labels.numpy(), clusters)
+    assert ours["ami"] == adjusted_mutual_info_score(labels.numpy(), clusters)
 
 
 def test_nmi_separates_structure_from_noise():
@@ -108,29 +121,38 @@ def test_nmi_separates_structure_from_noise():
     assert evaluate(x, shuffled)["nmi"] < 0.1
 
 
-def test_gallery_mode_matches_brute_force_and_accuracy_calculator():
-    x, labels = clustered(n=300, dim=16, classes=15, seed=8)
-    query, query_labels, gallery, gallery_labels = x[:120], labels[:120], x[120:], labels[120:]
+@pytest.mark.parametrize("seed,singletons,duplicates", [(8, 0, 0), (15, 6, 0), (16, 0, 6), (17, 4, 4)])
+def test_gallery_mode_matches_brute_force_and_accuracy_calculator(seed, singletons, duplicates):
+    x, labels = clustered(n=300, dim=16, classes=15, seed=seed, singletons=singletons)
+    query, query_labels, gallery, gallery_labels = x[:120], labels[:120], x[120:].clone(), labels[120:]
+    if duplicates:
+        gallery[:duplicates] = gallery[-duplicates:]  # exact ties in the gallery
+        query[-duplicates:] = gallery[:duplicates]  # queries that equal gallery items
     ours = evaluate(query, query_labels, gallery=gallery, gallery_labels=gallery_labels, nmi=False)
     expected = brute_force(query, query_labels, (1, 2, 4, 8), gallery, gallery_labels)
     theirs = pml_accuracy(query, query_labels, gallery, gallery_labels)
     for key, value in expected.items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
-    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
-    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+    assert ours["num_excluded_queries"] == 120 - expected["num_queries"]
+    tol = 1e-4 if duplicates else 1e-6
+    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=tol)
+    assert ours["r_precision"] == pytest.approx(theirs["r_precision"], abs=tol)
+    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=tol)
 
 
 def test_ties_are_broken_by_index_even_across_the_kth_place():
     # Items 1..6 are the same point: every query among them ties with the others.
-    base = F.normalize(torch.randn(1, 8), dim=1)
-    x = torch.cat([F.normalize(torch.randn(1, 8), dim=1), base.repeat(6, 1), F.normalize(torch.randn(5, 8), dim=1)])
-    _, idx = knn(x[1:2], x, 3, exclude=torch.tensor([1]), block_size=4)
-    assert idx.tolist() == [[2, 3, 4]]
-    _, idx = knn(x[6:7], x, 2, exclude=torch.tensor([6]))
-    assert idx.tolist() == [[1, 2]]
-    # topk's own order among ties is unspecified: a full ranking must still be by index.
-    _, idx = knn(x[3:4], x, 5, exclude=torch.tensor([3]))
-    assert idx.tolist() == [[1, 2, 4, 5, 6]]
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(1, 8, generator=g), dim=1)
+    x = torch.cat([F.normalize(torch.randn(1, 8, generator=g), dim=1), base.repeat(6, 1),
+                   F.normalize(torch.randn(5, 8, generator=g), dim=1)])
+    _, idx = knn(x, None, 3, block_size=4, slack=0)
+    assert idx[1].tolist() == [2, 3, 4]
+    assert idx[6].tolist()[:2] == [1, 2]
+    _, idx = knn(x, None, 5)
+    assert idx[3].tolist() == [1, 2, 4, 5, 6]
+    labels = torch.tensor([0] + [1] * 6 + [2, 2, 3, 3, 4])
+    assert evaluate(x, labels, nmi=False)["map@r"] == pytest.approx(brute_force(x, labels, (1,))["map@r"], abs=1e-12)
 
 
 def test_block_size_does_not_change_results():
@@ -142,6 +164,7 @@ def test_block_size_does_not_change_results():
 
 @pytest.mark.parametrize("embeddings,labels,error,message", [
     (torch.tensor([[0.0, math.nan], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1]), ValueError, "NaN or infinite"),
+    (torch.tensor([[0.0, 1.0], [math.inf, 0.0], [0.0, 1.0]]), torch.tensor([0, 1, 1]), ValueError, r"NaN or infinite values \(rows \[1\]"),
     (torch.randn(4, 3), torch.tensor([0, 1, 1]), ValueError, "4 rows but 3 labels"),
     (torch.randn(4, 3), torch.tensor([0, 0, 0, 0]), ValueError, "fewer than two classes"),
     (torch.empty(0, 3), torch.empty(0, dtype=torch.long), ValueError, "empty"),
@@ -160,3 +183,17 @@ def test_numpy_input_and_excluded_count():
     out = evaluate(x.numpy(), labels.numpy(), nmi=False)
     assert out["num_excluded_queries"] == lone_items(labels) >= 4
     assert out["num_queries"] == 100 - lone_items(labels)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"gallery": torch.randn(5, 4)}, ValueError, "gallery given without gallery_labels"),
+    ({"gallery_labels": torch.zeros(5, dtype=torch.long)}, ValueError, "gallery_labels given without gallery"),
+    ({"gallery": torch.randn(5, 3), "gallery_labels": torch.zeros(5, dtype=torch.long)}, ValueError, "gallery dim 3 differs"),
+    ({"gallery": torch.randn(5, 4), "gallery_labels": torch.zeros(4, dtype=torch.long)}, ValueError, "gallery has 5 rows but 4 labels"),
+    ({"gallery": torch.full((5, 4), math.inf), "gallery_labels": torch.zeros(5, dtype=torch.long)}, ValueError, "gallery contains NaN"),
+    ({"ks": (0, 1)}, Exception, "ks must be positive"),
+])
+def test_bad_gallery_and_ks(kwargs, error, message):
+    x, labels = clustered(n=20, dim=4, classes=3, seed=14)
+    with pytest.raises(error, match=message):
+        evaluate(x, labels, **kwargs)

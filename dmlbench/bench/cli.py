@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners")
+BENCHMARKS = ("losses", "miners", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     what, rest = argv[0], argv[1:]
     if what == "losses":
         from .losses import main as run
-    else:
+    elif what == "miners":
         from .miners import main as run
+    else:
+        from .eval import main as run
 
     return run(rest)
