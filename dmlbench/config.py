@@ -4,7 +4,7 @@
 canonical JSON of those settings) identifies the run: the run id embeds it, so a changed setting
 gives a new run folder and never overwrites an old run's results. Settings that only decide where
 or how fast a run executes (device, data root, evaluation batch size) are not hashed, nor are
-optional settings left unset (None).
+optional settings left unset (None). The evaluation protocol's version is hashed with them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 NOT_HASHED = ("device", "data_root", "eval_batch_size")
+# How a run's metrics are computed is part of its identity: when the evaluation protocol changes
+# (dmlbench.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
+# for new ones nor overwritten.
+EVALUATION_PROTOCOL = ("2: neighbours exact in float64 with index tie-breaking; NMI from faiss's k-means "
+                       "as AccuracyCalculator runs it (seed 1234, 20 iterations, 256 points per centroid)")
 
 
 @dataclass
@@ -73,7 +78,8 @@ class RunConfig:
     def hashed_dict(self) -> dict[str, Any]:
         """The settings that identify the run. Unset optional settings (None) are left out, so a
         setting added to RunConfig later does not change the ids of runs that never used it."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and v is not None}
+        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and v is not None}
+        return settings | {"evaluation_protocol": EVALUATION_PROTOCOL}
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"), default=str)

@@ -61,20 +61,36 @@ def full_precision_matmul():
 
 
 def rescore(query64: torch.Tensor, reference64: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """float64 scores of the pairs (rows[i], cols[i]) (any shape, same shape), summed elementwise.
+    """float64 scores of the pairs (rows[i], cols[i]), products summed elementwise.
 
-    The same pair gives the same value whichever call computes it, which a blocked GEMM does not
-    promise for equal columns at different positions.
+    Within one query's ranking every score comes from the same arithmetic (a float64 sum along the
+    embedding of exact float32 x float32 products), so equal embeddings get equal scores, which a
+    blocked GEMM does not promise for equal columns at different positions.
     """
-    shape = rows.shape
-    rows, cols = rows.reshape(-1), cols.reshape(-1)
     out = torch.empty(len(rows), dtype=torch.float64, device=query64.device)
     step = max(1, RESCORE_CHUNK // max(query64.shape[1], 1))
     for start in range(0, len(rows), step):
         q = query64[rows[start:start + step]]
         q.mul_(reference64[cols[start:start + step]])
         out[start:start + step] = q.sum(dim=1)
-    return out.reshape(shape)
+    return out
+
+
+def rescore_candidates(query: torch.Tensor, reference: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """float64 scores of each query (row) with its candidate reference items, (Q, m).
+
+    The float32 inputs are gathered as they are and widened per chunk; float32 x float32 products
+    are exact in float64, and the sum runs in float64 along the embedding.
+    """
+    n_q, m = candidates.shape
+    dim = query.shape[1]
+    out = torch.empty(n_q, m, dtype=torch.float64, device=query.device)
+    step = max(1, RESCORE_CHUNK // max(m * dim, 1))
+    for start in range(0, n_q, step):
+        block = reference[candidates[start:start + step]].double()  # (b, m, d)
+        block.mul_(query[start:start + step, None, :].double())
+        out[start:start + step] = block.sum(dim=2)
+    return out
 
 
 def rank_by_score_then_index(scores: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,15 +169,12 @@ def knn(query: torch.Tensor, reference: torch.Tensor | None, k: int, *, exclude:
                     best_s[c0:c1], best_i[c0:c1] = _merge(best_s[c0:c1], best_i[c0:c1], s, i + r0)
                 del tile
 
-    q64 = query.double()
-    r64 = q64 if symmetric else ref.double()
-    rows = torch.arange(n_q, device=device)[:, None].expand(n_q, m)
-    scores = rescore(q64, r64, rows, best_i)
+    scores = rescore_candidates(q32, r32, best_i)
     scores, indices = rank_by_score_then_index(scores, best_i)
 
     if m < n_valid:
-        q_norm = q64.norm(dim=1)
-        r_max = r64.norm(dim=1).max()
+        q_norm = q32.double().norm(dim=1)
+        r_max = r32.double().norm(dim=1).max()
         bound = (dot_error_bound(dim, FP32_UNIT_ROUNDOFF) + dot_error_bound(dim, FP64_UNIT_ROUNDOFF)) * q_norm * r_max
         certified = scores[:, k - 1] > best_s[:, -1].double() + bound
         redo = (~certified).nonzero(as_tuple=True)[0]
@@ -169,6 +182,8 @@ def knn(query: torch.Tensor, reference: torch.Tensor | None, k: int, *, exclude:
         redo = torch.empty(0, dtype=torch.long, device=device)
     scores, indices = scores[:, :k].contiguous(), indices[:, :k].contiguous()
     if len(redo):
+        q64 = q32.double()
+        r64 = q64 if symmetric else r32.double()
         full_s, full_i = _full_rows(q64, r64, redo, k, None if exclude_cols is None else exclude_cols[redo], block_size)
         scores[redo], indices[redo] = full_s, full_i
     if return_stats:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import EVALUATION_PROTOCOL, RunConfig
 from .io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
@@ -61,6 +61,7 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "run_id": run_id,
         "config_hash": config.config_hash(),
         "config": config.to_dict(),
+        "evaluation_protocol": EVALUATION_PROTOCOL,
         "seed": config.seed,
         "dataset": splits.summary(),
         "test": result.test_metrics,

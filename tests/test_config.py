@@ -60,3 +60,13 @@ def test_sampler_setting_is_checked_and_unset_keeps_old_run_ids():
         RunConfig(sampler="balanced").validate()
     with pytest.raises(ConfigError, match="takes no argument 'supers'"):
         RunConfig(sampler="hierarchical", sampler_kwargs={"supers": 2}).validate()
+
+
+def test_the_evaluation_protocol_is_part_of_a_runs_identity(monkeypatch):
+    from dmlbench import config as config_module
+
+    base = RunConfig()
+    assert base.hashed_dict()["evaluation_protocol"] == config_module.EVALUATION_PROTOCOL
+    before = base.run_id()
+    monkeypatch.setattr(config_module, "EVALUATION_PROTOCOL", "a different evaluation")
+    assert RunConfig().run_id() != before

@@ -52,10 +52,10 @@ def test_evaluation_agrees_with_cpu(device):
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 20, (600,), generator=g)
     x = torch.randn(20, 32, generator=g)[labels] + torch.randn(600, 32, generator=g)
-    cpu = evaluate(x, labels, nmi=False)
-    other = evaluate(x, labels, device=device, nmi=False)
-    for key, value in cpu.items():
-        assert other[key] == pytest.approx(value, abs=1e-6), key
+    cpu = evaluate(x, labels)
+    other = evaluate(x, labels, device=device)
+    # exact kNN and faiss-settled k-means: the same numbers on every device, not just close ones
+    assert other == cpu
 
 
 @pytest.mark.parametrize("device", DEVICES)

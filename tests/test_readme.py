@@ -30,3 +30,18 @@ def test_render_block_reads_numbers_from_the_summary():
     assert "cpu x (2 cores" in block
     assert "each cell on 1 thread(s)" in render_block(dict(summary, machine=dict(summary["machine"], torch_threads=1)))
     assert "plus 42 s for the report" in render_block(dict(summary, report_wall_s=42.0))
+
+
+def test_eval_block_reads_the_benchmark_files():
+    import pandas as pd
+
+    from dmlbench.readme import EVAL_BEGIN, EVAL_END, render_eval_block
+
+    table = pd.DataFrame([{"size": "sop", "n": 60502, "dim": 512, "classes": 11316, "evaluator": "dmlbench",
+                           "retrieval_s": 31.96, "nmi_s": 55.0, "total_s": 86.96, "peak_rss_gb": 1.234,
+                           "max_metric_diff": 0.0}])
+    block = render_eval_block({"cpu": table})
+    assert block.startswith(EVAL_BEGIN) and block.endswith(EVAL_END)
+    assert "| sop (60,502 x 512, 11,316 classes) | dmlbench | 32.0 s | 55.0 s | 87.0 s | 1.23 GB | 0 |" in block
+    assert "results/bench/eval-cpu.txt" in block
+    assert "No evaluation benchmark" in render_eval_block({})
