@@ -69,9 +69,20 @@ def faiss_init(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def compute_centroids(x: np.ndarray, assignment: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 sums of each cluster's points in point order, times 1 / count; empty clusters zero."""
+    n = len(assignment)
     counts = np.bincount(assignment, minlength=k)
     centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
-    np.add.at(centroids, assignment, x)  # unbuffered: row after row in point order, in float32
+    # Each cluster's sum is taken in point order, one addition at a time in float32, as faiss does:
+    # step r adds the r-th point of every cluster (distinct targets, so one vectorised add).
+    by_cluster = np.argsort(assignment, kind="stable")
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(n) - starts[assignment[by_cluster]]
+    by_rank = np.argsort(rank, kind="stable")
+    points, targets = by_cluster[by_rank], assignment[by_cluster[by_rank]]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(rank))])
+    for r in range(len(bounds) - 1):
+        rows = slice(bounds[r], bounds[r + 1])
+        centroids[targets[rows]] += x[points[rows]]
     present = np.flatnonzero(counts)
     hassign = counts.astype(np.float32)
     scale = np.ones(k, dtype=np.float32)

@@ -35,7 +35,7 @@ import torch
 
 FP32_UNIT_ROUNDOFF = 2.0 ** -24
 FP64_UNIT_ROUNDOFF = 2.0 ** -53
-RESCORE_CHUNK = 1 << 18  # elements of the (rows, candidates, dim) product held at once
+RESCORE_CHUNK = 1 << 20  # elements of the (rows, candidates, dim) product held at once
 
 
 def dot_error_bound(dim: int, unit_roundoff: float) -> float:
