@@ -136,7 +136,9 @@ class _Assigner:
         self.computed = 0
 
     def _distances(self, rows: slice | torch.Tensor, centroids: torch.Tensor, c_norm: torch.Tensor) -> torch.Tensor:
-        d = (self.x_norm[rows][:, None] + c_norm[None, :]) - 2 * (self.x[rows] @ centroids.T)
+        # (|x|^2 + |c|^2) - 2 x.c, the GEMM accumulating into the norms' sum in place (one buffer)
+        d = self.x_norm[rows][:, None] + c_norm[None, :]
+        d.addmm_(self.x[rows], centroids.T, alpha=-2)
         self.computed += d.numel()
         return d.clamp_min_(0)
 
@@ -157,18 +159,21 @@ class _Assigner:
         with full_precision_matmul():
             for p0 in range(0, n, self.block):
                 p1 = min(p0 + self.block, n)
-                d_new = self._distances(slice(p0, p1), centroids[moved], c_norm[moved])
-                ids_new = moved[None, :].expand(p1 - p0, -1)
-                if fresh:
-                    cand_d, cand_i = d_new, ids_new
-                else:
+                top_d = top_i = None
+                if len(moved):
+                    d_new = self._distances(slice(p0, p1), centroids[moved], c_norm[moved])
+                    top_d, pos = d_new.topk(min(m, len(moved)), dim=1, largest=False)
+                    top_i = moved[pos]
+                    del d_new
+                if not fresh:  # merge with the listed centroids that did not move
                     keep = ~changed[self.ids[p0:p1]]
-                    cand_d = torch.cat([torch.where(keep, self.dist[p0:p1], float("inf")), d_new], dim=1)
-                    cand_i = torch.cat([self.ids[p0:p1], ids_new], dim=1)
-                top_d, pos = cand_d.topk(m, dim=1, largest=False)
-                top_i = cand_i.gather(1, pos)
-                if cand_d.shape[1] > m:  # candidates left out are >= the m-th kept distance
-                    self.bound[p0:p1] = torch.minimum(self.bound[p0:p1], top_d[:, -1])
+                    old_d = torch.where(keep, self.dist[p0:p1], float("inf"))
+                    top_d = old_d if top_d is None else torch.cat([old_d, top_d], dim=1)
+                    top_i = self.ids[p0:p1] if top_i is None else torch.cat([self.ids[p0:p1], top_i], dim=1)
+                    top_d, pos = top_d.topk(m, dim=1, largest=False)
+                    top_i = top_i.gather(1, pos)
+                # every centroid left out is >= the m-th kept distance (or >= the old bound)
+                self.bound[p0:p1] = torch.minimum(self.bound[p0:p1], top_d[:, -1])
                 # sort the list by (distance, centroid index)
                 top_i, order = top_i.sort(dim=1, stable=True)
                 top_d, order2 = top_d.gather(1, order).sort(dim=1, stable=True)
@@ -238,7 +243,7 @@ def faiss_subsample(n: int, k: int, max_points_per_centroid: int, seed: int) -> 
 
 def kmeans(x, k: int, *, iterations: int = KMEANS_ITERATIONS, seed: int = KMEANS_SEED, init: np.ndarray | None = None,
            max_points_per_centroid: int = MAX_POINTS_PER_CENTROID, device: str | torch.device | None = None,
-           list_size: int = 8, block_size: int = 4096, match_faiss: bool = True) -> KMeansResult:
+           list_size: int = 8, block_size: int = 2048, match_faiss: bool = True) -> KMeansResult:
     """Cluster the rows of ``x`` (n, d) into ``k`` clusters; see the module docstring."""
     x_np = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     if x_np.ndim != 2 or len(x_np) == 0:
