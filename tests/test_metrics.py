@@ -28,27 +28,27 @@ def clustered(n=300, dim=16, classes=20, noise=1.0, seed=0, singletons=0, duplic
 
 
 def brute_force(x, labels, ks, gallery=None, gallery_labels=None):
-    """Rank every reference for every query by a full sort (cosine, ties by index)."""
-    x = x.double()
-    ref, ref_labels = (x, labels) if gallery is None else (gallery.double(), gallery_labels)
+    """Every definition of PROTOCOL.md section 2 in plain numpy: each query ranks every reference
+    item by a full sort on (float64 cosine, descending; index, ascending)."""
+    q = np.asarray(x, dtype=np.float64)
+    q_labels = np.asarray(labels)
+    ref = q if gallery is None else np.asarray(gallery, dtype=np.float64)
+    ref_labels = q_labels if gallery is None else np.asarray(gallery_labels)
+    scores = (q[:, None, :] * ref[None, :, :]).sum(axis=2)
     recall = {k: [] for k in ks}
     r_prec, ap = [], []
-    for q in range(len(x)):
-        candidates = [j for j in range(len(ref)) if gallery is not None or j != q]
-        candidates.sort(key=lambda j: (-float(x[q] @ ref[j]), j))
-        rel = [bool(ref_labels[j] == labels[q]) for j in candidates]
-        r = sum(rel)
+    for i in range(len(q)):
+        candidates = np.arange(len(ref)) if gallery is not None else np.delete(np.arange(len(ref)), i)
+        ranked = candidates[np.lexsort((candidates, -scores[i, candidates]))]
+        rel = ref_labels[ranked] == q_labels[i]
+        r = int(rel.sum())
         if r == 0:
             continue
         for k in ks:
-            recall[k].append(any(rel[:k]))
-        r_prec.append(sum(rel[:r]) / r)
-        hits, total = 0, 0.0
-        for i, is_rel in enumerate(rel[:r], start=1):
-            if is_rel:
-                hits += 1
-                total += hits / i
-        ap.append(total / r)
+            recall[k].append(rel[:k].any())
+        r_prec.append(rel[:r].sum() / r)
+        precision_at = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+        ap.append(float((precision_at * rel[:r]).sum() / r))
     out = {f"recall@{k}": float(np.mean(v)) for k, v in recall.items()}
     out.update({"r_precision": float(np.mean(r_prec)), "map@r": float(np.mean(ap)), "num_queries": len(ap)})
     return out
