@@ -108,6 +108,51 @@ def _merge(best_s, best_i, new_s, new_i):
     return top, i.gather(1, pos)
 
 
+def _absorb(best_s: torch.Tensor, best_i: torch.Tensor, tile: torch.Tensor, owner0: int, cand0: int, *,
+            by_column: bool) -> None:
+    """Merge a tile's scores into the running candidate lists, in place.
+
+    Rows of ``tile`` (or its columns, ``by_column``) belong to queries ``owner0 + j``; the other
+    axis holds reference items ``cand0 + i``. By rows: a top-m per row, merged. By columns: only
+    scores above a query's current m-th candidate can enter its list, so once the lists are
+    filled, those few entries are picked out and merged (a top-m down the columns while most
+    entries would still qualify).
+    """
+    m = best_s.shape[1]
+    n_owners = tile.shape[1] if by_column else tile.shape[0]
+    owners = slice(owner0, owner0 + n_owners)
+    mask = None
+    if by_column:  # a top-m down the columns of a row-major tile is slow; filtering is not
+        mask = tile > best_s[owners, -1][None, :]
+        if int(mask.count_nonzero()) > 2 * m * n_owners:
+            mask = None
+    if mask is None:  # a plain top-m along the query axis
+        width = min(m, tile.shape[0] if by_column else tile.shape[1])
+        s, i = (tile.T if by_column else tile).topk(width, dim=1)
+        best_s[owners], best_i[owners] = _merge(best_s[owners], best_i[owners], s, i + cand0)
+        return
+    rows, cols = mask.nonzero(as_tuple=True)
+    values = tile[rows, cols]
+    owner, cand = (cols, rows) if by_column else (rows, cols)
+    if len(owner) == 0:
+        return
+    # group the entries by owner, best first, and keep each owner's m best
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(owner[order], stable=True)]
+    owner, cand, values = owner[order], cand[order], values[order]
+    counts = torch.bincount(owner, minlength=n_owners)
+    rank = torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    keep = rank < m
+    touched = counts.nonzero(as_tuple=True)[0]
+    slot = torch.searchsorted(touched, owner[keep])
+    new_s = torch.full((len(touched), m), -math.inf, device=tile.device)
+    new_i = torch.full((len(touched), m), -1, dtype=torch.long, device=tile.device)
+    new_s[slot, rank[keep]] = values[keep]
+    new_i[slot, rank[keep]] = cand[keep] + cand0
+    target = touched + owner0
+    best_s[target], best_i[target] = _merge(best_s[target], best_i[target], new_s, new_i)
+
+
 def _check(query: torch.Tensor, reference: torch.Tensor | None, k: int, exclude: torch.Tensor | None) -> int:
     if query.ndim != 2 or (reference is not None and reference.ndim != 2):
         raise ValueError("query and reference must be 2-D (items, dim)")
@@ -160,13 +205,9 @@ def knn(query: torch.Tensor, reference: torch.Tensor | None, k: int, *, exclude:
                     hit = (exclude_cols[r0:r1] >= c0) & (exclude_cols[r0:r1] < c1)
                     rows = hit.nonzero(as_tuple=True)[0]
                     tile[rows, exclude_cols[r0:r1][rows] - c0] = -math.inf
-                width = min(m, c1 - c0)
-                s, i = tile.topk(width, dim=1)
-                best_s[r0:r1], best_i[r0:r1] = _merge(best_s[r0:r1], best_i[r0:r1], s, i + c0)
+                _absorb(best_s, best_i, tile, r0, c0, by_column=False)
                 if symmetric and c0 != r0:  # the same tile, read by column, serves rows c0:c1
-                    height = min(m, r1 - r0)
-                    s, i = tile.T.topk(height, dim=1)
-                    best_s[c0:c1], best_i[c0:c1] = _merge(best_s[c0:c1], best_i[c0:c1], s, i + r0)
+                    _absorb(best_s, best_i, tile, c0, r0, by_column=True)
                 del tile
 
     scores = rescore_candidates(q32, r32, best_i)
