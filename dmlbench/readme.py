@@ -57,7 +57,7 @@ def render_block(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def render_eval_block(tables: dict[str, "pd.DataFrame"]) -> str:
+def render_eval_block(tables: dict) -> str:
     """One table per device file: time and peak memory of each evaluator, and their agreement."""
     lines = [EVAL_BEGIN, ""]
     if not tables:
