@@ -6,6 +6,7 @@
     dmlbench study studies/default.yaml [--jobs N] [--emit-make build/cells.mk] [--status]
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
+    dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
     dmlbench readme [--check]                   refresh the README's results block from results/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
 """
@@ -118,11 +119,16 @@ def cmd_report(args) -> int:
 
 def cmd_data(args) -> int:
     from .datasets import DATASETS
+    from .datasets.benchmarks import PHOTO_DATASETS
+
+    DATASETS.get(args.name)
+    if args.name in PHOTO_DATASETS:
+        return _data_benchmark(args)
+    if args.name != "fashion-mnist":
+        raise ConfigError(f"'dmlbench data {args.action}' knows fashion-mnist and {', '.join(PHOTO_DATASETS)}, "
+                          f"not {args.name!r}")
     from .datasets.fashion_mnist import locate
 
-    if args.name != "fashion-mnist":
-        DATASETS.get(args.name)
-        raise ConfigError(f"'dmlbench data {args.action}' knows only fashion-mnist so far")
     if args.action == "locate":
         paths, where = locate(args.root, allow_download=False)
         print(where)
@@ -130,6 +136,36 @@ def cmd_data(args) -> int:
     splits = DATASETS.get(args.name).load(root=args.root)
     print(f"{splits.name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"({splits.source['where']})")
+    return 0
+
+
+def _data_benchmark(args) -> int:
+    """locate: print the layout folder. prepare: find the layout, or download, verify and unpack it
+    (where the network allows), then decode every image once into the cache for --image-size crops."""
+    from .datasets.benchmarks import download_folder, load_benchmark, locate_layout
+    from .datasets.layouts import LayoutError
+
+    if args.action == "locate":
+        folder, where = locate_layout(args.name, args.root)
+        print(f"{folder} ({where})")
+        return 0
+    try:
+        folder, where = locate_layout(args.name, args.root)
+    except LayoutError:
+        if args.no_download:
+            raise
+        from .datasets.download import download_dataset
+
+        target = Path(args.root) if args.root else download_folder(args.name)
+        print(f"{args.name}: not found; downloading into {target}")
+        folder, where = download_dataset(args.name, target, base_url=args.url), f"downloaded into {target}"
+    print(f"{args.name}: layout in {folder} ({where}); decoding the images for {args.image_size}-pixel crops")
+    splits = load_benchmark(args.name, folder, image_size=args.image_size)
+    parts = [("train", splits.train), ("validation", splits.val), ("test", splits.test), ("gallery", splits.gallery)]
+    counts = ", ".join(f"{label} {len(part)} images / {len(part.classes)} classes" for label, part in parts if part)
+    cache = Path(splits.source["cache"])
+    size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
+    print(f"{args.name}: {counts}\ncache {cache} ({size / 1e6:,.1f} MB)")
     return 0
 
 
@@ -184,10 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-readme", action="store_true", help="leave the README's results block alone")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("data", help="find a dataset's files and build its cache")
+    p = sub.add_parser("data", help="find (or download) a dataset's files and build its cache")
     p.add_argument("action", choices=["locate", "prepare"])
     p.add_argument("name")
-    p.add_argument("--root", help="look only here")
+    p.add_argument("--root", help="look only here (a benchmark missing there is downloaded into it)")
+    p.add_argument("--image-size", type=int, default=224, help="benchmarks: the crop size the cache is decoded for")
+    p.add_argument("--no-download", action="store_true", help="benchmarks: fail instead of downloading")
+    p.add_argument("--url", help="benchmarks: a mirror's base URL for the official archives")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")

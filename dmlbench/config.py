@@ -22,7 +22,7 @@ from .errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-NOT_HASHED = ("device", "data_root", "eval_batch_size")
+NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
 # How a run's metrics are computed is part of its identity: when the evaluation protocol changes
 # (dmlbench.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
 # for new ones nor overwritten.
@@ -55,6 +55,12 @@ class RunConfig:
     device: str = "auto"
     data_root: str | None = None
     eval_batch_size: int = 1000
+    # Photo datasets (cub, cars196, sop, inshop) only:
+    image_size: int | None = None  # crop size in pixels; None = 224
+    num_workers: int | None = None  # image loader processes; None = enough for a GPU, 0 on a CPU (not hashed:
+    #                                 each image's augmentation has its own seed, so the count changes no number)
+    torch_compile: bool | None = None  # torch.compile the model (speed only; not hashed)
+    preset: str | None = None  # the protocol the settings come from (dmlbench.presets), for the literature comparison
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -125,6 +131,23 @@ class RunConfig:
         for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
+        if self.image_size is not None:
+            from .datasets.benchmarks import PHOTO_DATASETS
+
+            positive_int("image_size")
+            if self.dataset not in PHOTO_DATASETS:
+                raise ConfigError(f"image_size applies to the photo datasets ({', '.join(PHOTO_DATASETS)}), "
+                                  f"not to {self.dataset!r}; leave it None")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
+                                             or self.num_workers < 0):
+            raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
+        if self.torch_compile is not None and not isinstance(self.torch_compile, bool):
+            raise ConfigError(f"torch_compile must be true, false or None, got {self.torch_compile!r}")
+        if self.preset is not None:
+            from .presets import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         from .samplers import SAMPLERS
 
         SAMPLERS.get(self.sampler_name)

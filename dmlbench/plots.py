@@ -44,43 +44,52 @@ def tsne_figure(embeddings: torch.Tensor, labels: torch.Tensor, class_names: dic
     y = labels.cpu().numpy()
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(x), size=min(max_points, len(x)), replace=False))
-    points = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=30, random_state=seed).fit_transform(x[keep])
+    perplexity = min(30.0, max(1.0, (len(keep) - 1) / 3))  # 30, or less for a handful of points (it must be < n)
+    points = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=perplexity,
+                  random_state=seed).fit_transform(x[keep])
     fig, ax = plt.subplots(figsize=(6, 5))
     for c in np.unique(y):
         sel = y[keep] == c
         name = (class_names or {}).get(int(c), str(c))
         ax.scatter(points[sel, 0], points[sel, 1], s=6, alpha=0.7, label=f"{c}: {name}")
     ax.set(xticks=[], yticks=[], title=title or f"t-SNE of {len(keep)} test embeddings")
-    ax.legend(markerscale=3, fontsize=8, loc="best")
+    if len(np.unique(y[keep])) <= 20:  # beyond that a legend hides the picture
+        ax.legend(markerscale=3, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
 
-def retrieval_grid(images: np.ndarray, labels: torch.Tensor, embeddings: torch.Tensor, *, num_queries: int = 8,
-                   k: int = 8, failures: int = 3, seed: int = 0, title: str = "") -> Figure:
+def retrieval_grid(images, labels: torch.Tensor, embeddings: torch.Tensor, *, num_queries: int = 8,
+                   k: int = 8, failures: int = 3, seed: int = 0, title: str = "", gallery=None) -> Figure:
     """Queries (left column) and their top-k neighbours, framed green when the label matches.
 
+    ``images[i]`` is image i as (H, W) or (C, H, W). The neighbours come from the query set itself
+    (the query excluded) or, with ``gallery=(images, labels, embeddings)``, from the gallery (In-Shop).
     The queries are drawn (seeded) one per class first; up to ``failures`` of the rows are then given
     to queries whose nearest neighbour has the wrong class, so the grid shows successes and errors.
     """
     emb = torch.nn.functional.normalize(embeddings.float(), dim=1)
     labels = labels.cpu()
+    if gallery is None:
+        ref_images, ref_labels, ref = images, labels, emb
+    else:
+        ref_images, ref_labels, ref = gallery[0], gallery[1].cpu(), torch.nn.functional.normalize(gallery[2].float(), dim=1)
     rng = np.random.default_rng(seed)
-    _, top1 = knn(emb, None, 1)
-    wrong = np.flatnonzero((labels[top1[:, 0]] != labels).numpy())
+    _, top1 = knn(emb, None if gallery is None else ref, 1)
+    wrong = np.flatnonzero((ref_labels[top1[:, 0]] != labels).numpy())
     n_fail = min(failures, len(wrong), num_queries)
     chosen = [int(rng.choice(np.flatnonzero(labels.numpy() == c))) for c in rng.permutation(np.unique(labels.numpy()))]
     chosen = chosen[:num_queries - n_fail]
     chosen += [int(i) for i in rng.choice(wrong, size=n_fail, replace=False)] if n_fail else []
     queries = torch.tensor(chosen)
-    _, neighbours = knn(emb[queries], emb, k, exclude=queries)
+    _, neighbours = knn(emb[queries], ref, k, exclude=queries if gallery is None else None)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(queries)))
     axes = np.atleast_2d(axes)
     for row, query in enumerate(queries.tolist()):
-        cells = [(query, None)] + [(int(n), bool(labels[n] == labels[query])) for n in neighbours[row]]
+        cells = [(query, None)] + [(int(n), bool(ref_labels[n] == labels[query])) for n in neighbours[row]]
         for col, (index, correct) in enumerate(cells):
             ax = axes[row, col]
-            image = images[index]
+            image = images[index] if col == 0 else ref_images[index]
             ax.imshow(image if image.ndim == 2 else np.moveaxis(image, 0, -1), cmap="gray")
             ax.set_xticks([])
             ax.set_yticks([])

@@ -75,7 +75,15 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "device": result.device,
         "machine": device_info(result.device),
         "versions": versions(),
-    }
+    } | (_preset_record(config) if config.preset else {})
+
+
+def _preset_record(config: RunConfig) -> dict[str, Any]:
+    from .presets import deviations, get_preset
+
+    preset = get_preset(config.preset)
+    return {"preset": {"name": preset.name, "source": preset.source, "deviations": deviations(config.to_dict()),
+                       "differences_from_paper": list(preset.differences)}}
 
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -15,6 +15,7 @@ A study file (YAML) looks like::
     seeds: [0]
     settings:                    # any other RunConfig field, shared by every cell
       epochs: 8
+      # preset: roth2020         # a reference protocol's settings (dmlbench.presets); the ones above override it
 
 Every cell runs on every dataset and seed. Every name is checked before anything runs; an unknown
 one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
@@ -171,6 +172,14 @@ def load_study(path: str | os.PathLike) -> Study:
     bad = sorted(set(settings) - set(allowed))
     if bad:
         raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
+
+    if settings.get("preset") is not None:  # the protocol's settings, overridden by those written beside it
+        from .presets import apply_preset
+
+        try:
+            settings = apply_preset(settings)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: settings: preset: {error}") from None
 
     named = ((DATASETS, "datasets", datasets), (LOSSES, "losses", [p[0] for p in pairs]), (MINERS, "miners", [p[2] for p in pairs]))
     for registry, key, names in named:

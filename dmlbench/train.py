@@ -21,7 +21,8 @@ import torch
 
 from .config import RunConfig
 from .criterion import Criterion, build_criterion
-from .datasets import ImageSet, Splits
+from .datasets import Splits
+from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed  # noqa: F401 (re-exported)
 from .metrics import evaluate
 from .models import MODELS
 from .samplers import SAMPLERS
@@ -43,33 +44,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def image_tensor(images: np.ndarray, mean: float, std: float, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, C, H, W) -> normalised float (N, C, H, W), channels-last, on device."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if x.ndim == 3:
-        x = x[:, None]
-    x = ((x.float() / 255.0 - mean) / std).to(device)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-@torch.no_grad()
 def embed(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """(N, C, H, W) on the model's device -> (N, D) float32 embeddings, eval mode."""
-    was_training = model.training
-    model.eval()
-    amp = autocast_dtype(images.device)
-    out = []
-    for start in range(0, len(images), batch_size):
-        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
-            out.append(model(images[start:start + batch_size]).float())
-    model.train(was_training)
-    return torch.cat(out)
+    batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+    return forward_embed(model, batches, images.device)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -96,6 +74,8 @@ class TrainResult:
     train_time_s: float
     images_per_s: float
     extra: dict = field(default_factory=dict)
+    gallery_embeddings: torch.Tensor | None = None  # (N_gallery, D), CPU: In-Shop's gallery
+    gallery_labels: torch.Tensor | None = None
 
 
 def _progress(total: int, enabled: bool):
@@ -106,8 +86,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="training", unit="batch", file=sys.stderr, mininterval=5.0, dynamic_ncols=False, ncols=90)
 
 
-def validation_metrics(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
-    metrics = evaluate(embed(model, images, batch_size), labels, ks=(1,), nmi=False)
+def validation_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    metrics = evaluate(embeddings, labels, ks=(1,), nmi=False)
     return {"val_recall@1": metrics["recall@1"], "val_map@r": metrics["map@r"]}
 
 
@@ -129,17 +109,19 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     groups = [{"params": list(model.parameters())}] + criterion.param_groups(config.lr, config.loss_lr)
     optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    # The network's forward pass; compiled when asked (the state dicts stay those of `model`).
+    forward = torch.compile(model) if config.torch_compile else model
 
-    train_x = image_tensor(splits.train.images, splits.mean, splits.std, device)
-    train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
-    val_x = image_tensor(splits.val.images, splits.mean, splits.std, device)
-    val_y = torch.from_numpy(splits.val.labels)
     sampler = SAMPLERS.create(config.sampler_name, labels=splits.train.labels, P=config.P, K=config.K,
                               super_labels=splits.train.super_labels, batches_per_epoch=config.iters_per_epoch or None,
                               generator=torch.Generator().manual_seed(config.seed), **(config.sampler_kwargs or {}))
+    # Photos are normalised with the statistics the backbone's weights expect (ImageNet's, or a timm model's).
+    mean, std = getattr(model, "normalization", (None, None))
+    feed = make_feed(config, splits, train_labels, sampler, device, mean=mean, std=std)
+    val_y = torch.from_numpy(splits.val.labels)
 
     history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0,
-                            **validation_metrics(model, val_x, val_y, config.eval_batch_size)}]
+                            **validation_metrics(feed.embed(forward, splits.val), val_y)}]
     if on_epoch_end:
         on_epoch_end(history[-1], history)
     best_score, best_epoch, best_state = -float("inf"), 0, None
@@ -150,11 +132,10 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         model.train()
         start = time.perf_counter()
         losses, mined = [], []
-        for step, batch in enumerate(sampler):
-            idx = torch.tensor(batch, device=device)
+        for step, (images, labels) in enumerate(feed.epoch()):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                embeddings = model(train_x[idx])
-            loss = criterion(embeddings, train_y[idx])
+                embeddings = forward(images)
+            loss = criterion(embeddings, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
                                          f"(lower lr={config.lr}?)")
@@ -164,7 +145,7 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
             scaler.update()
             losses.append(loss.detach())
             mined.append(criterion.last_mined)
-            images_seen += len(batch)
+            images_seen += len(labels)
             if bar is not None:
                 bar.update()
         if device.type == "cuda":
@@ -172,7 +153,7 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         epoch_time = time.perf_counter() - start
         train_time += epoch_time
         record = {"epoch": epoch, "loss": torch.stack(losses).mean().item(), "mined_per_batch": float(np.mean(mined)),
-                  "time_s": epoch_time, **validation_metrics(model, val_x, val_y, config.eval_batch_size)}
+                  "time_s": epoch_time, **validation_metrics(feed.embed(forward, splits.val), val_y)}
         history.append(record)
         if record[select_key] > best_score:
             best_score, best_epoch = record[select_key], epoch
@@ -191,10 +172,16 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     else:  # the model and the loss's parameters (proxies, centres) of the selected epoch
         model.load_state_dict(best_state["model"])
         criterion.load_state_dict(best_state["criterion"])
-    test_x = image_tensor(splits.test.images, splits.mean, splits.std, device)
-    test_embeddings = embed(model, test_x, config.eval_batch_size).cpu()
+    test_embeddings = feed.embed(forward, splits.test).cpu()
     test_labels = torch.from_numpy(splits.test.labels)
-    test_metrics = evaluate(test_embeddings, test_labels, device=device)  # the one look at the test split
+    gallery_embeddings = gallery_labels = None
+    if splits.gallery is not None:  # In-Shop: queries ranked against the gallery
+        gallery_embeddings = feed.embed(forward, splits.gallery).cpu()
+        gallery_labels = torch.from_numpy(splits.gallery.labels)
+    # the one look at the test split
+    test_metrics = evaluate(test_embeddings, test_labels, gallery=gallery_embeddings, gallery_labels=gallery_labels,
+                            device=device)
     return TrainResult(config=config, model=model, criterion=criterion, history=history, best_epoch=best_epoch,
                        test_metrics=test_metrics, test_embeddings=test_embeddings, test_labels=test_labels,
-                       device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9))
+                       device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9),
+                       gallery_embeddings=gallery_embeddings, gallery_labels=gallery_labels)

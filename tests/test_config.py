@@ -1,6 +1,7 @@
 import pytest
 
 from dmlbench.config import RunConfig
+from dmlbench.datasets import DATASETS
 from dmlbench.errors import ConfigError, UnknownNameError
 from dmlbench.losses import LOSSES
 from dmlbench.miners import MINERS
@@ -24,7 +25,7 @@ def test_run_id_of_an_import_path_is_a_clean_folder_name():
 @pytest.mark.parametrize("field,value,message", [
     ("loss", "tripletx", "valid loss names: " + ", ".join(LOSSES.names())),
     ("miner", "hardest", "valid miner names: " + ", ".join(MINERS.names())),
-    ("dataset", "mnist", "valid dataset names: fashion-mnist"),
+    ("dataset", "mnist", "valid dataset names: " + ", ".join(DATASETS.names())),
     ("model", "resnet", "valid model names: convnet"),
 ])
 def test_unknown_names_fail_listing_valid_choices(field, value, message):

@@ -37,7 +37,7 @@ def test_cells_cross_every_axis(tmp_path, isolated):
 @pytest.mark.parametrize("content,message", [
     ({"losses": ["triplet", "lifted"]}, "losses: unknown loss 'lifted'"),
     ({"miners": ["hardest"]}, "miners: unknown miner 'hardest'"),
-    ({"datasets": ["cub"]}, "datasets: unknown dataset 'cub'; valid dataset names: fashion-mnist"),
+    ({"datasets": ["imagenet"]}, "datasets: unknown dataset 'imagenet'; valid dataset names: cars196, cub, fashion-mnist"),
     ({"settings": {"epoch": 3}}, "settings: unknown setting 'epoch'; valid settings:"),
     ({"settings": {"loss": "triplet"}}, "unknown setting 'loss'"),
     ({"seeds": ["a"]}, "seeds: expected a list of non-negative integers"),

@@ -85,6 +85,7 @@ class ImageCache:
 
     def __init__(self, folder):
         folder = Path(folder)
+        self.folder = folder
         if not (folder / "index.npz").is_file():
             raise DatasetNotFoundError(f"{folder} holds no finished image cache (index.npz is missing)")
         with np.load(folder / "index.npz") as index:

@@ -36,6 +36,8 @@ SOURCES = {
     "inshop": "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html "
               "(img.zip and Eval/list_eval_partition.txt)",
 }
+# The command that fetches (where the network allows), unpacks and caches a dataset.
+FETCH_COMMAND = "dmlbench data prepare {name} --root DIR"
 
 
 class LayoutError(DatasetNotFoundError):
@@ -75,7 +77,8 @@ def _need(root: Path, name: str, dataset: str) -> Path:
     path = root / name
     if not path.is_file():
         raise LayoutError(f"{dataset}: expected {path}, which is missing. The dataset comes from "
-                          f"{SOURCES[dataset]}; unpack it so that this file sits in {root}.")
+                          f"{SOURCES[dataset]}; unpack it so that this file sits in {root}, or run "
+                          f"'{FETCH_COMMAND.format(name=dataset)}'.")
     return path
 
 
@@ -193,7 +196,8 @@ def read_inshop(root, *, val_fraction: float = 0.2, seed: int = 0) -> Layout:
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise LayoutError(f"inshop: expected {candidates[0]} (or {candidates[1]}), which is missing. The dataset "
-                          f"comes from {SOURCES['inshop']}.")
+                          f"comes from {SOURCES['inshop']}; '{FETCH_COMMAND.format(name='inshop')}' says which "
+                          f"files to fetch and where they go.")
     rows = _rows(path, 3, "inshop", skip=2)
     statuses = {"train", "query", "gallery"}
     paths, items, status, categories = [], [], [], []

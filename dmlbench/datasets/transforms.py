@@ -13,30 +13,48 @@
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _finish(mean, std) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+def _finish(mean, std, normalize: bool) -> list:
+    from torchvision.transforms import v2  # imported here: torchvision takes a second to import
+
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))] if normalize else []
 
 
 def train_transform(size: int = 224, *, scale: tuple[float, float] = (0.08, 1.0), mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD) -> v2.Compose:
+                    std=IMAGENET_STD, normalize: bool = True):
+    """uint8 (3, H, W) -> random resized crop + flip -> float (3, size, size) normalised; with
+    ``normalize=False`` the crop stays uint8 (4x less to copy to a GPU, normalised there)."""
+    from torchvision.transforms import v2
+
     if size < 1:
         raise ValueError(f"crop size must be a positive integer, got {size}")
     if not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
     return v2.Compose([v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True), v2.RandomHorizontalFlip(),
-                       *_finish(mean, std)])
+                       *_finish(mean, std, normalize)])
 
 
-def eval_transform(size: int = 224, *, resize: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def eval_transform(size: int = 224, *, resize: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   normalize: bool = True):
+    """uint8 (3, H, W) -> shorter side to ``resize`` -> centre crop ``size`` -> normalised float (or uint8)."""
+    from torchvision.transforms import v2
+
+    resize = round(size * 8 / 7) if resize is None else resize
     if size < 1:
         raise ValueError(f"crop size must be a positive integer, got {size}")
-    resize = round(size * 8 / 7) if resize is None else resize
     if resize < size:
         raise ValueError(f"resize ({resize}) must be at least the crop size ({size})")
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std, normalize)])
+
+
+def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) on any device -> float32 (B, 3, H, W), scaled to [0, 1] and normalised,
+    channels-last. The same numbers as the transforms' ToDtype + Normalize."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    x = (images.float() / 255.0 - mean_t) / std_t
+    return x.contiguous(memory_format=torch.channels_last)

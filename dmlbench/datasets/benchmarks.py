@@ -1,0 +1,209 @@
+"""The four real DML benchmarks as registered datasets: CUB-200-2011, Cars196, SOP, In-Shop.
+
+``load(root=None)`` finds the dataset's official layout (:mod:`.layouts`), splits it by class as
+../shared/PROTOCOL.md prescribes (validation = 20% of the train classes, drawn with seed 0, the same
+for every run), and serves the images from a decoded cache (:mod:`.image_cache`): every image of the
+layout decoded once, its shorter side resized to the evaluation size (256 pixels for 224-pixel crops). The cache is built on first use (or
+ahead of time by ``dmlbench data prepare <name>``) under ``$DMLBENCH_CACHE/images/<name>/<key>``,
+where the key hashes the layout folder, the image list and the size, so a moved or changed dataset
+gets a new cache and two processes never build the same one at once (a file lock).
+
+The layout folder is, in order: the ``root`` argument (the folder itself, or a known sub-folder such
+as ``CUB_200_2011``); each folder of ``$DMLBENCH_DATA`` and its known sub-folders; the folder
+``dmlbench data prepare`` downloads into (``$DMLBENCH_CACHE/data/<name>``). Not found is an error
+naming the file looked for, every folder searched and the command that fetches the dataset.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .base import DATASETS, LabelledSet, Splits, cache_dir, data_roots
+from .image_cache import ImageCache, build_cache
+from .layouts import FETCH_COMMAND, SOURCES, ImageList, Layout, LayoutError, read_layout
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger("dmlbench")
+
+PHOTO_DATASETS = ("cub", "cars196", "sop", "inshop")
+DEFAULT_IMAGE_SIZE = 224
+VALIDATION_FRACTION = 0.2
+VALIDATION_SEED = 0
+
+# The file that marks a folder as the dataset's layout, and the sub-folder names it is often found under.
+MARKERS = {
+    "cub": ("images.txt",),
+    "cars196": ("cars_annos.mat",),
+    "sop": ("Ebay_train.txt",),
+    "inshop": ("list_eval_partition.txt", "Eval/list_eval_partition.txt"),
+}
+SUBFOLDERS = {
+    "cub": ("CUB_200_2011", "cub", "cub200", "CUB", "cub/CUB_200_2011"),
+    "cars196": ("cars196", "cars", "Cars196", "car196", "CARS196"),
+    "sop": ("Stanford_Online_Products", "sop", "SOP", "sop/Stanford_Online_Products"),
+    "inshop": ("inshop", "InShop", "In-Shop", "in-shop", "deepfashion_inshop"),
+}
+DESCRIPTIONS = {
+    "cub": "CUB-200-2011 (Wah et al. 2011): 200 bird species; train classes 1-100, test 101-200",
+    "cars196": "Cars196 (Krause et al. 2013): 196 car models; train classes 1-98, test 99-196",
+    "sop": "Stanford Online Products (Song et al. 2016): 22,634 products; Ebay_train / Ebay_test",
+    "inshop": "In-Shop Clothes (Liu et al. 2016): 7,982 items; test = 14,218 queries against a 12,612-image gallery",
+}
+
+
+def download_folder(name: str) -> Path:
+    """Where ``dmlbench data prepare <name>`` puts a dataset when no root is given."""
+    return cache_dir() / "data" / name
+
+
+def _is_layout(folder: Path, name: str) -> bool:
+    return any((folder / marker).is_file() for marker in MARKERS[name])
+
+
+def _candidates(base: Path, name: str) -> list[Path]:
+    return [base] + [base / sub for sub in SUBFOLDERS[name]]
+
+
+def locate_layout(name: str, root: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The folder holding ``name``'s official layout, and how it was found; LayoutError if none."""
+    searched: list[Path] = []
+    if root is not None:
+        for folder in _candidates(Path(root).expanduser(), name):
+            searched.append(folder)
+            if _is_layout(folder, name):
+                return folder, f"data root {folder}"
+    else:
+        for base in data_roots():
+            for folder in _candidates(base, name):
+                searched.append(folder)
+                if _is_layout(folder, name):
+                    return folder, f"$DMLBENCH_DATA {folder}"
+        for folder in _candidates(download_folder(name), name):
+            searched.append(folder)
+            if _is_layout(folder, name):
+                return folder, f"download folder {folder}"
+    looked = ", ".join(str(s) for s in searched) or "(no folder: $DMLBENCH_DATA is empty)"
+    raise LayoutError(
+        f"{name}: no folder holding {' or '.join(MARKERS[name])} was found; looked in: {looked}. "
+        f"The dataset comes from {SOURCES[name]}. Give its folder as data_root (or in $DMLBENCH_DATA), or run "
+        f"'{FETCH_COMMAND.format(name=name)}'.")
+
+
+@dataclass
+class PhotoSet(LabelledSet):
+    """A split of a real benchmark: rows of a decoded image cache with their class labels."""
+
+    cache: ImageCache
+    rows: np.ndarray  # (N,) row of each image in the cache
+    labels: np.ndarray  # (N,) int64 class ids as the dataset numbers them
+    super_labels: np.ndarray | None = None  # (N,) super-class ids (SOP, In-Shop)
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.cache.paths[int(r)] for r in self.rows]
+
+    @property
+    def images(self) -> "PhotoSet":
+        """Indexable like an image array: ``images[i]`` is image i as a (3, H, W) uint8 array."""
+        return self
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.cache[int(self.rows[i])].numpy()
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process builds the same cache
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _all_images(layout: Layout) -> ImageList:
+    """Every image of the layout once, in split order (train, val, test, gallery)."""
+    parts = [p for p in (layout.train, layout.val, layout.test, layout.gallery) if p is not None]
+    seen: dict[str, int] = {}
+    paths, labels = [], []
+    for part in parts:
+        for path, label in zip(part.paths, part.labels):
+            if path not in seen:
+                seen[path] = len(paths)
+                paths.append(path)
+                labels.append(label)
+    return ImageList(paths, np.array(labels, dtype=np.int64))
+
+
+def cache_folder(name: str, layout: Layout, images: ImageList, shorter_side: int) -> Path:
+    key = hashlib.sha256(json.dumps([str(Path(layout.root).resolve()), shorter_side, images.paths]).encode()).hexdigest()
+    return cache_dir() / "images" / name / f"s{shorter_side}-{key[:16]}"
+
+
+def cache_side(image_size: int | None) -> int:
+    """The cached images' shorter side for crops of ``image_size``: the evaluation resize (size x 8/7,
+    256 for 224-pixel crops), from which training crops are cut too."""
+    return round((image_size or DEFAULT_IMAGE_SIZE) * 8 / 7)
+
+
+def image_cache(name: str, layout: Layout, *, shorter_side: int) -> ImageCache:
+    """The layout's decoded cache, built (under a lock) when it does not exist yet."""
+    images = _all_images(layout)
+    folder = cache_folder(name, layout, images, shorter_side)
+    with _file_lock(folder.with_name(folder.name + ".lock")):
+        if not (folder / "index.npz").is_file():
+            log.info("%s: decoding %d images into %s (once)", name, len(images), folder)
+        return build_cache(layout.root, images, folder, shorter_side=shorter_side)
+
+
+def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None) -> Splits:
+    """The class splits of benchmark ``name``, served from its decoded image cache for ``image_size`` crops."""
+    shorter_side = cache_side(image_size)
+    folder, where = locate_layout(name, root)
+    layout = read_layout(name, folder, val_fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED)
+    for part, images in (("train", layout.train), ("validation", layout.val), ("test", layout.test)):
+        if len(images) == 0:
+            raise LayoutError(f"{name}: the {part} split of {folder} is empty")
+    store = image_cache(name, layout, shorter_side=shorter_side)
+    row_of = {path: row for row, path in enumerate(store.paths)}
+
+    def photos(images: ImageList | None) -> PhotoSet | None:
+        if images is None:
+            return None
+        return PhotoSet(store, np.array([row_of[p] for p in images.paths], dtype=np.int64), images.labels,
+                        images.super_labels)
+
+    return Splits(
+        name=name, train=photos(layout.train), val=photos(layout.val), test=photos(layout.test),
+        gallery=photos(layout.gallery), class_names=dict(layout.class_names or {}),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        source={"where": where, "root": str(folder), "cache": str(store.folder),
+                "validation": f"{VALIDATION_FRACTION:.0%} of the train classes, seed {VALIDATION_SEED}"},
+    )
+
+
+def _register(name: str) -> None:
+    class Benchmark:
+        __doc__ = DESCRIPTIONS[name]
+
+        @staticmethod
+        def load(root: str | os.PathLike | None = None, cache: bool = True, image_size: int | None = None) -> Splits:
+            # The decoded cache is what makes training on photos fast; it is always used.
+            return load_benchmark(name, root, image_size=image_size)
+
+    Benchmark.__name__ = Benchmark.__qualname__ = f"Benchmark_{name}"
+    DATASETS.register(name)(Benchmark)
+
+
+for _name in PHOTO_DATASETS:
+    _register(_name)

@@ -1,0 +1,173 @@
+"""How images reach the model: training batches and the embedding of a whole split.
+
+Two feeds with one interface (``epoch()`` yields normalised (B, C, H, W) batches and their labels on
+the device; ``embed(model, split)`` returns the split's (N, D) embeddings on the device):
+
+- :class:`TensorFeed`, for small in-memory datasets (Fashion-MNIST): the whole split is normalised
+  once and kept on the device; a batch is an index into it.
+- :class:`PhotoFeed`, for the real benchmarks: a torch DataLoader reads the decoded image cache in
+  worker processes, crops and flips in uint8 (train) or resizes and centre-crops (evaluation),
+  hands pinned uint8 batches over (a quarter of the bytes of float32), and the device converts and
+  normalises them. Every training image draws its augmentation from its own seed, taken from a
+  generator seeded by the run's seed, so the numbers do not depend on how many workers there are.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .datasets.transforms import eval_transform, normalize_batch, train_transform
+
+DEFAULT_IMAGE_SIZE = 224
+MAX_AUTO_WORKERS = 12
+
+
+def image_tensor(images: np.ndarray, mean: float, std: float, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> normalised float (N, C, H, W), channels-last, on device."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    x = ((x.float() / 255.0 - mean) / std).to(device)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); none on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def forward_embed(model: torch.nn.Module, batches, device: torch.device) -> torch.Tensor:
+    """Eval-mode embeddings of an iterable of normalised batches -> (N, D) float32 on device."""
+    was_training = model.training
+    model.eval()
+    amp = autocast_dtype(device)
+    out = []
+    with torch.no_grad():
+        for x in batches:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class TensorFeed:
+    """In-memory uint8 images, normalised once with the dataset's mean and std and kept on the device."""
+
+    def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, eval_batch_size: int):
+        self.mean, self.std, self.device, self.batch_size = splits.mean, splits.std, device, eval_batch_size
+        self.sampler = sampler
+        self.train_x = image_tensor(splits.train.images, self.mean, self.std, device)
+        self.train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
+        self._tensors: dict[int, torch.Tensor] = {}
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.sampler:
+            idx = torch.tensor(batch, device=self.device)
+            yield self.train_x[idx], self.train_y[idx]
+
+    def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
+        key = id(split)
+        if key not in self._tensors:  # validation is embedded every epoch: normalise it once
+            self._tensors[key] = image_tensor(split.images, self.mean, self.std, self.device)
+        x = self._tensors[key]
+        return forward_embed(model, (x[s:s + self.batch_size] for s in range(0, len(x), self.batch_size)), self.device)
+
+
+class _TrainPhotos(Dataset):
+    """Item ``(i, seed)``: image i of the split, randomly cropped and flipped with ``seed``; uint8."""
+
+    def __init__(self, split, labels: np.ndarray, transform):
+        self.cache, self.rows, self.labels, self.transform = split.cache, split.rows, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = item
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone (num_workers = 0)
+            torch.manual_seed(seed)
+            image = self.transform(self.cache[int(self.rows[i])])
+        return image, int(self.labels[i])
+
+
+class _EvalPhotos(Dataset):
+    def __init__(self, split, transform):
+        self.cache, self.rows, self.transform = split.cache, split.rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.cache[int(self.rows[i])])
+
+
+class SeededBatches:
+    """A batch sampler's batches, each index paired with the seed of its augmentation."""
+
+    def __init__(self, sampler, seed: int):
+        self.sampler = sampler
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.sampler:
+            seeds = torch.randint(0, 2**62, (len(batch),), generator=self.generator).tolist()
+            yield list(zip((int(i) for i in batch), seeds))
+
+
+def auto_workers(device: torch.device) -> int:
+    """Loader processes when the run does not say: all cores but one for a GPU (up to 12); none on a
+    CPU, where the model's own threads already use every core."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(MAX_AUTO_WORKERS, (os.cpu_count() or 2) - 1))
+
+
+class PhotoFeed:
+    """Real benchmark images from the decoded cache, through DataLoader workers."""
+
+    def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, *, image_size: int | None,
+                 num_workers: int | None, eval_batch_size: int, seed: int, mean=None, std=None):
+        self.device, self.batch_size = device, eval_batch_size
+        self.mean = tuple(mean if mean is not None else splits.mean)
+        self.std = tuple(std if std is not None else splits.std)
+        self.size = image_size or DEFAULT_IMAGE_SIZE
+        self.workers = auto_workers(device) if num_workers is None else num_workers
+        self.pin = device.type == "cuda"
+        dataset = _TrainPhotos(splits.train, train_labels, train_transform(self.size, normalize=False))
+        self.loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=self.workers,
+                                 pin_memory=self.pin, persistent_workers=self.workers > 0,
+                                 prefetch_factor=4 if self.workers > 0 else None)
+        self.eval_transform = eval_transform(self.size, normalize=False)
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_batch(images.to(self.device, non_blocking=self.pin), self.mean, self.std)
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield self._to_device(images), labels.to(self.device, non_blocking=self.pin)
+
+    def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
+        loader = DataLoader(_EvalPhotos(split, self.eval_transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.workers, pin_memory=self.pin)
+        return forward_embed(model, (self._to_device(x) for x in loader), self.device)
+
+
+def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.device, mean=None, std=None):
+    """The feed that suits the dataset: PhotoFeed for image caches, TensorFeed for in-memory arrays."""
+    from .datasets.benchmarks import PhotoSet
+
+    if isinstance(splits.train, PhotoSet):
+        return PhotoFeed(splits, train_labels, sampler, device, image_size=config.image_size,
+                         num_workers=config.num_workers, eval_batch_size=config.eval_batch_size, seed=config.seed,
+                         mean=mean, std=std)
+    return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size)
