@@ -34,7 +34,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@if [ ! -x $(PY) ]; then echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]' 2>&1 | { $(PIP_QUIET); }
-	$(PY) -c "import dmlbench, torch, torchvision, papermill, faiss, pytorch_metric_learning"
+	$(PY) -c "import dmlbench, torch, torchvision, timm, papermill, faiss, pytorch_metric_learning"
 	touch $@
 
 # Fashion-MNIST: found through $$DMLBENCH_DATA or Debian's package; installed with apt-get when we

@@ -100,7 +100,7 @@ class RunConfig:
 
         return f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__seed{self.seed}__{self.config_hash()[:10]}"
 
-    def validate(self) -> "RunConfig":
+    def validate(self, checked_models: set[str] | None = None) -> "RunConfig":
         """Check every field; names are checked against the registries. Returns self."""
         from .criterion import check_compatible, class_kwargs
         from .datasets import DATASETS
@@ -158,7 +158,13 @@ class RunConfig:
         DATASETS.get(self.dataset)
         check_compatible(self.loss, self.miner)
         # Building the components checks their argument values too (a margin's sign, a variant name).
-        MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
+        # ``checked_models`` (a study's loader passes one set for all its cells) skips networks already
+        # built: building a pretrained ResNet-50, weights read from disk, for every cell would be slow.
+        model_spec = json.dumps([self.model, self.model_kwargs, self.embedding_dim], sort_keys=True, default=str)
+        if checked_models is None or model_spec not in checked_models:
+            MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
+            if checked_models is not None:
+                checked_models.add(model_spec)
         loss_cls = LOSSES.get(self.loss)
         if loss_cls.needs_positives and self.K < 2:
             raise ConfigError(f"loss {self.loss!r} needs two or more images per class in a batch (positives), "

@@ -116,7 +116,7 @@ class Registry:
             raise ConfigError(f"{self.kind} {name!r} takes no argument {', '.join(map(repr, unknown))}; "
                               f"its arguments are: {', '.join(valid) or '(none)'}")
 
-    def create(self, name: str, **kwargs: Any) -> Any:
+    def create(self, name: str, /, **kwargs: Any) -> Any:  # positional-only: a component may take `name`
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         self.check_kwargs(name, kwargs)
         return self.get(name)(**kwargs)

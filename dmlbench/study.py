@@ -190,7 +190,7 @@ def load_study(path: str | os.PathLike) -> Study:
                 raise type(error)(f"{path}: {key}: {error}") from None
 
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
-    seen = set()
+    seen, checked_models = set(), set()
     for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in itertools.product(datasets, pairs, seeds):
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
                            miner_kwargs=dict(miner_kwargs), seed=seed)
@@ -198,7 +198,7 @@ def load_study(path: str | os.PathLike) -> Study:
             continue
         seen.add(config.run_id())
         try:
-            config.validate()
+            config.validate(checked_models)
         except IncompatibleError as error:
             study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))
             continue

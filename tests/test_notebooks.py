@@ -177,3 +177,13 @@ def test_cli_rejects_unknown_names_with_exit_code_2(isolated, tmp_path):
     run = subprocess.run([sys.executable, "-m", "dmlbench", "study", str(bad), "--status"], capture_output=True, text=True)
     assert run.returncode == 2 and "valid miner names: " + ", ".join(MINERS.names()) in run.stderr
     assert not list((isolated / "results").rglob("metrics.json")) if (isolated / "results").exists() else True
+
+
+def test_every_run_setting_is_a_parameter_of_the_experiment_notebook():
+    nb = nbformat.read(str(notebook("experiment.ipynb")), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = re.findall(r"^(\w+) = ", cell.source, re.M)
+    assert sorted(names) == sorted(RunConfig.field_names() + ["run_dir", "tsne_points"])
+    defaults = {}
+    exec(cell.source, {}, defaults)  # plain values only: the defaults are RunConfig's own
+    assert {k: defaults[k] for k in RunConfig.field_names()} == RunConfig().to_dict()

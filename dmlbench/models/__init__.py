@@ -3,5 +3,7 @@
 from .backbone import ResNet18Embedder, ResNet50Embedder, TorchvisionEmbedder
 from .base import MODELS
 from .convnet import ConvEmbedder
+from .timm_backbone import TimmEmbedder
 
-__all__ = ["MODELS", "ConvEmbedder", "ResNet18Embedder", "ResNet50Embedder", "TorchvisionEmbedder"]
+__all__ = ["MODELS", "ConvEmbedder", "ResNet18Embedder", "ResNet50Embedder", "TimmEmbedder",
+           "TorchvisionEmbedder"]

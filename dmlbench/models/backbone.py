@@ -36,7 +36,36 @@ def cached_weights_path(arch: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-class TorchvisionEmbedder(nn.Module):
+class FrozenBatchNorm(nn.Module):
+    """For embedders with a ``trunk``: ``set_frozen_batchnorm(True)`` keeps every BatchNorm layer of the
+    trunk in inference mode (running statistics fixed) and its affine parameters out of training,
+    whatever mode the model is put in."""
+
+    freeze_bn = False
+
+    def set_frozen_batchnorm(self, freeze: bool) -> None:
+        self.freeze_bn = freeze
+        if freeze:
+            for module in self.trunk.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    for parameter in module.parameters():
+                        parameter.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self.trunk.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+
+class TorchvisionEmbedder(FrozenBatchNorm):
+    #: the input statistics of torchvision's ImageNet weights: (mean, std) per RGB channel
+    normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    default_image_size = 224  # the side of the crops those weights were trained on
+
     def __init__(self, arch: str, embedding_dim: int = 128, pretrained: bool = False, freeze_bn: bool = True,
                  pooling: str = "avg"):
         super().__init__()
@@ -62,21 +91,7 @@ class TorchvisionEmbedder(nn.Module):
         self.pooling = pooling
         self.head = nn.Linear(self.feature_dim, embedding_dim)
         self.embedding_dim = embedding_dim
-        self.freeze_bn = freeze_bn
-        if freeze_bn:
-            for module in self.trunk.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    for parameter in module.parameters():
-                        parameter.requires_grad_(False)
-        self.train()
-
-    def train(self, mode: bool = True) -> "TorchvisionEmbedder":
-        super().train(mode)
-        if self.freeze_bn:
-            for module in self.trunk.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
+        self.set_frozen_batchnorm(freeze_bn)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.trunk(images)  # (B, F, h, w)
