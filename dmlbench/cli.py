@@ -9,6 +9,7 @@
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
     dmlbench readme [--check]                   refresh the README's results block from results/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
+    dmlbench bench train [...]                  training images/s: data pipeline, model step, both
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
-    p.add_argument("what", choices=["losses", "miners", "eval"])
+    p.add_argument("what", choices=["losses", "miners", "eval", "train"])
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
     p.set_defaults(func=cmd_bench)
 

@@ -60,6 +60,22 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Optimizer, scaler, images: torch.Tensor,
+                      labels: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """One step: embeddings (under autocast on CUDA), the loss in fp32, and, when the loss is finite,
+    backward and the optimiser's update. Returns the loss, detached; a non-finite loss changes nothing."""
+    with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+        embeddings = forward(images)
+    loss = criterion(embeddings, labels)
+    if not torch.isfinite(loss):
+        return loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 @dataclass
 class TrainResult:
     config: RunConfig
@@ -133,17 +149,11 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         start = time.perf_counter()
         losses, mined = [], []
         for step, (images, labels) in enumerate(feed.epoch()):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                embeddings = forward(images)
-            loss = criterion(embeddings, labels)
+            loss = optimisation_step(forward, criterion, optimizer, scaler, images, labels, amp)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
                                          f"(lower lr={config.lr}?)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.detach())
+            losses.append(loss)
             mined.append(criterion.last_mined)
             images_seen += len(labels)
             if bar is not None:

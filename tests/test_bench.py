@@ -57,3 +57,35 @@ def test_eval_benchmark_rejects_a_bad_size(capsys):
     with pytest.raises(SystemExit):
         main(["--size", "huge"])
     assert "use one of ['cub', 'sop'] or NxDIMxCLASSES" in capsys.readouterr().err
+
+
+def test_train_benchmark_measures_data_model_and_full_step(isolated):
+    import pandas as pd
+
+    from dmlbench.cli import main
+
+    assert main(["bench", "train", "--model", "resnet18", "--image-size", "32", "--batch", "4x2", "--images", "120",
+                 "--classes", "12", "--steps", "3", "--warmup", "1", "--device", "cpu", "--workers", "1"]) == 0
+    table = pd.read_csv(isolated / "results" / "bench" / "train-cpu.csv")
+    assert list(table["part"]) == ["data pipeline alone", "model step alone", "full step"]
+    assert (table["images_per_s"] > 0).all() and table["of_model_step"].iloc[1] == 1.0
+    text = (isolated / "results" / "bench" / "train-cpu.txt").read_text()
+    assert "resnet18, 32 px crops, batch 4x2 = 8" in text and "loader workers 1" in text
+
+
+def test_synthetic_cache_has_cub_like_images(tmp_path):
+    from dmlbench.bench.train import synthetic_cache
+
+    cache = synthetic_cache(tmp_path / "cache", images=10, classes=3, shorter_side=40)
+    shapes = {tuple(cache[i].shape) for i in range(10)}
+    assert shapes == {(3, 40, 53), (3, 53, 40)} and list(cache.labels[:4]) == [0, 1, 2, 0]
+
+
+def test_train_benchmark_rejects_a_bad_batch(capsys):
+    import pytest
+
+    from dmlbench.bench.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--batch", "56by2"])
+    assert "use PxK, e.g. 56x2" in capsys.readouterr().err

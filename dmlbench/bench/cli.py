@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval")
+BENCHMARKS = ("losses", "miners", "eval", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         from .losses import main as run
     elif what == "miners":
         from .miners import main as run
-    else:
+    elif what == "eval":
         from .eval import main as run
+    else:
+        from .train import main as run
 
     return run(rest)

@@ -55,19 +55,28 @@ def build_cache(root, images: ImageList, folder, *, shorter_side: int = 256) -> 
         if cache.paths == list(images.paths) and cache.shorter_side == shorter_side:
             return cache
         raise ValueError(f"{folder} holds a cache of other images or another size; remove it or choose another folder")
+    pixels = (_decode(root / relative, shorter_side) for relative in images.paths)
+    return write_cache(folder, pixels, images, shorter_side=shorter_side)
+
+
+def write_cache(folder, pixels, images: ImageList, *, shorter_side: int) -> "ImageCache":
+    """Write the (H, W, 3) uint8 arrays ``pixels`` (one per image of ``images``, in order) as a cache:
+    the pixel file first, the index last, each under a temporary name renamed into place."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     offsets, heights, widths = [], [], []
     pixels_tmp = folder / "pixels.u8.tmp"
     offset = 0
     try:
         with pixels_tmp.open("wb") as out:
-            for relative in images.paths:
-                array = _decode(root / relative, shorter_side)
-                out.write(array.tobytes())
+            for array in pixels:
+                out.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
                 offsets.append(offset)
                 heights.append(array.shape[0])
                 widths.append(array.shape[1])
                 offset += array.size
+        if len(offsets) != len(images.paths):
+            raise ValueError(f"{len(offsets)} images written for {len(images.paths)} paths")
         os.replace(pixels_tmp, folder / "pixels.u8")
         index_tmp = folder / "index.tmp.npz"
         np.savez(index_tmp, offsets=np.array(offsets, dtype=np.int64), heights=np.array(heights, dtype=np.int32),

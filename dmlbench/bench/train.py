@@ -1,0 +1,173 @@
+"""Training throughput: is the data pipeline or the model the bottleneck?
+
+Three measurements in one process, in images per second, on synthetic CUB-sized data (by default
+5,994 training images of 100 classes, stored like a prepared benchmark: a decoded cache whose
+images have a shorter side of 256 pixels and CUB's typical 4:3 aspect):
+
+- ``data``: the training feed alone (dmlbench.feeds.PhotoFeed: cache reads, random resized crops
+  and flips in loader workers, pinned uint8 batches copied to the device and normalised there);
+- ``model``: the optimisation step alone (dmlbench.train.optimisation_step: forward under bf16
+  autocast on CUDA, loss and miner in fp32, backward, optimiser) on one batch already on the device;
+- ``full``: the two together, as dmlbench.train runs them.
+
+``full / model`` near 1 means the GPU sets the pace; the printed table says which side limits.
+
+    python -m dmlbench bench train                                  # ResNet-50, 224 px, batch 112, on CUDA if present
+    python -m dmlbench bench train --model resnet18 --image-size 64 --batch 32 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .timing import machine_line, save_table, synchronize
+
+CUB_TRAIN_IMAGES, CUB_TRAIN_CLASSES = 5994, 100
+
+
+def synthetic_cache(folder: Path, images: int, classes: int, shorter_side: int, seed: int = 0):
+    """A decoded image cache of ``images`` random-noise pictures (shorter side ``shorter_side``,
+    landscape 4:3 or portrait 3:4), ``classes`` classes in turn."""
+    from ..datasets.image_cache import write_cache
+    from ..datasets.layouts import ImageList
+
+    rng = np.random.default_rng(seed)
+    long_side = round(shorter_side * 4 / 3)
+    base = rng.integers(0, 256, size=(long_side, long_side, 3), dtype=np.uint8)
+
+    def pixels():
+        for i in range(images):
+            h, w = (shorter_side, long_side) if i % 2 == 0 else (long_side, shorter_side)
+            y, x = int(rng.integers(0, long_side - h + 1)), int(rng.integers(0, long_side - w + 1))
+            yield base[y:y + h, x:x + w]
+
+    listing = ImageList([f"synthetic/{i:06d}.jpg" for i in range(images)], np.arange(images, dtype=np.int64) % classes)
+    return write_cache(folder, pixels(), listing, shorter_side=shorter_side)
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds if seconds > 0 else float("nan")
+
+
+def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, classes: int, steps: int, warmup: int,
+          device: torch.device, workers: int | None, loss: str, miner: str, torch_compile: bool,
+          folder: Path) -> tuple[pd.DataFrame, dict]:
+    from ..config import RunConfig
+    from ..criterion import build_criterion
+    from ..datasets.base import Splits
+    from ..datasets.benchmarks import PhotoSet, cache_side
+    from ..feeds import PhotoFeed, autocast_dtype
+    from ..models import MODELS
+    from ..samplers import SAMPLERS
+    from ..train import make_optimizer, optimisation_step
+
+    config = RunConfig(dataset="cub", model=model_name, embedding_dim=128, loss=loss, miner=miner, P=P, K=K,
+                       image_size=image_size, num_workers=workers, torch_compile=torch_compile, optimizer="adam",
+                       lr=1e-5, weight_decay=4e-4)
+    config.validate()
+    started = time.perf_counter()
+    cache = synthetic_cache(folder, images, classes, cache_side(image_size))
+    build_s = time.perf_counter() - started
+    labels = cache.labels.astype(np.int64)
+    train = PhotoSet(cache, np.arange(images), labels)
+    splits = Splits("synthetic-cub", train, train, train, {}, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    sampler = SAMPLERS.create("pk", labels=labels, P=P, K=K, batches_per_epoch=warmup + steps,
+                              generator=torch.Generator().manual_seed(0))
+    feed = PhotoFeed(splits, labels, sampler, device, image_size=image_size, num_workers=workers,
+                     eval_batch_size=256, seed=0)
+
+    torch.manual_seed(0)
+    model = MODELS.create(model_name, embedding_dim=128).to(device, memory_format=torch.channels_last)
+    forward = torch.compile(model) if torch_compile else model
+    criterion = build_criterion(loss, miner, {}, {}, seed=0, num_classes=classes, embedding_dim=128).to(device)
+    params = [{"params": list(model.parameters())}] + criterion.param_groups(1e-5)
+    optimizer = make_optimizer("adam", params, 1e-5, 4e-4)
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    batch = P * K
+
+    def timed(batches, work) -> float:
+        """Seconds for the batches after the warm-up ones."""
+        start = None
+        for i, item in enumerate(batches):
+            if i == warmup:
+                synchronize(device)
+                start = time.perf_counter()
+            work(*item)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    # (a) data alone: every batch reaches the device, normalised, and nothing else happens
+    data_s = timed(feed.epoch(), lambda x, y: None)
+    # (b) the step alone, on one batch resident on the device
+    x, y = next(iter(feed.epoch()))
+    model_s = timed(((x, y) for _ in range(warmup + steps)),
+                    lambda x, y: optimisation_step(forward, criterion, optimizer, scaler, x, y, amp))
+    # (c) both, as training runs them
+    full_s = timed(feed.epoch(), lambda x, y: optimisation_step(forward, criterion, optimizer, scaler, x, y, amp))
+
+    rates = {"data": _rate(steps * batch, data_s), "model": _rate(steps * batch, model_s),
+             "full": _rate(steps * batch, full_s)}
+    table = pd.DataFrame([
+        {"part": "data pipeline alone", "images_per_s": rates["data"], "ms_per_batch": 1e3 * data_s / steps},
+        {"part": "model step alone", "images_per_s": rates["model"], "ms_per_batch": 1e3 * model_s / steps},
+        {"part": "full step", "images_per_s": rates["full"], "ms_per_batch": 1e3 * full_s / steps},
+    ])
+    table["of_model_step"] = table["images_per_s"] / rates["model"]
+    table = table.round({"images_per_s": 1, "ms_per_batch": 1, "of_model_step": 3})
+    info = {"build_cache_s": build_s, "workers": feed.workers, "pinned": feed.pin, "amp": str(amp),
+            "limited_by": "data pipeline" if rates["data"] < rates["model"] else "model step"}
+    return table, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dmlbench bench train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50", help="backbone (default resnet50)")
+    parser.add_argument("--image-size", type=int, default=224, help="crop size (default 224)")
+    parser.add_argument("--batch", default="56x2", help="PxK: classes x images per class (default 56x2 = 112)")
+    parser.add_argument("--images", type=int, default=CUB_TRAIN_IMAGES, help="synthetic training images (CUB: 5,994)")
+    parser.add_argument("--classes", type=int, default=CUB_TRAIN_CLASSES, help="their classes (CUB: 100)")
+    parser.add_argument("--steps", type=int, default=40, help="timed batches per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=None, help="loader processes (default: automatic)")
+    parser.add_argument("--loss", default="triplet")
+    parser.add_argument("--miner", default="semi-hard")
+    parser.add_argument("--torch-compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--cache-dir", type=Path, help="where the synthetic cache goes (default: a temporary folder)")
+    parser.add_argument("--no-save", action="store_true", help="print only, do not write results/bench/")
+    args = parser.parse_args(argv)
+    try:
+        P, K = (int(v) for v in args.batch.lower().split("x"))
+    except ValueError:
+        parser.error(f"--batch {args.batch!r}: use PxK, e.g. 56x2")
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if min(P, K, args.steps, args.images, args.classes) < 1 or args.warmup < 0 or P > args.classes:
+        parser.error("need P <= classes, and positive P, K, steps, images and classes")
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as folder:
+        table, info = bench(model_name=args.model, image_size=args.image_size, P=P, K=K, images=args.images,
+                            classes=args.classes, steps=args.steps, warmup=args.warmup, device=device,
+                            workers=args.workers, loss=args.loss, miner=args.miner, torch_compile=args.torch_compile,
+                            folder=Path(folder) / "cache")
+    header = (f"Training throughput on synthetic CUB-sized data; {machine_line(device)}\n"
+              f"{args.model}, {args.image_size} px crops, batch {P}x{K} = {P * K}, {args.loss} + {args.miner}, "
+              f"{args.images} images / {args.classes} classes, {args.steps} timed batches after {args.warmup}; "
+              f"loader workers {info['workers']}, pinned memory {info['pinned']}, autocast {info['amp']}, "
+              f"torch.compile {args.torch_compile}; limited by the {info['limited_by']}; "
+              f"of_model_step = images/s over the model step's")
+    print(header)
+    print(table.to_string(index=False))
+    if not args.no_save:
+        print("written:", save_table(table, f"train-{device.type}", header))
+    return 0
