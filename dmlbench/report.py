@@ -43,6 +43,8 @@ def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
                     "val_at_best": record["val_at_best"].get(record["selected_by"]),
                     "wall_time_s": record["wall_time_s"], "train_time_s": record["train_time_s"],
                     "images_per_s": record["images_per_s"], "device": record["device"],
+                    "preset": config.get("preset"),
+                    "preset_deviations": "; ".join(record.get("preset", {}).get("deviations", [])),
                     "loss_kwargs": json.dumps(config["loss_kwargs"], sort_keys=True),
                     "miner_kwargs": json.dumps(config["miner_kwargs"], sort_keys=True)})
         rows.append(row)

@@ -189,3 +189,27 @@ def test_data_prepare_downloads_verifies_unpacks_and_caches(tmp_path, cache, mon
     assert main(["data", "prepare", "cub", "--root", str(tmp_path / "other"), "--url", mirror.as_uri()]) != 0
     error = capsys.readouterr().err
     assert md5 in error and "0" * 32 in error
+
+
+def test_a_cub_study_on_a_preset_reports_beside_the_published_numbers(miniatures, isolated, tmp_path, monkeypatch):
+    """A real study on the miniature CUB (roth2020 preset, shrunk to run in seconds), then the report:
+    our cell stands beside Roth et al.'s number, with the settings that depart from the preset named."""
+    import yaml
+
+    from dmlbench.report import build_report
+    from dmlbench.study import load_study, run_study
+
+    monkeypatch.setenv("DMLBENCH_DATA", str(miniatures["cub"].parent))
+    study_path = tmp_path / "cub-tiny.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "cub-tiny", "datasets": ["cub"], "losses": {"triplet": {"margin": 0.2}}, "miners": ["semi-hard"],
+        "seeds": [0], "settings": {"preset": "roth2020", "model": "resnet18", "model_kwargs": {"pretrained": False},
+                                   "embedding_dim": 16, "P": 4, "image_size": 32, "epochs": 1, "iters_per_epoch": 2,
+                                   "eval_batch_size": 64, "device": "cpu", "num_workers": 0}}))
+    study = load_study(study_path)
+    assert study.cells[0].config.lr == 1e-5 and study.cells[0].config.K == 2  # from the preset
+    run_study(study)
+    text = build_report(study_path).read_text()
+    table = (isolated / "results" / "tables" / "cub__literature.csv").read_text()
+    assert "Roth et al., ICML 2020" in text and "triplet, semi-hard" in table
+    assert "differs: our settings depart from the preset (" in table and "epochs: 1 (preset 150)" in table
