@@ -16,11 +16,13 @@ STUDY ?= studies/default.yaml
 RESULTS ?= results
 export DMLBENCH_RESULTS := $(abspath $(RESULTS))
 CELLS_MK := build/cells.mk
-# Cells run JOBS at a time (default: one per core), each on cores/JOBS threads: much of a cell is
+# Cells run JOBS at a time (default: one per core; one with a GPU), each on cores/JOBS threads: much of a cell is
 # single-threaded (kernel start, plotting, t-SNE), so this beats one cell on all cores. A run records
 # its thread count; the same seed gives the same numbers for the same thread count.
 NPROC := $(shell nproc 2>/dev/null || echo 1)
-JOBS ?= $(NPROC)
+# With a GPU, one cell at a time: it has the GPU and every core (its image loader workers use them).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+JOBS ?= $(if $(HAS_GPU),1,$(NPROC))
 CELL_THREADS := $(shell echo $$(( $(NPROC) / $(JOBS) > 0 ? $(NPROC) / $(JOBS) : 1 )))
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
@@ -37,16 +39,19 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import dmlbench, torch, torchvision, timm, papermill, faiss, pytorch_metric_learning"
 	touch $@
 
-# Fashion-MNIST: found through $$DMLBENCH_DATA or Debian's package; installed with apt-get when we
-# are root and the files are absent.
+# The study's datasets. Fashion-MNIST: found through $$DMLBENCH_DATA or Debian's package, installed
+# with apt-get when we are root and the files are absent. The benchmarks (cub, cars196, sop, inshop):
+# found through their data_root or $$DMLBENCH_DATA, else downloaded where the network allows; their
+# images are decoded once into the cache (see 'dmlbench data prepare').
 data: $(STAMP)
-	@if ! DMLBENCH_DOWNLOAD=0 $(PY) -m dmlbench data locate fashion-mnist >/dev/null 2>&1; then \
+	@if $(PY) -m dmlbench study $(STUDY) --datasets | grep -qx fashion-mnist \
+	    && ! DMLBENCH_DOWNLOAD=0 $(PY) -m dmlbench data locate fashion-mnist >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's dataset-fashion-mnist"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	  fi; \
 	fi
-	$(PY) -m dmlbench data prepare fashion-mnist
+	$(PY) -m dmlbench study $(STUDY) --prepare-data
 
 # One make target per cell (results/runs/<run id>/metrics.json), generated from the study file, so
 # finished cells are skipped and `make -j N all` runs N cells at once.

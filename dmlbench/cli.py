@@ -91,6 +91,22 @@ def cmd_run(args) -> int:
 def cmd_study(args) -> int:
     from .study import describe, emit_makefile, load_study, run_study
 
+    if args.datasets or args.prepare_data:  # before any network is built: weights need not be there yet
+        study = load_study(args.study, check_networks=False)
+        if args.datasets:
+            print("\n".join(dict.fromkeys(cell.config.dataset for cell in study.cells)))
+            return 0
+        return _prepare_study_data(study)
+    if args.estimate is not None:  # no network is built: the estimate needs neither weights nor data
+        from .estimate import estimate
+
+        table = estimate(load_study(args.study, check_networks=False), args.estimate)
+        if table.empty:
+            raise ConfigError(f"{args.study}: no dataset with published split sizes to estimate "
+                              f"(the estimate covers cub, cars196, sop and inshop)")
+        print(f"{args.study} at {args.estimate:g} training images/s (evaluation 3x faster per image):")
+        print(table.round({"hours": 1, "hours_per_run": 2}).to_string(index=False))
+        return 0
     study = load_study(args.study)
     if args.emit_make:
         from .io import atomic_write_text
@@ -102,6 +118,23 @@ def cmd_study(args) -> int:
         return 0
     run_study(study, jobs=args.jobs)
     return report_and_readme(study.path)
+
+
+def _prepare_study_data(study) -> int:
+    """Every dataset of the study found (or downloaded) and, for the benchmarks, decoded into the
+    cache for each crop size the study uses."""
+    from .datasets import load_dataset
+    from .datasets.benchmarks import PHOTO_DATASETS, prepare_benchmark
+
+    needs = dict.fromkeys((c.config.dataset, c.config.data_root, c.config.image_size) for c in study.cells)
+    for dataset, root, image_size in needs:
+        if dataset in PHOTO_DATASETS:
+            print(prepare_benchmark(dataset, root, image_size=image_size))
+        else:
+            splits = load_dataset(dataset, root=root)
+            print(f"{dataset}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+                  f"({splits.source.get('where', '')})")
+    return 0
 
 
 def report_and_readme(study: Path, readme: bool = True) -> int:
@@ -143,30 +176,14 @@ def cmd_data(args) -> int:
 def _data_benchmark(args) -> int:
     """locate: print the layout folder. prepare: find the layout, or download, verify and unpack it
     (where the network allows), then decode every image once into the cache for --image-size crops."""
-    from .datasets.benchmarks import download_folder, load_benchmark, locate_layout
-    from .datasets.layouts import LayoutError
+    from .datasets.benchmarks import locate_layout, prepare_benchmark
 
     if args.action == "locate":
         folder, where = locate_layout(args.name, args.root)
         print(f"{folder} ({where})")
         return 0
-    try:
-        folder, where = locate_layout(args.name, args.root)
-    except LayoutError:
-        if args.no_download:
-            raise
-        from .datasets.download import download_dataset
-
-        target = Path(args.root) if args.root else download_folder(args.name)
-        print(f"{args.name}: not found; downloading into {target}")
-        folder, where = download_dataset(args.name, target, base_url=args.url), f"downloaded into {target}"
-    print(f"{args.name}: layout in {folder} ({where}); decoding the images for {args.image_size}-pixel crops")
-    splits = load_benchmark(args.name, folder, image_size=args.image_size)
-    parts = [("train", splits.train), ("validation", splits.val), ("test", splits.test), ("gallery", splits.gallery)]
-    counts = ", ".join(f"{label} {len(part)} images / {len(part.classes)} classes" for label, part in parts if part)
-    cache = Path(splits.source["cache"])
-    size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
-    print(f"{args.name}: {counts}\ncache {cache} ({size / 1e6:,.1f} MB)")
+    print(prepare_benchmark(args.name, args.root, image_size=args.image_size, download=not args.no_download,
+                            url=args.url))
     return 0
 
 
@@ -214,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="cells run at once")
     p.add_argument("--emit-make", type=Path, help="write a makefile with one target per cell instead of running")
     p.add_argument("--status", action="store_true", help="list the cells and whether they are done")
+    p.add_argument("--datasets", action="store_true", help="print the study's datasets and stop")
+    p.add_argument("--prepare-data", action="store_true",
+                   help="find or download the study's datasets, build their caches, and stop")
+    p.add_argument("--estimate", type=float, metavar="IMAGES_PER_S",
+                   help="print the study's run time at this full-step throughput (dmlbench bench train) and stop")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="build results/report.html from the finished runs")

@@ -91,8 +91,10 @@ class _TrainPhotos(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         i, seed = item
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone (num_workers = 0)
-            torch.manual_seed(seed)
+        # The transforms draw from the CPU generator: seed it for this image, and leave the caller's
+        # random state (num_workers = 0) as it was. CUDA's generator is never touched.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
             image = self.transform(self.cache[int(self.rows[i])])
         return image, int(self.labels[i])
 
@@ -148,6 +150,7 @@ class PhotoFeed:
                                  pin_memory=self.pin, persistent_workers=self.workers > 0,
                                  prefetch_factor=4 if self.workers > 0 else None)
         self.eval_transform = eval_transform(self.size, normalize=False)
+        self._eval_loaders: dict[int, DataLoader] = {}
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_batch(images.to(self.device, non_blocking=self.pin), self.mean, self.std)
@@ -157,9 +160,12 @@ class PhotoFeed:
             yield self._to_device(images), labels.to(self.device, non_blocking=self.pin)
 
     def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
-        loader = DataLoader(_EvalPhotos(split, self.eval_transform), batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.workers, pin_memory=self.pin)
-        return forward_embed(model, (self._to_device(x) for x in loader), self.device)
+        key = id(split)
+        if key not in self._eval_loaders:  # validation is embedded every epoch: keep its workers
+            self._eval_loaders[key] = DataLoader(
+                _EvalPhotos(split, self.eval_transform), batch_size=self.batch_size, shuffle=False,
+                num_workers=self.workers, pin_memory=self.pin, persistent_workers=self.workers > 0)
+        return forward_embed(model, (self._to_device(x) for x in self._eval_loaders[key]), self.device)
 
 
 def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.device, mean=None, std=None):

@@ -119,8 +119,16 @@ def _named_kwargs(study_path: Path, key: str, value: Any) -> dict[str, dict[str,
     raise ConfigError(f"{study_path}: {key}: expected a list of names or a mapping name -> keyword arguments, got {value!r}")
 
 
-def load_study(path: str | os.PathLike) -> Study:
-    """Read and validate a study file; every cell's configuration is checked before returning."""
+class _Everything(set):
+    """A set that contains everything: passed as ``checked_models``, it makes validation skip networks."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
+def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study:
+    """Read and validate a study file; every cell's configuration is checked before returning.
+    ``check_networks=False`` skips building the networks (pretrained weights need not be present)."""
     from .datasets import DATASETS
     from .losses import LOSSES
     from .miners import MINERS
@@ -190,7 +198,7 @@ def load_study(path: str | os.PathLike) -> Study:
                 raise type(error)(f"{path}: {key}: {error}") from None
 
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
-    seen, checked_models = set(), set()
+    seen, checked_models = set(), (set() if check_networks else _Everything())
     for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in itertools.product(datasets, pairs, seeds):
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
                            miner_kwargs=dict(miner_kwargs), seed=seed)

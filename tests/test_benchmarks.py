@@ -1,5 +1,7 @@
 """The real benchmarks as datasets: miniature official layouts with real images, loaded, cached and fed."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -179,7 +181,7 @@ def test_data_prepare_downloads_verifies_unpacks_and_caches(tmp_path, cache, mon
     root = tmp_path / "datasets" / "cub"
     assert main(["data", "prepare", "cub", "--root", str(root), "--url", mirror.as_uri(), "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "downloading" in out and "test 200 images / 100 classes" in out
+    assert "downloaded into" in out and "test 200 images / 100 classes" in out
     assert (root / "CUB_200_2011" / "images.txt").is_file() and len(list(cache.rglob("index.npz"))) == 1
     splits = load_dataset("cub", root=str(root), image_size=32)  # the sub-folder is found from the root
     assert len(splits.test) == 200
@@ -213,3 +215,19 @@ def test_a_cub_study_on_a_preset_reports_beside_the_published_numbers(miniatures
     table = (isolated / "results" / "tables" / "cub__literature.csv").read_text()
     assert "Roth et al., ICML 2020" in text and "triplet, semi-hard" in table
     assert "differs: our settings depart from the preset (" in table and "epochs: 1 (preset 150)" in table
+
+
+def test_study_lists_and_prepares_its_datasets(miniatures, isolated, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from dmlbench.cli import main
+
+    study = tmp_path / "two.yaml"
+    study.write_text(yaml.safe_dump({"datasets": ["sop", "fashion-mnist"], "losses": ["contrastive"],
+                                     "miners": ["none"], "settings": {"model": "convnet"}}))
+    assert main(["study", str(study), "--datasets"]) == 0
+    assert capsys.readouterr().out.split() == ["sop", "fashion-mnist"]
+    monkeypatch.setenv("DMLBENCH_DATA", os.pathsep.join([str(miniatures["sop"].parent), os.environ["DMLBENCH_DATA"]]))
+    assert main(["study", str(study), "--prepare-data"]) == 0
+    out = capsys.readouterr().out
+    assert "sop: layout in" in out and "224-pixel crops" in out and "fashion-mnist: train" in out

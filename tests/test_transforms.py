@@ -41,3 +41,18 @@ def test_train_transform_crops_and_flips_at_random():
 def test_bad_sizes(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_batches_normalised_on_the_device_equal_the_per_image_transform():
+    import torch
+
+    from dmlbench.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize_batch
+
+    images = torch.randint(0, 256, (4, 3, 40, 52), dtype=torch.uint8)
+    crop = eval_transform(32, normalize=False)
+    raw = torch.stack([crop(image) for image in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 32, 32)
+    batch = normalize_batch(raw, IMAGENET_MEAN, IMAGENET_STD)
+    reference = torch.stack([eval_transform(32)(image) for image in images])
+    assert batch.is_contiguous(memory_format=torch.channels_last) and batch.dtype == torch.float32
+    assert torch.allclose(batch, reference, atol=1e-5, rtol=0)

@@ -122,6 +122,9 @@ def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, clas
     ])
     table["of_model_step"] = table["images_per_s"] / rates["model"]
     table = table.round({"images_per_s": 1, "ms_per_batch": 1, "of_model_step": 3})
+    for key, value in (("model", model_name), ("image_size", image_size), ("batch", f"{P}x{K}"),
+                       ("workers", feed.workers), ("torch_compile", torch_compile)):
+        table[key] = value
     info = {"build_cache_s": build_s, "workers": feed.workers, "pinned": feed.pin, "amp": str(amp),
             "limited_by": "data pipeline" if rates["data"] < rates["model"] else "model step"}
     return table, info
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               f"torch.compile {args.torch_compile}; limited by the {info['limited_by']}; "
               f"of_model_step = images/s over the model step's")
     print(header)
-    print(table.to_string(index=False))
+    print(table[["part", "images_per_s", "ms_per_batch", "of_model_step"]].to_string(index=False))
     if not args.no_save:
         print("written:", save_table(table, f"train-{device.type}", header))
     return 0

@@ -207,3 +207,27 @@ def _register(name: str) -> None:
 
 for _name in PHOTO_DATASETS:
     _register(_name)
+
+
+def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
+                      download: bool = True, url: str | None = None) -> str:
+    """Find benchmark ``name``'s layout (or download, verify and unpack it into ``root``, or the
+    download folder, where the network allows), decode its images into the cache for ``image_size``
+    crops, and describe the result."""
+    try:
+        folder, where = locate_layout(name, root)
+    except LayoutError:
+        if not download:
+            raise
+        from .download import download_dataset
+
+        target = Path(root) if root else download_folder(name)
+        log.warning("%s: not found; downloading into %s", name, target)
+        folder, where = download_dataset(name, target, base_url=url), f"downloaded into {target}"
+    splits = load_benchmark(name, folder, image_size=image_size)
+    parts = [("train", splits.train), ("validation", splits.val), ("test", splits.test), ("gallery", splits.gallery)]
+    counts = ", ".join(f"{label} {len(part)} images / {len(part.classes)} classes" for label, part in parts if part)
+    cache = Path(splits.source["cache"])
+    size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
+    return (f"{name}: layout in {folder} ({where}); {counts}; images decoded for "
+            f"{image_size or DEFAULT_IMAGE_SIZE}-pixel crops in {cache} ({size / 1e6:,.1f} MB)")

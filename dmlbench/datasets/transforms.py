@@ -52,9 +52,9 @@ def eval_transform(size: int = 224, *, resize: int | None = None, mean=IMAGENET_
 
 
 def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (B, 3, H, W) on any device -> float32 (B, 3, H, W), scaled to [0, 1] and normalised,
-    channels-last. The same numbers as the transforms' ToDtype + Normalize."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    x = (images.float() / 255.0 - mean_t) / std_t
-    return x.contiguous(memory_format=torch.channels_last)
+    """uint8 (B, 3, H, W) on any device -> float32 (B, 3, H, W), channels-last, (x - 255 mean) / (255 std):
+    the transforms' ToDtype + Normalize up to float rounding, in two in-place passes over the batch."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    x = images.contiguous(memory_format=torch.channels_last).float()  # the layout change on uint8: 4x fewer bytes
+    return x.sub_(mean_t).div_(std_t)

@@ -1,0 +1,51 @@
+"""How long a study takes at a given training throughput, before running it.
+
+A run's work is its training images (epochs x one pass over the train split, or x iters_per_epoch x
+batch) and its evaluation images (the validation split after every epoch and before the first, the
+test split and gallery once). The split sizes are the official ones (../shared/PROTOCOL.md section 1,
+the validation split being 20% of the train classes, counted here as 20% of their images), so a
+study can be estimated on a machine without the dataset. Evaluation runs forward passes only,
+counted as ``eval_speedup`` (3) times faster per image than a training step.
+
+    dmlbench study studies/cub.yaml --estimate 1500     # images/s of the full step ('dmlbench bench train')
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .datasets.benchmarks import VALIDATION_FRACTION
+
+# (train images, test images or queries, gallery images), as published.
+SPLIT_SIZES = {"cub": (5864, 5924, 0), "cars196": (8054, 8131, 0), "sop": (59551, 60502, 0),
+               "inshop": (25882, 14218, 12612)}
+EVAL_SPEEDUP = 3.0
+
+
+def run_work(config) -> tuple[int, int]:
+    """(training images, evaluation images) of one run of ``config`` on a photo dataset."""
+    train_all, test, gallery = SPLIT_SIZES[config.dataset]
+    val = round(VALIDATION_FRACTION * train_all)
+    per_epoch = config.iters_per_epoch * config.P * config.K if config.iters_per_epoch else train_all - val
+    return config.epochs * per_epoch, (config.epochs + 1) * val + test + gallery
+
+
+def estimate(study, images_per_s: float, *, eval_speedup: float = EVAL_SPEEDUP) -> pd.DataFrame:
+    """One row per dataset of ``study`` with a published split size: runs, images, hours."""
+    if not images_per_s > 0:
+        raise ValueError(f"images_per_s must be a positive number, got {images_per_s!r}")
+    rows: dict[str, dict] = {}
+    for cell in study.cells:
+        if cell.config.dataset not in SPLIT_SIZES:
+            continue
+        train, evaluation = run_work(cell.config)
+        row = rows.setdefault(cell.config.dataset, {"dataset": cell.config.dataset, "runs": 0, "train_images": 0,
+                                                    "eval_images": 0})
+        row["runs"] += 1
+        row["train_images"] += train
+        row["eval_images"] += evaluation
+    table = pd.DataFrame(list(rows.values()), columns=["dataset", "runs", "train_images", "eval_images"])
+    seconds = table["train_images"] / images_per_s + table["eval_images"] / (eval_speedup * images_per_s)
+    table["hours"] = seconds / 3600
+    table["hours_per_run"] = table["hours"] / table["runs"].clip(lower=1)
+    return table
