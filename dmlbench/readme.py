@@ -103,7 +103,7 @@ def render_train_block(tables: dict, workloads: dict) -> str:
         lines += ["", "| part | images/s | ms per batch | of the model step |", "|---|---|---|---|"]
         for row in table.to_dict("records"):
             lines.append(f"| {row['part']} | {row['images_per_s']:,.1f} | {row['ms_per_batch']:,.1f} | "
-                         f"{row['of_model_step']:.0%} |")
+                         f"{row['of_model_step']:,.2f}x |")
         lines.append("")
         if (first["model"], int(first["image_size"]), first["batch"]) == ("resnet50", 224, "56x2"):
             matching[device] = float(table.loc[table["part"] == "full step", "images_per_s"].iloc[0])

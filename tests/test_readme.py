@@ -45,3 +45,30 @@ def test_eval_block_reads_the_benchmark_files():
     assert "| sop (60,502 x 512, 11,316 classes) | dmlbench | 32.0 s | 55.0 s | 87.0 s | 1.23 GB | 0 |" in block
     assert "results/bench/eval-cpu.txt" in block
     assert "No evaluation benchmark" in render_eval_block({})
+
+
+def test_train_block_and_study_estimates_come_from_the_files():
+    import pandas as pd
+
+    from dmlbench.estimate import SPLIT_SIZES, estimate
+    from dmlbench.readme import TRAIN_BEGIN, TRAIN_END, render_train_block
+    from dmlbench.study import load_study
+
+    study = load_study(REPO_ROOT / "studies" / "cub.yaml", check_networks=False)  # no weights needed
+    work = estimate(study, 1000.0).iloc[0]
+    train_images = SPLIT_SIZES["cub"][0] - round(0.2 * SPLIT_SIZES["cub"][0])  # validation classes held out
+    assert work["runs"] == 36 and work["train_images"] == 36 * 150 * train_images
+    assert work["eval_images"] == 36 * (151 * round(0.2 * SPLIT_SIZES["cub"][0]) + SPLIT_SIZES["cub"][1])
+    assert abs(work["hours"] - (work["train_images"] + work["eval_images"] / 3) / 1000 / 3600) < 1e-9
+
+    table = pd.DataFrame({"part": ["data pipeline alone", "model step alone", "full step"],
+                          "images_per_s": [9000.0, 2500.0, 2250.0], "ms_per_batch": [12.4, 44.8, 49.8],
+                          "of_model_step": [3.6, 1.0, 0.9], "model": "resnet50", "image_size": 224, "batch": "56x2",
+                          "workers": 15, "torch_compile": False})
+    block = render_train_block({"cuda": table}, {"cub": work.to_dict()})
+    assert block.startswith(TRAIN_BEGIN) and block.endswith(TRAIN_END)
+    assert "| full step | 2,250.0 | 49.8 | 0.90x |" in block
+    assert f"| `studies/cub.yaml` | 36 | {work['train_images']:,} |" in block
+    assert f"| {work['hours']:,.1f} | {work['hours'] * 1000 / 2250:,.1f} |" in block  # hours at the measured rate
+    other = render_train_block({"cpu": table.assign(model="resnet18")}, {"cub": work.to_dict()})
+    assert "hours on" not in other  # a measurement at other settings gives no estimate
