@@ -123,8 +123,9 @@ def test_malformed_lines_and_files_are_named(tmp_path):
         read_layout("inshop", tmp_path / "inshop")
     write_cars(tmp_path / "cars")
     (tmp_path / "cars" / "cars_annos.mat").write_bytes(b"not a mat file at all" * 10)
-    with pytest.raises(LayoutError, match="not a readable MATLAB file"):
+    with pytest.raises(LayoutError, match="not a readable MATLAB file") as info:
         read_layout("cars196", tmp_path / "cars")
+    assert "dmlbench data prepare cars196" in str(info.value)  # and the command that fetches it again
 
 
 def test_validation_carving_arguments(tmp_path):

@@ -227,4 +227,12 @@ READERS = {"cub": read_cub, "cars196": read_cars196, "sop": read_sop, "inshop": 
 def read_layout(name: str, root, **kwargs) -> Layout:
     if name not in READERS:
         raise ValueError(f"unknown dataset layout {name!r}; valid: {sorted(READERS)}")
-    return READERS[name](root, **kwargs)
+    try:
+        return READERS[name](root, **kwargs)
+    except LayoutError as error:
+        message = str(error)
+        if "dmlbench data prepare" in message:
+            raise
+        # a damaged or edited file: the official one comes back from the dataset's archive
+        raise LayoutError(f"{message}. The official file comes from {SOURCES[name]}; restore it, or fetch the "
+                          f"dataset again with '{FETCH_COMMAND.format(name=name)}' into an empty folder.") from None
