@@ -26,8 +26,10 @@ NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_co
 # How a run's metrics are computed is part of its identity: when the evaluation protocol changes
 # (dmlbench.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
 # for new ones nor overwritten.
-EVALUATION_PROTOCOL = ("2: neighbours exact in float64 with index tie-breaking; NMI from faiss's k-means "
-                       "as AccuracyCalculator runs it (seed 1234, 20 iterations, 256 points per centroid)")
+EVALUATION_PROTOCOL = ("3: neighbours exact in float64 with index tie-breaking; NMI from faiss's k-means "
+                       "as AccuracyCalculator runs it (seed 1234, 20 iterations, 256 points per centroid); "
+                       "Recall@K at K = 1, 2, 4, 8, 16, 32 (SOP also 10, 100, 1000; In-Shop 10-50); "
+                       "spectral decay and class distances of the test embeddings")
 
 
 @dataclass

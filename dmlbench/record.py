@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .config import EVALUATION_PROTOCOL, RunConfig
+from .diagnostics import diagnostics
 from .io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
@@ -65,6 +66,8 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "seed": config.seed,
         "dataset": splits.summary(),
         "test": result.test_metrics,
+        # Roth et al.'s spectral decay and class distances of the test embeddings (the queries, for In-Shop)
+        "diagnostics": diagnostics(result.test_embeddings, result.test_labels),
         "best_epoch": result.best_epoch,
         "selected_by": f"val_{config.select_metric}",
         "val_at_best": {k: v for k, v in best.items() if k.startswith("val_")},

@@ -27,6 +27,13 @@ METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r
 METRIC_LABELS = {"recall@1": "Recall@1", "recall@2": "Recall@2", "recall@4": "Recall@4", "recall@8": "Recall@8",
                  "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI", "ami": "AMI"}
 REPORT_NOTEBOOK = "report.ipynb"
+DIAGNOSTICS = ("spectral_decay", "intra_class_distance", "inter_class_distance", "intra_over_inter")
+DIAGNOSTIC_LABELS = {"spectral_decay": "spectral decay (rho)", "intra_class_distance": "intra-class distance",
+                     "inter_class_distance": "inter-class distance", "intra_over_inter": "intra / inter (pi ratio)"}
+# The direction of the relation to Recall@1 that Roth et al. (ICML 2020) report: R@1 falls as the
+# spectral decay grows (compression hurts generalisation) and rises with the intra / inter ratio
+# (a less dense embedding space generalises better).
+ROTH_SIGNS = {"spectral_decay": -1, "intra_over_inter": +1}
 
 
 def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
@@ -38,6 +45,8 @@ def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
         row = {"run_id": record["run_id"], "dataset": config["dataset"], "loss": config["loss"],
                "miner": config["miner"], "seed": config["seed"], "config_hash": record["config_hash"]}
         row.update({m: record["test"].get(m, np.nan) for m in METRICS})
+        row.update({m: v for m, v in record["test"].items() if m.startswith("recall@") and m not in row})
+        row.update({d: record.get("diagnostics", {}).get(d, np.nan) for d in DIAGNOSTICS})
         row.update({"excluded_queries": record["test"].get("num_excluded_queries"),
                     "epochs": config["epochs"], "best_epoch": record["best_epoch"],
                     "val_at_best": record["val_at_best"].get(record["selected_by"]),
@@ -164,7 +173,7 @@ def heatmap(table: pd.DataFrame, title: str, skipped: set[tuple[str, str]] = fro
 
 
 def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: int = 4,
-                  order: list[str] | None = None):
+                  order: list[str] | None = None, ylabel: str | None = None):
     """Validation curves: one panel per loss (wrapped into rows, in ``order``), one line per miner,
     mean over seeds."""
     from matplotlib import pyplot as plt
@@ -173,19 +182,19 @@ def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: i
     losses = [l for l in order if l in present] if order else sorted(present)
     rows = -(-len(losses) // columns)
     cols = min(columns, len(losses))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=key != "loss")
     for ax in axes.flat[len(losses):]:
         ax.set_visible(False)
     for ax, loss in zip(axes.flat, losses):
         part = histories[histories["loss_name"] == loss]
         for miner, lines in part.groupby("miner", sort=False):
-            mean = lines.groupby("epoch")[key].mean()
+            mean = lines.groupby("epoch")[key].mean().dropna()  # epoch 0 has no training loss
             ax.plot(mean.index, mean.values, marker="o", markersize=3, label=miner)
         ax.set(title=loss, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"validation {METRIC_LABELS.get(key[4:], key)}")
+        ax.set_ylabel(ylabel or f"validation {METRIC_LABELS.get(key[4:], key)}")
     fig.tight_layout()
     return fig
 
@@ -246,3 +255,171 @@ def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | 
         summary["report_wall_s"] = time.time() - started
         atomic_write_json(summary_path, summary)
     return results / "report.html"
+
+
+def recall_columns(runs: pd.DataFrame) -> list[str]:
+    """The recall@K columns present, by K."""
+    return sorted((c for c in runs.columns if c.startswith("recall@")), key=lambda c: int(c.split("@")[1]))
+
+
+def cell_label(loss: str, miner: str) -> str:
+    return f"{loss} + {miner}"
+
+
+def bar_chart(summary: pd.DataFrame, metric: str, title: str, baseline: tuple[str, str] | None = None):
+    """Every cell's mean with its confidence interval (``<metric>_low`` / ``_high``), best on top."""
+    from matplotlib import pyplot as plt
+
+    part = summary.sort_values(metric)
+    labels = [cell_label(l, m) for l, m in zip(part["loss"], part["miner"])]
+    low = (part[metric] - part[f"{metric}_low"]).clip(lower=0).fillna(0)
+    high = (part[f"{metric}_high"] - part[metric]).clip(lower=0).fillna(0)
+    fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(part) + 1.2))
+    colors = ["tab:orange" if baseline and (l, m) == baseline else "tab:blue" for l, m in zip(part["loss"], part["miner"])]
+    ax.barh(labels, part[metric], xerr=[low, high], color=colors, alpha=0.8, error_kw={"elinewidth": 1, "capsize": 2})
+    lo = np.nanmin(part[f"{metric}_low"].fillna(part[metric]))
+    hi = np.nanmax(part[f"{metric}_high"].fillna(part[metric]))
+    ax.set_xlim(max(0.0, lo - 0.1 * (hi - lo + 1e-9)), hi + 0.1 * (hi - lo + 1e-9))
+    ax.set(title=title, xlabel=METRIC_LABELS.get(metric, metric))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def difference_figure(comparison: pd.DataFrame, metric: str, title: str):
+    """Paired differences to the baseline with their intervals, coloured by the verdict."""
+    from matplotlib import pyplot as plt
+
+    part = comparison.sort_values("difference")
+    colors = {"better than the baseline": "tab:green", "worse than the baseline": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(part) + 1.2))
+    y = np.arange(len(part))
+    err = [(part["difference"] - part["low"]).fillna(0), (part["high"] - part["difference"]).fillna(0)]
+    ax.errorbar(part["difference"], y, xerr=err, fmt="none", ecolor="gray", elinewidth=1, capsize=2)
+    ax.scatter(part["difference"], y, c=[colors.get(v, "tab:gray") for v in part["verdict"]], zorder=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [cell_label(l, m) for l, m in zip(part["loss"], part["miner"])])
+    ax.set(title=title, xlabel=f"difference in {METRIC_LABELS.get(metric, metric)} (same seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def ranking_figure(table: pd.DataFrame, by: str, metric: str, title: str):
+    """Scores with bootstrap intervals, and the range of ranks, one row per loss or miner."""
+    from matplotlib import pyplot as plt
+
+    part = table.sort_values("rank", ascending=False)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.3 * len(part) + 1.3), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(len(part))
+    left.errorbar(part["score"], y, xerr=[part["score"] - part["score_low"], part["score_high"] - part["score"]],
+                  fmt="o", capsize=2)
+    left.set_yticks(y, part[by])
+    left.set(xlabel=f"{METRIC_LABELS.get(metric, metric)} (mean over cells)", title=title)
+    right.hlines(y, part["rank_low"], part["rank_high"], color="tab:purple", linewidth=4, alpha=0.5)
+    right.scatter(part["rank"], y, color="tab:purple", zorder=3)
+    right.set(xlabel="rank (95% bootstrap range)", xlim=(0.5, len(part) + 0.5))
+    right.invert_xaxis()
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def recall_curve_figure(runs: pd.DataFrame, dataset: str, highlight: list[tuple[str, str]], title: str):
+    """Recall@K over K (log scale), mean over seeds: every cell in grey, ``highlight`` cells in colour."""
+    from matplotlib import pyplot as plt
+
+    part = runs[runs["dataset"] == dataset]
+    columns = [c for c in recall_columns(part) if part[c].notna().all()]
+    ks = [int(c.split("@")[1]) for c in columns]
+    means = part.groupby(["loss", "miner"])[columns].mean()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (loss, miner), row in means.iterrows():
+        if (loss, miner) not in highlight:
+            ax.plot(ks, row.values, color="lightgray", linewidth=0.8)
+    for loss, miner in highlight:
+        if (loss, miner) in means.index:
+            ax.plot(ks, means.loc[(loss, miner)].values, marker="o", markersize=3, label=cell_label(loss, miner))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set(xlabel="K", ylabel="Recall@K", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def correlations(runs: pd.DataFrame, metric: str = "recall@1", confidence: float = 0.95) -> pd.DataFrame:
+    """Pearson (with a Fisher-z interval) and Spearman correlation of ``metric`` with each diagnostic
+    across runs, per dataset, and whether the sign agrees with Roth et al.'s."""
+    from scipy import stats as sps
+
+    rows = []
+    for dataset, part in runs.groupby("dataset"):
+        for name in DIAGNOSTICS:
+            ok = part[[metric, name]].dropna()
+            n = len(ok)
+            r = rho = low = high = p = np.nan
+            if n >= 4 and ok[name].std() > 0 and ok[metric].std() > 0:
+                r, p = sps.pearsonr(ok[name], ok[metric])
+                rho = sps.spearmanr(ok[name], ok[metric]).statistic
+                z, se = np.arctanh(np.clip(r, -0.999999, 0.999999)), 1 / np.sqrt(n - 3)
+                q = sps.norm.ppf(0.5 + confidence / 2)
+                low, high = np.tanh(z - q * se), np.tanh(z + q * se)
+            sign = ROTH_SIGNS.get(name)
+            agrees = "" if sign is None or np.isnan(r) else ("yes" if np.sign(r) == sign else "no")
+            rows.append({"dataset": dataset, "diagnostic": name, "runs": n, "pearson_r": r, "r_low": low,
+                         "r_high": high, "p": p, "spearman": rho,
+                         "roth_sign": {1: "+", -1: "-"}.get(sign, ""), "same_sign_as_roth": agrees})
+    return pd.DataFrame(rows)
+
+
+def diagnostics_figure(runs: pd.DataFrame, metric: str = "recall@1", title: str = ""):
+    """Recall@1 against each diagnostic, one point per run, coloured by loss, with Pearson's r."""
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4.0 * len(DIAGNOSTICS), 3.6), sharey=True)
+    table = correlations(runs, metric)
+    for ax, name in zip(axes, DIAGNOSTICS):
+        for loss, part in runs.groupby("loss"):
+            ax.scatter(part[name], part[metric], s=14, alpha=0.8, label=loss)
+        r = table.loc[table["diagnostic"] == name, "pearson_r"]
+        shown = f"r = {r.iloc[0]:.2f}" if len(r) and np.isfinite(r.iloc[0]) else "r undefined"
+        ax.set(xlabel=DIAGNOSTIC_LABELS[name], title=shown)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {METRIC_LABELS.get(metric, metric)}")
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
+    """The test embeddings (and labels) of a finished run, recomputed from its checkpoint.pt."""
+    import torch
+
+    from .config import RunConfig
+    from .feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
+    from .models import MODELS
+
+    checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    config = RunConfig.from_dict(checkpoint["config"], where=str(run_dir))
+    model = MODELS.create(config.model, embedding_dim=config.embedding_dim,
+                          **(config.model_kwargs | ({"pretrained": False} if "pretrained" in config.model_kwargs else {})))
+    model.load_state_dict(checkpoint["model"])
+    model = model.to(device).eval()
+    dev = torch.device(device)
+    if hasattr(splits.test, "cache"):  # photos: the evaluation transform, the network's normalisation
+        from .datasets.transforms import eval_transform, normalize_batch
+
+        transform = eval_transform(config.image_size or DEFAULT_IMAGE_SIZE, normalize=False)
+        mean, std = getattr(model, "normalization", (splits.mean, splits.std))
+        batches = (normalize_batch(torch.stack([transform(splits.test.cache[int(r)]) for r in splits.test.rows[i:i + 256]]),
+                                   mean, std).to(dev) for i in range(0, len(splits.test), 256))
+    else:
+        x = image_tensor(splits.test.images, splits.mean, splits.std, dev)
+        batches = (x[i:i + config.eval_batch_size] for i in range(0, len(x), config.eval_batch_size))
+    return forward_embed(model, batches, dev).cpu(), torch.from_numpy(splits.test.labels)

@@ -60,6 +60,16 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+# Recall@K is reported at these K: the curve over K for the report, with each benchmark's own K
+# (SOP: 1, 10, 100, 1000; In-Shop: 1, 10, ..., 50) added to the common 1, 2, 4, 8, 16, 32.
+TEST_KS = (1, 2, 4, 8, 16, 32)
+EXTRA_KS = {"sop": (10, 100, 1000), "inshop": (10, 20, 30, 40, 50)}
+
+
+def recall_ks(dataset: str) -> tuple[int, ...]:
+    return tuple(sorted(set(TEST_KS) | set(EXTRA_KS.get(dataset, ()))))
+
+
 def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Optimizer, scaler, images: torch.Tensor,
                       labels: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
     """One step: embeddings (under autocast on CUDA), the loss in fp32, and, when the loss is finite,
@@ -189,8 +199,8 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         gallery_embeddings = feed.embed(forward, splits.gallery).cpu()
         gallery_labels = torch.from_numpy(splits.gallery.labels)
     # the one look at the test split
-    test_metrics = evaluate(test_embeddings, test_labels, gallery=gallery_embeddings, gallery_labels=gallery_labels,
-                            device=device)
+    test_metrics = evaluate(test_embeddings, test_labels, ks=recall_ks(config.dataset), gallery=gallery_embeddings,
+                            gallery_labels=gallery_labels, device=device)
     return TrainResult(config=config, model=model, criterion=criterion, history=history, best_epoch=best_epoch,
                        test_metrics=test_metrics, test_embeddings=test_embeddings, test_labels=test_labels,
                        device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9),
