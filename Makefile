@@ -27,7 +27,7 @@ CELL_THREADS := $(shell echo $$(( $(NPROC) / $(JOBS) > 0 ? $(NPROC) / $(JOBS) : 
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data study report cells test readme list clean distclean
+.PHONY: all setup data browser study report cells test readme list clean distclean
 
 all: report
 
@@ -53,6 +53,16 @@ data: $(STAMP)
 	fi
 	$(PY) -m dmlbench study $(STUDY) --prepare-data
 
+# Headless Chromium (Debian's chromium): the report's screenshot and the test that opens the report
+# in a real browser. Installed with apt-get when we are root and no Chromium is found.
+browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no chromium: install Debian's chromium package (the browser test needs it)"; fi; \
+	fi
+
 # One make target per cell (results/runs/<run id>/metrics.json), generated from the study file, so
 # finished cells are skipped and `make -j N all` runs N cells at once.
 $(CELLS_MK): FORCE $(STAMP)
@@ -64,10 +74,10 @@ cells: data $(CELLS_MK)
 
 study: cells
 
-report: cells
+report: cells browser
 	$(MAKE) --no-print-directory -f $(CELLS_MK) report
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(PY) -m pytest -q
 
 readme: $(STAMP)

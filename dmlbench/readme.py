@@ -40,14 +40,24 @@ def _report_time(summary: dict) -> str:
 
 def render_block(summary: dict) -> str:
     lines = [BEGIN, ""]
+    intervals = any("map@r_low" in row for row in summary["table"])
     lines.append(f"Study `{summary['study']}` on {summary['dataset']}: {summary['done']} of {summary['cells']} cells "
-                 f"finished ({summary['seeds']} seed(s) per cell); test split, best validation epoch.")
+                 f"finished ({summary['seeds']} seed(s) per cell); test split, best validation epoch; means over "
+                 f"seeds" + (f", with {summary.get('confidence', 0.95):.0%} t-intervals in brackets." if intervals
+                             else "."))
     lines.append("")
     lines.append("| loss | miner | Recall@1 | Recall@2 | Recall@4 | Recall@8 | MAP@R | R-Precision | NMI |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
+
+    def shown(row, metric):
+        low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+        if low is None or high is None or low != low or high != high:  # absent or NaN
+            return f"{row[metric]:.4f}"
+        return f"{row[metric]:.4f} [{low:.4f}, {high:.4f}]"
+
     for row in summary["table"]:
-        lines.append(f"| {row['loss']} | {row['miner']} | {row['recall@1']:.4f} | {row['recall@2']:.4f} | "
-                     f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {row['map@r']:.4f} | "
+        lines.append(f"| {row['loss']} | {row['miner']} | {shown(row, 'recall@1')} | {row['recall@2']:.4f} | "
+                     f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {shown(row, 'map@r')} | "
                      f"{row['r_precision']:.4f} | {row['nmi']:.4f} |")
     timing = summary["timing"]
     machine = summary["machine"]

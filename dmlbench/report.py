@@ -27,6 +27,7 @@ METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r
 METRIC_LABELS = {"recall@1": "Recall@1", "recall@2": "Recall@2", "recall@4": "Recall@4", "recall@8": "Recall@8",
                  "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI", "ami": "AMI"}
 REPORT_NOTEBOOK = "report.ipynb"
+SCREENSHOT = "report_first_screen.png"
 DIAGNOSTICS = ("spectral_decay", "intra_class_distance", "inter_class_distance", "intra_over_inter")
 DIAGNOSTIC_LABELS = {"spectral_decay": "spectral decay (rho)", "intra_class_distance": "intra-class distance",
                      "inter_class_distance": "inter-class distance", "intra_over_inter": "intra / inter (pi ratio)"}
@@ -249,6 +250,12 @@ def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | 
     executed = results / "report.ipynb"
     os.replace(running, executed)
     render_html(executed, results / "report.html")
+    try:  # what a reader sees first, as Chromium shows it
+        from .browser import screenshot
+
+        screenshot(results / "report.html", results / "figures" / SCREENSHOT)
+    except Exception as error:  # noqa: BLE001 - no browser here: the report stands without its screenshot
+        log.warning("no screenshot of the report: %s", error)
     summary_path = results / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path)

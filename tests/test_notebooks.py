@@ -187,3 +187,51 @@ def test_every_run_setting_is_a_parameter_of_the_experiment_notebook():
     defaults = {}
     exec(cell.source, {}, defaults)  # plain values only: the defaults are RunConfig's own
     assert {k: defaults[k] for k in RunConfig.field_names()} == RunConfig().to_dict()
+
+
+def test_report_markdown_types_no_number():
+    """Every number a reader sees in the report comes from code run on the runs; markdown cells hold none
+    (metric names such as Recall@1 aside)."""
+    nb = nbformat.read(str(notebook("report.ipynb")), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            text = re.sub(r"\b(Recall|R|MAP|P)@(\d+|R|K)\b", "", cell.source)
+            assert not re.search(r"\d", text), cell.source
+
+
+def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(isolated, tmp_path):
+    from dmlbench.report import build_report
+
+    study_path = tmp_path / "seeds.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "seeds", "datasets": ["fashion-mnist"], "losses": {"triplet": {"margin": 0.2}},
+        "miners": {"semi-hard": {"margin": 0.2}, "none": {}},
+        "cells": [{"loss": "contrastive", "miner": "none"}, {"loss": "contrastive", "miner": "semi-hard"}],
+        "seeds": [0, 1], "settings": tiny_settings()}))
+    study = load_study(study_path)
+    assert len(study.cells) == 8
+    run_study(study)
+    record = json.loads(study.cells[0].metrics_path.read_text())
+    assert set(record["diagnostics"]) >= {"spectral_decay", "intra_class_distance", "inter_class_distance",
+                                          "intra_over_inter"}
+    assert {"recall@16", "recall@32"} <= set(record["test"])
+    html = build_report(study_path).read_text()
+    results = isolated / "results"
+    import pandas as pd
+
+    seeds = pd.read_csv(results / "tables" / "fashion-mnist__seeds.csv")
+    assert len(seeds) == 4 and (seeds["seeds"] == 2).all()
+    assert (seeds["map@r_low"] <= seeds["map@r"]).all() and (seeds["map@r"] <= seeds["map@r_high"]).all()
+    versus = pd.read_csv(results / "tables" / "fashion-mnist__vs_baseline__map@r.csv")
+    assert len(versus) == 3 and versus["verdict"].isin(["better than the baseline", "worse than the baseline",
+                                                         "within seed noise"]).all()
+    miners = pd.read_csv(results / "tables" / "fashion-mnist__ranking_miners.csv")
+    assert set(miners["miner"]) == {"semi-hard", "none"} and (miners["rank_low"] <= miners["rank_high"]).all()
+    correlations = pd.read_csv(results / "tables" / "diagnostics_correlations.csv")
+    assert set(correlations["diagnostic"]) == {"spectral_decay", "intra_class_distance", "inter_class_distance",
+                                               "intra_over_inter"} and (correlations["runs"] == 8).all()
+    for name in ("bars_fashion-mnist__map@r", "vs_baseline_fashion-mnist__map@r", "ranking_fashion-mnist__miners",
+                 "recall_at_k_fashion-mnist", "tsne_fashion-mnist__best", "tsne_fashion-mnist__worst",
+                 "retrieval_fashion-mnist__best", "diagnostics_fashion-mnist", "training_loss"):
+        assert (results / "figures" / f"{name}.png").stat().st_size > 1000, name
+    assert "paired seeds" in html and "Roth et al. report that Recall@1" in html
