@@ -235,3 +235,8 @@ def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(i
                  "retrieval_fashion-mnist__best", "diagnostics_fashion-mnist", "training_loss"):
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000, name
     assert "paired seeds" in html and "Roth et al. report that Recall@1" in html
+
+
+def test_papermill_reads_every_parameter_of_the_experiment_notebook():
+    """papermill's own parser (its parameter listing and unknown-parameter warnings) sees every setting."""
+    assert set(RunConfig.field_names()) <= set(papermill.inspect_notebook(str(notebook("experiment.ipynb"))))
