@@ -116,7 +116,14 @@ def cmd_study(args) -> int:
     if args.status:
         print(describe(study))
         return 0
-    run_study(study, jobs=args.jobs)
+    from .study import RunFailed
+
+    try:
+        run_study(study, jobs=args.jobs)
+    except RunFailed as failed:  # the report still covers every cell, the failed ones marked
+        report_and_readme(study.path)
+        print(f"dmlbench: {failed}", file=sys.stderr)
+        return 1
     return report_and_readme(study.path)
 
 

@@ -107,6 +107,8 @@ def cell_status(manifest: dict[str, Any], runs: str | os.PathLike) -> pd.DataFra
         run_dir = runs / cell["run_id"]
         if (run_dir / METRICS_FILE).is_file():
             state, note = "done", ""
+        elif (run_dir / "failure.json").is_file():
+            state, note = "failed", read_json(run_dir / "failure.json")["error"]
         elif (run_dir / "experiment.failed.ipynb").is_file():
             state, note = "failed", failure_message(run_dir / "experiment.failed.ipynb")
         else:

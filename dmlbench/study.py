@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -56,6 +57,7 @@ STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "s
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 EXPERIMENT_NOTEBOOK = "experiment.ipynb"
+FAILURE_FILE = "failure.json"  # a failed cell's error and traceback
 KERNEL = "python3"
 
 
@@ -273,13 +275,17 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
             if running.exists():
                 os.replace(running, run_dir / "experiment.failed.ipynb")
             if isinstance(error, papermill.PapermillExecutionError):
+                atomic_write_json(run_dir / FAILURE_FILE, {
+                    "run_id": config.run_id(), "error": f"{error.ename}: {error.evalue}",
+                    "traceback": re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback or [])),  # no colour codes
+                    "started": started, "failed": time.time(),
+                    "executed_notebook": "experiment.failed.ipynb"})
                 raise RunFailed(f"{config.run_id()} failed: {error.ename}: {error.evalue} "
                                 f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
             raise
         os.replace(running, run_dir / "experiment.ipynb")
-        failed = run_dir / "experiment.failed.ipynb"
-        if failed.exists():
-            failed.unlink()
+        for stale in (run_dir / "experiment.failed.ipynb", run_dir / FAILURE_FILE):  # an earlier attempt's
+            stale.unlink(missing_ok=True)
         atomic_write_json(run_dir / "execution.json", {
             "run_id": config.run_id(), "started": started, "finished": time.time(),
             "notebook_wall_s": time.time() - started, "kernel": KERNEL})
@@ -289,12 +295,26 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
 
 
 def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
-    """Run every unfinished cell; ``jobs`` > 1 runs that many cells at once (separate processes)."""
+    """Run every unfinished cell; ``jobs`` > 1 runs that many cells at once (separate processes).
+
+    A cell that fails does not stop the others: its error and traceback go to ``failure.json`` in its
+    run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
+    at the end with every failed cell named. Finished cells' results are never touched."""
     todo = [cell for cell in study.cells if not cell.is_done()]
     log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible", study.name, len(study.cells),
              len(study.cells) - len(todo), len(todo), len(study.skipped))
     if jobs <= 1:
-        return [run_config(cell.config) for cell in todo]
+        failures = []
+        for cell in todo:
+            try:
+                run_config(cell.config)
+            except RunFailed as error:
+                log.error("%s", error)
+                failures.append(str(error))
+        if failures:
+            raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
+                            + "\n  ".join(failures))
+        return [cell.metrics_path for cell in study.cells if cell.is_done()]
     pending = list(todo)
     running: list[tuple[Cell, subprocess.Popen]] = []
     failures = []
@@ -310,7 +330,8 @@ def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
                 if process.returncode != 0:
                     failures.append(cell.run_id)
     if failures:
-        raise RunFailed(f"{len(failures)} cells failed: {', '.join(failures)}")
+        raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished): {', '.join(failures)}; "
+                        f"each run folder's failure.json holds the error and traceback")
     return [cell.metrics_path for cell in study.cells if cell.is_done()]
 
 

@@ -240,3 +240,44 @@ def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(i
 def test_papermill_reads_every_parameter_of_the_experiment_notebook():
     """papermill's own parser (its parameter listing and unknown-parameter warnings) sees every setting."""
     assert set(RunConfig.field_names()) <= set(papermill.inspect_notebook(str(notebook("experiment.ipynb"))))
+
+
+BROKEN_LOSS = '''
+from dmlbench.losses import TripletMarginLoss
+
+
+class Broken(TripletMarginLoss):
+    """A triplet loss that fails on its first batch."""
+
+    def terms(self, embeddings, labels, tuples):
+        raise RuntimeError("planted failure")
+'''
+
+
+def test_a_failing_cell_leaves_the_others_intact_and_is_reported(isolated, tmp_path, monkeypatch, capsys):
+    from dmlbench.cli import main
+
+    module_dir = tmp_path / "user"
+    module_dir.mkdir()
+    (module_dir / "broken_loss.py").write_text(BROKEN_LOSS)
+    monkeypatch.syspath_prepend(str(module_dir))
+    monkeypatch.setenv("PYTHONPATH", str(module_dir), prepend=os.pathsep)
+    study_path = tmp_path / "faulty.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "faulty", "datasets": ["fashion-mnist"],
+        "cells": [{"loss": "broken_loss:Broken", "miner": "semi-hard"}, {"loss": "contrastive", "miner": "none"},
+                  {"loss": "triplet", "miner": "semi-hard"}],
+        "seeds": [0], "settings": tiny_settings(epochs=1)}))
+    study = load_study(study_path)
+    assert main(["study", str(study_path)]) == 1  # non-zero, after running every cell and the report
+    error = capsys.readouterr().err
+    assert "1 of 3 cells failed (the others finished)" in error and "planted failure" in error
+    broken, *others = study.cells
+    assert all(cell.is_done() for cell in others) and not broken.is_done()
+    failure = json.loads((broken.run_dir / "failure.json").read_text())
+    assert failure["error"] == "RuntimeError: planted failure" and "raise RuntimeError" in failure["traceback"]
+    cells = (isolated / "results" / "tables" / "cells.csv").read_text()
+    assert cells.count(",done,") == 2 and ",failed,RuntimeError: planted failure" in cells
+    finished = others[0].metrics_path.stat().st_mtime_ns
+    assert main(["study", str(study_path)]) == 1  # again: only the failed cell is retried
+    assert others[0].metrics_path.stat().st_mtime_ns == finished
