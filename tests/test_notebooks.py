@@ -94,6 +94,15 @@ def test_missing_dataset_in_notebook_says_where_it_looked(isolated, tmp_path):
     assert str(empty) in error.evalue and "apt-get install dataset-fashion-mnist" in error.evalue
 
 
+def user_module(tmp_path, monkeypatch, filename, source):
+    """A module of the user's own, importable here and in the notebook kernels papermill starts."""
+    module_dir = tmp_path / "user"
+    module_dir.mkdir(exist_ok=True)
+    (module_dir / filename).write_text(source)
+    monkeypatch.syspath_prepend(str(module_dir))
+    monkeypatch.setenv("PYTHONPATH", str(module_dir), prepend=os.pathsep)
+
+
 def readme_example():
     text = (REPO_ROOT / "README.md").read_text()
     match = re.search(r"<!-- example:my_losses.py -->\n```python\n(.*?)```", text, re.S)
@@ -102,11 +111,7 @@ def readme_example():
 
 
 def test_readme_worked_example_loss_runs_as_a_notebook_parameter(isolated, tmp_path, monkeypatch):
-    module_dir = tmp_path / "user"
-    module_dir.mkdir()
-    (module_dir / "my_losses.py").write_text(readme_example())
-    monkeypatch.syspath_prepend(str(module_dir))
-    monkeypatch.setenv("PYTHONPATH", str(module_dir), prepend=os.pathsep)
+    user_module(tmp_path, monkeypatch, "my_losses.py", readme_example())
     config = RunConfig(**tiny_settings(), loss="my_losses:SquaredTripletLoss", loss_kwargs={"margin": 0.1},
                        miner="semi-hard")
     record = json.loads(run_config(config).read_text())
@@ -130,11 +135,7 @@ class PairsOnly(Miner):
 
 
 def test_study_then_report(isolated, tmp_path, monkeypatch):
-    module_dir = tmp_path / "user"
-    module_dir.mkdir()
-    (module_dir / "pairs_only.py").write_text(PAIRS_ONLY)
-    monkeypatch.syspath_prepend(str(module_dir))
-    monkeypatch.setenv("PYTHONPATH", str(module_dir), prepend=os.pathsep)
+    user_module(tmp_path, monkeypatch, "pairs_only.py", PAIRS_ONLY)
     study_path = tmp_path / "tiny.yaml"
     study_path.write_text(yaml.safe_dump({
         "name": "tiny", "datasets": ["fashion-mnist"], "losses": {"triplet": {"margin": 0.2}},
@@ -257,11 +258,7 @@ class Broken(TripletMarginLoss):
 def test_a_failing_cell_leaves_the_others_intact_and_is_reported(isolated, tmp_path, monkeypatch, capsys):
     from dmlbench.cli import main
 
-    module_dir = tmp_path / "user"
-    module_dir.mkdir()
-    (module_dir / "broken_loss.py").write_text(BROKEN_LOSS)
-    monkeypatch.syspath_prepend(str(module_dir))
-    monkeypatch.setenv("PYTHONPATH", str(module_dir), prepend=os.pathsep)
+    user_module(tmp_path, monkeypatch, "broken_loss.py", BROKEN_LOSS)
     study_path = tmp_path / "faulty.yaml"
     study_path.write_text(yaml.safe_dump({
         "name": "faulty", "datasets": ["fashion-mnist"],
