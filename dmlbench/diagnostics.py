@@ -70,6 +70,14 @@ def class_distances(embeddings, labels) -> dict[str, float]:
             "intra_over_inter": intra / max(inter, 1e-12), "classes_with_pairs": int(multi.sum())}
 
 
-def diagnostics(embeddings, labels) -> dict[str, float]:
-    """Every diagnostic of ``embeddings`` (N, D) with class ``labels`` (N,)."""
-    return {"spectral_decay": spectral_decay(embeddings), **class_distances(embeddings, labels)}
+def diagnostics(embeddings, labels) -> dict[str, float | None]:
+    """Every diagnostic of ``embeddings`` (N, D) with class ``labels`` (N,). A distance the data cannot
+    give (one class only, or no class with two items) is None, with the reason under ``note``."""
+    out = {"spectral_decay": spectral_decay(embeddings)}
+    try:
+        return out | class_distances(embeddings, labels)
+    except ValueError as error:
+        if "needs" not in str(error):  # bad input, not a property of the classes
+            raise
+        return out | {"intra_class_distance": None, "inter_class_distance": None, "intra_over_inter": None,
+                      "classes_with_pairs": 0, "note": str(error)}

@@ -66,8 +66,8 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "seed": config.seed,
         "dataset": splits.summary(),
         "test": result.test_metrics,
-        # Roth et al.'s spectral decay and class distances of the test embeddings (the queries, for In-Shop)
-        "diagnostics": diagnostics(result.test_embeddings, result.test_labels),
+        # Roth et al.'s spectral decay and class distances of the test embeddings (In-Shop: queries and gallery)
+        "diagnostics": diagnostics(*_test_set(result)),
         "best_epoch": result.best_epoch,
         "selected_by": f"val_{config.select_metric}",
         "val_at_best": {k: v for k, v in best.items() if k.startswith("val_")},
@@ -79,6 +79,14 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "machine": device_info(result.device),
         "versions": versions(),
     } | (_preset_record(config) if config.preset else {})
+
+
+def _test_set(result) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every test embedding with its label: the queries, and the gallery where there is one."""
+    if result.gallery_embeddings is None:
+        return result.test_embeddings, result.test_labels
+    return (torch.cat([result.test_embeddings, result.gallery_embeddings]),
+            torch.cat([result.test_labels, result.gallery_labels]))
 
 
 def _preset_record(config: RunConfig) -> dict[str, Any]:

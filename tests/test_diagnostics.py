@@ -69,3 +69,13 @@ def test_bad_inputs_are_named():
         class_distances(np.zeros((3, 2)), [0, 1, 1])
     with pytest.raises(ValueError, match="3 embeddings but 2 labels"):
         class_distances(np.eye(3), [0, 1])
+
+
+def test_distances_the_classes_cannot_give_are_none_with_a_reason():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 4))
+    got = diagnostics(x, np.arange(6))  # six singletons: no intra-class pair
+    assert got["intra_class_distance"] is None and got["intra_over_inter"] is None
+    assert "two or more items" in got["note"] and got["spectral_decay"] > 0
+    with pytest.raises(ValueError, match="NaN"):  # bad input still fails
+        diagnostics(np.full((3, 2), np.nan), [0, 1, 2])
