@@ -280,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"dmlbench: error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # a failed run (RunFailed), a locked run folder
+    except RuntimeError as error:  # a failed run (RunFailed), a locked run folder (CellBusy)
+        from .study import BUSY_EXIT, CellBusy
+
         print(f"dmlbench: {error}", file=sys.stderr)
-        return 1
+        return BUSY_EXIT if isinstance(error, CellBusy) else 1
 
 
 if __name__ == "__main__":

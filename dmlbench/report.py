@@ -231,12 +231,20 @@ def render_html(executed: Path, html_path: Path) -> None:
 
 def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | None = None) -> Path:
     """Execute notebooks/report.ipynb for a study into results/report.ipynb and render report.html."""
+    import fcntl
+
+    results = Path(results) if results else results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / ".report.lock", "w") as lock:  # two studies finishing together: one report at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_report(study_path, results)
+
+
+def _build_report(study_path, results: Path) -> Path:
     import papermill
 
     from .study import KERNEL
 
-    results = Path(results) if results else results_dir()
-    results.mkdir(parents=True, exist_ok=True)
     running = results / "report.running.ipynb"
     started = time.time()
     shown = results.resolve()  # relative to the repository (the kernel's working directory) when inside it

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 EXPERIMENT_NOTEBOOK = "experiment.ipynb"
 FAILURE_FILE = "failure.json"  # a failed cell's error and traceback
+BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
 KERNEL = "python3"
 
 
@@ -220,6 +222,17 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     return study
 
 
+class CellBusy(RuntimeError):
+    """Another process holds the cell's run-folder lock: it is running that cell now."""
+
+
+def wait_for(run_dir: Path) -> None:
+    """Block until no process holds ``run_dir``'s lock."""
+    with open(run_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """An exclusive lock on a run folder: a second process running the same cell fails at once."""
@@ -228,7 +241,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"{run_dir} is being run by another process") from None
+            raise CellBusy(f"{run_dir} is being run by another process") from None
         try:
             yield
         finally:
@@ -288,7 +301,8 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
             stale.unlink(missing_ok=True)
         atomic_write_json(run_dir / "execution.json", {
             "run_id": config.run_id(), "started": started, "finished": time.time(),
-            "notebook_wall_s": time.time() - started, "kernel": KERNEL})
+            "notebook_wall_s": time.time() - started, "kernel": KERNEL,
+            "runner": {"pid": os.getpid(), "host": socket.gethostname()}})
     if not metrics.is_file():
         raise RunFailed(f"{config.run_id()}: the notebook finished without writing {metrics}")
     return metrics
@@ -299,25 +313,33 @@ def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
 
     A cell that fails does not stop the others: its error and traceback go to ``failure.json`` in its
     run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
-    at the end with every failed cell named. Finished cells' results are never touched."""
+    at the end with every failed cell named. Finished cells' results are never touched. A cell another
+    process is running (its run folder is locked) is left to it: this study runs the other cells, then
+    waits for that one, so two studies started together run each cell once."""
     todo = [cell for cell in study.cells if not cell.is_done()]
     log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible", study.name, len(study.cells),
              len(study.cells) - len(todo), len(todo), len(study.skipped))
     if jobs <= 1:
-        failures = []
+        failures, busy = [], []
         for cell in todo:
             try:
                 run_config(cell.config)
+            except CellBusy:  # another study is running this cell: ours runs the rest, then waits for it
+                busy.append(cell)
             except RunFailed as error:
                 log.error("%s", error)
                 failures.append(str(error))
+        for cell in busy:
+            wait_for(cell.run_dir)
+            if not cell.is_done():
+                failures.append(f"{cell.run_id}: run by another process, which did not finish it")
         if failures:
             raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
                             + "\n  ".join(failures))
         return [cell.metrics_path for cell in study.cells if cell.is_done()]
     pending = list(todo)
     running: list[tuple[Cell, subprocess.Popen]] = []
-    failures = []
+    failures, busy = [], []
     while pending or running:
         while pending and len(running) < jobs:
             cell = pending.pop(0)
@@ -327,8 +349,14 @@ def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
         for cell, process in list(running):
             if process.poll() is not None:
                 running.remove((cell, process))
-                if process.returncode != 0:
+                if process.returncode == BUSY_EXIT:
+                    busy.append(cell)
+                elif process.returncode != 0:
                     failures.append(cell.run_id)
+    for cell in busy:
+        wait_for(cell.run_dir)
+        if not cell.is_done():
+            failures.append(cell.run_id)
     if failures:
         raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished): {', '.join(failures)}; "
                         f"each run folder's failure.json holds the error and traceback")

@@ -278,3 +278,38 @@ def test_a_failing_cell_leaves_the_others_intact_and_is_reported(isolated, tmp_p
     finished = others[0].metrics_path.stat().st_mtime_ns
     assert main(["study", str(study_path)]) == 1  # again: only the failed cell is retried
     assert others[0].metrics_path.stat().st_mtime_ns == finished
+
+
+COUNTING_LOSS = '''
+import os
+
+from dmlbench.losses import TripletMarginLoss
+
+
+class Counting(TripletMarginLoss):
+    """A triplet loss that notes the process (one notebook kernel per cell execution) using it."""
+
+    def terms(self, embeddings, labels, tuples):
+        with open(os.environ["COUNT_FILE"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+        return super().terms(embeddings, labels, tuples)
+'''
+
+
+def test_two_studies_started_together_run_each_cell_once(isolated, tmp_path, monkeypatch):
+    user_module(tmp_path, monkeypatch, "counting_loss.py", COUNTING_LOSS)
+    monkeypatch.setenv("COUNT_FILE", str(tmp_path / "count.txt"))
+    study_path = tmp_path / "twice.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "twice", "datasets": ["fashion-mnist"], "losses": ["counting_loss:Counting"],
+        "miners": ["semi-hard", "batch-hard", "none"], "seeds": [0], "settings": tiny_settings(epochs=1)}))
+    command = [sys.executable, "-m", "dmlbench", "study", str(study_path)]
+    first, second = subprocess.Popen(command), subprocess.Popen(command)
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0
+    study = load_study(study_path)
+    assert all(cell.is_done() for cell in study.cells)
+    kernels = set((tmp_path / "count.txt").read_text().split())
+    assert len(kernels) == 3  # three executions in all: no cell ran twice
+    runners = {json.loads((c.run_dir / "execution.json").read_text())["runner"]["pid"] for c in study.cells}
+    assert runners <= {first.pid, second.pid}
+    assert (isolated / "results" / "report.html").is_file()
