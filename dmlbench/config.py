@@ -63,6 +63,8 @@ class RunConfig:
     #                                 each image's augmentation has its own seed, so the count changes no number)
     torch_compile: bool | None = None  # torch.compile the model (speed only; not hashed)
     preset: str | None = None  # the protocol the settings come from (dmlbench.presets), for the literature comparison
+    processes: int | None = None  # training processes of the run, one per GPU (torchrun, torch.distributed); None = 1.
+    #                               Hashed: per-process batch norm on the CPU and summation order change the numbers
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -145,6 +147,12 @@ class RunConfig:
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
         if self.torch_compile is not None and not isinstance(self.torch_compile, bool):
             raise ConfigError(f"torch_compile must be true, false or None, got {self.torch_compile!r}")
+        if self.processes is not None:
+            positive_int("processes")
+            if (self.P * self.K) % self.processes:
+                raise ConfigError(f"processes={self.processes} must divide the batch P x K = {self.P * self.K} "
+                                  f"(each process trains on an equal share); valid choices: "
+                                  f"{', '.join(str(n) for n in range(1, self.P * self.K + 1) if (self.P * self.K) % n == 0)}")
         if self.preset is not None:
             from .presets import PRESETS
 
@@ -175,3 +183,17 @@ class RunConfig:
         LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
         MINERS.create(self.miner, **self.miner_kwargs)
         return self
+
+
+# The experiment notebook's parameters beyond RunConfig's fields.
+NOTEBOOK_PARAMETERS = ("run_dir", "tsne_points")
+
+
+def check_parameter_names(injected: set[str]) -> None:
+    """Names a notebook run defined beyond the notebook's own: papermill injects a misspelt parameter
+    (``-p lose triplet``) without complaint, so the notebook fails here naming it and the valid ones."""
+    valid = RunConfig.field_names() + list(NOTEBOOK_PARAMETERS)
+    unknown = sorted(name for name in injected if not name.startswith("_") and name not in valid)
+    if unknown:
+        raise ConfigError(f"notebook parameters: unknown parameter {', '.join(map(repr, unknown))}; "
+                          f"valid parameters: {', '.join(valid)}")

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets.transforms import eval_transform, normalize_batch, train_transform
+from .distributed import shard
 
 DEFAULT_IMAGE_SIZE = 224
 MAX_AUTO_WORKERS = 12
@@ -60,17 +61,24 @@ def forward_embed(model: torch.nn.Module, batches, device: torch.device) -> torc
 class TensorFeed:
     """In-memory uint8 images, normalised once with the dataset's mean and std and kept on the device."""
 
-    def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, eval_batch_size: int):
+    def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, eval_batch_size: int,
+                 world: tuple[int, int] = (0, 1)):
         self.mean, self.std, self.device, self.batch_size = splits.mean, splits.std, device, eval_batch_size
-        self.sampler = sampler
+        self.sampler, self.world = sampler, world
         self.train_x = image_tensor(splits.train.images, self.mean, self.std, device)
         self.train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
         self._tensors: dict[int, torch.Tensor] = {}
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.sampler:
-            idx = torch.tensor(batch, device=self.device)
+            idx = torch.tensor(shard(batch, *self.world), device=self.device)
             yield self.train_x[idx], self.train_y[idx]
+
+    def state_dict(self) -> dict:
+        return {}  # no randomness of its own: the sampler's is saved with the sampler
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
         key = id(split)
@@ -111,10 +119,12 @@ class _EvalPhotos(Dataset):
 
 
 class SeededBatches:
-    """A batch sampler's batches, each index paired with the seed of its augmentation."""
+    """A batch sampler's batches, each index paired with the seed of its augmentation. Under
+    torch.distributed every rank draws the seeds of the whole batch and keeps its own share, so the
+    images are augmented as in a one-process run."""
 
-    def __init__(self, sampler, seed: int):
-        self.sampler = sampler
+    def __init__(self, sampler, seed: int, world: tuple[int, int] = (0, 1)):
+        self.sampler, self.world = sampler, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -123,7 +133,7 @@ class SeededBatches:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self.sampler:
             seeds = torch.randint(0, 2**62, (len(batch),), generator=self.generator).tolist()
-            yield list(zip((int(i) for i in batch), seeds))
+            yield shard(list(zip((int(i) for i in batch), seeds)), *self.world)
 
 
 def auto_workers(device: torch.device) -> int:
@@ -138,7 +148,8 @@ class PhotoFeed:
     """Real benchmark images from the decoded cache, through DataLoader workers."""
 
     def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, *, image_size: int | None,
-                 num_workers: int | None, eval_batch_size: int, seed: int, mean=None, std=None):
+                 num_workers: int | None, eval_batch_size: int, seed: int, mean=None, std=None,
+                 world: tuple[int, int] = (0, 1)):
         self.device, self.batch_size = device, eval_batch_size
         self.mean = tuple(mean if mean is not None else splits.mean)
         self.std = tuple(std if std is not None else splits.std)
@@ -146,7 +157,8 @@ class PhotoFeed:
         self.workers = auto_workers(device) if num_workers is None else num_workers
         self.pin = device.type == "cuda"
         dataset = _TrainPhotos(splits.train, train_labels, train_transform(self.size, normalize=False))
-        self.loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=self.workers,
+        self.seeds = SeededBatches(sampler, seed, world)
+        self.loader = DataLoader(dataset, batch_sampler=self.seeds, num_workers=self.workers,
                                  pin_memory=self.pin, persistent_workers=self.workers > 0,
                                  prefetch_factor=4 if self.workers > 0 else None)
         self.eval_transform = eval_transform(self.size, normalize=False)
@@ -159,6 +171,13 @@ class PhotoFeed:
         for images, labels in self.loader:
             yield self._to_device(images), labels.to(self.device, non_blocking=self.pin)
 
+    def state_dict(self) -> dict:
+        # Taken between epochs, when the loader has drawn the whole epoch's batches (never beyond it)
+        return {"seeds": self.seeds.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seeds.generator.set_state(state["seeds"])
+
     def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
         key = id(split)
         if key not in self._eval_loaders:  # validation is embedded every epoch: keep its workers
@@ -168,12 +187,14 @@ class PhotoFeed:
         return forward_embed(model, (self._to_device(x) for x in self._eval_loaders[key]), self.device)
 
 
-def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.device, mean=None, std=None):
-    """The feed that suits the dataset: PhotoFeed for image caches, TensorFeed for in-memory arrays."""
+def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.device, mean=None, std=None,
+              world: tuple[int, int] = (0, 1)):
+    """The feed that suits the dataset: PhotoFeed for image caches, TensorFeed for in-memory arrays.
+    ``world`` = (rank, processes): under torch.distributed each rank trains on its share of every batch."""
     from .datasets.benchmarks import PhotoSet
 
     if isinstance(splits.train, PhotoSet):
         return PhotoFeed(splits, train_labels, sampler, device, image_size=config.image_size,
                          num_workers=config.num_workers, eval_batch_size=config.eval_batch_size, seed=config.seed,
-                         mean=mean, std=std)
-    return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size)
+                         mean=mean, std=std, world=world)
+    return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size, world)

@@ -76,6 +76,9 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "train_time_s": result.train_time_s,
         "images_per_s": result.images_per_s,
         "device": result.device,
+        # the epochs after which an interrupted run was resumed from its saved state; processes under torchrun
+        "resumed_after_epochs": result.extra.get("resumed_after_epochs", []),
+        "processes": result.extra.get("processes", 1),
         "machine": device_info(result.device),
         "versions": versions(),
     } | (_preset_record(config) if config.preset else {})
@@ -122,6 +125,9 @@ def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
         raise FileExistsError(f"{path} exists: this run is finished and is never overwritten "
                               f"(change a setting to get a new run id, or delete the folder deliberately)")
     atomic_write_json(path, record)
+    from .resume import RESUME_FILE
+
+    (Path(run_dir) / RESUME_FILE).unlink(missing_ok=True)  # the run is finished: its training state is not needed
     return path
 
 

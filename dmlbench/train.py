@@ -10,6 +10,7 @@ bf16 autocast (fp16 with a gradient scaler where bf16 is unsupported) while loss
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -21,7 +22,9 @@ import torch
 
 from .config import RunConfig
 from .criterion import Criterion, build_criterion
+from . import resume
 from .datasets import Splits
+from .distributed import gather_batch, loss_scale, world
 from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed  # noqa: F401 (re-exported)
 from .metrics import evaluate
 from .models import MODELS
@@ -73,14 +76,23 @@ def recall_ks(dataset: str) -> tuple[int, ...]:
 def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Optimizer, scaler, images: torch.Tensor,
                       labels: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
     """One step: embeddings (under autocast on CUDA), the loss in fp32, and, when the loss is finite,
-    backward and the optimiser's update. Returns the loss, detached; a non-finite loss changes nothing."""
+    backward and the optimiser's update. Returns the loss, detached; a non-finite loss changes nothing.
+
+    Under torch.distributed the rank's embeddings join every rank's before mining and the loss (see
+    dmlbench.distributed), so the step is the one a single process takes on the whole batch."""
     with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
         embeddings = forward(images)
+    embeddings, labels = gather_batch(embeddings, labels)
     loss = criterion(embeddings, labels)
     if not torch.isfinite(loss):
         return loss.detach()
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scale = loss_scale()
+    scaler.scale(loss * scale if scale != 1 else loss).backward()
+    if scale != 1:  # every rank computed the loss's own parameters' whole gradient, times the scale
+        for parameter in criterion.parameters():
+            if parameter.grad is not None:
+                parameter.grad.div_(scale)
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
@@ -118,16 +130,27 @@ def validation_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[s
 
 
 def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train one run, select the best validation epoch, evaluate it once on the test split."""
+          progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult | None:
+    """Train one run, select the best validation epoch, evaluate it once on the test split.
+
+    ``checkpoint``: a file (the run folder's resume.pt) written at every epoch's end with everything
+    the next epochs depend on; when it exists at the start, training continues after its epoch.
+    Under torch.distributed (torchrun; see dmlbench.launch) every rank trains on its share of each
+    batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
     config.validate()
+    rank, processes = world()
     device = resolve_device(config.device)
+    if processes > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     seed_everything(config.seed)
     amp = autocast_dtype(device)
 
     # Training labels become 0 .. C-1, the indices of per-class parameters (proxies, classifiers).
     train_classes, train_labels = np.unique(splits.train.labels, return_inverse=True)
     model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    if processes > 1 and device.type == "cuda":  # batch statistics over the whole batch, as in one process
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last)
     criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs,
                                 seed=config.seed, num_classes=len(train_classes),
@@ -135,26 +158,46 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     groups = [{"params": list(model.parameters())}] + criterion.param_groups(config.lr, config.loss_lr)
     optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
-    # The network's forward pass; compiled when asked (the state dicts stay those of `model`).
-    forward = torch.compile(model) if config.torch_compile else model
+    # The network's training forward pass: under torch.distributed wrapped in DDP, which averages the
+    # gradients over ranks (optimisation_step scales the loss to make that the sum); compiled when asked.
+    # The state dicts stay those of `model`. Evaluation (rank 0 alone) bypasses DDP's collectives.
+    ddp = None
+    if processes > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(ddp or model) if config.torch_compile else (ddp or model)
+    evaluator = model if ddp is not None else forward
 
     sampler = SAMPLERS.create(config.sampler_name, labels=splits.train.labels, P=config.P, K=config.K,
                               super_labels=splits.train.super_labels, batches_per_epoch=config.iters_per_epoch or None,
                               generator=torch.Generator().manual_seed(config.seed), **(config.sampler_kwargs or {}))
     # Photos are normalised with the statistics the backbone's weights expect (ImageNet's, or a timm model's).
     mean, std = getattr(model, "normalization", (None, None))
-    feed = make_feed(config, splits, train_labels, sampler, device, mean=mean, std=std)
+    feed = make_feed(config, splits, train_labels, sampler, device, mean=mean, std=std, world=(rank, processes))
     val_y = torch.from_numpy(splits.val.labels)
+    lead = rank == 0  # validates, checkpoints and tests
 
-    history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0,
-                            **validation_metrics(feed.embed(forward, splits.val), val_y)}]
-    if on_epoch_end:
-        on_epoch_end(history[-1], history)
-    best_score, best_epoch, best_state = -float("inf"), 0, None
+    def validate() -> dict[str, float]:
+        return validation_metrics(feed.embed(evaluator, splits.val), val_y) if lead else {}
+
     select_key = f"val_{config.select_metric}"
-    bar = _progress(config.epochs * len(sampler), progress)
-    train_time, images_seen = 0.0, 0
-    for epoch in range(1, config.epochs + 1):
+    saved = resume.load(checkpoint, config.config_hash(), device) if checkpoint else None
+    if saved is None:
+        history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0, **validate()}]
+        best = {"score": -float("inf"), "epoch": 0, "state": None}
+        train_time, images_seen, resumed_at, first_epoch = 0.0, 0, [], 1
+    else:  # an interrupted run: everything as it was after the saved epoch
+        resume.restore(saved, model=model, criterion=criterion, optimizer=optimizer, scaler=scaler, sampler=sampler,
+                       feed=feed)
+        history, best = saved["history"], saved["best"]
+        train_time, images_seen = saved["train_time"], saved["images_seen"]
+        resumed_at, first_epoch = saved["resumed_at"] + [saved["epoch"]], saved["epoch"] + 1
+        log.warning("resuming %s after epoch %d (%s)", config.run_id(), saved["epoch"], checkpoint)
+    if on_epoch_end and lead:
+        on_epoch_end(history[-1], history)
+    bar = _progress(config.epochs * len(sampler), progress and lead)
+    if bar is not None:
+        bar.update((first_epoch - 1) * len(sampler))
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         start = time.perf_counter()
         losses, mined = [], []
@@ -165,7 +208,7 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
                                          f"(lower lr={config.lr}?)")
             losses.append(loss)
             mined.append(criterion.last_mined)
-            images_seen += len(labels)
+            images_seen += len(labels) * processes
             if bar is not None:
                 bar.update()
         if device.type == "cuda":
@@ -173,30 +216,38 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         epoch_time = time.perf_counter() - start
         train_time += epoch_time
         record = {"epoch": epoch, "loss": torch.stack(losses).mean().item(), "mined_per_batch": float(np.mean(mined)),
-                  "time_s": epoch_time, **validation_metrics(feed.embed(forward, splits.val), val_y)}
+                  "time_s": epoch_time, **validate()}
         history.append(record)
-        if record[select_key] > best_score:
-            best_score, best_epoch = record[select_key], epoch
-            best_state = {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                          for name, module in (("model", model), ("criterion", criterion))}
-        log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", epoch, config.epochs,
-                 record["loss"], record["val_recall@1"], record["val_map@r"], epoch_time)
-        if on_epoch_end:
+        if lead and record[select_key] > best["score"]:
+            best = {"score": record[select_key], "epoch": epoch,
+                    "state": {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                              for name, module in (("model", model), ("criterion", criterion))}}
+        if lead:
+            log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", epoch, config.epochs,
+                     record["loss"], record["val_recall@1"], record["val_map@r"], epoch_time)
+        if on_epoch_end and lead:
             on_epoch_end(record, history)
+        if checkpoint and lead:
+            resume.save(checkpoint, config_hash=config.config_hash(), epoch=epoch, model=model, criterion=criterion,
+                        optimizer=optimizer, scaler=scaler, sampler=sampler, feed=feed, history=history, best=best,
+                        train_time=train_time, images_seen=images_seen, resumed_at=resumed_at)
     if bar is not None:
         bar.close()
+    if not lead:
+        return None
 
-    if best_state is None:  # the validation score was never a number (NaN): keep the last epoch
+    best_epoch = best["epoch"]
+    if best["state"] is None:  # the validation score was never a number (NaN): keep the last epoch
         log.warning("validation %s was never finite; testing the last epoch", select_key)
         best_epoch = config.epochs
     else:  # the model and the loss's parameters (proxies, centres) of the selected epoch
-        model.load_state_dict(best_state["model"])
-        criterion.load_state_dict(best_state["criterion"])
-    test_embeddings = feed.embed(forward, splits.test).cpu()
+        model.load_state_dict(best["state"]["model"])
+        criterion.load_state_dict(best["state"]["criterion"])
+    test_embeddings = feed.embed(evaluator, splits.test).cpu()
     test_labels = torch.from_numpy(splits.test.labels)
     gallery_embeddings = gallery_labels = None
     if splits.gallery is not None:  # In-Shop: queries ranked against the gallery
-        gallery_embeddings = feed.embed(forward, splits.gallery).cpu()
+        gallery_embeddings = feed.embed(evaluator, splits.gallery).cpu()
         gallery_labels = torch.from_numpy(splits.gallery.labels)
     # the one look at the test split
     test_metrics = evaluate(test_embeddings, test_labels, ks=recall_ks(config.dataset), gallery=gallery_embeddings,
@@ -204,4 +255,5 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     return TrainResult(config=config, model=model, criterion=criterion, history=history, best_epoch=best_epoch,
                        test_metrics=test_metrics, test_embeddings=test_embeddings, test_labels=test_labels,
                        device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9),
-                       gallery_embeddings=gallery_embeddings, gallery_labels=gallery_labels)
+                       gallery_embeddings=gallery_embeddings, gallery_labels=gallery_labels,
+                       extra={"resumed_after_epochs": resumed_at, "processes": processes})

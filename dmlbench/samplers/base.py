@@ -32,18 +32,20 @@ class StreamSampler(Sampler[list[int]]):
     def __init__(self, batches_per_epoch: int | None, generator: torch.Generator | None):
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else None
-        self._stream: Iterator[list[int]] | None = None
-        self._next_pass: list[list[int]] | None = None  # drawn early by len(), served by the next iter()
+        # The stream's position, as plain data so that a checkpoint can hold it: the batches of the
+        # current pass not served yet (batches_per_epoch set), or a pass drawn early by len().
+        self._pending: list[list[int]] = []
+        self._next_pass: list[list[int]] | None = None
 
     def one_pass(self) -> list[list[int]]:
         raise NotImplementedError
 
-    def _batches(self) -> Iterator[list[int]]:
-        while True:
-            batches = self.one_pass()
-            if not batches:
+    def _next_batch(self) -> list[int]:
+        if not self._pending:
+            self._pending = self.one_pass()
+            if not self._pending:
                 raise ConfigError(f"{type(self).__name__}: a pass over the data yields no batch")
-            yield from batches
+        return self._pending.pop(0)
 
     def __len__(self) -> int:
         if self.batches_per_epoch:
@@ -57,10 +59,19 @@ class StreamSampler(Sampler[list[int]]):
             batches, self._next_pass = (self._next_pass or self.one_pass()), None
             yield from batches
             return
-        if self._stream is None:
-            self._stream = self._batches()
         for _ in range(self.batches_per_epoch):
-            yield next(self._stream)
+            yield self._next_batch()
+
+    def state_dict(self) -> dict:
+        """Everything the next batches depend on: the generator and the stream's position (taken
+        between epochs, it makes a resumed run draw the batches an uninterrupted one would)."""
+        return {"generator": self.generator.get_state(), "pending": [list(b) for b in self._pending],
+                "next_pass": None if self._next_pass is None else [list(b) for b in self._next_pass]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._pending = [list(b) for b in state["pending"]]
+        self._next_pass = None if state["next_pass"] is None else [list(b) for b in state["next_pass"]]
 
 
 def class_chunks(members: list[torch.Tensor], K: int, generator: torch.Generator) -> list[list[list[int]]]:

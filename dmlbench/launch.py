@@ -1,0 +1,104 @@
+"""One run trained by several processes (one per GPU), launched by torchrun.
+
+A run whose configuration sets ``processes: N`` (N > 1) is trained by
+``torchrun --standalone --nproc-per-node N -m dmlbench.launch CONFIG RUN_DIR``; the experiment
+notebook starts it through :func:`train_distributed` and goes on with the result as with
+:func:`dmlbench.train.train`. Each process joins the process group (NCCL on GPUs, gloo on the CPU),
+takes its GPU from ``LOCAL_RANK``, and trains on its share of every batch; embeddings and labels are
+gathered across processes before mining and the loss (dmlbench.distributed). Rank 0 alone validates,
+saves the per-epoch state (so a killed launch resumes like a one-process run) and tests once; it
+hands the result to the notebook in ``distributed_result.pt``.
+
+It can also be started by hand on a node with N GPUs, e.g. from a Slurm job step::
+
+    torchrun --standalone --nproc-per-node 4 -m dmlbench.launch results/runs/<id>/launch_config.json results/runs/<id>
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import RunConfig
+from .io import atomic_write_bytes, atomic_write_json
+from .resume import RESUME_FILE
+
+RESULT_FILE = "distributed_result.pt"
+CONFIG_FILE = "launch_config.json"
+LOG_FILE = "launch.log"
+
+
+def _result_state(result) -> dict:
+    return {"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),
+            "history": result.history, "best_epoch": result.best_epoch, "test_metrics": result.test_metrics,
+            "test_embeddings": result.test_embeddings, "test_labels": result.test_labels, "device": result.device,
+            "train_time_s": result.train_time_s, "images_per_s": result.images_per_s, "extra": result.extra,
+            "gallery_embeddings": result.gallery_embeddings, "gallery_labels": result.gallery_labels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .datasets import load_dataset
+    from .train import train
+
+    config_file, run_dir = (argv if argv is not None else sys.argv[1:])[:2]
+    config = RunConfig.from_dict(json.loads(Path(config_file).read_text()), where=config_file).validate()
+    run_dir = Path(run_dir)
+    cuda = torch.cuda.is_available() and config.device != "cpu"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        if dist.get_world_size() != (config.processes or 1):
+            raise RuntimeError(f"the run asks for processes={config.processes} but torchrun started "
+                               f"{dist.get_world_size()}")
+        if not cuda:  # the processes share the CPU's cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+        splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+        result = train(config, splits, progress=dist.get_rank() == 0, checkpoint=run_dir / RESUME_FILE)
+        if result is not None:
+            buffer = io.BytesIO()
+            torch.save(_result_state(result), buffer)
+            atomic_write_bytes(run_dir / RESULT_FILE, buffer.getvalue())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def train_distributed(config: RunConfig, splits, run_dir: str | os.PathLike):
+    """Train ``config`` with ``config.processes`` processes through torchrun and return rank 0's
+    :class:`dmlbench.train.TrainResult` (model and loss rebuilt in this process, on the CPU)."""
+    from .criterion import build_criterion
+    from .models import MODELS
+    from .train import TrainResult
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # an earlier launch's, if any
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.processes}",
+               "-m", "dmlbench.launch", str(run_dir / CONFIG_FILE), str(run_dir)]
+    with open(run_dir / LOG_FILE, "w") as log:  # every rank's output, kept for reading after a failure
+        launched = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if launched.returncode != 0 or not (run_dir / RESULT_FILE).is_file():
+        output = (run_dir / LOG_FILE).read_text(errors="replace")
+        raise RuntimeError(f"torchrun with {config.processes} processes failed (exit {launched.returncode}); "
+                           f"{run_dir / LOG_FILE} ends with:\n{output[-4000:]}")
+    state = torch.load(run_dir / RESULT_FILE, map_location="cpu", weights_only=True)
+    model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    model.load_state_dict(state.pop("model"))
+    criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs, seed=config.seed,
+                                num_classes=len(np.unique(splits.train.labels)), embedding_dim=config.embedding_dim)
+    criterion.load_state_dict(state.pop("criterion"))
+    (run_dir / RESULT_FILE).unlink()
+    return TrainResult(config=config, model=model.eval(), criterion=criterion, **state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
