@@ -24,6 +24,14 @@ NPROC := $(shell nproc 2>/dev/null || echo 1)
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 JOBS ?= $(if $(HAS_GPU),1,$(NPROC))
 CELL_THREADS := $(shell echo $$(( $(NPROC) / $(JOBS) > 0 ? $(NPROC) / $(JOBS) : 1 )))
+# Where the cells run (dmlbench/executors.py): local runs them here through the generated makefile;
+# submitit-local runs each as a submitit job on this machine, JOBS at a time; slurm submits them as
+# one Slurm job array with the study file's `slurm:` settings and waits for it. Either way each cell
+# is the same notebook execution writing the same files, and the report is built here afterwards.
+EXECUTOR ?= local
+# On Slurm, JOBS (cells running at once) is passed only when given (`make all EXECUTOR=slurm JOBS=8`):
+# this machine's core count says nothing of the cluster, so the study's array_parallelism decides.
+EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin JOBS))),,--jobs $(JOBS))
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -70,7 +78,13 @@ $(CELLS_MK): FORCE $(STAMP)
 	$(PY) -m dmlbench study $(STUDY) --emit-make $@
 
 cells: data $(CELLS_MK)
+ifeq ($(EXECUTOR),local)
 	OMP_NUM_THREADS=$(CELL_THREADS) $(MAKE) --no-print-directory $(if $(findstring jobserver,$(MAKEFLAGS)),,-j$(JOBS)) -f $(CELLS_MK) cells
+else ifeq ($(EXECUTOR),slurm)
+	$(PY) -m dmlbench study $(STUDY) --executor slurm $(EXECUTOR_JOBS) --no-report
+else
+	OMP_NUM_THREADS=$(CELL_THREADS) $(PY) -m dmlbench study $(STUDY) --executor $(EXECUTOR) $(EXECUTOR_JOBS) --no-report
+endif
 
 study: cells
 

@@ -3,7 +3,8 @@
     dmlbench list                               losses, miners, datasets, models
     dmlbench run --loss triplet --miner semi-hard --set epochs=2 --set loss_kwargs='{margin: 0.1}'
     dmlbench run --study studies/default.yaml --cell <run id>
-    dmlbench study studies/default.yaml [--jobs N] [--emit-make build/cells.mk] [--status]
+    dmlbench study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
+    dmlbench study studies/default.yaml --emit-make build/cells.mk | --status
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
@@ -119,12 +120,24 @@ def cmd_study(args) -> int:
     from .study import RunFailed
 
     try:
-        run_study(study, jobs=args.jobs)
+        run_study(study, jobs=args.jobs, executor=args.executor)
     except RunFailed as failed:  # the report still covers every cell, the failed ones marked
-        report_and_readme(study.path)
+        if not args.no_report:
+            report_and_readme(study.path)
         print(f"dmlbench: {failed}", file=sys.stderr)
         return 1
-    return report_and_readme(study.path)
+    return 0 if args.no_report else report_and_readme(study.path)
+
+
+def _cells_at_once(value: str) -> int:
+    """--jobs: a whole number, at least 1."""
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cells at once, at least 1; got {value!r}")
+    return jobs
 
 
 def _prepare_study_data(study) -> int:
@@ -215,6 +228,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .executors import EXECUTORS
+
     parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="run every unfinished cell of a study, then the report")
     p.add_argument("study", type=Path)
-    p.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where the cells run: here (local), as submitit jobs here (submitit-local), or as a Slurm "
+                        "job array with the study file's slurm: settings (slurm); default local")
+    p.add_argument("--jobs", type=_cells_at_once, metavar="N",
+                   help="cells run at once (local, submitit-local: default 1; slurm: default the study's "
+                        "array_parallelism)")
+    p.add_argument("--no-report", action="store_true", help="run the cells only; build no report")
     p.add_argument("--emit-make", type=Path, help="write a makefile with one target per cell instead of running")
     p.add_argument("--status", action="store_true", help="list the cells and whether they are done")
     p.add_argument("--datasets", action="store_true", help="print the study's datasets and stop")

@@ -136,12 +136,20 @@ class SeededBatches:
             yield shard(list(zip((int(i) for i in batch), seeds)), *self.world)
 
 
+def available_cores() -> int:
+    """The cores this process may use: a Slurm job's allocation (its CPU affinity), not the node's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 2
+
+
 def auto_workers(device: torch.device) -> int:
     """Loader processes when the run does not say: all cores but one for a GPU (up to 12); none on a
     CPU, where the model's own threads already use every core."""
     if device.type != "cuda":
         return 0
-    return max(1, min(MAX_AUTO_WORKERS, (os.cpu_count() or 2) - 1))
+    return max(1, min(MAX_AUTO_WORKERS, available_cores() - 1))
 
 
 class PhotoFeed:

@@ -16,6 +16,9 @@ A study file (YAML) looks like::
     settings:                    # any other RunConfig field, shared by every cell
       epochs: 8
       # preset: roth2020         # a reference protocol's settings (dmlbench.presets); the ones above override it
+    slurm:                       # optional: how 'dmlbench study --executor slurm' submits the cells
+      partition: gpu             # (every key: dmlbench.executors)
+      timeout_min: 240
 
 Every cell runs on every dataset and seed. Every name is checked before anything runs; an unknown
 one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
@@ -36,9 +39,9 @@ import os
 import re
 import shlex
 import socket
-import subprocess
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +54,11 @@ from .errors import ConfigError, IncompatibleError
 from .io import atomic_write_json
 from .paths import REPO_ROOT, notebook, results_dir, runs_dir
 from .record import METRICS_FILE
+from .resume import RESUME_FILE
 
 log = logging.getLogger("dmlbench")
 
-STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings")
+STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 EXPERIMENT_NOTEBOOK = "experiment.ipynb"
@@ -99,6 +103,7 @@ class Study:
     description: str
     cells: list[Cell] = field(default_factory=list)
     skipped: list[SkippedCell] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)  # checked Slurm settings (dmlbench.executors)
 
     def cell(self, run_id: str) -> Cell:
         for cell in self.cells:
@@ -134,6 +139,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     """Read and validate a study file; every cell's configuration is checked before returning.
     ``check_networks=False`` skips building the networks (pretrained weights need not be present)."""
     from .datasets import DATASETS
+    from .executors import slurm_settings
     from .losses import LOSSES
     from .miners import MINERS
 
@@ -149,6 +155,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(STUDY_KEYS)}")
+    slurm = slurm_settings(path, raw.get("slurm"))
     if not raw.get("datasets"):
         raise ConfigError(f"{path}: 'datasets' is missing or empty")
     if "cells" not in raw or "losses" in raw or "miners" in raw:
@@ -201,7 +208,8 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             except ConfigError as error:
                 raise type(error)(f"{path}: {key}: {error}") from None
 
-    study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""))
+    study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
+                  slurm=slurm)
     seen, checked_models = set(), (set() if check_networks else _Everything())
     for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in itertools.product(datasets, pairs, seeds):
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
@@ -260,6 +268,16 @@ def notebook_parameters(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     return {**config.to_dict(), "run_dir": str(shown)}
 
 
+def _saved_epoch(run_dir: Path) -> int | None:
+    """The epoch after which the run's training state was saved (its restart continues from there)."""
+    import torch
+
+    try:
+        return int(torch.load(run_dir / RESUME_FILE, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # unreadable: the restart will say so
+        return None
+
+
 def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, log_output: bool = False) -> Path:
     """Run one configuration through the experiment notebook with papermill; returns metrics.json.
 
@@ -287,15 +305,21 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
         except BaseException as error:
             if running.exists():
                 os.replace(running, run_dir / "experiment.failed.ipynb")
-            if isinstance(error, papermill.PapermillExecutionError):
-                atomic_write_json(run_dir / FAILURE_FILE, {
-                    "run_id": config.run_id(), "error": f"{error.ename}: {error.evalue}",
-                    "traceback": re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback or [])),  # no colour codes
-                    "started": started, "failed": time.time(),
-                    "executed_notebook": "experiment.failed.ipynb"})
-                raise RunFailed(f"{config.run_id()} failed: {error.ename}: {error.evalue} "
-                                f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
-            raise
+            if not isinstance(error, Exception):  # Ctrl-C, exit: not the cell's failure
+                raise
+            if isinstance(error, papermill.PapermillExecutionError):  # the notebook's code raised
+                message = f"{error.ename}: {error.evalue}"
+                trace = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback or []))  # no colour codes
+            else:  # the kernel died (killed, out of memory, a crash in native code) or could not start
+                message = f"{type(error).__name__}: {error}"
+                trace = "".join(traceback.format_exception(error))
+            resumable = (run_dir / RESUME_FILE).is_file()
+            atomic_write_json(run_dir / FAILURE_FILE, {
+                "run_id": config.run_id(), "error": message, "traceback": trace, "started": started,
+                "failed": time.time(), "executed_notebook": "experiment.failed.ipynb",
+                "resumable_after_epoch": _saved_epoch(run_dir) if resumable else None})
+            raise RunFailed(f"{config.run_id()} failed: {message} "
+                            f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
         os.replace(running, run_dir / "experiment.ipynb")
         for stale in (run_dir / "experiment.failed.ipynb", run_dir / FAILURE_FILE):  # an earlier attempt's
             stale.unlink(missing_ok=True)
@@ -308,59 +332,18 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     return metrics
 
 
-def run_study(study: Study, *, jobs: int = 1) -> list[Path]:
-    """Run every unfinished cell; ``jobs`` > 1 runs that many cells at once (separate processes).
+def run_study(study: Study, *, jobs: int | None = None, executor: str = "local") -> list[Path]:
+    """Run every unfinished cell; ``executor`` decides where (dmlbench.executors: "local", the
+    default, runs them here, ``jobs`` at once; "submitit-local"; "slurm").
 
     A cell that fails does not stop the others: its error and traceback go to ``failure.json`` in its
     run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
     at the end with every failed cell named. Finished cells' results are never touched. A cell another
     process is running (its run folder is locked) is left to it: this study runs the other cells, then
     waits for that one, so two studies started together run each cell once."""
-    todo = [cell for cell in study.cells if not cell.is_done()]
-    log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible", study.name, len(study.cells),
-             len(study.cells) - len(todo), len(todo), len(study.skipped))
-    if jobs <= 1:
-        failures, busy = [], []
-        for cell in todo:
-            try:
-                run_config(cell.config)
-            except CellBusy:  # another study is running this cell: ours runs the rest, then waits for it
-                busy.append(cell)
-            except RunFailed as error:
-                log.error("%s", error)
-                failures.append(str(error))
-        for cell in busy:
-            wait_for(cell.run_dir)
-            if not cell.is_done():
-                failures.append(f"{cell.run_id}: run by another process, which did not finish it")
-        if failures:
-            raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
-                            + "\n  ".join(failures))
-        return [cell.metrics_path for cell in study.cells if cell.is_done()]
-    pending = list(todo)
-    running: list[tuple[Cell, subprocess.Popen]] = []
-    failures, busy = [], []
-    while pending or running:
-        while pending and len(running) < jobs:
-            cell = pending.pop(0)
-            command = [sys.executable, "-m", "dmlbench", "run", "--study", str(study.path), "--cell", cell.run_id]
-            running.append((cell, subprocess.Popen(command)))
-        time.sleep(0.5)
-        for cell, process in list(running):
-            if process.poll() is not None:
-                running.remove((cell, process))
-                if process.returncode == BUSY_EXIT:
-                    busy.append(cell)
-                elif process.returncode != 0:
-                    failures.append(cell.run_id)
-    for cell in busy:
-        wait_for(cell.run_dir)
-        if not cell.is_done():
-            failures.append(cell.run_id)
-    if failures:
-        raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished): {', '.join(failures)}; "
-                        f"each run folder's failure.json holds the error and traceback")
-    return [cell.metrics_path for cell in study.cells if cell.is_done()]
+    from .executors import run_cells
+
+    return run_cells(study, executor=executor, jobs=jobs)
 
 
 def emit_makefile(study: Study, python: str = sys.executable) -> str:

@@ -1,0 +1,329 @@
+"""Where a study's cells run: here, one after another or N at once; as submitit jobs on this
+machine; or as a Slurm job array through submitit.
+
+The executor only decides where a cell runs. Each cell is the same papermill execution of the
+experiment notebook (``study.run_config``) writing the same files, so every executor keeps the same
+promises: a finished cell is never run again; a failing cell leaves failure.json and the others
+still run, and RunFailed names every failed cell at the end; a cell another process is running (its
+run folder is locked) is waited for, not run twice.
+
+    local            jobs=1: in this process, one cell after another; jobs=N: N worker processes,
+                     each 'python -m dmlbench run --study S --cell ID'
+    submitit-local   each cell a submitit job on this machine (its own process, its own log), N at once
+    slurm            the cells as one Slurm job array (sbatch through submitit), array_parallelism at
+                     once; this process waits for the array, then the report is built here
+
+A study file's ``slurm:`` mapping holds the Slurm settings. Its keys are submitit's parameter names
+(the cluster-specific ones without submitit's ``slurm_`` prefix)::
+
+    slurm:
+      partition: gpu
+      account: my-project          # also: qos, constraint
+      gpus_per_node: 1             # default 1 (0: a CPU-only job)
+      cpus_per_task: 8             # default 8
+      mem_gb: 32                   # default: the partition's
+      timeout_min: 240             # default 240; a cell out of time is requeued (3 times at most)
+      array_parallelism: 16        # cells running at once; default all (up to submitit's 256); --jobs wins
+      job_name: dmlbench-default   # default dmlbench-<study name>
+      log_folder: /shared/jobs     # submitit's job files and logs, also for submitit-local;
+                                   # default build/jobs/<study name> (a relative path: in the repository)
+      setup: [module load cuda, source .venv/bin/activate]   # shell lines run before each job
+      additional_parameters: {mail-type: END}                 # any other sbatch option
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from submitit.helpers import Checkpointable
+
+from .errors import ConfigError
+from .paths import REPO_ROOT, results_dir
+
+if TYPE_CHECKING:  # dmlbench.study imports torch: the command line's parser needs only EXECUTORS
+    from .study import Cell, Study
+
+log = logging.getLogger("dmlbench")
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+DONE, BUSY, FAILED = "done", "busy", "failed"
+POLL_S = 1.0  # how often the running jobs are looked at
+# submitit's LocalExecutor stops a job after its timeout (2 minutes unless told); a local cell runs as
+# long as it takes.
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_sbatch_value(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+# key: (check, what a valid value is, the AutoExecutor parameter it becomes; None: not a parameter)
+SLURM_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str | None]] = {
+    "partition": (_is_name, "a partition name", "slurm_partition"),
+    "account": (_is_name, "an account name", "slurm_account"),
+    "qos": (_is_name, "a quality-of-service name", "slurm_qos"),
+    "constraint": (_is_name, "a node feature expression, e.g. 'a100|h100'", "slurm_constraint"),
+    "gpus_per_node": (lambda v: _is_int(v) and v >= 0, "a whole number of GPUs, 0 or more", "gpus_per_node"),
+    "cpus_per_task": (lambda v: _is_int(v) and v >= 1, "a whole number of cores, at least 1", "cpus_per_task"),
+    "mem_gb": (lambda v: (_is_int(v) or isinstance(v, float)) and v > 0, "a number of gigabytes above 0", "mem_gb"),
+    "timeout_min": (lambda v: _is_int(v) and v >= 1, "a whole number of minutes, at least 1", "timeout_min"),
+    "array_parallelism": (lambda v: _is_int(v) and v >= 1, "a whole number of cells at once, at least 1",
+                          "slurm_array_parallelism"),
+    "job_name": (_is_name, "a job name", "name"),
+    "log_folder": (_is_name, "a folder path", None),
+    "setup": (lambda v: isinstance(v, list) and all(isinstance(line, str) for line in v),
+              "a list of shell lines", "slurm_setup"),
+    "additional_parameters": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_sbatch_value(x)
+                                                                   for k, x in v.items()),
+                              "a mapping of sbatch option -> value (text, number or true)",
+                              "slurm_additional_parameters"),
+}
+SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "timeout_min": 240}
+# sbatch options that a key above gives, or that submitit itself sets (the array, the logs it reads
+# back, the signal that requeues a job running out of time): additional_parameters may not set them.
+_GIVEN_BY_KEY = {"partition": "partition", "account": "account", "qos": "qos", "constraint": "constraint",
+                 "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
+                 "time": "timeout_min", "job_name": "job_name"}
+_SET_BY_SUBMITIT = ("array", "output", "error", "signal", "open_mode")
+
+
+def slurm_settings(study_path: Path, raw: Any) -> dict[str, Any]:
+    """A study file's ``slurm:`` value, checked: every bad key or value is a ConfigError naming the
+    file, the key, the value and what is valid."""
+    where = f"{study_path}: slurm"
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(SLURM_SETTINGS)}, got {raw!r}")
+    unknown = sorted(set(raw) - set(SLURM_SETTINGS), key=str)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(SLURM_SETTINGS)}")
+    for key, value in raw.items():
+        check, valid, _ = SLURM_SETTINGS[key]
+        if not check(value):
+            raise ConfigError(f"{where}: {key}: expected {valid}, got {value!r}")
+    for option in raw.get("additional_parameters") or {}:
+        name = option.replace("-", "_")
+        if name in _GIVEN_BY_KEY:
+            raise ConfigError(f"{where}: additional_parameters: {option!r} is given by the key "
+                              f"{_GIVEN_BY_KEY[name]!r}; set that instead")
+        if name in _SET_BY_SUBMITIT:
+            raise ConfigError(f"{where}: additional_parameters: {option!r} is set by submitit (options it sets: "
+                              f"{', '.join(_SET_BY_SUBMITIT)})")
+    return dict(raw)
+
+
+class CellJob(Checkpointable):
+    """One cell as a submitit job: reloads the study in the job and runs that cell.
+
+    Returns "done", or "busy" when another process holds the cell's lock (the study then waits for
+    that process); a failed cell raises, so the job is marked failed. Checkpointable: a job pre-empted
+    or out of time is requeued with this same callable, which runs the cell again (from its last
+    checkpoint where the training keeps one). ``environ`` is set in the job first (None: unset), so it
+    sees this study's results folder and data settings whatever the cluster passes on."""
+
+    def __init__(self, study_path: str, run_id: str, environ: dict[str, str | None]):
+        self.study_path = study_path
+        self.run_id = run_id
+        self.environ = environ
+
+    def __call__(self) -> str:
+        from .study import CellBusy, load_study, run_config
+
+        for name, value in self.environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        cell = load_study(self.study_path).cell(self.run_id)
+        try:
+            run_config(cell.config)
+        except CellBusy:
+            return BUSY
+        return DONE
+
+    def __repr__(self) -> str:
+        return f"CellJob({self.study_path!r}, {self.run_id!r})"
+
+
+def job_folder(study: Study) -> Path:
+    """Where submitit keeps a study's job files and logs: the study's ``slurm: log_folder``, else
+    build/jobs/<study name> in the repository (build/ is not tracked)."""
+    folder = Path(study.slurm.get("log_folder") or Path("build") / "jobs" / study.name).expanduser()
+    return folder if folder.is_absolute() else REPO_ROOT / folder
+
+
+def submitit_executor(study: Study, cluster: str, *, jobs: int | None = None):
+    """submitit's executor for ``cluster`` ("local" or "slurm") with the study's settings. Slurm: each
+    job's files in a folder named by its id; local: one folder per call (local job ids are process
+    ids, which come back)."""
+    import submitit
+
+    if cluster == "slurm":
+        missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+        if missing:
+            raise ConfigError(f"executor slurm: no {' or '.join(missing)} here: run it where Slurm's commands are "
+                              f"(a cluster's login node); 'submitit-local' runs the same jobs on this machine")
+        folder = job_folder(study) / "%j"
+        settings = {**SLURM_DEFAULTS, "job_name": f"dmlbench-{study.name}", **study.slurm}
+        if jobs is not None:  # the command line wins over the study file
+            settings["array_parallelism"] = jobs
+        if settings["gpus_per_node"] == 0:
+            settings["gpus_per_node"] = None  # no --gpus-per-node line: a CPU-only job
+        parameters = {SLURM_SETTINGS[key][2]: value for key, value in settings.items() if SLURM_SETTINGS[key][2]}
+    else:
+        folder = job_folder(study) / f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        parameters = {"timeout_min": LOCAL_TIMEOUT_MIN}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def _job_environ(cluster: str) -> dict[str, str | None]:
+    """The variables a job sets before running its cell: this process's DMLBENCH_* ones, the results
+    folder made absolute, and on this machine the GPUs this process sees (submitit's local executor
+    would otherwise hide them: it exposes only the GPUs a job asks for)."""
+    environ: dict[str, str | None] = {k: v for k, v in os.environ.items() if k.startswith("DMLBENCH_")}
+    environ["DMLBENCH_RESULTS"] = str(results_dir().absolute())
+    if cluster == "local":
+        environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return environ
+
+
+Outcome = tuple["Cell", str, str]  # the cell, DONE / BUSY / FAILED, what went wrong
+
+
+def _in_process(study: Study, todo: list[Cell]) -> Iterator[Outcome]:
+    from .study import CellBusy, RunFailed, run_config
+
+    for cell in todo:
+        try:
+            run_config(cell.config)
+        except CellBusy:  # another study is running this cell: ours runs the rest, then waits for it
+            yield cell, BUSY, ""
+        except RunFailed as error:
+            log.error("%s", error)
+            yield cell, FAILED, str(error)
+        else:
+            yield cell, DONE, ""
+
+
+def _workers(study: Study, todo: list[Cell], jobs: int) -> Iterator[Outcome]:
+    from .study import BUSY_EXIT
+
+    pending, running = list(todo), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cell = pending.pop(0)
+            command = [sys.executable, "-m", "dmlbench", "run", "--study", str(study.path), "--cell", cell.run_id]
+            running.append((cell, subprocess.Popen(command)))
+        time.sleep(POLL_S / 2)
+        for cell, process in list(running):
+            if process.poll() is None:
+                continue
+            running.remove((cell, process))
+            if process.returncode == 0:
+                yield cell, DONE, ""
+            elif process.returncode == BUSY_EXIT:
+                yield cell, BUSY, ""
+            else:
+                yield cell, FAILED, f"'dmlbench run' exited with status {process.returncode}"
+
+
+def _local(study: Study, todo: list[Cell], jobs: int | None) -> Iterator[Outcome]:
+    """One cell after another in this process, or ``jobs`` worker processes."""
+    return _workers(study, todo, jobs) if (jobs or 1) > 1 else _in_process(study, todo)
+
+
+def _submitit_jobs(cluster: str) -> Callable[[Study, list[Cell], int | None], Iterator[Outcome]]:
+    def run(study: Study, todo: list[Cell], jobs: int | None) -> Iterator[Outcome]:
+        executor = submitit_executor(study, cluster, jobs=jobs)
+        # Slurm gets every cell at once, as one array, and runs array_parallelism of them at a time;
+        # locally, each batch of free slots is submitted as its jobs end.
+        at_once = len(todo) if cluster == "slurm" else jobs or 1
+        study_path, environ = str(study.path.absolute()), _job_environ(cluster)
+        pending, running = list(todo), []
+        while pending or running:
+            if pending and len(running) < at_once:
+                batch, pending = pending[:at_once - len(running)], pending[at_once - len(running):]
+                submitted = executor.submit_array([CellJob(study_path, cell.run_id, environ) for cell in batch])
+                log.info("%s: submitted %s", study.name, ", ".join(job.job_id for job in submitted))
+                running += zip(batch, submitted)
+            for cell, job in list(running):
+                if job.done():
+                    running.remove((cell, job))
+                    yield _job_outcome(cell, job)
+            if running:
+                time.sleep(POLL_S)
+    return run
+
+
+def _job_outcome(cell: Cell, job) -> Outcome:
+    try:
+        return cell, job.result(), ""
+    except Exception as error:  # submitit's FailedJobError (with the job's traceback) or UncompletedJobError
+        parts = str(error).split("-" * 22)  # FailedJobError puts the traceback between two such rules
+        lines = [line for line in (parts[1] if len(parts) > 2 else str(error)).splitlines() if line.strip()]
+        return cell, FAILED, (f"its job {job.job_id} failed: {lines[-1].strip() if lines else type(error).__name__} "
+                              f"(log: {job.paths.stderr})")
+
+
+RUNNERS = {"local": _local, "submitit-local": _submitit_jobs("local"), "slurm": _submitit_jobs("slurm")}
+
+
+def _failure_line(cell: Cell, detail: str) -> str:
+    """A failed cell in the study's summary: the error its failure.json records, else ``detail``."""
+    from .study import FAILURE_FILE
+
+    failure = cell.run_dir / FAILURE_FILE
+    if failure.is_file():
+        record = json.loads(failure.read_text())
+        notebook = cell.run_dir / record.get("executed_notebook", "experiment.failed.ipynb")
+        return f"{cell.run_id} failed: {record['error']} (executed notebook: {notebook})"
+    return detail if detail.startswith(cell.run_id) else f"{cell.run_id}: {detail}"
+
+
+def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None) -> list[Path]:
+    """Run every unfinished cell of ``study`` with ``executor`` (one of EXECUTORS); ``jobs``: cells at
+    once (local and submitit-local: default 1; slurm: default the study's array_parallelism).
+    Returns the finished cells' metrics.json paths; raises RunFailed naming every failed cell."""
+    from .study import RunFailed, wait_for
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
+    if jobs is not None and (not _is_int(jobs) or jobs < 1):
+        raise ConfigError(f"jobs: expected a whole number of cells at once, at least 1, got {jobs!r}")
+    todo = [cell for cell in study.cells if not cell.is_done()]
+    log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible; executor %s", study.name,
+             len(study.cells), len(study.cells) - len(todo), len(todo), len(study.skipped), executor)
+    failures, busy = [], []
+    for cell, outcome, detail in RUNNERS[executor](study, todo, jobs) if todo else ():
+        if outcome == BUSY:
+            busy.append(cell)
+        elif outcome == FAILED or not cell.is_done():
+            failures.append(_failure_line(cell, detail or "finished without its metrics.json"))
+    for cell in busy:
+        wait_for(cell.run_dir)
+        if not cell.is_done():
+            failures.append(f"{cell.run_id}: run by another process, which did not finish it")
+    if failures:
+        raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
+                        + "\n  ".join(failures) + "\neach failed run folder's failure.json holds its error and traceback")
+    return [cell.metrics_path for cell in study.cells if cell.is_done()]
