@@ -168,7 +168,23 @@ def report_and_readme(study: Path, readme: bool = True) -> int:
 
 
 def cmd_report(args) -> int:
+    from .study import load_study
+
+    load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
     return report_and_readme(args.study, readme=not args.no_readme)
+
+
+def _positive(kind: type, what: str):
+    """An argparse type: a number of ``kind`` above 0, else an error naming the value."""
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = 0
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"expected {what} above 0; got {value!r}")
+        return number
+    return parse
 
 
 def cmd_data(args) -> int:
@@ -262,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", action="store_true", help="print the study's datasets and stop")
     p.add_argument("--prepare-data", action="store_true",
                    help="find or download the study's datasets, build their caches, and stop")
-    p.add_argument("--estimate", type=float, metavar="IMAGES_PER_S",
+    p.add_argument("--estimate", type=_positive(float, "a number of training images per second"),
+                   metavar="IMAGES_PER_S",
                    help="print the study's run time at this full-step throughput (dmlbench bench train) and stop")
     p.set_defaults(func=cmd_study)
 
@@ -275,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["locate", "prepare"])
     p.add_argument("name")
     p.add_argument("--root", help="look only here (a benchmark missing there is downloaded into it)")
-    p.add_argument("--image-size", type=int, default=224, help="benchmarks: the crop size the cache is decoded for")
+    p.add_argument("--image-size", type=_positive(int, "a whole number of pixels"), default=224, help="benchmarks: the crop size the cache is decoded for")
     p.add_argument("--no-download", action="store_true", help="benchmarks: fail instead of downloading")
     p.add_argument("--url", help="benchmarks: a mirror's base URL for the official archives")
     p.set_defaults(func=cmd_data)

@@ -14,14 +14,17 @@ import hashlib
 import json
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
 
 DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# A sampler's arguments that training supplies (dmlbench.train); sampler_kwargs holds only the others.
+SAMPLER_SUPPLIED = ("labels", "P", "K", "batches_per_epoch", "generator", "super_labels")
 NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
 # How a run's metrics are computed is part of its identity: when the evaluation protocol changes
 # (dmlbench.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
@@ -140,8 +143,8 @@ class RunConfig:
 
             positive_int("image_size")
             if self.dataset not in PHOTO_DATASETS:
-                raise ConfigError(f"image_size applies to the photo datasets ({', '.join(PHOTO_DATASETS)}), "
-                                  f"not to {self.dataset!r}; leave it None")
+                raise ConfigError(f"image_size={self.image_size} applies to the photo datasets "
+                                  f"({', '.join(PHOTO_DATASETS)}), not to {self.dataset!r}; leave it None")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
                                              or self.num_workers < 0):
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
@@ -160,11 +163,29 @@ class RunConfig:
                 raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         from .samplers import SAMPLERS
 
+        for name in ("loss_kwargs", "miner_kwargs", "model_kwargs", "sampler_kwargs"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) and not (name == "sampler_kwargs" and value is None):
+                raise ConfigError(f"{name} must be a mapping of argument names to values, got {value!r}")
         SAMPLERS.get(self.sampler_name)
-        SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
-        for name in ("loss_kwargs", "miner_kwargs", "model_kwargs"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a mapping of argument names to values, got {getattr(self, name)!r}")
+        supplied = sorted(set(self.sampler_kwargs or {}) & set(SAMPLER_SUPPLIED))
+        if supplied:
+            raise ConfigError(f"sampler_kwargs: {', '.join(map(repr, supplied))} is given by the run itself "
+                              f"(the data's labels, and the settings P, K and iters_per_epoch), not in sampler_kwargs")
+        with _field("sampler_kwargs"):
+            SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
+        if self.data_root is not None:
+            from pathlib import Path
+
+            if not isinstance(self.data_root, str) or not self.data_root:
+                raise ConfigError(f"data_root must be a folder path or None (search the usual places), "
+                                  f"got {self.data_root!r}")
+            from .paths import REPO_ROOT
+
+            given = Path(self.data_root).expanduser()  # a relative path: from here, or from the repository,
+            if not (given.is_dir() or (REPO_ROOT / given).is_dir()):  # where notebook kernels run
+                raise ConfigError(f"data_root {self.data_root!r} is not a folder; give the folder that holds the "
+                                  f"dataset's files, or None to search $DMLBENCH_DATA and the usual places")
         DATASETS.get(self.dataset)
         check_compatible(self.loss, self.miner)
         # Building the components checks their argument values too (a margin's sign, a variant name).
@@ -172,7 +193,8 @@ class RunConfig:
         # built: building a pretrained ResNet-50, weights read from disk, for every cell would be slow.
         model_spec = json.dumps([self.model, self.model_kwargs, self.embedding_dim], sort_keys=True, default=str)
         if checked_models is None or model_spec not in checked_models:
-            MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
+            with _field("model_kwargs"):
+                MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
             if checked_models is not None:
                 checked_models.add(model_spec)
         loss_cls = LOSSES.get(self.loss)
@@ -180,9 +202,22 @@ class RunConfig:
             raise ConfigError(f"loss {self.loss!r} needs two or more images per class in a batch (positives), "
                               f"but K={self.K}; set K >= 2")
         # A stand-in class count: the real one (the dataset's training classes) comes at training time.
-        LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
-        MINERS.create(self.miner, **self.miner_kwargs)
+        with _field("loss_kwargs"):
+            LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
+        with _field("miner_kwargs"):
+            MINERS.create(self.miner, **self.miner_kwargs)
         return self
+
+
+@contextmanager
+def _field(name: str):
+    """A component's own complaint about its arguments, prefixed with the setting that holds them."""
+    try:
+        yield
+    except UnknownNameError:
+        raise
+    except ConfigError as error:
+        raise type(error)(f"{name}: {error}") from None
 
 
 # The experiment notebook's parameters beyond RunConfig's fields.

@@ -119,7 +119,14 @@ class Registry:
     def create(self, name: str, /, **kwargs: Any) -> Any:  # positional-only: a component may take `name`
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         self.check_kwargs(name, kwargs)
-        return self.get(name)(**kwargs)
+        cls = self.get(name)
+        try:
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:  # a value of the wrong type or out of range, met in the constructor
+            raise ConfigError(f"{self.kind} {name!r} rejects its arguments {kwargs!r}: {error}; "
+                              f"its arguments and their defaults: {signature_text(cls)}") from None
 
     def describe(self) -> list[tuple[str, str]]:
         """(name, first docstring line) for every registered component."""
@@ -128,3 +135,14 @@ class Registry:
             doc = inspect.getdoc(self._entries[name]) or ""
             rows.append((name, doc.splitlines()[0] if doc else ""))
         return rows
+
+
+def signature_text(cls: type) -> str:
+    """``margin=0.2, variant='all'``: a component's keyword arguments with their defaults."""
+    parts = []
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name == "self" or parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        default = "" if parameter.default is inspect.Parameter.empty else f"={parameter.default!r}"
+        parts.append(f"{parameter.name}{default}")
+    return ", ".join(parts) or "(none)"

@@ -109,7 +109,12 @@ class Study:
         for cell in self.cells:
             if cell.run_id == run_id:
                 return cell
-        raise ConfigError(f"{self.path}: no cell {run_id!r}; its cells: {', '.join(c.run_id for c in self.cells)}")
+        import difflib
+
+        ids = [c.run_id for c in self.cells]
+        close = difflib.get_close_matches(str(run_id), ids, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{self.path}: no cell {run_id!r}{hint}; its cells: {', '.join(ids)}")
 
 
 def _named_kwargs(study_path: Path, key: str, value: Any) -> dict[str, dict[str, Any]]:
