@@ -132,7 +132,7 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_metrics(isolated
         "name": "crash", "datasets": ["fashion-mnist"], "losses": ["killing_loss:KilledOnce"],
         "miners": ["semi-hard"], "cells": [{"loss": "contrastive", "miner": "none"}], "seeds": [0],
         "settings": tiny_settings(epochs=3, iters_per_epoch=iters)}))
-    command = [sys.executable, "-m", "dmlbench", "study", str(study_path)]
+    command = [sys.executable, "-m", "dmlbench", "study", str(study_path), "--no-report"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1 and "DeadKernelError" in first.stderr, first.stderr[-2000:]
     assert (tmp_path / "killed").is_file()
