@@ -91,7 +91,7 @@ def test_a_corrupt_image_is_named(tmp_path, cache):
 
 
 def test_image_size_is_for_photo_datasets_only():
-    with pytest.raises(ConfigError, match="image_size applies to the photo datasets"):
+    with pytest.raises(ConfigError, match=r"image_size=\d+ applies to the photo datasets"):
         RunConfig(image_size=64).validate()
     with pytest.raises(ConfigError, match="num_workers must be"):
         RunConfig(dataset="cub", num_workers=-1).validate()
