@@ -89,6 +89,7 @@ def test_a_state_from_another_configuration_is_refused(splits, tmp_path):
 KILLING_LOSS = '''
 import os
 import signal
+import time
 from pathlib import Path
 
 from dmlbench.losses import TripletMarginLoss
@@ -105,6 +106,19 @@ class KilledOnce(TripletMarginLoss):
         if len(CALLS) == int(os.environ["KILL_AT_BATCH"]) and not marker.exists():
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().terms(embeddings, labels, tuples)
+
+
+class PausedOnce(TripletMarginLoss):
+    """A triplet loss that stops at batch KILL_AT_BATCH, once, after leaving KILL_MARKER: there the test
+    kills the whole run from outside."""
+
+    def terms(self, embeddings, labels, tuples):
+        CALLS.append(1)
+        marker = Path(os.environ["KILL_MARKER"])
+        if len(CALLS) == int(os.environ["KILL_AT_BATCH"]) and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(600)
         return super().terms(embeddings, labels, tuples)
 '''
 
@@ -158,4 +172,54 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_metrics(isolated
     assert whole["resumed_after_epochs"] == []
     assert resumed["test"] == whole["test"] and resumed["diagnostics"] == whole["diagnostics"]
     assert resumed["best_epoch"] == whole["best_epoch"]
+    assert strip(resumed["history"]) == strip(whole["history"])
+
+
+def test_a_run_killed_from_outside_resumes_to_the_uninterrupted_metrics(isolated, tmp_path, monkeypatch):
+    """'dmlbench run' and its notebook kernel, SIGKILLed together (as a pre-emption would) in the middle
+    of epoch 2, then started again: the run continues after epoch 1 and ends as if never stopped."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from dmlbench.study import load_study
+
+    from .test_notebooks import user_module
+
+    user_module(tmp_path, monkeypatch, "killing_loss.py", KILLING_LOSS)
+    iters = 4
+    monkeypatch.setenv("KILL_AT_BATCH", str(iters + 2))
+    monkeypatch.setenv("KILL_MARKER", str(tmp_path / "paused"))
+    study_path = tmp_path / "preempted.yaml"
+    study_path.write_text(yaml.safe_dump({
+        "name": "preempted", "datasets": ["fashion-mnist"], "losses": ["killing_loss:PausedOnce"],
+        "miners": ["batch-hard"], "seeds": [1], "settings": tiny_settings(epochs=3, iters_per_epoch=iters)}))
+    (cell,) = load_study(study_path).cells
+    command = [sys.executable, "-m", "dmlbench", "run", "--study", str(study_path), "--cell", cell.run_id]
+    runner = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "paused").exists() and runner.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "paused").exists(), "the run never reached epoch 2"
+    assert torch.load(cell.run_dir / "resume.pt", weights_only=True)["epoch"] == 1
+    os.killpg(runner.pid, signal.SIGKILL)  # the runner, papermill and the kernel at once
+    runner.wait(timeout=60)
+    assert not cell.is_done()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = json.loads(cell.metrics_path.read_text())
+    assert resumed["resumed_after_epochs"] == [1] and not (cell.run_dir / "resume.pt").exists()
+
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(tmp_path / "uninterrupted"))
+    whole_run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert whole_run.returncode == 0, whole_run.stderr[-2000:]
+    whole = json.loads((tmp_path / "uninterrupted" / "runs" / cell.run_id / "metrics.json").read_text())
+    assert whole["resumed_after_epochs"] == []
+    assert resumed["test"] == whole["test"] and resumed["diagnostics"] == whole["diagnostics"]
     assert strip(resumed["history"]) == strip(whole["history"])
