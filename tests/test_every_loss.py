@@ -1,22 +1,35 @@
 """Every registered loss, on the real Fashion-MNIST with the default study's network: one short
 epoch trains without NaN and improves validation Recall@1 over the untrained network."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from dmlbench.config import RunConfig
 from dmlbench.datasets import load_dataset
+from dmlbench.datasets.base import ImageSet
 from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.paths import REPO_ROOT
 from dmlbench.study import load_study
 
 
+def part(split, size, seed):
+    """A seeded random ``size``-image part of a split, in the split's order."""
+    rows = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:size])
+    return ImageSet(images=split.images[rows], labels=split.labels[rows])
+
+
 @pytest.fixture(scope="module")
 def fashion_mnist(tmp_path_factory):
+    """The real training split; 1,500 validation and 1,000 test images (of the 5,000 each), which tell an
+    improvement as well and cut the evaluation, most of a short run's time, by four fifths."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DMLBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield load_dataset("fashion-mnist")
+        splits = load_dataset("fashion-mnist")
+    yield dataclasses.replace(splits, val=part(splits.val, 1500, 0), test=part(splits.test, 1000, 1))
 
 
 def default_settings():
