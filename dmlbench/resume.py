@@ -80,7 +80,7 @@ def save(path: str | os.PathLike, *, config_hash: str, epoch: int, model, criter
     return Path(path)
 
 
-def load(path: str | os.PathLike, config_hash: str, device: torch.device) -> dict[str, Any] | None:
+def load(path: str | os.PathLike, config_hash: str) -> dict[str, Any] | None:
     """The saved state, or None when there is none. A state saved by another configuration is an
     error: its folder holds another run."""
     path = Path(path)

@@ -180,7 +180,7 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
         return validation_metrics(feed.embed(evaluator, splits.val), val_y) if lead else {}
 
     select_key = f"val_{config.select_metric}"
-    saved = resume.load(checkpoint, config.config_hash(), device) if checkpoint else None
+    saved = resume.load(checkpoint, config.config_hash()) if checkpoint else None
     if saved is None:
         history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0, **validate()}]
         best = {"score": -float("inf"), "epoch": 0, "state": None}
