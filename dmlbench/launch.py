@@ -16,7 +16,6 @@ It can also be started by hand on a node with N GPUs, e.g. from a Slurm job step
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .config import RunConfig
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json
 from .resume import RESUME_FILE
 
 RESULT_FILE = "distributed_result.pt"
@@ -62,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
         result = train(config, splits, progress=dist.get_rank() == 0, checkpoint=run_dir / RESUME_FILE)
         if result is not None:
-            buffer = io.BytesIO()
-            torch.save(_result_state(result), buffer)
-            atomic_write_bytes(run_dir / RESULT_FILE, buffer.getvalue())
+            atomic_torch_save(run_dir / RESULT_FILE, _result_state(result))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -74,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def train_distributed(config: RunConfig, splits, run_dir: str | os.PathLike):
     """Train ``config`` with ``config.processes`` processes through torchrun and return rank 0's
     :class:`dmlbench.train.TrainResult` (model and loss rebuilt in this process, on the CPU)."""
-    from .criterion import build_criterion
-    from .models import MODELS
-    from .train import TrainResult
+    from .train import TrainResult, build_model, build_run_criterion
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,10 +86,9 @@ def train_distributed(config: RunConfig, splits, run_dir: str | os.PathLike):
         raise RuntimeError(f"torchrun with {config.processes} processes failed (exit {launched.returncode}); "
                            f"{run_dir / LOG_FILE} ends with:\n{output[-4000:]}")
     state = torch.load(run_dir / RESULT_FILE, map_location="cpu", weights_only=True)
-    model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    model = build_model(config)
     model.load_state_dict(state.pop("model"))
-    criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs, seed=config.seed,
-                                num_classes=len(np.unique(splits.train.labels)), embedding_dim=config.embedding_dim)
+    criterion = build_run_criterion(config, num_classes=len(np.unique(splits.train.labels)))
     criterion.load_state_dict(state.pop("criterion"))
     (run_dir / RESULT_FILE).unlink()
     return TrainResult(config=config, model=model.eval(), criterion=criterion, **state)

@@ -106,15 +106,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
     """The selected epoch's model and loss parameters (proxies, classifiers, centres), atomically:
     ``torch.load`` gives {"model", "criterion", "epoch", "config"}."""
-    import io
+    from .io import atomic_torch_save
 
-    from .io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save({"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),
-                "epoch": result.best_epoch, "config": result.config.to_dict()}, buffer)
     path = Path(run_dir) / CHECKPOINT_FILE
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, {"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),
+                             "epoch": result.best_epoch, "config": result.config.to_dict()})
     return path
 
 

@@ -420,12 +420,12 @@ def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
 
     from .config import RunConfig
     from .feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
-    from .models import MODELS
+    from .train import build_model
 
     checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
     config = RunConfig.from_dict(checkpoint["config"], where=str(run_dir))
-    model = MODELS.create(config.model, embedding_dim=config.embedding_dim,
-                          **(config.model_kwargs | ({"pretrained": False} if "pretrained" in config.model_kwargs else {})))
+    # the weights come from the checkpoint: no pretrained file is read
+    model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
     model.load_state_dict(checkpoint["model"])
     model = model.to(device).eval()
     dev = torch.device(device)

@@ -15,7 +15,6 @@ metrics.json is written. Everything in it is tensors and plain values, so it loa
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .io import atomic_write_bytes
+from .io import atomic_torch_save
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
@@ -74,9 +73,7 @@ def save(path: str | os.PathLike, *, config_hash: str, epoch: int, model, criter
         "rng": global_rng_state(), "history": history, "best": best, "train_time": train_time,
         "images_seen": images_seen, "resumed_at": list(resumed_at),
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, state)
     return Path(path)
 
 

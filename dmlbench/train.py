@@ -98,6 +98,17 @@ def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Opti
     return loss.detach()
 
 
+def build_model(config: RunConfig, **overrides) -> torch.nn.Module:
+    """The run's embedding network (``overrides`` replace model_kwargs entries, e.g. pretrained=False)."""
+    return MODELS.create(config.model, embedding_dim=config.embedding_dim, **(config.model_kwargs | overrides))
+
+
+def build_run_criterion(config: RunConfig, num_classes: int) -> Criterion:
+    """The run's loss and miner, the miner seeded by the run's seed; ``num_classes``: training classes."""
+    return build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs, seed=config.seed,
+                           num_classes=num_classes, embedding_dim=config.embedding_dim)
+
+
 @dataclass
 class TrainResult:
     config: RunConfig
@@ -148,13 +159,11 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
 
     # Training labels become 0 .. C-1, the indices of per-class parameters (proxies, classifiers).
     train_classes, train_labels = np.unique(splits.train.labels, return_inverse=True)
-    model = MODELS.create(config.model, embedding_dim=config.embedding_dim, **config.model_kwargs)
+    model = build_model(config)
     if processes > 1 and device.type == "cuda":  # batch statistics over the whole batch, as in one process
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last)
-    criterion = build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs,
-                                seed=config.seed, num_classes=len(train_classes),
-                                embedding_dim=config.embedding_dim).to(device)
+    criterion = build_run_criterion(config, num_classes=len(train_classes)).to(device)
     groups = [{"params": list(model.parameters())}] + criterion.param_groups(config.lr, config.loss_lr)
     optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
