@@ -15,7 +15,10 @@ STUDY ?= studies/default.yaml
 # `make all RESULTS=/some/empty/dir` reruns the whole study from scratch without touching them.
 RESULTS ?= results
 export DMLBENCH_RESULTS := $(abspath $(RESULTS))
-CELLS_MK := build/cells.mk
+# The generated makefile of this study and results folder: one per pair, so two makes of different
+# studies (or of one study into two results folders) in one checkout never read each other's cells.
+STUDY_KEY := $(shell printf '%s\n%s' "$(abspath $(STUDY))" "$(DMLBENCH_RESULTS)" | sha256sum | cut -c1-12)
+CELLS_MK := build/$(basename $(notdir $(STUDY)))-$(STUDY_KEY)/cells.mk
 # Cells run JOBS at a time (default: one per core; one with a GPU), each on cores/JOBS threads: much of a cell is
 # single-threaded (kernel start, plotting, t-SNE), so this beats one cell on all cores. A run records
 # its thread count; the same seed gives the same numbers for the same thread count.
@@ -35,7 +38,7 @@ EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin J
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data browser study report cells test readme list clean distclean
+.PHONY: all setup data browser study report cells cells-makefile test readme list clean distclean
 
 all: report
 
@@ -76,6 +79,10 @@ browser:
 $(CELLS_MK): FORCE $(STAMP)
 	@mkdir -p $(dir $@)
 	$(PY) -m dmlbench study $(STUDY) --emit-make $@
+
+# Writes the study's generated makefile and prints its path.
+cells-makefile: $(CELLS_MK)
+	@echo $(CELLS_MK)
 
 cells: data $(CELLS_MK)
 ifeq ($(EXECUTOR),local)

@@ -1,6 +1,6 @@
 """The ``dmlbench`` command: list, run, study, report, data, readme.
 
-    dmlbench list                               losses, miners, datasets, models
+    dmlbench list                               losses, miners, samplers, datasets, models
     dmlbench run --loss triplet --miner semi-hard --set epochs=2 --set loss_kwargs='{margin: 0.1}'
     dmlbench run --study studies/default.yaml --cell <run id>
     dmlbench study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def cmd_list(args) -> int:
     from .losses import LOSSES
     from .miners import MINERS
     from .models import MODELS
+    from .samplers import SAMPLERS
 
-    sections = {"losses": LOSSES, "miners": MINERS, "datasets": DATASETS, "models": MODELS}
+    sections = {"losses": LOSSES, "miners": MINERS, "samplers": SAMPLERS, "datasets": DATASETS, "models": MODELS}
     for title, registry in sections.items():
         if args.what and args.what != title:
             continue
@@ -63,6 +65,7 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from .config import RunConfig
     from .paths import runs_dir
+    from .record import METRICS_FILE, record_problem
     from .study import load_study, run_config
 
     def config_run_dir(config):
@@ -81,8 +84,8 @@ def cmd_run(args) -> int:
         if args.miner:
             values["miner"] = args.miner
         config = RunConfig.from_dict(values, where="--set").validate()
-    done = (Path(args.run_dir) if args.run_dir else config_run_dir(config)) / "metrics.json"
-    if done.is_file():
+    done = (Path(args.run_dir) if args.run_dir else config_run_dir(config)) / METRICS_FILE
+    if record_problem(done) is None:
         print(f"{done}: finished already, not run again")
         return 0
     print(run_config(config, run_dir=args.run_dir, log_output=args.verbose))
@@ -250,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list losses, miners, datasets and models")
-    p.add_argument("what", nargs="?", choices=["losses", "miners", "datasets", "models"])
+    p = sub.add_parser("list", help="list losses, miners, samplers, datasets and models")
+    p.add_argument("what", nargs="?", choices=["losses", "miners", "samplers", "datasets", "models"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run one cell through the experiment notebook (papermill)")
@@ -308,13 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def _search_working_directory() -> None:
+    """Import ``module:Class`` components from the working directory, as ``python -m dmlbench`` does:
+    the console script's own folder (.venv/bin) is all Python puts on sys.path for it. The notebook
+    kernels get the same folder through PYTHONPATH."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.verbose:
         logging.getLogger("dmlbench").setLevel(logging.INFO)
+    _search_working_directory()
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("\ndmlbench: interrupted. Finished cells are kept; a cell that was training resumes after its "
+              "last saved epoch when the same command runs again.", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except BrokenPipeError:  # output piped into a reader that stopped (head, less)
+        sys.stderr.close()
+        return 0
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"dmlbench: error: {error}", file=sys.stderr)
         return 2

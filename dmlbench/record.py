@@ -127,5 +127,65 @@ def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
+# What every finished run's metrics.json holds; a file without them (truncated, edited, or written by
+# hand) is not a finished run.
+REQUIRED_KEYS = ("run_id", "config_hash", "config", "test", "best_epoch", "selected_by", "val_at_best", "history",
+                 "wall_time_s", "train_time_s", "images_per_s", "device")
+
+
+class UnreadableRecord(ValueError):
+    """A metrics.json that is not a finished run's record; the message names the file and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    return read_json(path)
+    """A run's metrics.json, checked: raises UnreadableRecord naming the file when it is not valid
+    JSON, not a mapping, misses a key every finished run writes, or belongs to another run folder."""
+    import json
+
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except json.JSONDecodeError as error:
+        raise UnreadableRecord(path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                                     f"the file is incomplete or damaged") from None
+    except UnicodeDecodeError:
+        raise UnreadableRecord(path, "not UTF-8 text; the file is damaged") from None
+    except OSError as error:
+        raise UnreadableRecord(path, f"cannot be read ({error.strerror or error})") from None
+    if not isinstance(record, dict):
+        raise UnreadableRecord(path, f"holds a JSON {type(record).__name__}, not a run's record (a mapping)")
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise UnreadableRecord(path, f"lacks {', '.join(map(repr, missing))}; a finished run's record has "
+                                     f"{', '.join(REQUIRED_KEYS)}")
+    if record["run_id"] != path.parent.name:
+        raise UnreadableRecord(path, f"records run {record['run_id']!r}, not its folder's {path.parent.name!r}")
+    return record
+
+
+def record_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a finished run's readable record (it is absent, or unreadable), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return "not written"
+    try:
+        read_record(path)
+    except UnreadableRecord as error:
+        return error.reason
+    return None
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename an unreadable metrics.json out of the way (``metrics.unreadable-N.json``, never
+    overwriting one) so its cell can run again while its bytes are kept for inspection."""
+    path = Path(path)
+    for n in range(1, 10_000):
+        target = path.with_name(f"{path.stem}.unreadable-{n}{path.suffix}")
+        if not target.exists():
+            os.replace(path, target)
+            return target
+    raise FileExistsError(f"{path.parent}: too many set-aside records")

@@ -52,8 +52,9 @@ import yaml
 from .config import RunConfig
 from .errors import ConfigError, IncompatibleError
 from .io import atomic_write_json
+from .kernel import KERNEL, execute_notebook
 from .paths import REPO_ROOT, notebook, results_dir, runs_dir
-from .record import METRICS_FILE
+from .record import METRICS_FILE, record_problem, set_aside
 from .resume import RESUME_FILE
 
 log = logging.getLogger("dmlbench")
@@ -63,8 +64,8 @@ CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 EXPERIMENT_NOTEBOOK = "experiment.ipynb"
 FAILURE_FILE = "failure.json"  # a failed cell's error and traceback
+KERNEL_LOG = "kernel.log"  # a failed cell's kernel process output (ipykernel's log, a native crash's message)
 BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
-KERNEL = "python3"
 
 
 @dataclass
@@ -84,7 +85,22 @@ class Cell:
         return self.run_dir / METRICS_FILE
 
     def is_done(self) -> bool:
-        return self.metrics_path.is_file()
+        """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
+        return record_problem(self.metrics_path) is None
+
+    def state(self) -> str:
+        """'done', 'failed', 'resumable after epoch N', 'unreadable metrics.json: ...' or 'to run'."""
+        problem = record_problem(self.metrics_path)
+        if problem is None:
+            return "done"
+        if self.metrics_path.exists():
+            return f"unreadable {METRICS_FILE} ({problem}): runs again"
+        epoch = _saved_epoch(self.run_dir) if (self.run_dir / RESUME_FILE).is_file() else None
+        if epoch is not None:
+            return f"resumable after epoch {epoch}"
+        if (self.run_dir / FAILURE_FILE).is_file():
+            return f"failed: see {FAILURE_FILE}"
+        return "to run"
 
 
 @dataclass
@@ -295,18 +311,21 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     config.validate()
     run_dir = Path(run_dir) if run_dir else runs_dir() / config.run_id()
     metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
+    if record_problem(metrics) is None:
         log.info("%s: finished already, not run again", run_dir)
         return metrics
     with run_lock(run_dir):
-        if metrics.is_file():  # another process finished it between our check and the lock
+        problem = record_problem(metrics)
+        if problem is None:  # another process finished it between our check and the lock
             return metrics
+        if metrics.exists():  # damaged (truncated, edited): kept aside, and the cell runs again
+            kept = set_aside(metrics)
+            log.warning("%s: %s; kept as %s, running the cell again", metrics, problem, kept.name)
         running = run_dir / "experiment.running.ipynb"
         started = time.time()
         try:
-            papermill.execute_notebook(
-                str(notebook(EXPERIMENT_NOTEBOOK)), str(running), parameters=notebook_parameters(config, run_dir),
-                kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False, log_output=log_output)
+            execute_notebook(notebook(EXPERIMENT_NOTEBOOK), running, parameters=notebook_parameters(config, run_dir),
+                             cwd=REPO_ROOT, log_output=log_output, kernel_log=run_dir / KERNEL_LOG)
         except BaseException as error:
             if running.exists():
                 os.replace(running, run_dir / "experiment.failed.ipynb")
@@ -322,18 +341,20 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
             atomic_write_json(run_dir / FAILURE_FILE, {
                 "run_id": config.run_id(), "error": message, "traceback": trace, "started": started,
                 "failed": time.time(), "executed_notebook": "experiment.failed.ipynb",
+                "kernel_log": KERNEL_LOG if (run_dir / KERNEL_LOG).is_file() else None,
                 "resumable_after_epoch": _saved_epoch(run_dir) if resumable else None})
             raise RunFailed(f"{config.run_id()} failed: {message} "
                             f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
         os.replace(running, run_dir / "experiment.ipynb")
-        for stale in (run_dir / "experiment.failed.ipynb", run_dir / FAILURE_FILE):  # an earlier attempt's
+        for stale in (run_dir / "experiment.failed.ipynb", run_dir / FAILURE_FILE, run_dir / KERNEL_LOG):  # an earlier attempt's
             stale.unlink(missing_ok=True)
         atomic_write_json(run_dir / "execution.json", {
             "run_id": config.run_id(), "started": started, "finished": time.time(),
             "notebook_wall_s": time.time() - started, "kernel": KERNEL,
             "runner": {"pid": os.getpid(), "host": socket.gethostname()}})
-    if not metrics.is_file():
-        raise RunFailed(f"{config.run_id()}: the notebook finished without writing {metrics}")
+    problem = record_problem(metrics)
+    if problem is not None:
+        raise RunFailed(f"{config.run_id()}: the notebook finished, but {metrics}: {problem}")
     return metrics
 
 
@@ -366,24 +387,34 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
         "# run's results must never be deleted.",
         "SHELL := bash",
         ".SHELLFLAGS := -eu -o pipefail -c",
+        "# The results folder this makefile was written for: its cells run there, whoever runs it.",
+        f"export DMLBENCH_RESULTS := {shlex.quote(str(results.resolve()))}",
         f"RUNS := {' '.join(targets)}",
         "",
-        ".PHONY: cells report",
+        ".PHONY: cells report FORCE",
         "cells: $(RUNS)",
         f"report: {report_target}",
         "",
     ]
     for cell, target in zip(study.cells, targets):
-        lines += [f"{target}:", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
+        # A damaged metrics.json is not a finished run, though make would see the file as up to date.
+        force = " FORCE" if cell.metrics_path.exists() and not cell.is_done() else ""
+        lines += [f"{target}:{force}", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
     sources = " ".join(["notebooks/report.ipynb", "dmlbench/report.py", str(study.path)])
     lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
     return "\n".join(lines)
 
 
 def describe(study: Study) -> str:
-    rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells, {len(study.skipped)} skipped"]
-    for cell in study.cells:
-        state = "done" if cell.is_done() else "to run"
+    states = [cell.state() for cell in study.cells]
+    counts = {}
+    for state in states:
+        kind = state.split(" (")[0].split(":")[0]
+        kind = "resumable" if kind.startswith("resumable") else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    tally = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells ({tally}), {len(study.skipped)} skipped"]
+    for cell, state in zip(study.cells, states):
         rows.append(f"  {cell.run_id}  [{state}]")
     for skip in study.skipped:
         rows.append(f"  skipped {skip.dataset} x {skip.loss} x {skip.miner} x seed {skip.seed}: {skip.reason}")
