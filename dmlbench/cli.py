@@ -85,7 +85,7 @@ def cmd_run(args) -> int:
             values["miner"] = args.miner
         config = RunConfig.from_dict(values, where="--set").validate()
     done = (Path(args.run_dir) if args.run_dir else config_run_dir(config)) / METRICS_FILE
-    if record_problem(done) is None:
+    if record_problem(done, config.run_id()) is None:
         print(f"{done}: finished already, not run again")
         return 0
     print(run_config(config, run_dir=args.run_dir, log_output=args.verbose))
@@ -120,8 +120,11 @@ def cmd_study(args) -> int:
     if args.status:
         print(describe(study))
         return 0
+    from .preflight import check_study_machine
     from .study import RunFailed
 
+    if args.executor != "slurm":  # the cells run on this machine: its device and memory must do for them
+        check_study_machine(study)
     try:
         run_study(study, jobs=args.jobs, executor=args.executor)
     except RunFailed as failed:  # the report still covers every cell, the failed ones marked

@@ -14,9 +14,13 @@ import hashlib
 import json
 import math
 import re
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from .errors import ConfigError, UnknownNameError
 
@@ -126,12 +130,11 @@ class RunConfig:
             raise ConfigError(f"iters_per_epoch must be a non-negative integer (0 = one pass), got {self.iters_per_epoch!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name in ("lr", "weight_decay"):
+        for name, smallest in (("lr", "positive"), ("weight_decay", "non-negative")):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
-        if self.lr == 0:
-            raise ConfigError("lr must be positive, got 0")
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or value < 0 or (name == "lr" and value == 0)):
+                raise ConfigError(f"{name} must be a {smallest} number, got {value!r}")
         if self.loss_lr is not None and (not isinstance(self.loss_lr, (int, float)) or isinstance(self.loss_lr, bool)
                                          or not math.isfinite(self.loss_lr) or self.loss_lr <= 0):
             raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
@@ -232,3 +235,54 @@ def check_parameter_names(injected: set[str]) -> None:
     if unknown:
         raise ConfigError(f"notebook parameters: unknown parameter {', '.join(map(repr, unknown))}; "
                           f"valid parameters: {', '.join(valid)}")
+
+
+def settings_from_text(values: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig settings with text that stands for a value of the setting's type read as that value.
+
+    papermill's command line reads the ``-p`` values True, False, None and numbers, and passes
+    anything else on as text: ``-p loss_kwargs '{"margin": 0.1}'`` gives the notebook the string
+    '{"margin": 0.1}'. A mapping setting (loss_kwargs, miner_kwargs, model_kwargs, sampler_kwargs)
+    given text takes the mapping the text reads as in YAML (so JSON too), or fails naming the
+    setting; a whole-number, number or true/false setting takes the value its text spells ("16",
+    "1e-3", "true"), and an optional one None for "None" or "null". Text settings (names, paths)
+    stay text, and text that spells no value of the setting's type is left for
+    :meth:`RunConfig.validate` to refuse, naming the setting.
+    """
+    hints = typing.get_type_hints(RunConfig)
+    out = dict(values)
+    for name, value in values.items():
+        if name not in hints or not isinstance(value, str):
+            continue
+        options = typing.get_args(hints[name]) if isinstance(hints[name], types.UnionType) else (hints[name],)
+        kinds = {typing.get_origin(option) or option for option in options}  # dict[str, Any] -> dict
+        text = value.strip()
+        if str in kinds:
+            continue
+        if type(None) in kinds and text in ("None", "null", "~"):
+            out[name] = None
+        elif dict in kinds:
+            try:
+                parsed = yaml.safe_load(text)
+            except yaml.YAMLError as error:
+                mark = getattr(error, "problem_mark", None)
+                reason = (f"{error.problem} at column {mark.column + 1}" if getattr(error, "problem", None) and mark
+                          else " ".join(str(error).split()))
+                raise ConfigError(f"{name}: cannot read the text {value!r} as a mapping (YAML or JSON): "
+                                  f"{reason}") from None
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"{name} must be a mapping of argument names to values, got the text {value!r}, "
+                                  f"which reads as {parsed!r}; write it as YAML or JSON, e.g. '{{\"margin\": 0.1}}'")
+            out[name] = parsed
+        elif bool in kinds:
+            if text.lower() in ("true", "false"):
+                out[name] = text.lower() == "true"
+        elif int in kinds:
+            if re.fullmatch(r"[+-]?[0-9]+", text):
+                out[name] = int(text)
+        elif float in kinds:
+            try:
+                out[name] = float(text)
+            except ValueError:
+                pass
+    return out

@@ -141,9 +141,10 @@ class UnreadableRecord(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
+def read_record(path: str | os.PathLike, run_id: str | None = None) -> dict[str, Any]:
     """A run's metrics.json, checked: raises UnreadableRecord naming the file when it is not valid
-    JSON, not a mapping, misses a key every finished run writes, or belongs to another run folder."""
+    JSON, not a mapping, misses a key every finished run writes, or records another run than
+    ``run_id`` (when given: a study's cell knows its id; a run folder chosen by hand has any name)."""
     import json
 
     path = Path(path)
@@ -162,18 +163,18 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise UnreadableRecord(path, f"lacks {', '.join(map(repr, missing))}; a finished run's record has "
                                      f"{', '.join(REQUIRED_KEYS)}")
-    if record["run_id"] != path.parent.name:
-        raise UnreadableRecord(path, f"records run {record['run_id']!r}, not its folder's {path.parent.name!r}")
+    if run_id is not None and record["run_id"] != run_id:
+        raise UnreadableRecord(path, f"records run {record['run_id']!r}, not {run_id!r} of its folder")
     return record
 
 
-def record_problem(path: str | os.PathLike) -> str | None:
+def record_problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
     """Why ``path`` is not a finished run's readable record (it is absent, or unreadable), or None."""
     path = Path(path)
     if not path.is_file():
         return "not written"
     try:
-        read_record(path)
+        read_record(path, run_id)
     except UnreadableRecord as error:
         return error.reason
     return None

@@ -54,6 +54,7 @@ from .errors import ConfigError, IncompatibleError
 from .io import atomic_write_json
 from .kernel import KERNEL, execute_notebook
 from .paths import REPO_ROOT, notebook, results_dir, runs_dir
+from .preflight import check_run, check_study_data
 from .record import METRICS_FILE, record_problem, set_aside
 from .resume import RESUME_FILE
 
@@ -86,11 +87,11 @@ class Cell:
 
     def is_done(self) -> bool:
         """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
-        return record_problem(self.metrics_path) is None
+        return record_problem(self.metrics_path, self.run_id) is None
 
     def state(self) -> str:
         """'done', 'failed', 'resumable after epoch N', 'unreadable metrics.json: ...' or 'to run'."""
-        problem = record_problem(self.metrics_path)
+        problem = record_problem(self.metrics_path, self.run_id)
         if problem is None:
             return "done"
         if self.metrics_path.exists():
@@ -158,7 +159,8 @@ class _Everything(set):
 
 def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study:
     """Read and validate a study file; every cell's configuration is checked before returning.
-    ``check_networks=False`` skips building the networks (pretrained weights need not be present)."""
+    ``check_networks=False`` skips building the networks (pretrained weights need not be present) and
+    the checks against the data (dmlbench.preflight), for a study that is listed, not run."""
     from .datasets import DATASETS
     from .executors import slurm_settings
     from .losses import LOSSES
@@ -248,6 +250,8 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
         study.cells.append(Cell(config))
     if not study.cells:
         raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
+    if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
+        check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.preflight)
     return study
 
 
@@ -311,11 +315,12 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     config.validate()
     run_dir = Path(run_dir) if run_dir else runs_dir() / config.run_id()
     metrics = run_dir / METRICS_FILE
-    if record_problem(metrics) is None:
+    if record_problem(metrics, config.run_id()) is None:
         log.info("%s: finished already, not run again", run_dir)
         return metrics
+    check_run(config)  # the data, the device and the memory, before the run folder exists (dmlbench.preflight)
     with run_lock(run_dir):
-        problem = record_problem(metrics)
+        problem = record_problem(metrics, config.run_id())
         if problem is None:  # another process finished it between our check and the lock
             return metrics
         if metrics.exists():  # damaged (truncated, edited): kept aside, and the cell runs again
@@ -352,7 +357,7 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
             "run_id": config.run_id(), "started": started, "finished": time.time(),
             "notebook_wall_s": time.time() - started, "kernel": KERNEL,
             "runner": {"pid": os.getpid(), "host": socket.gethostname()}})
-    problem = record_problem(metrics)
+    problem = record_problem(metrics, config.run_id())
     if problem is not None:
         raise RunFailed(f"{config.run_id()}: the notebook finished, but {metrics}: {problem}")
     return metrics

@@ -36,7 +36,7 @@ def test_unknown_names_fail_listing_valid_choices(field, value, message):
 @pytest.mark.parametrize("changes,message", [
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"P": 2.5}, "P must be a positive integer"),
-    ({"lr": -1.0}, "lr must be a non-negative number"),
+    ({"lr": -1.0}, "lr must be a positive number"),
     ({"device": "tpu"}, "valid choices: auto, cpu, cuda"),
     ({"select_metric": "nmi"}, "valid choices: map@r, recall@1"),
     ({"loss_kwargs": {"margn": 1}}, "takes no argument 'margn'"),

@@ -78,7 +78,9 @@ def test_a_damaged_metrics_json_is_not_a_finished_run(isolated, tmp_path):
     assert dry.returncode == 0 and f"--cell {bad.run_id}" in dry.stdout and good.run_id not in dry.stdout
     # a record of another folder, or without the keys every run writes, is not finished either
     bad.metrics_path.write_text(json.dumps({key: 1 for key in REQUIRED_KEYS} | {"run_id": good.run_id}))
-    assert "not its folder's" in record_problem(bad.metrics_path)
+    assert "not its folder's" not in str(record_problem(bad.metrics_path))  # a folder named by hand
+    assert f"not {bad.run_id!r} of its folder" in record_problem(bad.metrics_path, bad.run_id)
+    assert not bad.is_done()
     bad.metrics_path.write_text(json.dumps({"run_id": bad.run_id}))
     assert "lacks" in record_problem(bad.metrics_path)
 
@@ -142,3 +144,46 @@ def test_ctrl_c_stops_with_one_clean_message_and_the_cell_resumable(isolated, tm
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("dmlbench: interrupted.") and len(lines) <= 2, err
     assert not (run_dir / "metrics.json").exists() and (run_dir / "resume.pt").is_file()
+
+
+def readme_section(title: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_readme_commands_for_adding_a_loss_run_as_written(isolated, tmp_path):
+    import re
+
+    section = readme_section("Adding a loss as a notebook parameter")
+    module = re.search(r"<!-- example:my_losses.py -->\n```python\n(.*?)```", section, re.S).group(1)
+    shell_blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert shell_blocks, "the section lost its commands"
+    # A folder shaped like the repository root, where the section says to save my_losses.py.
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for name in (".venv", "notebooks"):
+        (root / name).symlink_to(REPO_ROOT / name)
+    (root / "my_losses.py").write_text(module)
+    for block in shell_blocks:
+        for line in filter(None, (line.strip() for line in block.splitlines())):
+            out = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=root, capture_output=True, text=True)
+            assert out.returncode == 0, f"{line}\n{out.stderr[-3000:]}"
+            assert "Traceback" not in out.stderr, out.stderr
+            if line.startswith(".venv/bin/dmlbench"):  # papermill's own command line starts its kernels over TCP
+                assert "without encryption" not in out.stderr and "WARNING" not in out.stderr, out.stderr
+    runs = sorted(p.parent.name for p in (isolated / "results" / "runs").glob("*/metrics.json"))
+    assert len(runs) == len([line for block in shell_blocks for line in block.splitlines() if line.strip()])
+    assert all("__squaredtripletloss__" in run for run in runs)
+    margins = {json.loads((isolated / "results" / "runs" / run / "metrics.json").read_text())["config"]["loss_kwargs"]
+               .get("margin") for run in runs}
+    assert margins == {0.1, None}
+    # the study-file form of the same section loads, with the user's loss beside a registered one
+    losses = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["losses"]
+    study = tmp_path / "with_my_loss.yaml"
+    study.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "losses": losses, "miners": ["semi-hard"],
+                                     "settings": tiny_settings()}))
+    out = subprocess.run([str(REPO_ROOT / ".venv/bin/dmlbench"), "study", str(study), "--status"], cwd=root,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "__squaredtripletloss__semi-hard" in out.stdout, out.stderr

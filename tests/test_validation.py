@@ -3,13 +3,16 @@
 the valid choices, and comes before anything runs or is written."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import papermill
 import pytest
 import yaml
 
 from dmlbench.cli import main
-from dmlbench.config import RunConfig
+from dmlbench.config import RunConfig, settings_from_text
 from dmlbench.errors import ConfigError
 from dmlbench.paths import REPO_ROOT, notebook
 from dmlbench.study import load_study
@@ -32,7 +35,8 @@ BAD_SETTINGS = [
     ("P", "5", ["got '5'", "positive integer"]),
     ("embedding_dim", 1.5, ["got 1.5", "positive integer"]),
     ("iters_per_epoch", -1, ["got -1", "non-negative integer"]),
-    ("lr", "fast", ["got 'fast'", "non-negative number"]),
+    ("lr", "fast", ["lr must be a positive number, got 'fast'"]),
+    ("lr", 0, ["lr must be a positive number, got 0"]),
     ("weight_decay", None, ["got None", "non-negative number"]),
     ("loss_lr", -1, ["got -1", "positive number or None"]),
     ("seed", -3, ["got -3", "non-negative integer"]),
@@ -123,7 +127,7 @@ def test_bad_command_lines_exit_2_with_the_problem_named(isolated, capsys, monke
     (["study", "studies/default.yaml", "--estimate", "-3"], ["--estimate", "above 0", "got '-3'"]),
     (["data", "prepare", "cub", "--image-size", "0"], ["--image-size", "above 0", "got '0'"]),
     (["data", "wipe", "cub"], ["'wipe'", "locate", "prepare"]),
-    (["list", "lossses"], ["'lossses'", "'losses', 'miners', 'datasets', 'models'"]),
+    (["list", "lossses"], ["'lossses'", "'losses', 'miners', 'samplers', 'datasets', 'models'"]),
 ])
 def test_bad_flags_are_refused_by_the_parser_naming_the_choices(capsys, argv, parts):
     with pytest.raises(SystemExit) as exit_:
@@ -136,6 +140,7 @@ def test_bad_flags_are_refused_by_the_parser_naming_the_choices(capsys, argv, pa
 @pytest.mark.parametrize("parameters,parts", [
     ({"lose": "triplet"}, ["unknown parameter 'lose'", "valid parameters: dataset, loss, miner"]),
     ({"optimizer": "adamm"}, ["unknown optimizer 'adamm'", "adam, adamw, sgd, rmsprop"]),
+    ({"P": 6}, ["P=6", "valid range: 1 <= P <= 5"]),  # the data's check (dmlbench.preflight), in the same cell
 ])
 def test_bad_notebook_parameters_stop_the_notebook_before_training(isolated, tmp_path, parameters, parts):
     """papermill straight on the experiment notebook, as a user may run it."""
@@ -151,3 +156,59 @@ def test_bad_notebook_parameters_stop_the_notebook_before_training(isolated, tmp
                  and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert failed_at and "RunConfig.from_dict" in "".join(executed["cells"][failed_at[0]]["source"])
     assert not run_dir.exists()  # nothing written
+
+
+# papermill's command line hands `-p` values on as text unless they read as True, False, None or a number.
+@pytest.mark.parametrize("given,read", [
+    ({"loss_kwargs": '{"margin": 0.1}'}, {"loss_kwargs": {"margin": 0.1}}),
+    ({"model_kwargs": "{channels: [4, 8, 8]}"}, {"model_kwargs": {"channels": [4, 8, 8]}}),  # YAML as well as JSON
+    ({"miner_kwargs": "{}", "sampler_kwargs": "null"}, {"miner_kwargs": {}, "sampler_kwargs": None}),
+    ({"sampler_kwargs": '{"super_per_batch": 2}'}, {"sampler_kwargs": {"super_per_batch": 2}}),
+    ({"P": "5", "lr": "1e-3", "torch_compile": "false", "image_size": "None"},  # papermill -r, or text from a file
+     {"P": 5, "lr": 0.001, "torch_compile": False, "image_size": None}),
+    ({"loss": "my_losses:SquaredTripletLoss", "data_root": "None", "device": "cuda"},  # text settings stay text
+     {"loss": "my_losses:SquaredTripletLoss", "data_root": "None", "device": "cuda"}),
+    ({"lr": "fast", "K": "1.5", "torch_compile": "yes"},  # no value of the type: RunConfig.validate refuses it
+     {"lr": "fast", "K": "1.5", "torch_compile": "yes"}),
+    ({"loss_kwargs": {"margin": 0.1}, "epochs": 2, "run_dir": "x"}, {"loss_kwargs": {"margin": 0.1}, "epochs": 2,
+                                                                     "run_dir": "x"}),
+])
+def test_notebook_parameters_given_as_text_are_read_as_their_settings_type(given, read):
+    assert settings_from_text(given) == read
+
+
+@pytest.mark.parametrize("text,parts", [
+    ("[0.1]", ["loss_kwargs must be a mapping", "got the text '[0.1]'", "reads as [0.1]"]),
+    ("0.1", ["loss_kwargs must be a mapping", "reads as 0.1"]),
+    ('{"margin": 0.1', ["loss_kwargs: cannot read the text", "as a mapping (YAML or JSON)", "expected ',' or '}'"]),
+])
+def test_a_mapping_parameter_whose_text_is_no_mapping_fails_naming_it(text, parts):
+    with pytest.raises(ConfigError) as error:
+        settings_from_text({"loss_kwargs": text})
+    assert all(part in str(error.value) for part in parts) and "\n" not in str(error.value), str(error.value)
+
+
+def readme_my_losses() -> str:
+    """The README's my_losses.py, as printed under its <!-- example:my_losses.py --> marker."""
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- example:my_losses.py -->", 1)[1].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_the_readmes_papermill_command_with_a_mapping_parameter_runs(isolated, tmp_path):
+    """The README's `papermill ... -p loss my_losses:SquaredTripletLoss -p loss_kwargs '{"margin": 0.1}'`,
+    through papermill's own command line, made tiny by more -p options."""
+    (tmp_path / "my_losses.py").write_text(readme_my_losses())  # beside the command, as the README has it
+    readme = ["-p", "loss", "my_losses:SquaredTripletLoss", "-p", "loss_kwargs", '{"margin": 0.1}']
+    tiny = ["-p", "model_kwargs", '{"channels": [4, 8, 8]}', "-p", "embedding_dim", "8", "-p", "K", "4",
+            "-p", "epochs", "1", "-p", "iters_per_epoch", "2", "-p", "eval_batch_size", "256",
+            "-p", "tsne_points", "50",
+            "-p", "run_dir", str(tmp_path / "run")]
+    papermill_cli = Path(sys.executable).parent / "papermill"
+    done = subprocess.run([str(papermill_cli), str(notebook("experiment.ipynb")), "out.ipynb", *readme, *tiny],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["config"]["loss"] == "my_losses:SquaredTripletLoss"
+    assert record["config"]["loss_kwargs"] == {"margin": 0.1}
+    assert record["config"]["model_kwargs"] == {"channels": [4, 8, 8]}

@@ -12,6 +12,8 @@ terms are reduced separately and added.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..distances import euclidean
@@ -28,8 +30,16 @@ class ContrastiveLoss(Loss):
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, power: float = 1.0,
                  reduction: str = "mean_nonzero"):
         super().__init__(reduction)
-        if power <= 0:
+        if not power > 0:
             raise ConfigError(f"contrastive power must be positive, got {power}")
+        # Margins are distances: positive pairs cost nothing within pos_margin, negative pairs beyond
+        # neg_margin (the paper's m > 0), and the second must lie beyond the first.
+        if not 0 <= pos_margin < math.inf:
+            raise ConfigError(f"contrastive pos_margin must be a distance >= 0 (the paper's is 0), got {pos_margin}; "
+                              f"valid range: 0 <= pos_margin < neg_margin")
+        if not pos_margin < neg_margin < math.inf:
+            raise ConfigError(f"contrastive neg_margin must be a distance beyond pos_margin={pos_margin} (the paper's "
+                              f"m > 0), got {neg_margin}; valid range: neg_margin > pos_margin >= 0")
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
         self.power = float(power)

@@ -57,6 +57,9 @@ class MultiSimilarityLoss(Loss):
         for name, value in (("alpha", alpha), ("beta", beta)):
             if value <= 0:
                 raise ConfigError(f"multi-similarity {name} (a scale) must be > 0, got {value}")
+        if not -1 <= base <= 1:  # compared with cosine similarities, which lie in [-1, 1]
+            raise ConfigError(f"multi-similarity base (lambda, a cosine-similarity threshold: the paper's 1, its "
+                              f"code's 0.5) must lie in [-1, 1], got {base}; valid range: -1 <= base <= 1")
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.base = float(base)

@@ -9,6 +9,8 @@ For a triplet (a, p, n) with Euclidean distances d_ap, d_an:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,9 @@ class TripletMarginLoss(Loss):
         super().__init__(reduction)
         if variant not in VARIANTS:
             raise ConfigError(f"unknown triplet variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if not 0 <= margin < math.inf:  # the gap d(a,n) - d(a,p) asked for: FaceNet's 0.2, Hermans et al.'s soft-plus 0
+            raise ConfigError(f"triplet margin must be a distance >= 0 (FaceNet's 0.2; 0 with the soft-plus variant), "
+                              f"got {margin}; valid range: margin >= 0")
         self.margin = float(margin)
         self.variant = variant
 

@@ -14,6 +14,8 @@ and "semihard".
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..distances import euclidean
@@ -44,8 +46,8 @@ class MarginTripletMiner(Miner):
 
     def __init__(self, margin: float = 0.2, selection: str = "violating"):
         super().__init__()
-        if margin <= 0:
-            raise ConfigError(f"margin-triplets margin must be positive, got {margin}")
+        if not 0 < margin < math.inf:
+            raise ConfigError(f"margin-triplets margin must be positive, got {margin}; valid range: margin > 0")
         if selection not in SELECTIONS:
             raise ConfigError(f"unknown margin-triplets selection {selection!r}; valid selections: {', '.join(SELECTIONS)}")
         self.margin = float(margin)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ..tuples import Pairs, label_masks
 from .base import MINERS, Miner
 
@@ -24,6 +25,9 @@ class MultiSimilarityMiner(Miner):
 
     def __init__(self, epsilon: float = 0.1):
         super().__init__()
+        if not 0 <= epsilon <= 2:  # a margin on cosine similarities, which differ by at most 2
+            raise ConfigError(f"multi-similarity epsilon (the mining margin on cosine similarities; the paper's 0.1) "
+                              f"must lie in [0, 2], got {epsilon}; valid range: 0 <= epsilon <= 2")
         self.epsilon = float(epsilon)
 
     def mine(self, embeddings, labels, kind):

@@ -15,6 +15,8 @@ implementation does, giving a small or zero loss), "hardest", its nearest negati
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import ConfigError
@@ -34,8 +36,9 @@ class SemiHardMiner(Miner):
 
     def __init__(self, margin: float = 0.2, selection: str = "all", fallback: str = "easiest"):
         super().__init__()
-        if margin <= 0:
-            raise ConfigError(f"semi-hard margin must be positive, got {margin}")
+        if not 0 < margin < math.inf:
+            raise ConfigError(f"semi-hard margin must be positive, got {margin}; "
+                              f"valid range: margin > 0 (FaceNet's 0.2)")
         if selection not in SELECTIONS:
             raise ConfigError(f"unknown semi-hard selection {selection!r}; valid selections: {', '.join(SELECTIONS)}")
         if fallback not in FALLBACKS:

@@ -10,6 +10,8 @@ negative n with exactly those probabilities (s = 1, the lifted loss's scale), gi
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..distances import euclidean
@@ -26,7 +28,7 @@ class SmoothHardMiner(Miner):
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
-        if scale <= 0:
+        if not 0 < scale < math.inf:
             raise ConfigError(f"smooth-hard scale must be positive, got {scale}")
         self.scale = float(scale)
 
