@@ -21,6 +21,8 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from .io import write_if_changed
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 MARKER = "dmlbench-browser-check"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
@@ -108,13 +110,17 @@ def check_page(html_path: str | os.PathLike, *, timeout: float = 120.0) -> dict:
 
 def screenshot(html_path: str | os.PathLike, png_path: str | os.PathLike, *, width: int = 1280, height: int = 900,
                timeout: float = 120.0) -> Path:
-    """The page's first screen (``width`` x ``height``) as a PNG, written atomically."""
+    """The page's first screen (``width`` x ``height``) as a PNG, written atomically and only when its
+    bytes differ from the file's (the same page gives the same picture: the file is left alone)."""
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = png_path.with_name(png_path.name + ".partial.png")
-    _run([f"--window-size={width},{height}", "--virtual-time-budget=15000", f"--screenshot={partial}",
-          Path(html_path).resolve().as_uri()], timeout)
-    if not partial.is_file():
-        raise BrowserError(f"Chromium wrote no screenshot to {partial}")
-    os.replace(partial, png_path)
+    partial = png_path.with_name(f".{png_path.name}.partial.png")
+    try:
+        _run([f"--window-size={width},{height}", "--virtual-time-budget=15000", f"--screenshot={partial}",
+              Path(html_path).resolve().as_uri()], timeout)
+        if not partial.is_file():
+            raise BrowserError(f"Chromium wrote no screenshot to {partial}")
+        write_if_changed(png_path, partial.read_bytes())
+    finally:
+        partial.unlink(missing_ok=True)
     return png_path

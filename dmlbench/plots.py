@@ -37,16 +37,23 @@ def training_curves(history: Sequence[dict], title: str = "") -> Figure:
 
 def tsne_figure(embeddings: torch.Tensor, labels: torch.Tensor, class_names: dict[int, str] | None = None, *,
                 max_points: int = 1500, seed: int = 0, title: str = "") -> Figure:
-    """2-D t-SNE of (a seeded random subset of) the embeddings, coloured by class."""
+    """2-D t-SNE of (a seeded random subset of) the embeddings, coloured by class.
+
+    The map depends only on the embeddings and ``seed``, not on the machine's number of cores: t-SNE
+    runs on one thread, since BLAS splits its matrix products (the distances, the PCA initialisation)
+    between threads differently with their number, which moves the last bits, and t-SNE's
+    iterations turn that into a different picture."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = embeddings.float().cpu().numpy()
     y = labels.cpu().numpy()
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(x), size=min(max_points, len(x)), replace=False))
     perplexity = min(30.0, max(1.0, (len(keep) - 1) / 3))  # 30, or less for a handful of points (it must be < n)
-    points = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=perplexity,
-                  random_state=seed).fit_transform(x[keep])
+    with threadpool_limits(limits=1):  # BLAS and OpenMP alike
+        points = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=perplexity,
+                      random_state=seed).fit_transform(x[keep])
     fig, ax = plt.subplots(figsize=(6, 5))
     for c in np.unique(y):
         sel = y[keep] == c

@@ -3,6 +3,17 @@
 The report notebook (notebooks/report.ipynb) calls the functions here; ``build_report`` executes it
 with papermill into results/report.ipynb and renders results/report.html with the code hidden. Every
 number comes from the runs' metrics.json files.
+
+- The report always builds: failed runs (their error's first line), runs whose metrics.json is
+  damaged (the file named, and why) and runs not made yet are listed first, and every section says
+  in one line when it has nothing to show.
+- A rebuild over the same runs changes no byte: every output is written only when its content
+  changes, floats are stored to SIGNIFICANT_DIGITS, figures carry no software stamp, the executed
+  notebook keeps no timestamps, and summary.json keeps the report time of the build that produced
+  its numbers.
+- What a first reader sees comes first: the study's counts, findings made from the numbers, and
+  every cell in one table, best first, metrics under their usual names (METRIC_LABELS) in one order
+  (DISPLAY_METRICS).
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write_bytes, atomic_write_json, read_json
+from .io import read_json, write_if_changed
+from .kernel import execute_notebook
 from .paths import REPO_ROOT, notebook, results_dir
-from .record import METRICS_FILE
+from .record import METRICS_FILE, UnreadableRecord, read_record
+from .study import FAILURE_FILE
 
 log = logging.getLogger("dmlbench")
 
@@ -28,6 +42,7 @@ METRIC_LABELS = {"recall@1": "Recall@1", "recall@2": "Recall@2", "recall@4": "Re
                  "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI", "ami": "AMI"}
 REPORT_NOTEBOOK = "report.ipynb"
 SCREENSHOT = "report_first_screen.png"
+REPORT_KERNEL_LOG = "report.kernel.log"  # the kernel process's own output, kept when the report fails
 DIAGNOSTICS = ("spectral_decay", "intra_class_distance", "inter_class_distance", "intra_over_inter")
 DIAGNOSTIC_LABELS = {"spectral_decay": "spectral decay (rho)", "intra_class_distance": "intra-class distance",
                      "inter_class_distance": "inter-class distance", "intra_over_inter": "intra / inter (pi ratio)"}
@@ -37,60 +52,81 @@ DIAGNOSTIC_LABELS = {"spectral_decay": "spectral decay (rho)", "intra_class_dist
 ROTH_SIGNS = {"spectral_decay": -1, "intra_over_inter": +1}
 
 
-def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
-    """One row per finished run (a metrics.json under ``runs``)."""
-    rows = []
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository when inside it (results/runs/...), else absolute."""
+    path = Path(path).absolute()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _records(runs: str | os.PathLike):
+    """Every finished run's record under ``runs`` (a metrics.json that :func:`dmlbench.record.read_record`
+    accepts), by folder name; damaged ones are left out here (:func:`cell_status` names them)."""
     for path in sorted(Path(runs).glob(f"*/{METRICS_FILE}")):
-        record = read_json(path)
+        try:
+            yield read_record(path, path.parent.name)  # under runs/, a run's folder is named after it
+        except UnreadableRecord:
+            continue
+
+
+RUN_COLUMNS = ["run_id", "dataset", "loss", "miner", "seed", "config_hash", *METRICS, *DIAGNOSTICS,
+               "excluded_queries", "epochs", "best_epoch", "val_at_best", "wall_time_s", "train_time_s",
+               "images_per_s", "device", "preset", "preset_deviations", "loss_kwargs", "miner_kwargs"]
+
+
+def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
+    """One row per finished run (a readable, complete metrics.json under ``runs``); the columns are
+    there even when no run is."""
+    rows = []
+    for record in _records(runs):
         config = record["config"]
         row = {"run_id": record["run_id"], "dataset": config["dataset"], "loss": config["loss"],
                "miner": config["miner"], "seed": config["seed"], "config_hash": record["config_hash"]}
         row.update({m: record["test"].get(m, np.nan) for m in METRICS})
-        row.update({m: v for m, v in record["test"].items() if m.startswith("recall@") and m not in row})
-        row.update({d: record.get("diagnostics", {}).get(d, np.nan) for d in DIAGNOSTICS})
+        row.update({d: (record.get("diagnostics") or {}).get(d, np.nan) for d in DIAGNOSTICS})
         row.update({"excluded_queries": record["test"].get("num_excluded_queries"),
                     "epochs": config["epochs"], "best_epoch": record["best_epoch"],
                     "val_at_best": record["val_at_best"].get(record["selected_by"]),
                     "wall_time_s": record["wall_time_s"], "train_time_s": record["train_time_s"],
                     "images_per_s": record["images_per_s"], "device": record["device"],
                     "preset": config.get("preset"),
-                    "preset_deviations": "; ".join(record.get("preset", {}).get("deviations", [])),
+                    "preset_deviations": "; ".join((record.get("preset") or {}).get("deviations", [])),
                     "loss_kwargs": json.dumps(config["loss_kwargs"], sort_keys=True),
                     "miner_kwargs": json.dumps(config["miner_kwargs"], sort_keys=True)})
+        row.update({m: v for m, v in record["test"].items() if m.startswith("recall@") and m not in row})
         rows.append(row)
-    columns = ["run_id", "dataset", "loss", "miner", "seed", "config_hash", *METRICS]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    return table.reindex(columns=RUN_COLUMNS + [c for c in table.columns if c not in RUN_COLUMNS])
 
 
 def load_histories(runs: str | os.PathLike) -> pd.DataFrame:
     """Per-epoch history of every finished run, long format."""
     rows = []
-    for path in sorted(Path(runs).glob(f"*/{METRICS_FILE}")):
-        record = read_json(path)
+    for record in _records(runs):
         for h in record["history"]:
             rows.append({"run_id": record["run_id"], "loss_name": record["config"]["loss"],
                          "miner": record["config"]["miner"], "seed": record["config"]["seed"], **h})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "loss_name", "miner", "seed", "epoch"])
 
 
 def dataset_summary(runs: str | os.PathLike, dataset: str) -> dict[str, Any]:
     """The split sizes and classes recorded by the first finished run on ``dataset``."""
-    for path in sorted(Path(runs).glob(f"*/{METRICS_FILE}")):
-        record = read_json(path)
-        if record["config"]["dataset"] == dataset:
+    for record in _records(runs):
+        if record["config"]["dataset"] == dataset and record.get("dataset"):
             return record["dataset"]
     return {}
 
 
 def identical_cells(runs: pd.DataFrame) -> list[list[str]]:
-    """Groups of runs (as 'loss + miner') of one dataset and seed whose test metrics agree to every
-    digit: their training took the same steps, however different their configurations look."""
+    """Groups of cells (as 'loss + miner') of one dataset whose test metrics agree to every digit in
+    every seed: their training took the same steps, however different their configurations look."""
     groups = []
-    for _, part in runs.groupby(["dataset", "seed"]):
-        key = part[list(METRICS)].round(12).astype(str).agg("|".join, axis=1)
-        for _, same in part.groupby(key):
-            if len(same) > 1:
-                groups.append([f"{r.loss} + {r.miner}" for r in same.itertuples()])
+    for _, part in runs.groupby("dataset", sort=False):
+        digits = part[list(METRICS)].round(12).astype(str).agg("|".join, axis=1)
+        keys = {}
+        for (loss, miner), cell in part.assign(_digits=digits).groupby(["loss", "miner"], sort=False):
+            key = tuple(sorted(zip(cell["seed"], cell["_digits"])))
+            keys.setdefault(key, []).append(cell_label(loss, miner))
+        groups += [sorted(labels) for labels in keys.values() if len(labels) > 1]
     return groups
 
 
@@ -99,25 +135,41 @@ def still_improving(runs: pd.DataFrame) -> int:
     return int((runs["best_epoch"] == runs["epochs"]).sum())
 
 
+STATES = ("done", "failed", "unreadable", "missing", "skipped")  # the states of a cell, as cell_status gives them
+
+
 def cell_status(manifest: dict[str, Any], runs: str | os.PathLike) -> pd.DataFrame:
-    """Every cell of the study with its state: done, failed (with the error), missing, or skipped."""
+    """Every cell of the study with its state: done, failed (the error's first line), unreadable (the
+    damaged metrics.json named, and why), missing (not run yet), or skipped as incompatible."""
     runs = Path(runs)
     rows = []
     for cell in manifest["cells"]:
         run_dir = runs / cell["run_id"]
-        if (run_dir / METRICS_FILE).is_file():
-            state, note = "done", ""
-        elif (run_dir / "failure.json").is_file():
-            state, note = "failed", read_json(run_dir / "failure.json")["error"]
+        state, note = "missing", "not run yet"
+        if (run_dir / METRICS_FILE).exists():
+            try:
+                read_record(run_dir / METRICS_FILE, cell["run_id"])
+                state, note = "done", ""
+            except UnreadableRecord as damaged:
+                state, note = "unreadable", f"{shown_path(damaged.path)}: {damaged.reason}"
+        elif (run_dir / FAILURE_FILE).is_file():
+            state, note = "failed", failure_line(run_dir / FAILURE_FILE)
         elif (run_dir / "experiment.failed.ipynb").is_file():
             state, note = "failed", failure_message(run_dir / "experiment.failed.ipynb")
-        else:
-            state, note = "missing", "not run yet"
         rows.append({**{k: cell[k] for k in ("dataset", "loss", "miner", "seed", "run_id")}, "state": state, "note": note})
     for skip in manifest["skipped"]:
         rows.append({"dataset": skip["dataset"], "loss": skip["loss"], "miner": skip["miner"], "seed": skip["seed"],
                      "run_id": "", "state": "skipped", "note": skip["reason"]})
     return pd.DataFrame(rows, columns=["dataset", "loss", "miner", "seed", "run_id", "state", "note"])
+
+
+def failure_line(path: Path) -> str:
+    """The first line of the error a failed cell's failure.json records."""
+    try:
+        error = str(read_json(path)["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"failed ({shown_path(path)} unreadable)"
+    return error.strip().splitlines()[0] if error.strip() else "failed"
 
 
 def failure_message(path: Path) -> str:
@@ -157,20 +209,39 @@ def pivot(summary: pd.DataFrame, dataset: str, metric: str, losses: list[str] | 
     return table
 
 
+def grid_losses(runs: pd.DataFrame, dataset: str, losses: list[str] | None = None) -> list[str]:
+    """The losses of ``dataset`` run with more than one miner (the loss x miner grid), in ``losses``'
+    order (else alphabetical)."""
+    part = runs[runs["dataset"] == dataset]
+    several = set(part.groupby("loss")["miner"].nunique().loc[lambda n: n > 1].index)
+    return [l for l in (losses or sorted(several)) if l in several]
+
+
+def by_result(table: pd.DataFrame, metric: str = "map@r") -> pd.DataFrame:
+    """Rows best first by ``metric`` (ties: by Recall@1, then as they came)."""
+    keys = [metric] + (["recall@1"] if metric != "recall@1" and "recall@1" in table else [])
+    return table.sort_values(keys, ascending=False, kind="stable", na_position="last")
+
+
 def heatmap(table: pd.DataFrame, title: str, skipped: set[tuple[str, str]] = frozenset()):
-    """A loss x miner heatmap with the values written in the cells; (loss, miner) pairs in
+    """A compact loss x miner heatmap with the values written in the cells; (loss, miner) pairs in
     ``skipped`` (incompatible) are marked as such, other empty cells are not in the study."""
     import seaborn as sns
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(table.columns), 2) + 2, 0.6 * max(len(table.index), 2) + 1.2))
-    sns.heatmap(table.astype(float), annot=True, fmt=".3f", cmap="viridis", cbar_kws={"shrink": 0.8}, ax=ax)
+    fig, ax = plt.subplots(figsize=(0.95 * max(len(table.columns), 2) + 2.2, 0.45 * max(len(table.index), 1) + 1.9))
+    sns.heatmap(table.astype(float), annot=True, fmt=".3f", cmap="viridis", annot_kws={"fontsize": 8},
+                cbar_kws={"fraction": 0.03, "pad": 0.015}, linewidths=0.5, linecolor="white", ax=ax)
     for row, loss in enumerate(table.index):
         for col, miner in enumerate(table.columns):
             if (loss, miner) in skipped:
                 ax.text(col + 0.5, row + 0.5, "skipped:\nincompatible", ha="center", va="center", fontsize=7,
                         color="gray")
     ax.set(title=title, xlabel="miner", ylabel="loss")
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.tick_params(axis="y", labelrotation=0)
     fig.tight_layout()
     return fig
 
@@ -202,35 +273,124 @@ def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: i
     return fig
 
 
-def save_figure(fig, name: str, figures: Path) -> Path:
-    """Save as PNG atomically under results/figures/."""
+def figure_description(fig, fallback: str = "") -> str:
+    """What a figure shows, for its alternative text: its overall title, else its panels' titles."""
+    titles = [fig.get_suptitle()] if fig.get_suptitle() else []
+    titles += [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    return "; ".join(list(dict.fromkeys(titles))[:4]) or fallback
+
+
+def save_figure(fig, name: str, figures: Path, *, show: bool = True, alt: str | None = None) -> Path:
+    """Save as PNG under results/figures/ (rewritten only when its bytes change: no date or software
+    version in it), show the same picture in the notebook with alternative text, and close the figure."""
+    import base64
+    import html
     import io as _io
 
+    from matplotlib import pyplot as plt
+
     buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     path = figures / f"{name}.png"
-    atomic_write_bytes(path, buffer.getvalue())
+    write_if_changed(path, buffer.getvalue())
+    if show:
+        from IPython.display import HTML, display
+
+        text = html.escape(alt or figure_description(fig, name.replace("_", " ")), quote=True)
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        display(HTML(f'<img src="data:image/png;base64,{data}" alt="{text}" style="max-width: 100%">'))
+    plt.close(fig)
     return path
+
+
+SIGNIFICANT_DIGITS = 12  # floats are stored to this many digits: sums whose order varies with the
+                         # machine's vector units differ in the 16th-17th digit, and must not show
+
+
+def rounded(value: Any) -> Any:
+    """``value`` with every float rounded to SIGNIFICANT_DIGITS (NaN and infinity as None), numpy
+    scalars as Python numbers, in dicts, lists and tuples too."""
+    if isinstance(value, (float, np.floating)):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if np.isfinite(value) else None
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
 
 
 def save_table(table: pd.DataFrame, name: str, tables: Path, index: bool = True) -> Path:
+    """Save as CSV under results/tables/, floats to SIGNIFICANT_DIGITS; rewritten only when it changes."""
     path = tables / f"{name}.csv"
-    atomic_write_bytes(path, table.to_csv(index=index).encode())
+    floats = table.map(lambda v: float(f"{v:.{SIGNIFICANT_DIGITS}g}") if isinstance(v, float) else v)
+    write_if_changed(path, floats.to_csv(index=index))
     return path
 
 
-def render_html(executed: Path, html_path: Path) -> None:
+def json_text(obj: Any) -> str:
+    """JSON as the project writes it (indent 2, newline at the end), floats :func:`rounded`."""
+    return json.dumps(rounded(obj), indent=2, sort_keys=False) + "\n"
+
+
+REPORT_TIME_KEY = "report_wall_s"
+
+
+def write_summary(path: str | os.PathLike, summary: dict[str, Any]) -> bool:
+    """results/summary.json (what the README's results block is made of), floats :func:`rounded`.
+    When the numbers are those already there, the file is left as it is, with the report time it
+    records (that of the build that produced them); otherwise the new summary is written without one,
+    and :func:`build_report` adds this build's. Returns whether it wrote."""
+    path = Path(path)
+    summary = rounded(summary)
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and REPORT_TIME_KEY in old and \
+            {k: v for k, v in old.items() if k != REPORT_TIME_KEY} == json.loads(json_text(summary)):
+        summary[REPORT_TIME_KEY] = old[REPORT_TIME_KEY]
+    return write_if_changed(path, json_text(summary))
+
+
+# What papermill and the kernel record about when a cell ran: it changes with every build and says
+# nothing about the study, so it is left out of results/report.ipynb (and so of report.html).
+VOLATILE_PAPERMILL = ("start_time", "end_time", "duration")
+INJECTED_CELL_ID = "injected-parameters"
+
+
+def tidy_notebook(nb, input_path: str, output_path: str):
+    """The executed report notebook without its timestamps and durations, with the cell that papermill
+    injects given a fixed id (papermill draws a random one) and the paths shown as the repository's."""
+    meta = nb.metadata.get("papermill", {})
+    for key in VOLATILE_PAPERMILL:
+        meta.pop(key, None)
+    if meta:
+        meta["input_path"], meta["output_path"] = input_path, output_path
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for key in VOLATILE_PAPERMILL:
+            cell.metadata.get("papermill", {}).pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = INJECTED_CELL_ID
+    return nb
+
+
+def render_html(nb, title: str = "dmlbench report") -> str:
     """The executed report notebook as HTML with code cells hidden."""
-    import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(executed), as_version=4))
-    atomic_write_bytes(html_path, body.encode("utf-8"))
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    return body
 
 
 def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | None = None) -> Path:
-    """Execute notebooks/report.ipynb for a study into results/report.ipynb and render report.html."""
+    """Execute notebooks/report.ipynb for a study into results/report.ipynb and render report.html.
+
+    Every output (tables, figures, summary.json, the notebook, the HTML, the screenshot) is rewritten
+    only when its content changes, so a rebuild over the same runs leaves every file as it was."""
     import fcntl
 
     results = Path(results) if results else results_dir()
@@ -241,25 +401,25 @@ def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | 
 
 
 def _build_report(study_path, results: Path) -> Path:
-    import papermill
-
-    from .study import KERNEL
+    import nbformat
 
     running = results / "report.running.ipynb"
     started = time.time()
-    shown = results.resolve()  # relative to the repository (the kernel's working directory) when inside it
-    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown
+    shown = shown_path(results.resolve())  # relative to the repository (the kernel's working directory) when inside it
     try:
-        papermill.execute_notebook(str(notebook(REPORT_NOTEBOOK)), str(running),
-                                   parameters={"study": str(study_path), "results": str(shown)},
-                                   kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False)
+        execute_notebook(notebook(REPORT_NOTEBOOK), running, parameters={"study": str(study_path), "results": shown},
+                         cwd=REPO_ROOT, kernel_log=results / REPORT_KERNEL_LOG)
     except BaseException:
         if running.exists():
             os.replace(running, results / "report.failed.ipynb")
         raise
-    executed = results / "report.ipynb"
-    os.replace(running, executed)
-    render_html(executed, results / "report.html")
+    nb = tidy_notebook(nbformat.read(str(running), as_version=4), shown_path(notebook(REPORT_NOTEBOOK)),
+                       f"{shown}/{REPORT_NOTEBOOK}")
+    write_if_changed(results / REPORT_NOTEBOOK, nbformat.writes(nb) + "\n")
+    running.unlink()
+    for stale in (results / "report.failed.ipynb", results / REPORT_KERNEL_LOG):  # an earlier build's
+        stale.unlink(missing_ok=True)
+    write_if_changed(results / "report.html", render_html(nb, f"dmlbench report: {Path(study_path).stem}"))
     try:  # what a reader sees first, as Chromium shows it
         from .browser import screenshot
 
@@ -269,8 +429,9 @@ def _build_report(study_path, results: Path) -> Path:
     summary_path = results / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path)
-        summary["report_wall_s"] = time.time() - started
-        atomic_write_json(summary_path, summary)
+        if REPORT_TIME_KEY not in summary:  # new numbers: this build's time goes with them
+            summary[REPORT_TIME_KEY] = round(time.time() - started, 1)
+            write_if_changed(summary_path, json_text(summary))
     return results / "report.html"
 
 
@@ -440,3 +601,300 @@ def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
         x = image_tensor(splits.test.images, splits.mean, splits.std, dev)
         batches = (x[i:i + config.eval_batch_size] for i in range(0, len(x), config.eval_batch_size))
     return forward_embed(model, batches, dev).cpu(), torch.from_numpy(splits.test.labels)
+
+
+# ---- What a reader sees: counts, findings, tables with human names -------------------------------
+
+# The order of the metric columns in every table of the report: the selection and ranking metric
+# first, then the other retrieval metrics, then clustering.
+DISPLAY_METRICS = ("map@r", "r_precision", "recall@1", "recall@2", "recall@4", "recall@8", "nmi", "ami")
+COLUMN_LABELS = {
+    **METRIC_LABELS, **DIAGNOSTIC_LABELS, "run_id": "run", "seeds": "seeds", "difference": "difference",
+    "low": "low", "high": "high", "p": "p", "p_holm": "p (Holm)", "score": "score", "score_low": "score low",
+    "score_high": "score high", "rank": "rank", "rank_low": "best rank", "rank_high": "worst rank",
+    "cells": "cells", "pearson_r": "Pearson r", "r_low": "r low", "r_high": "r high", "spearman": "Spearman",
+    "roth_sign": "Roth et al.'s sign", "same_sign_as_roth": "same sign", "best_epoch": "selected epoch",
+    "val_at_best": "validation score there", "wall_time_s": "wall time (s)", "train_time_s": "training time (s)",
+    "images_per_s": "images/s", "excluded_queries": "excluded queries",
+}
+VERDICTS = {"better than the baseline": "better", "worse than the baseline": "worse",
+            "within seed noise": "noise", "too few seeds": "too few seeds"}
+
+
+def column_label(name: str) -> str:
+    """A table column as the reader sees it: 'map@r' -> 'MAP@R', 'map@r_low' -> 'MAP@R low'."""
+    if name in COLUMN_LABELS:
+        return COLUMN_LABELS[name]
+    base, _, suffix = name.rpartition("_")
+    if base in METRIC_LABELS and suffix in ("low", "high", "std"):
+        return f"{METRIC_LABELS[base]} {suffix}"
+    if name.startswith("recall@"):
+        return "Recall@" + name.split("@", 1)[1]
+    return name.replace("_", " ")
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown as written in Markdown (error messages carry underscores and asterisks)."""
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))
+
+
+class Html(str):
+    """A table cell already written in HTML (not escaped again)."""
+
+
+TABLE_STYLE = """<style>
+table.dml { border-collapse: collapse; font-size: 12px; margin: 0.2em 0 0.5em 0; }
+table.dml th, table.dml td { padding: 1px 8px; line-height: 1.3; text-align: right; white-space: nowrap;
+  border: none; }
+table.dml sup { line-height: 0; font-size: 75%; }
+table.dml thead th { border-bottom: 1px solid #888; font-weight: 600; vertical-align: bottom; }
+table.dml td.text, table.dml th.text { text-align: left; }
+table.dml tbody tr:nth-child(odd) { background: #f3f3f3; }
+table.dml tr.marked td { font-weight: 600; }
+table.dml td.wrap { white-space: normal; min-width: 22em; text-align: left; }
+div.dml-scroll { max-height: 24em; max-width: 100%; overflow: auto; display: inline-block; border: 1px solid #ddd; }
+</style>"""
+
+
+def html_table(frame: pd.DataFrame, *, digits: int = 4, marked: set[int] = frozenset(), scroll: bool = False,
+               wrap: tuple[str, ...] = ()) -> str:
+    """``frame`` as a compact HTML table, every row shown (``scroll``: in a box that scrolls), columns
+    named by :func:`column_label`; floats to ``digits`` decimals, NaN as an en dash; rows whose
+    position is in ``marked`` in bold."""
+    import html
+
+    def cell(value) -> str:
+        if isinstance(value, Html):
+            return str(value)
+        if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+            return "&ndash;"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.{digits}f}"
+        return html.escape(str(value))
+
+    def is_text(value) -> bool:  # "0.3885 ± 0.0120" and "+0.0183" are numbers to the eye: right-aligned
+        return isinstance(value, str) and not re.match(r"[+-]?\d", value)
+
+    text_columns = {c for c in frame.columns if frame[c].map(is_text).any()}
+    head = "".join(f'<th class="{"text" if c in text_columns else "num"}">{html.escape(column_label(c))}</th>'
+                   for c in frame.columns)
+    body = []
+    for position, row in enumerate(frame.itertuples(index=False)):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            kind = "wrap" if column in wrap else ("text" if column in text_columns else "num")
+            cells.append(f'<td class="{kind}">{cell(value)}</td>')
+        opening = '<tr class="marked">' if position in marked else "<tr>"
+        body.append(opening + "".join(cells) + "</tr>")
+    table = f'<table class="dml"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return TABLE_STYLE + (f'<div class="dml-scroll">{table}</div>' if scroll else table)
+
+
+def with_interval(table: pd.DataFrame, metric: str) -> list[str]:
+    """'mean ± half-width' of ``metric``'s (symmetric t-) interval per row; the mean alone where there
+    is no interval (one seed)."""
+    return [f"{m:.4f}" if not (np.isfinite(lo) and np.isfinite(hi)) else f"{m:.4f} ± {(hi - lo) / 2:.4f}"
+            for m, lo, hi in zip(table[metric], table[f"{metric}_low"], table[f"{metric}_high"])]
+
+
+def study_counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a study is made of: runs, cells (dataset x loss x miner), seeds per cell, the axes."""
+    cells = manifest["cells"]
+    seeds_per_cell: dict[tuple, set] = {}
+    for c in cells:
+        seeds_per_cell.setdefault((c["dataset"], c["loss"], c["miner"]), set()).add(c["seed"])
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
+    per_dataset = {d: {(l, m) for (dd, l, m) in seeds_per_cell if dd == d} for d in datasets}
+    skipped = list(dict.fromkeys((s["dataset"], s["loss"], s["miner"]) for s in manifest["skipped"]))
+    return {"runs": len(cells), "cells": len(seeds_per_cell), "datasets": datasets,
+            "losses": list(dict.fromkeys(c["loss"] for c in cells)),
+            "miners": list(dict.fromkeys(c["miner"] for c in cells)),
+            "seeds": sorted({len(s) for s in seeds_per_cell.values()}),
+            "same_cells_per_dataset": len({frozenset(p) for p in per_dataset.values()}) <= 1,
+            "cells_per_dataset": len(next(iter(per_dataset.values()), ())), "skipped": skipped}
+
+
+def study_header(manifest: dict[str, Any], status: pd.DataFrame) -> str:
+    """The report's first lines: what the study is (counts whose product is the number of runs), how
+    far it got, and every run without results, named with its error."""
+    n = study_counts(manifest)
+    d = len(n["datasets"])
+    if len(n["seeds"]) == 1 and n["same_cells_per_dataset"]:
+        shape = (f"{plural(n['cells_per_dataset'], 'loss x miner cell')} x {plural(n['seeds'][0], 'seed')}"
+                 + (f" on 1 dataset ({n['datasets'][0]})" if d == 1 else f" x {d} datasets"))
+    else:
+        low, high = min(n["seeds"], default=0), max(n["seeds"], default=0)
+        shape = f"{plural(n['cells'], 'cell')} (dataset x loss x miner), {low} to {high} seeds each, on {plural(d, 'dataset')}"
+    skipped = ""
+    if n["skipped"]:
+        pairs = ", ".join(f"{l} + {m}" for _, l, m in n["skipped"])
+        skipped = f"; {plural(len(n['skipped']), 'loss x miner pair')} skipped as incompatible ({pairs})"
+    counts = status["state"].value_counts()
+    done = int(counts.get("done", 0))
+    state = f"**{done} of {n['runs']} runs finished**" + "".join(
+        f", {int(counts[s])} {label}" for s, label in (("failed", "failed"), ("unreadable", "with an unreadable record"),
+                                                        ("missing", "not run yet")) if counts.get(s, 0))
+    lines = [f"Study **{manifest['name']}** (`{manifest['path']}`): {plural(n['runs'], 'run')}: {shape}; "
+             f"{plural(len(n['losses']), 'loss', 'losses')}, {plural(len(n['miners']), 'miner')}{skipped}. {state}."]
+    lines += problem_lines(status)
+    return "\n".join(lines)
+
+
+def problem_lines(status: pd.DataFrame, limit: int = 12) -> list[str]:
+    """A Markdown list of the runs without results: failed (the error's first line), unreadable (the
+    file and why), not run yet; at most ``limit`` lines per kind, the rest counted."""
+    lines = []
+    for state, label in (("failed", "failed"), ("unreadable", "unreadable"), ("missing", "not run yet")):
+        part = status[status["state"] == state]
+        for row in part.head(limit).itertuples():
+            note = f": {md_escape(row.note)}" if state == "failed" else ""
+            if state == "unreadable":  # "<path>: <why>", the path as code
+                path, _, why = str(row.note).partition(f"{METRICS_FILE}: ")
+                note = f": `{path}{METRICS_FILE}`: {md_escape(why)}"
+            lines.append(f"- *{label}*: {md_escape(cell_label(row.loss, row.miner))}, seed {row.seed} "
+                         f"(`{row.run_id}`){note}")
+        if len(part) > limit:
+            lines.append(f"- *{label}*: {len(part) - limit} more, in the table of runs below")
+    return ([""] + lines) if lines else []
+
+
+def over_seeds(runs: pd.DataFrame, baseline: tuple[str, str], confidence: float):
+    """Per dataset: the cells' t-intervals (best first), the paired comparisons with ``baseline``
+    (MAP@R and Recall@1), and the bootstrap rankings of losses (each with its paper's sampling) and of
+    miners (over the losses crossed with several). Returns (seed_tables, comparisons, rankings)."""
+    from . import stats
+    from .losses import LOSSES
+
+    seed_tables, comparisons, rankings = {}, {}, {}
+    for dataset, part in runs.groupby("dataset", sort=False):
+        seed_tables[dataset] = by_result(stats.seed_summary(part, [*METRICS, *recall_columns(part)], confidence))
+        for metric in ("map@r", "recall@1"):
+            comparisons[(dataset, metric)] = stats.paired_comparison(part, metric, baseline, confidence)
+        paper = part[[LOSSES.get(l).paper_miner == m for l, m in zip(part["loss"], part["miner"])]]
+        grid = part[part["loss"].isin(grid_losses(part, dataset))]
+        for by, source in (("loss", paper), ("miner", grid)):
+            if source["loss"].nunique() + source["miner"].nunique() < 3 or source[by].nunique() < 2:
+                continue
+            rankings[(dataset, by)] = stats.ranking(source, "map@r", by, confidence=confidence)
+    return seed_tables, comparisons, rankings
+
+
+def results_table(seeds: pd.DataFrame, comparison: pd.DataFrame | None = None,
+                  baseline: tuple[str, str] | None = None, marks: dict[tuple[str, str], str] | None = None,
+                  metrics: tuple[str, ...] = DISPLAY_METRICS) -> tuple[pd.DataFrame, set[int]]:
+    """Every cell of one dataset, best first by MAP@R: MAP@R and Recall@1 with their intervals, the
+    other metrics' means, and the paired difference in MAP@R to ``baseline`` with its verdict.
+    Returns the table to show and the position of the baseline's row (to mark)."""
+    seeds = by_result(seeds)
+    out = pd.DataFrame({"#": range(1, len(seeds) + 1), "loss": list(seeds["loss"])})
+    miners = [Html(f'{m}<sup>{marks[(l, m)]}</sup>') if marks and (l, m) in marks else m
+              for l, m in zip(seeds["loss"], seeds["miner"])]
+    out["miner"] = miners
+    for metric in metrics:
+        if metric not in seeds:
+            continue
+        out[metric] = with_interval(seeds, metric) if metric in ("map@r", "recall@1") else list(seeds[metric])
+    if seeds["seeds"].nunique() > 1:  # else the caption says how many
+        out["seeds"] = list(seeds["seeds"])
+    if comparison is not None and baseline is not None and not comparison.empty:
+        versus = comparison.set_index(["loss", "miner"])
+        out["vs baseline"] = [
+            "baseline" if (l, m) == tuple(baseline) else (
+                f"{versus.loc[(l, m), 'difference']:+.4f} ({VERDICTS[versus.loc[(l, m), 'verdict']]})"
+                if (l, m) in versus.index else "")
+            for l, m in zip(seeds["loss"], seeds["miner"])]
+    marked = {i for i, (l, m) in enumerate(zip(seeds["loss"], seeds["miner"])) if baseline and (l, m) == tuple(baseline)}
+    return out, marked
+
+
+IDENTICAL_WHY = {  # why two cells can take the same steps, when their losses and miners are these
+    frozenset({"contrastive", "triplet"}): (
+        "This follows from the objectives, not from the code: on one mined triplet per anchor, a contrastive "
+        "loss with positive margin zero equals the triplet loss plus a constant as long as every mined negative "
+        "lies inside the negative margin and every triplet violates its margin, so the two give the same "
+        "gradients at every step."),
+    frozenset({"none", "margin-triplets"}): (
+        "This also follows from the definitions: the hinge triplet loss is zero on every triplet that satisfies "
+        "its margin, and its default reduction averages over the non-zero terms only, so keeping only the "
+        "margin-violating triplets (margin-triplets' default) changes neither the loss nor its gradient."),
+}
+
+
+def identical_note(group: list[str], mark: str = "") -> str:
+    """One sentence (and the reason where it is known) for cells that gave identical numbers."""
+    losses = {g.split(" + ")[0] for g in group}
+    miners = {g.split(" + ")[1] for g in group}
+    text = (f"{f'<sup>{mark}</sup> ' if mark else ''}**{' and '.join(group)} gave identical numbers**, every metric "
+            "to every digit in every seed: their training took the same steps.")
+    if losses == {"contrastive", "triplet"}:
+        text += " " + IDENTICAL_WHY[frozenset(losses)]
+    elif losses == {"triplet"} and miners == {"none", "margin-triplets"}:
+        text += " " + IDENTICAL_WHY[frozenset(miners)]
+    return text
+
+
+def headline(dataset: str, seeds: pd.DataFrame, comparison: pd.DataFrame, rankings: dict, runs: pd.DataFrame,
+             baseline: tuple[str, str], confidence: float, identical: list[list[str]]) -> list[str]:
+    """The findings a first reader needs, one short sentence each, made from the numbers: the best
+    cell with its interval, the comparisons with the baseline that seed noise cannot explain, whether
+    the ranking singles out a first loss, what moves the results more (miner or loss), the caveats."""
+    lines = []
+    best = by_result(seeds).iloc[0]
+    n_seeds = int(best["seeds"])
+    spread = (f" ± {(best['map@r_high'] - best['map@r_low']) / 2:.4f} ({confidence:.0%} t-interval, "
+              f"{plural(n_seeds, 'seed')})" if np.isfinite(best["map@r_low"]) else f" ({plural(n_seeds, 'seed')}, no interval)")
+    line = f"Best by test MAP@R: **{cell_label(best['loss'], best['miner'])}**, {best['map@r']:.4f}{spread}"
+    by_r1 = by_result(seeds, "recall@1").iloc[0]
+    if (by_r1["loss"], by_r1["miner"]) != (best["loss"], best["miner"]):
+        line += f"; by Recall@1: **{cell_label(by_r1['loss'], by_r1['miner'])}** ({by_r1['recall@1']:.1%})"
+    lines.append(line + ".")
+    if comparison is None or comparison.empty:
+        lines.append(f"The baseline {cell_label(*baseline)} has no finished run: no paired comparison.")
+    else:
+        verdicts = comparison["verdict"].value_counts()
+        better = comparison[comparison["verdict"] == "better than the baseline"].sort_values("difference", ascending=False)
+        worse = comparison[comparison["verdict"] == "worse than the baseline"].sort_values("difference")
+
+        def named(part):
+            shown = ", ".join(f"{cell_label(r.loss, r.miner)} {r.difference:+.4f}" for r in part.head(2).itertuples())
+            return f" ({shown}{', ...' if len(part) > 2 else ''})" if len(part) else ""
+
+        line = (f"Against the baseline **{cell_label(*baseline)}** (paired by seed, Holm-adjusted, "
+                f"{plural(len(comparison), 'cell')}): **{len(better)} better** beyond seed noise{named(better)}, "
+                f"**{len(worse)} worse**{named(worse)}, {int(verdicts.get('within seed noise', 0))} within noise")
+        if verdicts.get("too few seeds", 0):
+            line += f", {int(verdicts['too few seeds'])} with too few seeds to tell"
+        lines.append(line + ".")
+    ranking = rankings.get((dataset, "loss"))
+    if ranking is not None and len(ranking) > 1:
+        top = ranking.iloc[0]
+        shared = ranking[ranking["rank_low"] <= top["rank_high"]].iloc[1:]
+        lines.append(f"Losses ranked (each with its paper's sampling, bootstrap over seeds): **{top['loss']}** first"
+                     + (f", but its ranks ({top['rank_low']}-{top['rank_high']}) overlap "
+                        f"those of {plural(len(shared), 'other loss', 'other losses')}: no clear first."
+                        if len(shared) else ", and no other loss's range of ranks reaches its own."))
+    grid = grid_losses(seeds, dataset)
+    part = seeds[seeds["loss"].isin(grid)]
+    per_miner = part.groupby("miner")["map@r"].mean()
+    per_loss = part.groupby("loss")["map@r"].mean()
+    if len(per_miner) > 1 and len(per_loss) > 1:
+        spread_miner, spread_loss = per_miner.max() - per_miner.min(), per_loss.max() - per_loss.min()
+        axis, other = ("miner", "loss") if spread_miner > spread_loss else ("loss", "miner")
+        lines.append(f"On the grid ({', '.join(grid)} x miners) the {axis} moves mean MAP@R more than the {other} "
+                     f"(range {max(spread_miner, spread_loss):.4f} against {min(spread_miner, spread_loss):.4f}); "
+                     f"best miner there: **{per_miner.idxmax()}**.")
+    caveats = []
+    late = still_improving(runs)
+    if late:
+        caveats.append(f"{late} of {len(runs)} runs peaked at their last epoch (still improving)")
+    if identical:
+        caveats.append(f"{plural(len(identical), 'group')} of cells gave identical numbers (notes under the table)")
+    if n_seeds < 2:
+        caveats.append("one seed per cell: no estimate of seed noise, so small differences rank nothing")
+    if caveats:
+        lines.append("Caveats: " + "; ".join(caveats) + ".")
+    return lines
