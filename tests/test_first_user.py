@@ -187,3 +187,16 @@ def test_the_readme_commands_for_adding_a_loss_run_as_written(isolated, tmp_path
     out = subprocess.run([str(REPO_ROOT / ".venv/bin/dmlbench"), "study", str(study), "--status"], cwd=root,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "__squaredtripletloss__semi-hard" in out.stdout, out.stderr
+
+
+def test_dmlbench_list_names_the_samplers(capsys):
+    from dmlbench.cli import main
+    from dmlbench.samplers import SAMPLERS
+
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "samplers:" in listing
+    section = listing.split("samplers:")[1].split("datasets:")[0]
+    assert {line.split()[0] for line in section.strip().splitlines()} == set(SAMPLERS.names())
+    assert main(["list", "samplers"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "samplers:"
