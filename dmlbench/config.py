@@ -178,15 +178,12 @@ class RunConfig:
         with _field("sampler_kwargs"):
             SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
         if self.data_root is not None:
-            from pathlib import Path
-
             if not isinstance(self.data_root, str) or not self.data_root:
                 raise ConfigError(f"data_root must be a folder path or None (search the usual places), "
                                   f"got {self.data_root!r}")
-            from .paths import REPO_ROOT
+            from .paths import data_root_folder
 
-            given = Path(self.data_root).expanduser()  # a relative path: from here, or from the repository,
-            if not (given.is_dir() or (REPO_ROOT / given).is_dir()):  # where notebook kernels run
+            if not data_root_folder(self.data_root).is_dir():
                 raise ConfigError(f"data_root {self.data_root!r} is not a folder; give the folder that holds the "
                                   f"dataset's files, or None to search $DMLBENCH_DATA and the usual places")
         DATASETS.get(self.dataset)

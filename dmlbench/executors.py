@@ -294,9 +294,12 @@ def _failure_line(cell: Cell, detail: str) -> str:
 
     failure = cell.run_dir / FAILURE_FILE
     if failure.is_file():
-        record = json.loads(failure.read_text())
-        notebook = cell.run_dir / record.get("executed_notebook", "experiment.failed.ipynb")
-        return f"{cell.run_id} failed: {record['error']} (executed notebook: {notebook})"
+        try:
+            record = json.loads(failure.read_text())
+            notebook = cell.run_dir / record.get("executed_notebook", "experiment.failed.ipynb")
+            return f"{cell.run_id} failed: {record['error']} (executed notebook: {notebook})"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: say so, keep the summary
+            return f"{cell.run_id} failed; its {failure} cannot be read"
     return detail if detail.startswith(cell.run_id) else f"{cell.run_id}: {detail}"
 
 

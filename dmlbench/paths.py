@@ -21,3 +21,10 @@ def runs_dir() -> Path:
 
 def notebook(name: str) -> Path:
     return REPO_ROOT / "notebooks" / name
+
+
+def data_root_folder(data_root: str) -> Path:
+    """A run's data_root as the run reads it: a relative path from here, else from the repository
+    (where notebook kernels run)."""
+    given = Path(data_root).expanduser()
+    return REPO_ROOT / given if not given.is_dir() and (REPO_ROOT / given).is_dir() else given

@@ -50,7 +50,7 @@ from .errors import ConfigError, DatasetNotFoundError
 from .losses import LOSSES
 from .miners import MINERS
 from .models import MODELS
-from .paths import REPO_ROOT
+from .paths import data_root_folder
 
 # Published train classes of the benchmarks, before the validation classes are carved out of them
 # (../shared/PROTOCOL.md section 1): what P is checked against when a benchmark's files are absent.
@@ -87,11 +87,7 @@ class TrainingSplit:
 
 
 def _data_root(data_root: str | None) -> Path | None:
-    """The run's data root as the run will read it: relative paths from here, else from the repository."""
-    if data_root is None:
-        return None
-    given = Path(data_root).expanduser()
-    return REPO_ROOT / given if not given.is_dir() and (REPO_ROOT / given).is_dir() else given
+    return None if data_root is None else data_root_folder(data_root)
 
 
 def _file_stamp(path: Path) -> tuple[str, int, int]:

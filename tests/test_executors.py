@@ -199,3 +199,17 @@ def test_run_study_rejects_bad_executors_and_jobs_below_one(isolated, tmp_path, 
     with pytest.raises(ConfigError, match="executor slurm: no sbatch or srun here"):
         run_study(study, executor="slurm")
     assert not any(cell.run_dir.exists() for cell in study.cells)
+
+
+def test_a_damaged_failure_record_still_gives_a_summary_line(isolated, tmp_path):
+    from dmlbench.executors import _failure_line
+    from dmlbench.study import load_study
+
+    study_path = tmp_path / "one.yaml"
+    study_path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "losses": ["triplet"], "miners": ["random"],
+                                          "settings": tiny_settings()}))
+    cell = load_study(study_path).cells[0]
+    cell.run_dir.mkdir(parents=True)
+    (cell.run_dir / "failure.json").write_text('{"error": ')
+    line = _failure_line(cell, "exited with status 1")
+    assert line.startswith(f"{cell.run_id} failed") and "failure.json cannot be read" in line
