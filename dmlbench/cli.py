@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        logging.disable(logging.CRITICAL)  # the kernel's shutdown is not news: the line below says what happened
         print("\ndmlbench: interrupted. Finished cells are kept; a cell that was training resumes after its "
               "last saved epoch when the same command runs again.", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -10,11 +10,15 @@ files in a private temporary folder, so nothing is exposed and nothing is printe
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
@@ -75,16 +79,37 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
                                    cwd=str(Path(cwd)), progress_bar=False, log_output=log_output,
                                    kernel_manager_class=manager)
 
-    if kernel_log is None:
-        run(kernel_manager_class())
+    with _quiet_interrupt():
+        if kernel_log is None:
+            run(kernel_manager_class())
+            return
+        Path(kernel_log).unlink(missing_ok=True)  # an earlier attempt's
+        with tempfile.TemporaryFile() as captured:
+            try:
+                run(kernel_manager_class(captured))
+            except Exception:
+                captured.seek(0)
+                text = captured.read()
+                if text:
+                    Path(kernel_log).write_bytes(text)
+                raise
+
+
+@contextmanager
+def _quiet_interrupt() -> Iterator[None]:
+    """On Ctrl-C, logging is switched off before KeyboardInterrupt unwinds the execution: nbclient
+    and asyncio otherwise log the kernel's shutdown ("Kernel died", a task's DeadKernelError) as
+    tracebacks, some of them only when the process exits. It stays off: the interrupt ends the run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    Path(kernel_log).unlink(missing_ok=True)  # an earlier attempt's
-    with tempfile.TemporaryFile() as captured:
-        try:
-            run(kernel_manager_class(captured))
-        except Exception:
-            captured.seek(0)
-            text = captured.read()
-            if text:
-                Path(kernel_log).write_bytes(text)
-            raise
+
+    def interrupted(signum, frame):
+        logging.disable(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
