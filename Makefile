@@ -38,7 +38,8 @@ EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin J
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data browser study report cells cells-makefile test readme list clean distclean
+.PHONY: all setup data browser study report cells cells-makefile test readme list clean distclean \
+	gpu-prepare gpu-dry gpu-check gpu-results
 
 all: report
 
@@ -106,6 +107,24 @@ readme: $(STAMP)
 
 list: $(STAMP)
 	$(PY) -m dmlbench list
+
+# The prepared GPU check (dmlbench/bench/gpucheck.py). Here: gpu-prepare downloads the Python 3.12
+# wheels and bundles the data under build/gpu/ and prints the device calls; gpu-dry does everything
+# that needs no GPU. On the GPU machine (its own python3, torch preinstalled, no venv, no network):
+# gpu-check runs the check, both parts or PART=1 / PART=2. Back here: gpu-results FROM=<folder>.
+GPU_PYTHON ?= python3
+gpu-prepare: $(STAMP) data
+	$(PY) -m dmlbench.bench.gpucheck prepare
+
+gpu-dry: $(STAMP) data
+	$(PY) -m dmlbench.bench.gpucheck dry
+
+gpu-check:
+	$(GPU_PYTHON) -m dmlbench.bench.gpucheck run $(if $(PART),--part $(PART),)
+
+gpu-results: $(STAMP)
+	@test -n "$(FROM)" || { echo "make gpu-results FROM=<the folder the GPU machine's files came back to>"; exit 2; }
+	$(PY) -m dmlbench.bench.gpucheck collect $(FROM)
 
 # Never deletes results: finished runs are the study's data.
 clean:

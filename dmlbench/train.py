@@ -82,7 +82,8 @@ def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Opti
     dmlbench.distributed), so the step is the one a single process takes on the whole batch."""
     with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
         embeddings = forward(images)
-    embeddings, labels = gather_batch(embeddings, labels)
+    # the loss and the miner see fp32 whatever the network's last layer returned under autocast
+    embeddings, labels = gather_batch(embeddings.float(), labels)
     loss = criterion(embeddings, labels)
     if not torch.isfinite(loss):
         return loss.detach()

@@ -3,6 +3,10 @@
 The tiny dataset has the official file names and format, 10 classes, and class-dependent images
 (a bright band whose position depends on the class, plus noise) so that a network can learn it in a
 few steps. Tests never touch the user's cache or results folder.
+
+Two markers sort the tests by device: ``cuda`` (needs a CUDA device; skipped, and counted as
+skipped, where torch sees none) and ``devices`` (runs on every device torch sees). The GPU check
+(``make gpu-check``) runs both on the GPU machine with ``-m "cuda or devices"``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,22 @@ import numpy as np
 import pytest
 
 from dmlbench.datasets.idx import write_idx
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped where torch sees none)")
+    config.addinivalue_line("markers", "devices: runs on every device torch sees (the GPU check runs these on CUDA)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
 
 TRAIN_PER_CLASS = 40
 TEST_PER_CLASS = 20

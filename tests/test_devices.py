@@ -18,6 +18,8 @@ from dmlbench.train import autocast_dtype, resolve_device, train
 
 from .conftest import tiny_settings
 
+pytestmark = pytest.mark.devices
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

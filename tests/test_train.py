@@ -95,3 +95,23 @@ def test_torch_compile_trains_the_same_network(splits):
     assert compiled.history[1]["loss"] == pytest.approx(plain.history[1]["loss"], rel=1e-4)
     assert torch.allclose(compiled.test_embeddings, plain.test_embeddings, atol=1e-4)
     assert set(compiled.model.state_dict()) == set(plain.model.state_dict())  # no "_orig_mod." prefixes
+
+
+def test_the_loss_gets_fp32_embeddings_from_a_network_that_returns_bf16_under_autocast():
+    """The CPU reproduction of a CUDA hazard: under bf16 autocast a network whose last layer is a
+    Linear returns bf16; the miner and the loss must still compute in fp32."""
+    from dmlbench.criterion import build_criterion
+    from dmlbench.train import make_optimizer, optimisation_step
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert network(torch.randn(2, 3, 4, 4)).dtype == torch.bfloat16
+    criterion = build_criterion("triplet", "semi-hard", {}, {}, seed=0, num_classes=4, embedding_dim=16)
+    seen = []
+    forward = criterion.forward
+    criterion.forward = lambda embeddings, labels: seen.append(embeddings.dtype) or forward(embeddings, labels)
+    optimizer = make_optimizer("adam", [{"params": list(network.parameters())}], 1e-3, 0.0)
+    loss = optimisation_step(network, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                             torch.randn(16, 3, 4, 4), torch.arange(4).repeat_interleave(4), torch.bfloat16)
+    assert seen == [torch.float32] and loss.dtype == torch.float32 and torch.isfinite(loss)

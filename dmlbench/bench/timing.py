@@ -52,9 +52,9 @@ def devices() -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
-def save_table(table: pd.DataFrame, name: str, header: str) -> Path:
+def save_table(table: pd.DataFrame, name: str, header: str, folder: Path | None = None) -> Path:
     """Write results/bench/<name>.csv and .txt (the printed table, with the machine it ran on)."""
-    folder = results_dir() / "bench"
+    folder = folder or results_dir() / "bench"
     atomic_write_bytes(folder / f"{name}.csv", table.to_csv(index=False).encode())
     text = io.StringIO()
     text.write(header + "\n")

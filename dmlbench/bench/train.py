@@ -172,5 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(table[["part", "images_per_s", "ms_per_batch", "of_model_step"]].to_string(index=False))
     if not args.no_save:
-        print("written:", save_table(table, f"train-{device.type}", header))
+        # compiled and eager measurements are kept apart: train-cuda.csv, train-cuda-compile.csv
+        name = f"train-{device.type}" + ("-compile" if args.torch_compile else "")
+        print("written:", save_table(table, name, header))
     return 0
