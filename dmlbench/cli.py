@@ -102,13 +102,16 @@ def cmd_study(args) -> int:
             return 0
         return _prepare_study_data(study)
     if args.estimate is not None:  # no network is built: the estimate needs neither weights nor data
-        from .estimate import estimate
+        from .estimate import estimate, measured_rate
 
+        source = "given"
+        if args.estimate is MEASURED:
+            args.estimate, source = measured_rate()
         table = estimate(load_study(args.study, check_networks=False), args.estimate)
         if table.empty:
             raise ConfigError(f"{args.study}: no dataset with published split sizes to estimate "
                               f"(the estimate covers cub, cars196, sop and inshop)")
-        print(f"{args.study} at {args.estimate:g} training images/s (evaluation 3x faster per image):")
+        print(f"{args.study} at {args.estimate:g} training images/s ({source}; evaluation 3x faster per image):")
         print(table.round({"hours": 1, "hours_per_run": 2}).to_string(index=False))
         return 0
     study = load_study(args.study)
@@ -178,6 +181,9 @@ def cmd_report(args) -> int:
 
     load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
     return report_and_readme(args.study, readme=not args.no_readme)
+
+
+MEASURED = object()  # --estimate without a number: the throughput the GPU check measured
 
 
 def _positive(kind: type, what: str):
@@ -284,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", action="store_true", help="print the study's datasets and stop")
     p.add_argument("--prepare-data", action="store_true",
                    help="find or download the study's datasets, build their caches, and stop")
-    p.add_argument("--estimate", type=_positive(float, "a number of training images per second"),
-                   metavar="IMAGES_PER_S",
-                   help="print the study's run time at this full-step throughput (dmlbench bench train) and stop")
+    p.add_argument("--estimate", type=_positive(float, "a number of training images per second"), nargs="?",
+                   const=MEASURED, metavar="IMAGES_PER_S",
+                   help="print the study's run time at this full-step throughput (dmlbench bench train) and stop; "
+                        "without a number, at the CUDA throughput the GPU check measured (results/bench/train-cuda.csv)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="build results/report.html from the finished runs")

@@ -8,6 +8,7 @@ study can be estimated on a machine without the dataset. Evaluation runs forward
 counted as ``eval_speedup`` (3) times faster per image than a training step.
 
     dmlbench study studies/cub.yaml --estimate 1500     # images/s of the full step ('dmlbench bench train')
+    dmlbench study studies/cub.yaml --estimate          # at the CUDA full step the GPU check measured
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ from .datasets.benchmarks import VALIDATION_FRACTION
 SPLIT_SIZES = {"cub": (5864, 5924, 0), "cars196": (8054, 8131, 0), "sop": (59551, 60502, 0),
                "inshop": (25882, 14218, 12612)}
 EVAL_SPEEDUP = 3.0
+
+
+def measured_rate(results=None) -> tuple[float, str]:
+    """The full step's images/s in results/bench/train-cuda.csv (ResNet-50, 224 px, batch 56x2: the
+    benchmark studies' own settings), and where it comes from."""
+    from .errors import ConfigError
+    from .paths import REPO_ROOT
+
+    path = (results or REPO_ROOT / "results") / "bench" / "train-cuda.csv"
+    if not path.is_file():
+        raise ConfigError(f"no CUDA throughput has been measured yet ({path} is absent): give --estimate "
+                          f"IMAGES_PER_S (measure it with 'dmlbench bench train --device cuda'), or run the GPU "
+                          f"check ('make gpu-check') on a GPU machine")
+    table = pd.read_csv(path)
+    full = table.loc[table["part"] == "full step"]
+    if full.empty:
+        raise ConfigError(f"{path} has no 'full step' row: rerun 'dmlbench bench train --device cuda'")
+    row = full.iloc[0]
+    return float(row["images_per_s"]), (f"the full step measured on CUDA, {path.name}: {row['model']}, "
+                                        f"{row['image_size']} px, batch {row['batch']}")
 
 
 def run_work(config) -> tuple[int, int]:

@@ -72,3 +72,96 @@ def test_train_block_and_study_estimates_come_from_the_files():
     assert f"| {work['hours']:,.1f} | {work['hours'] * 1000 / 2250:,.1f} |" in block  # hours at the measured rate
     other = render_train_block({"cpu": table.assign(model="resnet18")}, {"cub": work.to_dict()})
     assert "hours on" not in other  # a measurement at other settings gives no estimate
+    assert "meets the goal of 0.8" in block and "not measured yet" not in block
+    slow = render_train_block({"cuda": table.assign(of_model_step=[3.6, 1.0, 0.5])}, {"cub": work.to_dict()})
+    assert "runs at 0.50 of the model step alone: it misses the goal" in slow
+    assert "The CUDA throughput is not measured yet" in other
+
+
+def _dry_report(diff=0.0):
+    tail = "....\n=== short test summary info ===\n78 passed, 79 skipped, 782 deselected in 5.03s\n"
+    return {"dry": True, "seconds": 49.9, "facts": {"date": "2026-12-01 10:38:10 UTC"},
+            "imports": {"a": {}, "b": {}},
+            "plan": {"wheels": 33, "wheel_bytes": 22.6 * 2**20, "part_bytes": {"part1": 11.8 * 2**20},
+                     "data_bytes": 14.9 * 2**20, "tree_bytes": 43.5 * 2**20, "limit_bytes": 64 * 2**20,
+                     "calls": [{"bytes": 55.2 * 2**20}, {"bytes": 58.4 * 2**20}]},
+            "steps": {"tests": {"rc": 0, "seconds": 7.3, "tail": tail}, "cells": {"rc": 0, "seconds": 35.8, "tail": ""}}}
+
+
+def _cells(device, diff):
+    import pandas as pd
+
+    return pd.DataFrame([{"loss": "triplet", "miner": "semi-hard", "seed": 0, "notebook_s": 30.0, "train_s": 4.0,
+                          "cpu_notebook_s": 59.2, "cpu_train_s": 11.3, "recall@1": 0.9, "cpu_recall@1": 0.9 - diff,
+                          "diff_recall@1": diff, "map@r": 0.34, "cpu_map@r": 0.34, "diff_map@r": 0.0, "nmi": 0.32,
+                          "cpu_nmi": 0.32, "diff_nmi": 0.0}])
+
+
+def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
+    from dmlbench.readme import CUDA_FILES, GPU_BEGIN, GPU_END, render_gpu_block
+
+    block = render_gpu_block({"gpu-dry": _dry_report()}, {"cpu": _cells("cpu", 0.0)}, {"train-cpu", "cells-cpu"})
+    assert block.startswith(GPU_BEGIN) and block.endswith(GPU_END)
+    assert "prepared, not yet measured" in block and "2 device call(s) of 55.2 and 58.4 MiB (at most 64)" in block
+    assert "the tests: 78 passed, 79 skipped, 782 deselected" in block
+    assert "reproduced their Recall@1, MAP@R and NMI exactly" in block
+    assert all(f"(`{name}`)" in block for name in CUDA_FILES)
+    differing = render_gpu_block({"gpu-dry": _dry_report()}, {"cpu": _cells("cpu", 0.01)}, set())
+    assert "did NOT reproduce" in differing
+
+
+def test_gpu_block_shows_the_measured_check_and_the_cuda_cells():
+    from dmlbench.readme import render_gpu_block
+
+    report = {"dry": False, "seconds": 400.0, "steps": {"tests": {"rc": 0, "seconds": 80.0, "tail": "9 passed in 70.00s"},
+                                                         "train": {"rc": "stopped after 90 s", "seconds": 90.0, "tail": ""}},
+              "facts": {"gpu": {"name": "NVIDIA H200", "memory_gib": 139.8, "nccl": "2.27.3"}, "cpu_count": 16,
+                        "python": "3.12.3", "torch": "2.11.0", "torch_cuda": "13.0", "date": "d",
+                        "nvidia_smi": {"driver_version": "580.159.03"}}}
+    present = {"train-cuda", "train-cuda-compile", "eval-cuda", "losses-cuda", "miners-cuda", "cells-cuda"}
+    block = render_gpu_block({"gpu-check-part1": report, "gpu-dry": _dry_report()}, {"cuda": _cells("cuda", 0.02)},
+                             present)
+    assert "ran on NVIDIA H200 (139.8 GiB, driver 580.159.03), 16 cores" in block
+    assert "| tests | ok: 9 passed | 80.0 |" in block and "| train | FAILED (stopped after 90 s) | 90.0 |" in block
+    assert "| triplet + semi-hard, seed 0 | 30.0 (59.2) | 4.0 (11.3) | 0.3400 (0.3400) | 0.9000 (0.8800) |" in block
+    assert "prepared, not yet measured" not in block and "not measured yet" not in block
+
+
+def test_estimate_uses_the_measured_cuda_throughput(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from dmlbench.errors import ConfigError
+    from dmlbench.estimate import measured_rate
+
+    with pytest.raises(ConfigError, match="no CUDA throughput has been measured yet"):
+        measured_rate(tmp_path)
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame({"part": ["model step alone", "full step"], "images_per_s": [2500.0, 2250.0], "model": "resnet50",
+                  "image_size": 224, "batch": "56x2"}).to_csv(tmp_path / "bench" / "train-cuda.csv", index=False)
+    rate, source = measured_rate(tmp_path)
+    assert rate == 2250.0 and "train-cuda.csv" in source and "batch 56x2" in source
+
+
+def test_estimate_without_a_number_names_what_is_missing(capsys):
+    from dmlbench.cli import main
+
+    if (REPO_ROOT / "results" / "bench" / "train-cuda.csv").is_file():
+        assert main(["study", str(REPO_ROOT / "studies" / "cub.yaml"), "--estimate"]) == 0
+        assert "the full step measured on CUDA" in capsys.readouterr().out
+    else:
+        assert main(["study", str(REPO_ROOT / "studies" / "cub.yaml"), "--estimate"]) != 0
+        assert "no CUDA throughput has been measured yet" in capsys.readouterr().err
+
+
+def test_eval_block_shows_gpu_memory_for_cuda_files_only():
+    import pandas as pd
+
+    from dmlbench.readme import render_eval_block
+
+    row = {"size": "cub", "n": 5924, "dim": 512, "classes": 100, "evaluator": "dmlbench", "retrieval_s": 0.1,
+           "nmi_s": 0.2, "total_s": 0.3, "peak_rss_gb": 1.0, "max_metric_diff": 0.0}
+    block = render_eval_block({"cpu": pd.DataFrame([row]), "cuda": pd.DataFrame([row | {"peak_gpu_gb": 2.5}])})
+    cpu_part, cuda_part = block.split("On `cuda`")
+    assert "peak GPU memory" not in cpu_part and "| 1.00 GB | 2.50 GB | 0 |" in cuda_part
+    assert "not measured yet" not in block and "CUDA evaluation times: not measured yet" in render_eval_block({})

@@ -38,6 +38,7 @@ class Measurement:
     peak_rss_gb: float
     metrics: dict
     ami_s: float = math.nan
+    peak_gpu_gb: float = math.nan  # torch's CUDA allocator high-water mark (CUDA runs only)
 
     @property
     def total_s(self) -> float:
@@ -74,6 +75,16 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def reset_peak_gpu(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else math.nan
+
+
 def peak_rss_gb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -94,6 +105,7 @@ def run_ours(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.devic
     from ..metrics import evaluate, kmeans_clusters
 
     reset_peak_rss()
+    reset_peak_gpu(device)
     start = time.perf_counter()
     metrics = evaluate(embeddings, labels, device=device, nmi=False)
     synchronize(device)
@@ -107,7 +119,7 @@ def run_ours(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.devic
     start = time.perf_counter()
     metrics["ami"] = adjusted_mutual_info_score(y, clusters)
     ami = time.perf_counter() - start
-    return Measurement("dmlbench", retrieval, nmi, peak_rss_gb(), metrics, ami)
+    return Measurement("dmlbench", retrieval, nmi, peak_rss_gb(), metrics, ami, peak_gpu_gb(device))
 
 
 def run_reference(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Measurement:
@@ -115,6 +127,7 @@ def run_reference(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.
 
     embeddings, labels = embeddings.to(device), labels.to(device)
     reset_peak_rss()
+    reset_peak_gpu(device)
     times, metrics = [], {}
     for include in [("precision_at_1", "r_precision", "mean_average_precision_at_r"), ("NMI",)]:
         calculator = AccuracyCalculator(include=include, k="max_bin_count", device=device)
@@ -124,7 +137,8 @@ def run_reference(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.
         times.append(time.perf_counter() - start)
     renamed = {"recall@1": metrics["precision_at_1"], "r_precision": metrics["r_precision"],
                "map@r": metrics["mean_average_precision_at_r"], "nmi": metrics["NMI"]}
-    return Measurement("pytorch-metric-learning", times[0], times[1], peak_rss_gb(), renamed)
+    return Measurement("pytorch-metric-learning", times[0], times[1], peak_rss_gb(), renamed,
+                       peak_gpu_gb=peak_gpu_gb(device))
 
 
 COMPARED = ("recall@1", "r_precision", "map@r", "nmi")
@@ -156,6 +170,7 @@ def bench(sizes: list[tuple[str, tuple[int, int, int]]], device: torch.device, *
                 "nmi_s": round(result.nmi_s, 2), "total_s": round(result.total_s, 2),
                 "ami_s": round(result.ami_s, 2),
                 "peak_rss_gb": round(result.peak_rss_gb, 2),
+                **({"peak_gpu_gb": round(result.peak_gpu_gb, 2)} if device.type == "cuda" else {}),
                 **{key: round(float(result.metrics[key]), 6) for key in COMPARED},
                 "max_metric_diff": float(f"{diff:.3g}"),
                 "time_vs_dmlbench": round(result.total_s / ours.total_s, 2),
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Evaluation time, dmlbench vs pytorch-metric-learning AccuracyCalculator; {machine_line(device)}\n"
               "retrieval = Recall@1/P@1 + R-Precision + MAP@R (k = largest class); nmi = k-means + NMI; total = the two; "
               "ami_s = scikit-learn's AMI on the same clusters (dmlbench only, not in total); peak_rss_gb = process "
-              "high-water mark over everything; max_metric_diff = largest |difference| to dmlbench over recall@1, "
+              "high-water mark over everything (peak_gpu_gb: torch's CUDA allocator's, on CUDA); max_metric_diff = largest |difference| to dmlbench over recall@1, "
               "r_precision, map@r, nmi")
     print(header)
     print(table.to_string(index=False))
