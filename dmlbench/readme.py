@@ -249,6 +249,8 @@ def render_gpu_block(reports: dict, cells: dict, present: set[str]) -> str:
             + (f"; the tests: {_tests_line(dry)}" if _tests_line(dry) else "") + ".")
         if "cpu" in cells:
             table = cells["cpu"]
+            if "must_equal" in table:
+                table = table[table["must_equal"]]
             same = bool((table[["diff_recall@1", "diff_map@r", "diff_nmi"]] == 0).all().all())
             lines.append("")
             lines.append(f"Its {len(table)} default-study cell(s) on the CPU, run from the carried data and wheels with "

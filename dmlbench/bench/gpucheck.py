@@ -122,6 +122,12 @@ def log(message: str) -> None:
     print(f"[gpu-check {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def shown(path: Path) -> Path:
+    """A path as the check prints it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -248,7 +254,7 @@ def bundle_wheels(wheels: list[Path], dest: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == key:
             return manifest
-    log(f"bundling {len(wheels)} wheels into {dest.relative_to(ROOT)} (xz, about a minute)")
+    log(f"bundling {len(wheels)} wheels into {shown(dest)} (xz, about a minute)")
     with tempfile.TemporaryDirectory() as tmp:
         copies = [stored_copy(w, Path(tmp)) for w in wheels]
         _tar_xz(dest, [(c, c.name) for c in copies])
@@ -287,7 +293,7 @@ def bundle_data(dest: Path) -> dict:
     manifest_path = dest.with_suffix("").with_suffix(".json")
     if dest.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()).get("key") == key:
         return json.loads(manifest_path.read_text())
-    log(f"bundling the default study's Fashion-MNIST into {dest.relative_to(ROOT)} (xz, about a minute)")
+    log(f"bundling the default study's Fashion-MNIST into {shown(dest)} (xz, about a minute)")
     with tempfile.TemporaryDirectory() as tmp:
         members = []
         for key_name, array in contents.items():
@@ -365,7 +371,7 @@ def install(bundle: Path, site: Path, *, python_version: str | None = None) -> l
     """pip install --no-index --no-deps --target ``site`` of the bundle's wheels (for another
     Python with ``python_version``: installed for that version, as the GPU machine's pip would)."""
     if not bundle.is_file():
-        raise SystemExit(f"gpu-check: no {bundle.relative_to(ROOT)}: carry it (run 'make gpu-prepare' first)")
+        raise SystemExit(f"gpu-check: no {shown(bundle)}: carry it (run 'make gpu-prepare' first)")
     digest = sha256_file(bundle)
     if _installed(site) == digest:
         return _dist_infos(site)
@@ -396,7 +402,7 @@ def install_wheels(wheels: list[Path], site: Path, digest: str, *, python_versio
         command += ["--python-version", python_version, "--implementation", "cp", "--only-binary=:all:"]
         for tag in PLATFORMS:
             command += ["--platform", tag]
-    log(f"installing {len(wheels)} wheels into {site.relative_to(ROOT)}")
+    log(f"installing {len(wheels)} wheels into {shown(site)}")
     subprocess.run(command + [str(w) for w in wheels], check=True)
     (site / ".dmlbench-bundle").write_text(digest + "\n")
     return _dist_infos(site)
@@ -490,8 +496,9 @@ class Steps:
         logs.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, command: list[str], *, env: dict | None = None) -> bool:
-        limit = min(STEP_LIMITS.get(name, 120), int(self.deadline - time.monotonic()))
-        if limit < 10:
+        remaining = int(self.deadline - time.monotonic())
+        limit = min(STEP_LIMITS.get(name, 120), remaining)
+        if remaining < 10:
             self.report["steps"][name] = {"command": command, "rc": "not run: the call's time is spent", "seconds": 0,
                                           "tail": ""}
             log(f"{name}: not run, the call's time is spent")
@@ -568,25 +575,30 @@ def part1(steps: Steps, device: str) -> None:
 
 
 def part2(steps: Steps, cells: int, *, dry: bool = False) -> None:
+    """The cells, from the carried data when build/gpu/part2 is here (else from wherever the
+    dataset is found, as on a user's own GPU machine)."""
     data = BUILD / "part2" / "data.tar.xz"
     manifest_path = BUILD / "part2" / "data.json"
-    if not data.is_file() or not manifest_path.is_file():
-        raise SystemExit("gpu-check: part 2 needs build/gpu/part2 (data.tar.xz, data.json): carry it")
     folder = BUILD / "data"
     for stale in (folder, BUILD / "cell-results"):  # a rerun on a warm machine runs the cells again
         if stale.exists():
             shutil.rmtree(stale)
-    with tarfile.open(data, "r:xz") as tar:
-        tar.extractall(folder, filter="data")
-    env = dict(steps.env) | {"DMLBENCH_DATA": str(folder), "DMLBENCH_CACHE": str(BUILD / "cache"),
-                             "DMLBENCH_RESULTS": str(BUILD / "cell-results"), "DMLBENCH_DOWNLOAD": "0"}
+    env = dict(steps.env) | {"DMLBENCH_RESULTS": str(BUILD / "cell-results")}
+    command = _python("-m", "dmlbench.bench.gpucheck", "cells", "--count", str(cells), "--out",
+                      str(BUILD / "out" / "bench"))
+    if data.is_file() and manifest_path.is_file():
+        with tarfile.open(data, "r:xz") as tar:
+            tar.extractall(folder, filter="data")
+        env |= {"DMLBENCH_DATA": str(folder), "DMLBENCH_CACHE": str(BUILD / "cache"), "DMLBENCH_DOWNLOAD": "0"}
+        command += ["--manifest", str(manifest_path)]
+    else:
+        log("no build/gpu/part2 here: the cells read the dataset from where it is found")
     if dry:  # on the CPU with the CPU runs' thread count, the cells must reproduce them exactly
         env["OMP_NUM_THREADS"] = "1"
-    steps.run("cells", _python("-m", "dmlbench.bench.gpucheck", "cells", "--count", str(cells),
-                               "--manifest", str(manifest_path), "--out", str(BUILD / "out" / "bench")), env=env)
+    steps.run("cells", command, env=env)
 
 
-def run_cells(count: int, manifest: Path, out: Path) -> int:
+def run_cells(count: int, manifest: Path | None, out: Path) -> int:
     """(in the check's environment) The first ``count`` CELLS of the default study, run through
     papermill into $DMLBENCH_RESULTS, beside the CPU runs of the repository's results/runs."""
     import pandas as pd
@@ -596,10 +608,11 @@ def run_cells(count: int, manifest: Path, out: Path) -> int:
     from ..study import load_study, run_config
     from .timing import save_table
 
-    expected = json.loads(manifest.read_text())["split_sha256"]
-    found = split_digests(FashionMNIST.load())
-    if found != expected:
-        raise SystemExit(f"gpu-check: the carried data's splits differ from the CPU runs' ({found} vs {expected})")
+    if manifest is not None:
+        expected = json.loads(manifest.read_text())["split_sha256"]
+        found = split_digests(FashionMNIST.load())
+        if found != expected:
+            raise SystemExit(f"gpu-check: the carried data's splits differ from the CPU runs' ({found} vs {expected})")
     study = load_study(STUDY)
     chosen = {(c.config.loss, c.config.miner, c.config.seed): c for c in study.cells}
     rows = []
@@ -622,6 +635,9 @@ def run_cells(count: int, manifest: Path, out: Path) -> int:
             row[key] = round(there["test"][key], 4)
             row[f"cpu_{key}"] = round(here["test"][key], 4) if here else float("nan")
             row[f"diff_{key}"] = round(there["test"][key] - here["test"][key], 4) if here else float("nan")
+        # the same device and thread count give the same numbers (the study's own promise)
+        row["must_equal"] = bool(here and there["device"] == here["device"]
+                                 and there["machine"].get("torch_threads") == here["machine"].get("torch_threads"))
         if here:
             row.update(cpu_notebook_s=round(read_json(cpu_path.parent / "execution.json")["notebook_wall_s"], 1),
                        cpu_train_s=round(here["train_time_s"], 1), cpu_best_epoch=here["best_epoch"])
@@ -635,15 +651,14 @@ def run_cells(count: int, manifest: Path, out: Path) -> int:
                   f"results/runs. Equal seeds on different devices need not give equal numbers: the GPU's "
                   f"convolution and reduction kernels round differently and the network runs under bf16 "
                   f"autocast, so the runs part after the first steps; diff_* = CUDA minus CPU")
-        exact = False
-    else:  # the dry run: the CPU again, with the CPU runs' thread count
-        header = (f"Default-study cells through papermill on the CPU in the GPU machine's view of the packages (the "
-                  f"dry run of the GPU check), beside the same cells' runs in results/runs, with their thread "
-                  f"count: the numbers must be equal; diff_* = this run minus the shipped one")
-        exact = True
+    else:  # the dry run: the CPU again (with the CPU runs' thread count, the numbers must be equal)
+        header = (f"Default-study cells through papermill on the CPU (the GPU check without a GPU), beside the same "
+                  f"cells' runs in results/runs; where must_equal (same device, same thread count) the numbers "
+                  f"must be equal; diff_* = this run minus the shipped one")
     save_table(table, f"cells-{device}", header, folder=out)
-    if exact:
-        differ = [r["run_id"] for r in rows if any(r[f"diff_{k}"] != 0 for k in ("recall@1", "map@r", "nmi"))]
+    if rows:
+        differ = [r["run_id"] for r in rows if r["must_equal"]
+                  and any(r[f"diff_{k}"] != 0 for k in ("recall@1", "map@r", "nmi"))]
         if differ:
             print(f"gpu-check: on the CPU these cells did not reproduce the shipped runs: {differ}", file=sys.stderr)
             return 1
@@ -683,18 +698,20 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
         report["installed"] = install_wheels(local, site, key)
         env = guarded_environment(site, BUILD / "dry" / "guard", plan["pins"])
     else:
-        if 1 in parts:
-            report["installed"] = install(BUILD / "part1" / "wheels.tar.xz", site)
-        elif _installed(site) is None:
-            report["error"] = ("part 2 alone needs the wheels part 1 installed on this machine (build/gpu/site): "
-                               "run part 1 first, in the call just before, while the machine is warm")
-            log(report["error"])
-            deliver_now()
-            return 1
+        bundle = BUILD / "part1" / "wheels.tar.xz"
+        if 1 in parts and bundle.is_file():
+            report["installed"] = install(bundle, site)
+        elif 1 in parts or _installed(site) is None:
+            # no carried wheels: a GPU machine of the user's own, with the project's venv (make setup)
+            site = None
+            report["installed"] = "none: this environment's packages (no build/gpu/part1/wheels.tar.xz here)"
+            log(report["installed"])
         wheels = BUILD / "part1" / "wheels.json"
-        report["wheels"] = json.loads(wheels.read_text())["wheels"] if wheels.is_file() else _dist_infos(site)
+        if site is not None:
+            report["wheels"] = json.loads(wheels.read_text())["wheels"] if wheels.is_file() else _dist_infos(site)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        paths = ([str(site)] if site else []) + [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     env |= {"PYTHONUNBUFFERED": "1", "DMLBENCH_RESULTS": str(out), "DMLBENCH_DOWNLOAD": "0"}
     imports = out / "imports.json"
     done = subprocess.run(_python("-m", "dmlbench.bench.gpucheck", "imports", "--out", str(imports)),
@@ -710,6 +727,11 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
         if outside:
             broken["outside the carried wheels"] = outside
     log("imports: " + (f"all {len(IMPORTS)} ok" if not broken else f"FAILED {broken}"))
+    if broken and site is None:
+        report["error"] = ("packages are missing here and no carried wheels were installed: carry build/gpu/part1 "
+                           "('make gpu-prepare'), or, for part 2 alone, run part 1 in the call just before, while "
+                           "the machine is warm")
+        log(report["error"])
     report["facts"] = machine_facts()
     device = "cuda" if report["facts"].get("cuda_available") else "cpu"
     if device != "cuda" and not dry:
@@ -780,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     dry.add_argument("--cells", type=int, default=1, help="default-study cells to run on the CPU (default 1)")
     cells = sub.add_parser("cells", help=argparse.SUPPRESS)
     cells.add_argument("--count", type=int, required=True)
-    cells.add_argument("--manifest", type=Path, required=True)
+    cells.add_argument("--manifest", type=Path, help="the carried data's manifest: its splits are checked")
     cells.add_argument("--out", type=Path, required=True)
     imports = sub.add_parser("imports", help=argparse.SUPPRESS)
     imports.add_argument("--out", type=Path, required=True)
@@ -804,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.folder}: no gpu-check-part*.tar.gz there")
     for archive in archives:
         for path in collect(archive):
-            print("written:", path.relative_to(ROOT))
+            print("written:", shown(path))
     return 0
 
 
