@@ -27,7 +27,7 @@ NPROC := $(shell nproc 2>/dev/null || echo 1)
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 JOBS ?= $(if $(HAS_GPU),1,$(NPROC))
 CELL_THREADS := $(shell echo $$(( $(NPROC) / $(JOBS) > 0 ? $(NPROC) / $(JOBS) : 1 )))
-# Where the cells run (dmlbench/executors.py): local runs them here through the generated makefile;
+# Where the cells run (dmlbench/study/executors.py): local runs them here through the generated makefile;
 # submitit-local runs each as a submitit job on this machine, JOBS at a time; slurm submits them as
 # one Slurm job array with the study file's `slurm:` settings and waits for it. Either way each cell
 # is the same notebook execution writing the same files, and the report is built here afterwards.

@@ -65,8 +65,8 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from .config import RunConfig
     from .paths import runs_dir
-    from .record import METRICS_FILE, record_problem
-    from .study import load_study, run_config
+    from .training.record import METRICS_FILE, record_problem
+    from .study.cells import load_study, run_config
 
     def config_run_dir(config):
         return runs_dir() / config.run_id()
@@ -93,7 +93,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import describe, emit_makefile, load_study, run_study
+    from .study.cells import describe, emit_makefile, load_study
+    from .study.executors import run_study
 
     if args.datasets or args.prepare_data:  # before any network is built: weights need not be there yet
         study = load_study(args.study, check_networks=False)
@@ -102,7 +103,7 @@ def cmd_study(args) -> int:
             return 0
         return _prepare_study_data(study)
     if args.estimate is not None:  # no network is built: the estimate needs neither weights nor data
-        from .estimate import estimate, measured_rate
+        from .study.estimate import estimate, measured_rate
 
         source = "given"
         if args.estimate is MEASURED:
@@ -116,15 +117,15 @@ def cmd_study(args) -> int:
         return 0
     study = load_study(args.study)
     if args.emit_make:
-        from .io import atomic_write_text
+        from .fileio import atomic_write_text
 
         atomic_write_text(args.emit_make, emit_makefile(study))
         return 0
     if args.status:
         print(describe(study))
         return 0
-    from .preflight import check_study_machine
-    from .study import RunFailed
+    from .study.preflight import check_study_machine
+    from .study.cells import RunFailed
 
     if args.executor != "slurm":  # the cells run on this machine: its device and memory must do for them
         check_study_machine(study)
@@ -167,8 +168,8 @@ def _prepare_study_data(study) -> int:
 
 
 def report_and_readme(study: Path, readme: bool = True) -> int:
-    from .readme import describes_repo_results, update_readme
-    from .report import build_report
+    from .reporting.readme import describes_repo_results, update_readme
+    from .reporting.report import build_report
 
     print(build_report(study))
     if readme and describes_repo_results():  # a rerun elsewhere leaves the README's numbers alone
@@ -177,7 +178,7 @@ def report_and_readme(study: Path, readme: bool = True) -> int:
 
 
 def cmd_report(args) -> int:
-    from .study import load_study
+    from .study.cells import load_study
 
     load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
     return report_and_readme(args.study, readme=not args.no_readme)
@@ -236,7 +237,7 @@ def _data_benchmark(args) -> int:
 
 
 def cmd_readme(args) -> int:
-    from .readme import check_readme, update_readme
+    from .reporting.readme import check_readme, update_readme
 
     if args.check:
         problem = check_readme()
@@ -256,7 +257,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .executors import EXECUTORS
+    from .study.cluster import EXECUTORS
 
     parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmlbench: error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # a failed run (RunFailed), a locked run folder (CellBusy)
-        from .study import BUSY_EXIT, CellBusy
+        from .study.cells import BUSY_EXIT, CellBusy
 
         print(f"dmlbench: {error}", file=sys.stderr)
         return BUSY_EXIT if isinstance(error, CellBusy) else 1

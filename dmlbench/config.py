@@ -27,11 +27,11 @@ from .errors import ConfigError, UnknownNameError
 DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-# A sampler's arguments that training supplies (dmlbench.train); sampler_kwargs holds only the others.
+# A sampler's arguments that training supplies (dmlbench.training.loop); sampler_kwargs holds only the others.
 SAMPLER_SUPPLIED = ("labels", "P", "K", "batches_per_epoch", "generator", "super_labels")
 NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
 # How a run's metrics are computed is part of its identity: when the evaluation protocol changes
-# (dmlbench.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
+# (dmlbench.evaluation.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
 # for new ones nor overwritten.
 EVALUATION_PROTOCOL = ("3: neighbours exact in float64 with index tie-breaking; NMI from faiss's k-means "
                        "as AccuracyCalculator runs it (seed 1234, 20 iterations, 256 points per centroid); "

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from dmlbench.tuples import Pairs, Triplets
+from dmlbench.geometry.tuples import Pairs, Triplets
 
 VALUE_RTOL, VALUE_ATOL = 1e-5, 1e-6  # a loss value against its reference, in every loss test
 

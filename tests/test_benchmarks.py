@@ -12,7 +12,7 @@ from dmlbench.datasets.benchmarks import cache_side, locate_layout
 from dmlbench.datasets.image_cache import ImageReadError
 from dmlbench.datasets.layouts import LayoutError
 from dmlbench.errors import ConfigError
-from dmlbench.train import train
+from dmlbench.training.loop import train
 
 from .miniature import FOLDERS, write_miniature
 
@@ -129,7 +129,7 @@ def test_one_epoch_through_the_experiment_notebook(name, miniatures, isolated):
 
     import nbformat
 
-    from dmlbench.study import run_config
+    from dmlbench.study.cells import run_config
 
     config = photo_config(name, data_root=str(miniatures[name]), P=3 if name == "inshop" else 4, num_workers=1,
                           loss="contrastive", miner="none")  # every pair counts: the loss is positive
@@ -198,8 +198,9 @@ def test_a_cub_study_on_a_preset_reports_beside_the_published_numbers(miniatures
     our cell stands beside Roth et al.'s number, with the settings that depart from the preset named."""
     import yaml
 
-    from dmlbench.report import build_report
-    from dmlbench.study import load_study, run_study
+    from dmlbench.reporting.report import build_report
+    from dmlbench.study.cells import load_study
+    from dmlbench.study.executors import run_study
 
     monkeypatch.setenv("DMLBENCH_DATA", str(miniatures["cub"].parent))
     study_path = tmp_path / "cub-tiny.yaml"

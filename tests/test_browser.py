@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmlbench.browser import check_page, screenshot
+from dmlbench.reporting.browser import check_page, screenshot
 from dmlbench.paths import REPO_ROOT
-from dmlbench.report import SCREENSHOT
+from dmlbench.reporting.report import SCREENSHOT
 
 REPORT = REPO_ROOT / "results" / "report.html"
 
@@ -48,7 +48,7 @@ def test_broken_images_and_links_are_caught(tmp_path):
 
 
 def test_a_missing_browser_is_named(monkeypatch):
-    from dmlbench import browser
+    from dmlbench.reporting import browser
 
     monkeypatch.setattr(browser.shutil, "which", lambda name: None)
     with pytest.raises(browser.BrowserError, match="apt-get install chromium"):

@@ -16,11 +16,11 @@ import torch.distributed as dist
 from dmlbench.config import RunConfig
 from dmlbench.criterion import build_criterion, is_compatible
 from dmlbench.datasets import load_dataset
-from dmlbench.feeds import PhotoFeed, autocast_dtype
+from dmlbench.training.feeds import PhotoFeed, autocast_dtype
 from dmlbench.losses import LOSSES
 from dmlbench.miners import MINERS
 from dmlbench.models import MODELS
-from dmlbench.train import make_optimizer, optimisation_step, train
+from dmlbench.training.loop import make_optimizer, optimisation_step, train
 
 from .conftest import tiny_settings
 
@@ -110,7 +110,7 @@ def test_torch_compile_trains_on_cuda(isolated):
 
 
 def test_nccl_gathers_a_batch_on_one_gpu(tmp_path):
-    from dmlbench.distributed import gather_batch
+    from dmlbench.training.distributed import gather_batch
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)

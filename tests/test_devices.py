@@ -12,9 +12,9 @@ from dmlbench.config import RunConfig
 from dmlbench.criterion import build_criterion, is_compatible
 from dmlbench.datasets import load_dataset
 from dmlbench.losses import LOSSES
-from dmlbench.metrics import evaluate
+from dmlbench.evaluation.metrics import evaluate
 from dmlbench.miners import MINERS
-from dmlbench.train import autocast_dtype, resolve_device, train
+from dmlbench.training.loop import autocast_dtype, resolve_device, train
 
 from .conftest import tiny_settings
 

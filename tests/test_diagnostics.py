@@ -5,7 +5,7 @@ import pytest
 from scipy.spatial.distance import cdist
 from scipy.stats import entropy
 
-from dmlbench.diagnostics import class_distances, diagnostics, spectral_decay
+from dmlbench.evaluation.diagnostics import class_distances, diagnostics, spectral_decay
 
 
 def reference(x, y):

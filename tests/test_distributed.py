@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dmlbench.criterion import build_criterion
-from dmlbench.distributed import gather_batch, loss_scale, shard, world
-from dmlbench.train import optimisation_step
+from dmlbench.training.distributed import gather_batch, loss_scale, shard, world
+from dmlbench.training.loop import optimisation_step
 
 
 def free_port() -> int:
@@ -106,8 +106,8 @@ def test_torchrun_training_of_one_run_equals_one_process(isolated, tmp_path, mon
     rank 0 validating and testing) and ends where the one-process run of the same settings ends."""
     from dmlbench.config import RunConfig
     from dmlbench.datasets import load_dataset
-    from dmlbench.launch import LOG_FILE, train_distributed
-    from dmlbench.train import train
+    from dmlbench.training.launch import LOG_FILE, train_distributed
+    from dmlbench.training.loop import train
 
     from .conftest import tiny_settings
     from .test_notebooks import user_module
@@ -131,7 +131,7 @@ def test_torchrun_training_of_one_run_equals_one_process(isolated, tmp_path, mon
 def test_a_failed_launch_names_its_log(isolated, tmp_path):
     from dmlbench.config import RunConfig
     from dmlbench.datasets import load_dataset
-    from dmlbench.launch import train_distributed
+    from dmlbench.training.launch import train_distributed
 
     from .conftest import tiny_settings
 

@@ -13,7 +13,7 @@ from dmlbench.datasets.base import ImageSet
 from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.paths import REPO_ROOT
-from dmlbench.study import load_study
+from dmlbench.study.cells import load_study
 
 
 def part(split, size, seed):
@@ -39,7 +39,7 @@ def default_settings():
 
 @pytest.mark.parametrize("loss", LOSSES.names())
 def test_one_epoch_trains_and_improves_validation_recall(loss, fashion_mnist):
-    from dmlbench.train import train
+    from dmlbench.training.loop import train
 
     base = default_settings()
     config = RunConfig(**{**base.to_dict(), "loss": loss, "miner": LOSSES.get(loss).paper_miner, "loss_kwargs": {},

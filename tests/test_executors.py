@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from dmlbench.errors import ConfigError
-from dmlbench.executors import SLURM_SETTINGS, CellJob, job_folder, submitit_executor
+from dmlbench.study.executors import SLURM_SETTINGS, CellJob, job_folder, submitit_executor
 from dmlbench.paths import REPO_ROOT
-from dmlbench.study import load_study, run_study
+from dmlbench.study.cells import load_study
+from dmlbench.study.executors import run_study
 
 from .conftest import tiny_settings
 from .test_notebooks import BROKEN_LOSS, user_module
@@ -202,8 +203,8 @@ def test_run_study_rejects_bad_executors_and_jobs_below_one(isolated, tmp_path, 
 
 
 def test_a_damaged_failure_record_still_gives_a_summary_line(isolated, tmp_path):
-    from dmlbench.executors import _failure_line
-    from dmlbench.study import load_study
+    from dmlbench.study.executors import _failure_line
+    from dmlbench.study.cells import load_study
 
     study_path = tmp_path / "one.yaml"
     study_path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "losses": ["triplet"], "miners": ["random"],

@@ -8,8 +8,8 @@ import subprocess
 import yaml
 
 from dmlbench.paths import REPO_ROOT
-from dmlbench.record import REQUIRED_KEYS, UnreadableRecord, read_record, record_problem
-from dmlbench.study import emit_makefile, load_study
+from dmlbench.training.record import REQUIRED_KEYS, UnreadableRecord, read_record, record_problem
+from dmlbench.study.cells import emit_makefile, load_study
 
 from .conftest import tiny_settings
 
@@ -86,7 +86,7 @@ def test_a_damaged_metrics_json_is_not_a_finished_run(isolated, tmp_path):
 
 
 def test_a_damaged_record_is_kept_aside_and_its_cell_runs_again(isolated, tmp_path):
-    from dmlbench.study import run_config
+    from dmlbench.study.cells import run_config
 
     study = load_study(write_study(tmp_path, "tiny", ["triplet"]))
     cell = study.cells[0]

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from dmlbench.io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_if_changed
+from dmlbench.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, write_if_changed
 
 
 def mode(path) -> int:

@@ -1,12 +1,12 @@
-"""dmlbench.kmeans reproduces faiss's k-means bit for bit while computing fewer distances."""
+"""dmlbench.evaluation.kmeans reproduces faiss's k-means bit for bit while computing fewer distances."""
 
 import faiss
 import numpy as np
 import pytest
 import torch
 
-from dmlbench.kmeans import KMEANS_SEED, compute_centroids, kmeans
-from dmlbench.metrics import faiss_kmeans_clusters
+from dmlbench.evaluation.kmeans import KMEANS_SEED, compute_centroids, kmeans
+from dmlbench.evaluation.metrics import faiss_kmeans_clusters
 
 
 def blobs(n, dim, k, noise, seed):

@@ -4,7 +4,7 @@ import math
 
 import pandas as pd
 
-from dmlbench.literature import NO_TABLE, PUBLISHED, compare, published_for
+from dmlbench.reporting.literature import NO_TABLE, PUBLISHED, compare, published_for
 
 
 def runs_table(rows):

@@ -13,7 +13,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.angular import AngularLoss
 from dmlbench.miners import BatchHardMiner, SemiHardMiner
-from dmlbench.tuples import Pairs, all_pairs
+from dmlbench.geometry.tuples import Pairs, all_pairs
 
 from . import oracle
 from .oracle import as_tuple, batch, shuffled_subset, value_and_grad

@@ -10,7 +10,7 @@ from pytorch_metric_learning import losses as pml_losses
 from dmlbench.criterion import Criterion
 from dmlbench.errors import ConfigError
 from dmlbench.losses.margin import MarginLoss
-from dmlbench.tuples import Pairs, Triplets, all_triplets
+from dmlbench.geometry.tuples import Pairs, Triplets, all_triplets
 
 from .oracle import as_tuple, batch, value_and_grad, value_and_grads
 

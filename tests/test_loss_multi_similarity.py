@@ -12,7 +12,7 @@ from pytorch_metric_learning import reducers as pml_reducers
 from dmlbench.errors import ConfigError
 from dmlbench.losses.multi_similarity import MultiSimilarityLoss
 from dmlbench.miners import BatchHardMiner, MultiSimilarityMiner
-from dmlbench.tuples import Pairs, all_pairs
+from dmlbench.geometry.tuples import Pairs, all_pairs
 
 from . import oracle
 from .oracle import as_tuple, batch, value_and_grad

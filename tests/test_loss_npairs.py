@@ -13,7 +13,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES
 from dmlbench.losses.npairs import NPairsLoss, one_pair_per_class
 from dmlbench.miners import SemiHardMiner
-from dmlbench.tuples import Pairs, all_pairs
+from dmlbench.geometry.tuples import Pairs, all_pairs
 
 from . import oracle
 from .oracle import as_tuple, batch, value_and_grad

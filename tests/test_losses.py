@@ -13,7 +13,7 @@ from dmlbench.criterion import build_criterion, class_kwargs
 from dmlbench.errors import ConfigError
 from dmlbench.losses import LOSSES, ContrastiveLoss, TripletMarginLoss
 from dmlbench.miners import BatchHardMiner, SemiHardMiner
-from dmlbench.tuples import Triplets
+from dmlbench.geometry.tuples import Triplets
 
 from . import oracle
 from .oracle import as_tuple, batch, value_and_grad

@@ -10,8 +10,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from dmlbench.metrics import evaluate, faiss_kmeans_clusters, kmeans_clusters
-from dmlbench.neighbours import knn
+from dmlbench.evaluation.metrics import evaluate, faiss_kmeans_clusters, kmeans_clusters
+from dmlbench.evaluation.neighbours import knn
 
 
 def clustered(n=300, dim=16, classes=20, noise=1.0, seed=0, singletons=0, duplicates=0):

@@ -13,7 +13,7 @@ from dmlbench.criterion import compatible_miners, check_compatible
 from dmlbench.errors import ConfigError, IncompatibleError
 from dmlbench.miners import (MINERS, AllTuples, BatchHardMiner, DistanceWeightedMiner, MultiSimilarityMiner, RandomMiner,
                              SemiHardMiner)
-from dmlbench.tuples import Pairs, Triplets
+from dmlbench.geometry.tuples import Pairs, Triplets
 
 
 def batch(n=32, dim=16, classes=5, seed=0):

@@ -15,7 +15,7 @@ from scipy.stats import binomtest, chisquare
 from dmlbench.errors import ConfigError
 from dmlbench.miners import (DistanceWeightedMiner, MarginTripletMiner, NPairMiner, RhoDistanceMiner, SemiHardMiner,
                              SmoothHardMiner)
-from dmlbench.tuples import Pairs, Triplets
+from dmlbench.geometry.tuples import Pairs, Triplets
 
 from .test_miners import as_set, batch, batches, dist
 

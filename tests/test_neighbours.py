@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmlbench.neighbours import FP32_UNIT_ROUNDOFF, dot_error_bound, full_precision_matmul, knn
+from dmlbench.evaluation.neighbours import FP32_UNIT_ROUNDOFF, dot_error_bound, full_precision_matmul, knn
 
 
 def brute_force(query, reference, k, *, self_mode=False, exclude=None):

@@ -19,8 +19,9 @@ from dmlbench.losses import LOSSES
 from dmlbench.miners import MINERS
 from dmlbench.models import MODELS as MODELS
 from dmlbench.paths import REPO_ROOT, notebook
-from dmlbench.readme import render_block
-from dmlbench.study import emit_makefile, load_study, run_config, run_study
+from dmlbench.reporting.readme import render_block
+from dmlbench.study.cells import emit_makefile, load_study, run_config
+from dmlbench.study.executors import run_study
 
 from .conftest import tiny_settings
 
@@ -121,7 +122,7 @@ def test_readme_worked_example_loss_runs_as_a_notebook_parameter(isolated, tmp_p
 
 PAIRS_ONLY = '''
 from dmlbench.miners import Miner
-from dmlbench.tuples import all_pairs
+from dmlbench.geometry.tuples import all_pairs
 
 
 class PairsOnly(Miner):
@@ -151,7 +152,7 @@ def test_study_then_report(isolated, tmp_path, monkeypatch):
     cells_mk.write_text(emit_makefile(study))
     assert subprocess.run(["make", "-q", "-f", str(cells_mk), "cells"], cwd=REPO_ROOT).returncode == 0
 
-    from dmlbench.report import build_report
+    from dmlbench.reporting.report import build_report
 
     html = build_report(study_path)
     text = html.read_text()
@@ -201,7 +202,7 @@ def test_report_markdown_types_no_number():
 
 
 def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(isolated, tmp_path):
-    from dmlbench.report import build_report
+    from dmlbench.reporting.report import build_report
 
     study_path = tmp_path / "seeds.yaml"
     study_path.write_text(yaml.safe_dump({

@@ -1,4 +1,4 @@
-"""Settings that only the data or the machine can refute (dmlbench.preflight) stop before anything
+"""Settings that only the data or the machine can refute (dmlbench.study.preflight) stop before anything
 runs: before the first notebook of a study, before a single run's folder exists. Each with one line
 naming the setting, its value, why and the valid range. The tiny Fashion-MNIST (conftest) has 5
 training classes of 40 images each."""
@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from dmlbench import preflight
+from dmlbench.study import preflight
 from dmlbench.cli import main
 from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError
 from dmlbench.losses import ContrastiveLoss, MultiSimilarityLoss, TripletMarginLoss
 from dmlbench.miners import MarginTripletMiner, MultiSimilarityMiner, SemiHardMiner, SmoothHardMiner
 from dmlbench.paths import REPO_ROOT
-from dmlbench.study import load_study
+from dmlbench.study.cells import load_study
 
 from .conftest import TRAIN_PER_CLASS, tiny_settings
 from .test_layouts import write_sop

@@ -9,7 +9,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.models.backbone import cached_weights_path
 from dmlbench.paths import REPO_ROOT
 from dmlbench.presets import PRESETS, apply_preset, deviations
-from dmlbench.study import load_study
+from dmlbench.study.cells import load_study
 
 BENCHMARK_STUDIES = ("cub", "cars196", "sop", "inshop")
 

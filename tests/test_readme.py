@@ -3,7 +3,7 @@
 import json
 
 from dmlbench.paths import REPO_ROOT
-from dmlbench.readme import BEGIN, END, check_readme, render_block
+from dmlbench.reporting.readme import BEGIN, END, check_readme, render_block
 
 
 def test_readme_results_block_matches_committed_results():
@@ -35,7 +35,7 @@ def test_render_block_reads_numbers_from_the_summary():
 def test_eval_block_reads_the_benchmark_files():
     import pandas as pd
 
-    from dmlbench.readme import EVAL_BEGIN, EVAL_END, render_eval_block
+    from dmlbench.reporting.readme import EVAL_BEGIN, EVAL_END, render_eval_block
 
     table = pd.DataFrame([{"size": "sop", "n": 60502, "dim": 512, "classes": 11316, "evaluator": "dmlbench",
                            "retrieval_s": 31.96, "nmi_s": 55.0, "total_s": 86.96, "peak_rss_gb": 1.234,
@@ -50,9 +50,9 @@ def test_eval_block_reads_the_benchmark_files():
 def test_train_block_and_study_estimates_come_from_the_files():
     import pandas as pd
 
-    from dmlbench.estimate import SPLIT_SIZES, estimate
-    from dmlbench.readme import TRAIN_BEGIN, TRAIN_END, render_train_block
-    from dmlbench.study import load_study
+    from dmlbench.study.estimate import SPLIT_SIZES, estimate
+    from dmlbench.reporting.readme import TRAIN_BEGIN, TRAIN_END, render_train_block
+    from dmlbench.study.cells import load_study
 
     study = load_study(REPO_ROOT / "studies" / "cub.yaml", check_networks=False)  # no weights needed
     work = estimate(study, 1000.0).iloc[0]
@@ -98,7 +98,7 @@ def _cells(device, diff):
 
 
 def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
-    from dmlbench.readme import CUDA_FILES, GPU_BEGIN, GPU_END, render_gpu_block
+    from dmlbench.reporting.readme import CUDA_FILES, GPU_BEGIN, GPU_END, render_gpu_block
 
     block = render_gpu_block({"gpu-dry": _dry_report()}, {"cpu": _cells("cpu", 0.0)}, {"train-cpu", "cells-cpu"})
     assert block.startswith(GPU_BEGIN) and block.endswith(GPU_END)
@@ -111,7 +111,7 @@ def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
 
 
 def test_gpu_block_shows_the_measured_check_and_the_cuda_cells():
-    from dmlbench.readme import render_gpu_block
+    from dmlbench.reporting.readme import render_gpu_block
 
     report = {"dry": False, "seconds": 400.0, "steps": {"tests": {"rc": 0, "seconds": 80.0, "tail": "9 passed in 70.00s"},
                                                          "train": {"rc": "stopped after 90 s", "seconds": 90.0, "tail": ""}},
@@ -132,7 +132,7 @@ def test_estimate_uses_the_measured_cuda_throughput(tmp_path):
     import pytest
 
     from dmlbench.errors import ConfigError
-    from dmlbench.estimate import measured_rate
+    from dmlbench.study.estimate import measured_rate
 
     with pytest.raises(ConfigError, match="no CUDA throughput has been measured yet"):
         measured_rate(tmp_path)
@@ -157,7 +157,7 @@ def test_estimate_without_a_number_names_what_is_missing(capsys):
 def test_eval_block_shows_gpu_memory_for_cuda_files_only():
     import pandas as pd
 
-    from dmlbench.readme import render_eval_block
+    from dmlbench.reporting.readme import render_eval_block
 
     row = {"size": "cub", "n": 5924, "dim": 512, "classes": 100, "evaluator": "dmlbench", "retrieval_s": 0.1,
            "nmi_s": 0.2, "total_s": 0.3, "peak_rss_gb": 1.0, "max_metric_diff": 0.0}

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlbench import report as rp
+from dmlbench.reporting import report as rp
 
 from .conftest import tiny_settings
 
@@ -196,7 +196,7 @@ def test_tsne_map_does_not_depend_on_the_number_of_threads():
     import torch
     from threadpoolctl import threadpool_limits
 
-    from dmlbench.plots import tsne_figure
+    from dmlbench.reporting.plots import tsne_figure
 
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 5, 200)
@@ -232,13 +232,13 @@ def test_the_executed_notebook_keeps_no_timestamps():
 def write_study(tmp_path, name, **spec):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "datasets": ["fashion-mnist"], "settings": tiny_settings(), **spec}))
-    from dmlbench.study import load_study
+    from dmlbench.study.cells import load_study
 
     return path, load_study(path)
 
 
 def test_a_study_whose_every_cell_failed_reports_each_failure(isolated, tmp_path):
-    from dmlbench.report import build_report
+    from dmlbench.reporting.report import build_report
 
     path, study = write_study(tmp_path, "allfail", losses=["triplet"], miners=["semi-hard", "none"], seeds=[0])
     for i, cell in enumerate(study.cells):
@@ -278,7 +278,7 @@ def snapshot(results):
 
 
 def test_report_over_damaged_runs_builds_names_them_and_a_rebuild_changes_no_byte(isolated, tmp_path):
-    from dmlbench.report import build_report
+    from dmlbench.reporting.report import build_report
 
     path, study = write_study(tmp_path, "stable", losses={"triplet": {"margin": 0.2}, "contrastive": {}},
                               miners={"semi-hard": {"margin": 0.2}, "none": {}, "batch-hard": {}},

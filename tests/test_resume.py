@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from dmlbench import resume
+from dmlbench.training import resume
 from dmlbench.config import RunConfig
 from dmlbench.datasets import load_dataset
 from dmlbench.errors import ConfigError
-from dmlbench.train import train
+from dmlbench.training.loop import train
 
 from .conftest import tiny_settings
 
@@ -133,7 +133,7 @@ def test_a_run_killed_in_epoch_two_resumes_to_the_uninterrupted_metrics(isolated
 
     import yaml
 
-    from dmlbench.study import load_study
+    from dmlbench.study.cells import load_study
 
     from .test_notebooks import user_module
 
@@ -187,7 +187,7 @@ def test_a_run_killed_from_outside_resumes_to_the_uninterrupted_metrics(isolated
 
     import yaml
 
-    from dmlbench.study import load_study
+    from dmlbench.study.cells import load_study
 
     from .test_notebooks import user_module
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from dmlbench.stats import holm, paired_comparison, ranking, seed_summary, t_interval
+from dmlbench.reporting.stats import holm, paired_comparison, ranking, seed_summary, t_interval
 
 
 def test_t_interval_covers_the_true_mean_at_the_nominal_rate():

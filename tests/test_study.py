@@ -5,7 +5,7 @@ import yaml
 
 from dmlbench.errors import ConfigError, UnknownNameError
 from dmlbench.paths import REPO_ROOT
-from dmlbench.study import emit_makefile, load_study
+from dmlbench.study.cells import emit_makefile, load_study
 
 
 def write_study(tmp_path, **content):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import dmlbench.train as train_module
+import dmlbench.training.loop as train_module
 from dmlbench.config import RunConfig
 from dmlbench.datasets import load_dataset
-from dmlbench.metrics import evaluate
-from dmlbench.train import embed, image_tensor, train
+from dmlbench.evaluation.metrics import evaluate
+from dmlbench.training.loop import embed, image_tensor, train
 
 from .conftest import tiny_settings
 
@@ -101,7 +101,7 @@ def test_the_loss_gets_fp32_embeddings_from_a_network_that_returns_bf16_under_au
     """The CPU reproduction of a CUDA hazard: under bf16 autocast a network whose last layer is a
     Linear returns bf16; the miner and the loss must still compute in fp32."""
     from dmlbench.criterion import build_criterion
-    from dmlbench.train import make_optimizer, optimisation_step
+    from dmlbench.training.loop import make_optimizer, optimisation_step
 
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16))

@@ -15,7 +15,7 @@ from dmlbench.cli import main
 from dmlbench.config import RunConfig, settings_from_text
 from dmlbench.errors import ConfigError
 from dmlbench.paths import REPO_ROOT, notebook
-from dmlbench.study import load_study
+from dmlbench.study.cells import load_study
 
 from .conftest import tiny_settings
 
@@ -140,7 +140,7 @@ def test_bad_flags_are_refused_by_the_parser_naming_the_choices(capsys, argv, pa
 @pytest.mark.parametrize("parameters,parts", [
     ({"lose": "triplet"}, ["unknown parameter 'lose'", "valid parameters: dataset, loss, miner"]),
     ({"optimizer": "adamm"}, ["unknown optimizer 'adamm'", "adam, adamw, sgd, rmsprop"]),
-    ({"P": 6}, ["P=6", "valid range: 1 <= P <= 5"]),  # the data's check (dmlbench.preflight), in the same cell
+    ({"P": 6}, ["P=6", "valid range: 1 <= P <= 5"]),  # the data's check (dmlbench.study.preflight), in the same cell
 ])
 def test_bad_notebook_parameters_stop_the_notebook_before_training(isolated, tmp_path, parameters, parts):
     """papermill straight on the experiment notebook, as a user may run it."""

@@ -1,4 +1,4 @@
-"""Evaluation cost: dmlbench.metrics.evaluate against pytorch-metric-learning's AccuracyCalculator.
+"""Evaluation cost: dmlbench.evaluation.metrics.evaluate against pytorch-metric-learning's AccuracyCalculator.
 
 Both evaluate the same synthetic clustered embeddings (the generator of ../shared/bench/pml_eval.py:
 ``classes`` random centres, labels drawn uniformly, Gaussian noise of scale 1.5, L2-normalised) at
@@ -102,7 +102,7 @@ def run_ours(embeddings: torch.Tensor, labels: torch.Tensor, device: torch.devic
     not compute, apart again)."""
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-    from ..metrics import evaluate, kmeans_clusters
+    from ..evaluation.metrics import evaluate, kmeans_clusters
 
     reset_peak_rss()
     reset_peak_gpu(device)

@@ -93,7 +93,7 @@ LEFT_BEHIND = {
     "parso": "jedi's parser",
 }
 # The modules imported on the machine before anything else runs: the project and what travels.
-IMPORTS = ("dmlbench", "dmlbench.study", "dmlbench.train", "dmlbench.metrics", "dmlbench.kernel", "papermill",
+IMPORTS = ("dmlbench", "dmlbench.study.cells", "dmlbench.training.loop", "dmlbench.evaluation.metrics", "dmlbench.study.kernel", "papermill",
            "nbclient", "nbformat", "jupyter_client", "ipykernel", "IPython", "zmq", "tornado", "faiss",
            "pytorch_metric_learning", "submitit", "torch", "torchvision", "timm", "numpy", "pandas", "sklearn",
            "scipy", "matplotlib", "seaborn", "yaml")
@@ -604,8 +604,8 @@ def run_cells(count: int, manifest: Path | None, out: Path) -> int:
     import pandas as pd
 
     from ..datasets.fashion_mnist import FashionMNIST
-    from ..record import read_json
-    from ..study import load_study, run_config
+    from ..training.record import read_json
+    from ..study.cells import load_study, run_config
     from .timing import save_table
 
     if manifest is not None:

@@ -13,9 +13,9 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..paths import results_dir
-from ..record import device_info
+from ..training.record import device_info
 
 
 def synchronize(device: torch.device) -> None:

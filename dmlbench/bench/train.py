@@ -4,11 +4,11 @@ Three measurements in one process, in images per second, on synthetic CUB-sized 
 5,994 training images of 100 classes, stored like a prepared benchmark: a decoded cache whose
 images have a shorter side of 256 pixels and CUB's typical 4:3 aspect):
 
-- ``data``: the training feed alone (dmlbench.feeds.PhotoFeed: cache reads, random resized crops
+- ``data``: the training feed alone (dmlbench.training.feeds.PhotoFeed: cache reads, random resized crops
   and flips in loader workers, pinned uint8 batches copied to the device and normalised there);
-- ``model``: the optimisation step alone (dmlbench.train.optimisation_step: forward under bf16
+- ``model``: the optimisation step alone (dmlbench.training.loop.optimisation_step: forward under bf16
   autocast on CUDA, loss and miner in fp32, backward, optimiser) on one batch already on the device;
-- ``full``: the two together, as dmlbench.train runs them.
+- ``full``: the two together, as dmlbench.training.loop runs them.
 
 ``full / model`` near 1 means the GPU sets the pace; the printed table says which side limits.
 
@@ -63,10 +63,10 @@ def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, clas
     from ..criterion import build_criterion
     from ..datasets.base import Splits
     from ..datasets.benchmarks import PhotoSet, cache_side
-    from ..feeds import PhotoFeed, autocast_dtype
+    from ..training.feeds import PhotoFeed, autocast_dtype
     from ..models import MODELS
     from ..samplers import SAMPLERS
-    from ..train import make_optimizer, optimisation_step
+    from ..training.loop import make_optimizer, optimisation_step
 
     config = RunConfig(dataset="cub", model=model_name, embedding_dim=128, loss=loss, miner=miner, P=P, K=K,
                        image_size=image_size, num_workers=workers, torch_compile=torch_compile, optimizer="adam",

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetNotFoundError
-from ..io import atomic_write_json
+from ..fileio import atomic_write_json
 
 log = logging.getLogger("dmlbench")
 

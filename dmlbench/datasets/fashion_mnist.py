@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetNotFoundError
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from .base import DATASETS, ImageSet, Splits, cache_dir, data_roots
 from .idx import read_idx
 

@@ -39,7 +39,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..tuples import label_masks
+from ..geometry.tuples import label_masks
 from .base import LOSSES, Loss
 
 MINED_NEGATIVES = ("anchor", "batch")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distances import safe_sqrt
+from ..geometry.distances import safe_sqrt
 from ..errors import ConfigError
 from .base import LOSSES, Loss
 

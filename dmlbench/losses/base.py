@@ -3,8 +3,8 @@
 A loss is an ``nn.Module`` called as ``loss(embeddings, labels, mined)`` that returns a scalar. It
 declares what it consumes:
 
-- ``"pairs"``: positive and negative pairs (:class:`dmlbench.tuples.Pairs`);
-- ``"triplets"``: anchor-positive-negative triplets (:class:`dmlbench.tuples.Triplets`);
+- ``"pairs"``: positive and negative pairs (:class:`dmlbench.geometry.tuples.Pairs`);
+- ``"triplets"``: anchor-positive-negative triplets (:class:`dmlbench.geometry.tuples.Triplets`);
 - ``"batch"``: the whole batch, no miner (proxy, classifier and class-statistics losses);
 - ``"any"``: whatever the miner produces, pairs or triplets (the pytorch-metric-learning adapter).
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
-from ..tuples import Pairs, Triplets, all_pairs, all_triplets
+from ..geometry.tuples import Pairs, Triplets, all_pairs, all_triplets
 
 REDUCTIONS = ("mean", "mean_nonzero", "sum")
 CONSUMES = ("pairs", "triplets", "batch", "any")

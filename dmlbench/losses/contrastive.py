@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
 from .base import LOSSES, Loss
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
 from .base import LOSSES, Loss
 

@@ -41,9 +41,9 @@ import math
 import torch
 from torch import nn
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
-from ..tuples import Pairs
+from ..geometry.tuples import Pairs
 from .base import LOSSES, REDUCTIONS, Loss
 
 

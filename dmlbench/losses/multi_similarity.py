@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..tuples import Pairs
+from ..geometry.tuples import Pairs
 from .base import LOSSES, Loss
 
 

@@ -14,7 +14,7 @@ import functools
 import inspect
 
 from ..errors import ConfigError
-from ..tuples import Pairs
+from ..geometry.tuples import Pairs
 from .base import LOSSES, Loss
 
 

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
 from .base import LOSSES, Loss
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..tuples import all_pairs, all_triplets
+from ..geometry.tuples import all_pairs, all_triplets
 from .base import MINERS, Miner
 
 

@@ -1,8 +1,8 @@
 """The miner contract: choose which pairs or triplets of a batch a loss sees.
 
 A miner is called as ``miner(embeddings, labels, kind)`` with ``kind`` the loss's ``consumes``
-(``"pairs"`` or ``"triplets"``) and returns :class:`dmlbench.tuples.Pairs` or
-:class:`dmlbench.tuples.Triplets` index tensors. It works on detached embeddings (mining is not
+(``"pairs"`` or ``"triplets"``) and returns :class:`dmlbench.geometry.tuples.Pairs` or
+:class:`dmlbench.geometry.tuples.Triplets` index tensors. It works on detached embeddings (mining is not
 differentiated). ``produces`` lists the kinds it can build; a triplet miner also serves pair losses
 (each triplet gives one positive and one negative pair). Randomised miners draw from
 ``self.generator``, seeded by :meth:`Miner.seed` so runs are reproducible.
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
-from ..tuples import Pairs, Triplets
+from ..geometry.tuples import Pairs, Triplets
 
 
 class Miner(nn.Module):

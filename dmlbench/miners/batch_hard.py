@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..distances import euclidean
-from ..tuples import Triplets, label_masks
+from ..geometry.distances import euclidean
+from ..geometry.tuples import Triplets, label_masks
 from .base import MINERS, Miner
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
-from ..tuples import Triplets, empty_like, label_masks
+from ..geometry.tuples import Triplets, empty_like, label_masks
 from .base import MINERS, Miner
 
 

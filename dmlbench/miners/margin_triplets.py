@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from ..distances import euclidean
+from ..geometry.distances import euclidean
 from ..errors import ConfigError
-from ..tuples import Triplets, label_masks
+from ..geometry.tuples import Triplets, label_masks
 from .base import MINERS, Miner
 
 SELECTIONS = ("violating", "hard", "semihard")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tuples import Pairs, Triplets, empty_like
+from ..geometry.tuples import Pairs, Triplets, empty_like
 from .base import MINERS, Miner
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tuples import Pairs, Triplets, empty_like, label_masks
+from ..geometry.tuples import Pairs, Triplets, empty_like, label_masks
 from .base import MINERS, Miner
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..tuples import Triplets, label_masks
+from ..geometry.tuples import Triplets, label_masks
 from .base import MINERS
 from .distance_weighted import DistanceWeightedMiner
 

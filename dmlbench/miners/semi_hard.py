@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..tuples import Triplets
+from ..geometry.tuples import Triplets
 from .base import MINERS, Miner
 from .margin_triplets import pair_gaps
 

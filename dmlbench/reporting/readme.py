@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_write_text, read_json
-from .paths import REPO_ROOT, results_dir
+from ..fileio import atomic_write_text, read_json
+from ..paths import REPO_ROOT, results_dir
 
 REPO_RESULTS = REPO_ROOT / "results"
 
@@ -166,8 +166,8 @@ def train_tables(results: Path | None = None) -> dict:
 
 
 def study_workloads() -> dict:
-    from .estimate import estimate
-    from .study import load_study
+    from ..study.estimate import estimate
+    from ..study.cells import load_study
 
     out = {}
     for name in BENCHMARK_STUDIES:

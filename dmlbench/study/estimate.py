@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .datasets.benchmarks import VALIDATION_FRACTION
+from ..datasets.benchmarks import VALIDATION_FRACTION
 
 # (train images, test images or queries, gallery images), as published.
 SPLIT_SIZES = {"cub": (5864, 5924, 0), "cars196": (8054, 8131, 0), "sop": (59551, 60502, 0),
@@ -26,8 +26,8 @@ EVAL_SPEEDUP = 3.0
 def measured_rate(results=None) -> tuple[float, str]:
     """The full step's images/s in results/bench/train-cuda.csv (ResNet-50, 224 px, batch 56x2: the
     benchmark studies' own settings), and where it comes from."""
-    from .errors import ConfigError
-    from .paths import REPO_ROOT
+    from ..errors import ConfigError
+    from ..paths import REPO_ROOT
 
     path = (results or REPO_ROOT / "results") / "bench" / "train-cuda.csv"
     if not path.is_file():

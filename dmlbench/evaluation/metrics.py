@@ -8,11 +8,11 @@ reference items sharing its label:
 - MAP@R: (1 / R_q) * sum_{i <= R_q} P(i) * rel(i), with P(i) the precision at rank i;
 - NMI / AMI: k-means with k = number of classes on the query embeddings (faiss.Kmeans's algorithm and
   defaults as pytorch-metric-learning runs it: seed 1234, 20 iterations, at most 256 training points
-  per centroid; dmlbench.kmeans computes the same clusters faster), then scikit-learn's NMI and
+  per centroid; dmlbench.evaluation.kmeans computes the same clusters faster), then scikit-learn's NMI and
   AMI between cluster ids and labels.
 
 Queries whose label has no other reference item are excluded from the retrieval metrics and
-counted. Neighbours are exact (dmlbench.neighbours): inner products (cosine, after L2
+counted. Neighbours are exact (dmlbench.evaluation.neighbours): inner products (cosine, after L2
 normalisation) ranked in float64, computed tile by tile so memory stays at ``block_size^2``; among
 equal scores the lower reference index ranks first, also across the k-th neighbour boundary.
 """
@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .kmeans import KMEANS_ITERATIONS, KMEANS_SEED, MAX_POINTS_PER_CENTROID, kmeans
 from .neighbours import knn
 
@@ -81,7 +81,7 @@ def retrieval_metrics(neighbour_labels: torch.Tensor, query_labels: torch.Tensor
 
 
 def kmeans_clusters(embeddings, num_clusters: int, *, device: str | torch.device | None = None) -> np.ndarray:
-    """Cluster ids from dmlbench.kmeans: faiss's k-means (seed, iterations and every step) on all points."""
+    """Cluster ids from dmlbench.evaluation.kmeans: faiss's k-means (seed, iterations and every step) on all points."""
     return kmeans(embeddings, num_clusters, iterations=KMEANS_ITERATIONS, seed=KMEANS_SEED,
                   max_points_per_centroid=MAX_POINTS_PER_CENTROID, device=device).assignment
 

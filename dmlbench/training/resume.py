@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .io import atomic_torch_save
+from ..errors import ConfigError
+from ..fileio import atomic_torch_save
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1

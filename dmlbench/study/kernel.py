@@ -4,7 +4,7 @@ papermill starts a Jupyter kernel per notebook. Over TCP, ipykernel warns on eve
 traffic is unencrypted (and any local user could connect to the ports); over IPC the sockets are
 files in a private temporary folder, so nothing is exposed and nothing is printed::
 
-    from dmlbench.kernel import execute_notebook
+    from dmlbench.study.kernel import execute_notebook
     execute_notebook(template, output, parameters={...}, cwd=REPO_ROOT)
 """
 

@@ -45,89 +45,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from submitit.helpers import Checkpointable
 
-from .errors import ConfigError
-from .paths import REPO_ROOT, results_dir
+from ..errors import ConfigError
+from ..paths import REPO_ROOT, results_dir
+from .cluster import EXECUTORS, SLURM_DEFAULTS, SLURM_SETTINGS, _is_int, slurm_settings  # noqa: F401 (public here too)
 
-if TYPE_CHECKING:  # dmlbench.study imports torch: the command line's parser needs only EXECUTORS
-    from .study import Cell, Study
+if TYPE_CHECKING:  # dmlbench.study.cells imports torch, which a job's submission does not need
+    from .cells import Cell, Study
 
 log = logging.getLogger("dmlbench")
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 DONE, BUSY, FAILED = "done", "busy", "failed"
 POLL_S = 1.0  # how often the running jobs are looked at
 # submitit's LocalExecutor stops a job after its timeout (2 minutes unless told); a local cell runs as
 # long as it takes.
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_name(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-def _is_sbatch_value(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool))
-
-
-# key: (check, what a valid value is, the AutoExecutor parameter it becomes; None: not a parameter)
-SLURM_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str | None]] = {
-    "partition": (_is_name, "a partition name", "slurm_partition"),
-    "account": (_is_name, "an account name", "slurm_account"),
-    "qos": (_is_name, "a quality-of-service name", "slurm_qos"),
-    "constraint": (_is_name, "a node feature expression, e.g. 'a100|h100'", "slurm_constraint"),
-    "gpus_per_node": (lambda v: _is_int(v) and v >= 0, "a whole number of GPUs, 0 or more", "gpus_per_node"),
-    "cpus_per_task": (lambda v: _is_int(v) and v >= 1, "a whole number of cores, at least 1", "cpus_per_task"),
-    "mem_gb": (lambda v: (_is_int(v) or isinstance(v, float)) and v > 0, "a number of gigabytes above 0", "mem_gb"),
-    "timeout_min": (lambda v: _is_int(v) and v >= 1, "a whole number of minutes, at least 1", "timeout_min"),
-    "array_parallelism": (lambda v: _is_int(v) and v >= 1, "a whole number of cells at once, at least 1",
-                          "slurm_array_parallelism"),
-    "job_name": (_is_name, "a job name", "name"),
-    "log_folder": (_is_name, "a folder path", None),
-    "setup": (lambda v: isinstance(v, list) and all(isinstance(line, str) for line in v),
-              "a list of shell lines", "slurm_setup"),
-    "additional_parameters": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_sbatch_value(x)
-                                                                   for k, x in v.items()),
-                              "a mapping of sbatch option -> value (text, number or true)",
-                              "slurm_additional_parameters"),
-}
-SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "timeout_min": 240}
-# sbatch options that a key above gives, or that submitit itself sets (the array, the logs it reads
-# back, the signal that requeues a job running out of time): additional_parameters may not set them.
-_GIVEN_BY_KEY = {"partition": "partition", "account": "account", "qos": "qos", "constraint": "constraint",
-                 "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
-                 "time": "timeout_min", "job_name": "job_name"}
-_SET_BY_SUBMITIT = ("array", "output", "error", "signal", "open_mode")
-
-
-def slurm_settings(study_path: Path, raw: Any) -> dict[str, Any]:
-    """A study file's ``slurm:`` value, checked: every bad key or value is a ConfigError naming the
-    file, the key, the value and what is valid."""
-    where = f"{study_path}: slurm"
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(SLURM_SETTINGS)}, got {raw!r}")
-    unknown = sorted(set(raw) - set(SLURM_SETTINGS), key=str)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; "
-                          f"valid keys: {', '.join(SLURM_SETTINGS)}")
-    for key, value in raw.items():
-        check, valid, _ = SLURM_SETTINGS[key]
-        if not check(value):
-            raise ConfigError(f"{where}: {key}: expected {valid}, got {value!r}")
-    for option in raw.get("additional_parameters") or {}:
-        name = option.replace("-", "_")
-        if name in _GIVEN_BY_KEY:
-            raise ConfigError(f"{where}: additional_parameters: {option!r} is given by the key "
-                              f"{_GIVEN_BY_KEY[name]!r}; set that instead")
-        if name in _SET_BY_SUBMITIT:
-            raise ConfigError(f"{where}: additional_parameters: {option!r} is set by submitit (options it sets: "
-                              f"{', '.join(_SET_BY_SUBMITIT)})")
-    return dict(raw)
 
 
 class CellJob(Checkpointable):
@@ -145,7 +76,7 @@ class CellJob(Checkpointable):
         self.environ = environ
 
     def __call__(self) -> str:
-        from .study import CellBusy, load_study, run_config
+        from .cells import CellBusy, load_study, run_config
 
         for name, value in self.environ.items():
             if value is None:
@@ -211,7 +142,7 @@ Outcome = tuple["Cell", str, str]  # the cell, DONE / BUSY / FAILED, what went w
 
 
 def _in_process(study: Study, todo: list[Cell]) -> Iterator[Outcome]:
-    from .study import CellBusy, RunFailed, run_config
+    from .cells import CellBusy, RunFailed, run_config
 
     for cell in todo:
         try:
@@ -226,7 +157,7 @@ def _in_process(study: Study, todo: list[Cell]) -> Iterator[Outcome]:
 
 
 def _workers(study: Study, todo: list[Cell], jobs: int) -> Iterator[Outcome]:
-    from .study import BUSY_EXIT
+    from .cells import BUSY_EXIT
 
     pending, running = list(todo), []
     while pending or running:
@@ -290,7 +221,7 @@ RUNNERS = {"local": _local, "submitit-local": _submitit_jobs("local"), "slurm": 
 
 def _failure_line(cell: Cell, detail: str) -> str:
     """A failed cell in the study's summary: the error its failure.json records, else ``detail``."""
-    from .study import FAILURE_FILE
+    from .cells import FAILURE_FILE
 
     failure = cell.run_dir / FAILURE_FILE
     if failure.is_file():
@@ -307,7 +238,7 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
     """Run every unfinished cell of ``study`` with ``executor`` (one of EXECUTORS); ``jobs``: cells at
     once (local and submitit-local: default 1; slurm: default the study's array_parallelism).
     Returns the finished cells' metrics.json paths; raises RunFailed naming every failed cell."""
-    from .study import RunFailed, wait_for
+    from .cells import RunFailed, wait_for
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
@@ -330,3 +261,15 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
         raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
                         + "\n  ".join(failures) + "\neach failed run folder's failure.json holds its error and traceback")
     return [cell.metrics_path for cell in study.cells if cell.is_done()]
+
+
+def run_study(study: Study, *, jobs: int | None = None, executor: str = "local") -> list[Path]:
+    """Run every unfinished cell; ``executor`` decides where ("local", the default, runs them here,
+    ``jobs`` at once; "submitit-local"; "slurm").
+
+    A cell that fails does not stop the others: its error and traceback go to ``failure.json`` in its
+    run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
+    at the end with every failed cell named. Finished cells' results are never touched. A cell another
+    process is running (its run folder is locked) is left to it: this study runs the other cells, then
+    waits for that one, so two studies started together run each cell once."""
+    return run_cells(study, executor=executor, jobs=jobs)

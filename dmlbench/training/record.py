@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .config import EVALUATION_PROTOCOL, RunConfig
-from .diagnostics import diagnostics
-from .io import atomic_write_json, read_json
+from ..config import EVALUATION_PROTOCOL, RunConfig
+from ..evaluation.diagnostics import diagnostics
+from ..fileio import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
@@ -54,7 +54,7 @@ def device_info(device: str) -> dict[str, Any]:
 
 
 def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str, Any]:
-    """metrics.json content for a finished :class:`dmlbench.train.TrainResult`."""
+    """metrics.json content for a finished :class:`dmlbench.training.loop.TrainResult`."""
     config: RunConfig = result.config
     best = result.history[result.best_epoch]
     return {
@@ -93,7 +93,7 @@ def _test_set(result) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _preset_record(config: RunConfig) -> dict[str, Any]:
-    from .presets import deviations, get_preset
+    from ..presets import deviations, get_preset
 
     preset = get_preset(config.preset)
     return {"preset": {"name": preset.name, "source": preset.source, "deviations": deviations(config.to_dict()),
@@ -106,7 +106,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
     """The selected epoch's model and loss parameters (proxies, classifiers, centres), atomically:
     ``torch.load`` gives {"model", "criterion", "epoch", "config"}."""
-    from .io import atomic_torch_save
+    from ..fileio import atomic_torch_save
 
     path = Path(run_dir) / CHECKPOINT_FILE
     atomic_torch_save(path, {"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),

@@ -17,7 +17,7 @@ A study file (YAML) looks like::
       epochs: 8
       # preset: roth2020         # a reference protocol's settings (dmlbench.presets); the ones above override it
     slurm:                       # optional: how 'dmlbench study --executor slurm' submits the cells
-      partition: gpu             # (every key: dmlbench.executors)
+      partition: gpu             # (every key: dmlbench.study.executors)
       timeout_min: 240
 
 Every cell runs on every dataset and seed. Every name is checked before anything runs; an unknown
@@ -49,14 +49,15 @@ from typing import Any, Iterator
 
 import yaml
 
-from .config import RunConfig
-from .errors import ConfigError, IncompatibleError
-from .io import atomic_write_json
+from ..config import RunConfig
+from ..errors import ConfigError, IncompatibleError
+from ..fileio import atomic_write_json
+from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
-from .paths import REPO_ROOT, notebook, results_dir, runs_dir
+from ..paths import REPO_ROOT, notebook, results_dir, runs_dir
 from .preflight import check_run, check_study_data
-from .record import METRICS_FILE, record_problem, set_aside
-from .resume import RESUME_FILE
+from ..training.record import METRICS_FILE, record_problem, set_aside
+from ..training.resume import RESUME_FILE
 
 log = logging.getLogger("dmlbench")
 
@@ -120,7 +121,7 @@ class Study:
     description: str
     cells: list[Cell] = field(default_factory=list)
     skipped: list[SkippedCell] = field(default_factory=list)
-    slurm: dict[str, Any] = field(default_factory=dict)  # checked Slurm settings (dmlbench.executors)
+    slurm: dict[str, Any] = field(default_factory=dict)  # checked Slurm settings (dmlbench.study.executors)
 
     def cell(self, run_id: str) -> Cell:
         for cell in self.cells:
@@ -160,11 +161,10 @@ class _Everything(set):
 def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study:
     """Read and validate a study file; every cell's configuration is checked before returning.
     ``check_networks=False`` skips building the networks (pretrained weights need not be present) and
-    the checks against the data (dmlbench.preflight), for a study that is listed, not run."""
-    from .datasets import DATASETS
-    from .executors import slurm_settings
-    from .losses import LOSSES
-    from .miners import MINERS
+    the checks against the data (dmlbench.study.preflight), for a study that is listed, not run."""
+    from ..datasets import DATASETS
+    from ..losses import LOSSES
+    from ..miners import MINERS
 
     path = Path(path)
     if not path.is_file():
@@ -216,7 +216,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
         raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
 
     if settings.get("preset") is not None:  # the protocol's settings, overridden by those written beside it
-        from .presets import apply_preset
+        from ..presets import apply_preset
 
         try:
             settings = apply_preset(settings)
@@ -251,7 +251,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     if not study.cells:
         raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
     if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
-        check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.preflight)
+        check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.study.preflight)
     return study
 
 
@@ -318,7 +318,7 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     if record_problem(metrics, config.run_id()) is None:
         log.info("%s: finished already, not run again", run_dir)
         return metrics
-    check_run(config)  # the data, the device and the memory, before the run folder exists (dmlbench.preflight)
+    check_run(config)  # the data, the device and the memory, before the run folder exists (dmlbench.study.preflight)
     with run_lock(run_dir):
         problem = record_problem(metrics, config.run_id())
         if problem is None:  # another process finished it between our check and the lock
@@ -363,20 +363,6 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     return metrics
 
 
-def run_study(study: Study, *, jobs: int | None = None, executor: str = "local") -> list[Path]:
-    """Run every unfinished cell; ``executor`` decides where (dmlbench.executors: "local", the
-    default, runs them here, ``jobs`` at once; "submitit-local"; "slurm").
-
-    A cell that fails does not stop the others: its error and traceback go to ``failure.json`` in its
-    run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
-    at the end with every failed cell named. Finished cells' results are never touched. A cell another
-    process is running (its run folder is locked) is left to it: this study runs the other cells, then
-    waits for that one, so two studies started together run each cell once."""
-    from .executors import run_cells
-
-    return run_cells(study, executor=executor, jobs=jobs)
-
-
 def emit_makefile(study: Study, python: str = sys.executable) -> str:
     """A makefile with one target per cell's metrics.json, and the report depending on all of them."""
     dmlbench = f"{shlex.quote(python)} -m dmlbench"
@@ -405,7 +391,7 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
         # A damaged metrics.json is not a finished run, though make would see the file as up to date.
         force = " FORCE" if cell.metrics_path.exists() and not cell.is_done() else ""
         lines += [f"{target}:{force}", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
-    sources = " ".join(["notebooks/report.ipynb", "dmlbench/report.py", str(study.path)])
+    sources = " ".join(["notebooks/report.ipynb", "dmlbench/reporting/report.py", str(study.path)])
     lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets.transforms import eval_transform, normalize_batch, train_transform
+from ..datasets.transforms import eval_transform, normalize_batch, train_transform
 from .distributed import shard
 
 DEFAULT_IMAGE_SIZE = 224
@@ -199,7 +199,7 @@ def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.d
               world: tuple[int, int] = (0, 1)):
     """The feed that suits the dataset: PhotoFeed for image caches, TensorFeed for in-memory arrays.
     ``world`` = (rank, processes): under torch.distributed each rank trains on its share of every batch."""
-    from .datasets.benchmarks import PhotoSet
+    from ..datasets.benchmarks import PhotoSet
 
     if isinstance(splits.train, PhotoSet):
         return PhotoFeed(splits, train_labels, sampler, device, image_size=config.image_size,

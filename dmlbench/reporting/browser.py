@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .io import write_if_changed
+from ..fileio import write_if_changed
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 MARKER = "dmlbench-browser-check"

@@ -12,7 +12,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from .neighbours import knn
+from ..evaluation.neighbours import knn
 
 
 def training_curves(history: Sequence[dict], title: str = "") -> Figure:

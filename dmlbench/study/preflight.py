@@ -39,18 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .datasets.benchmarks import (DEFAULT_IMAGE_SIZE, PHOTO_DATASETS, VALIDATION_FRACTION, VALIDATION_SEED,
+from ..config import RunConfig
+from ..datasets.benchmarks import (DEFAULT_IMAGE_SIZE, PHOTO_DATASETS, VALIDATION_FRACTION, VALIDATION_SEED,
                                   locate_layout)
-from .datasets.fashion_mnist import TRAIN_CLASSES as FASHION_MNIST_TRAIN_CLASSES
-from .datasets.fashion_mnist import locate as locate_fashion_mnist
-from .datasets.idx import read_idx
-from .datasets.layouts import LayoutError, read_layout
-from .errors import ConfigError, DatasetNotFoundError
-from .losses import LOSSES
-from .miners import MINERS
-from .models import MODELS
-from .paths import data_root_folder
+from ..datasets.fashion_mnist import TRAIN_CLASSES as FASHION_MNIST_TRAIN_CLASSES
+from ..datasets.fashion_mnist import locate as locate_fashion_mnist
+from ..datasets.idx import read_idx
+from ..datasets.layouts import LayoutError, read_layout
+from ..errors import ConfigError, DatasetNotFoundError
+from ..losses import LOSSES
+from ..miners import MINERS
+from ..models import MODELS
+from ..paths import data_root_folder
 
 # Published train classes of the benchmarks, before the validation classes are carved out of them
 # (../shared/PROTOCOL.md section 1): what P is checked against when a benchmark's files are absent.

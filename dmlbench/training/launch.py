@@ -1,17 +1,17 @@
 """One run trained by several processes (one per GPU), launched by torchrun.
 
 A run whose configuration sets ``processes: N`` (N > 1) is trained by
-``torchrun --standalone --nproc-per-node N -m dmlbench.launch CONFIG RUN_DIR``; the experiment
+``torchrun --standalone --nproc-per-node N -m dmlbench.training.launch CONFIG RUN_DIR``; the experiment
 notebook starts it through :func:`train_distributed` and goes on with the result as with
-:func:`dmlbench.train.train`. Each process joins the process group (NCCL on GPUs, gloo on the CPU),
+:func:`dmlbench.training.loop.train`. Each process joins the process group (NCCL on GPUs, gloo on the CPU),
 takes its GPU from ``LOCAL_RANK``, and trains on its share of every batch; embeddings and labels are
-gathered across processes before mining and the loss (dmlbench.distributed). Rank 0 alone validates,
+gathered across processes before mining and the loss (dmlbench.training.distributed). Rank 0 alone validates,
 saves the per-epoch state (so a killed launch resumes like a one-process run) and tests once; it
 hands the result to the notebook in ``distributed_result.pt``.
 
 It can also be started by hand on a node with N GPUs, e.g. from a Slurm job step::
 
-    torchrun --standalone --nproc-per-node 4 -m dmlbench.launch results/runs/<id>/launch_config.json results/runs/<id>
+    torchrun --standalone --nproc-per-node 4 -m dmlbench.training.launch results/runs/<id>/launch_config.json results/runs/<id>
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import RunConfig
-from .io import atomic_torch_save, atomic_write_json
+from ..config import RunConfig
+from ..fileio import atomic_torch_save, atomic_write_json
 from .resume import RESUME_FILE
 
 RESULT_FILE = "distributed_result.pt"
@@ -44,8 +44,8 @@ def _result_state(result) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .datasets import load_dataset
-    from .train import train
+    from ..datasets import load_dataset
+    from .loop import train
 
     config_file, run_dir = (argv if argv is not None else sys.argv[1:])[:2]
     config = RunConfig.from_dict(json.loads(Path(config_file).read_text()), where=config_file).validate()
@@ -70,15 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_distributed(config: RunConfig, splits, run_dir: str | os.PathLike):
     """Train ``config`` with ``config.processes`` processes through torchrun and return rank 0's
-    :class:`dmlbench.train.TrainResult` (model and loss rebuilt in this process, on the CPU)."""
-    from .train import TrainResult, build_model, build_run_criterion
+    :class:`dmlbench.training.loop.TrainResult` (model and loss rebuilt in this process, on the CPU)."""
+    from .loop import TrainResult, build_model, build_run_criterion
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
     (run_dir / RESULT_FILE).unlink(missing_ok=True)  # an earlier launch's, if any
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.processes}",
-               "-m", "dmlbench.launch", str(run_dir / CONFIG_FILE), str(run_dir)]
+               "-m", "dmlbench.training.launch", str(run_dir / CONFIG_FILE), str(run_dir)]
     with open(run_dir / LOG_FILE, "w") as log:  # every rank's output, kept for reading after a failure
         launched = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if launched.returncode != 0 or not (run_dir / RESULT_FILE).is_file():

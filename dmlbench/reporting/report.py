@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import read_json, write_if_changed
-from .kernel import execute_notebook
-from .paths import REPO_ROOT, notebook, results_dir
-from .record import METRICS_FILE, UnreadableRecord, read_record
-from .study import FAILURE_FILE
+from ..fileio import read_json, write_if_changed
+from ..study.kernel import execute_notebook
+from ..paths import REPO_ROOT, notebook, results_dir
+from ..training.record import METRICS_FILE, UnreadableRecord, read_record
+from ..study.cells import FAILURE_FILE
 
 log = logging.getLogger("dmlbench")
 
@@ -59,7 +59,7 @@ def shown_path(path: str | os.PathLike) -> str:
 
 
 def _records(runs: str | os.PathLike):
-    """Every finished run's record under ``runs`` (a metrics.json that :func:`dmlbench.record.read_record`
+    """Every finished run's record under ``runs`` (a metrics.json that :func:`dmlbench.training.record.read_record`
     accepts), by folder name; damaged ones are left out here (:func:`cell_status` names them)."""
     for path in sorted(Path(runs).glob(f"*/{METRICS_FILE}")):
         try:
@@ -579,9 +579,9 @@ def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
     """The test embeddings (and labels) of a finished run, recomputed from its checkpoint.pt."""
     import torch
 
-    from .config import RunConfig
-    from .feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
-    from .train import build_model
+    from ..config import RunConfig
+    from ..training.feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
+    from ..training.loop import build_model
 
     checkpoint = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
     config = RunConfig.from_dict(checkpoint["config"], where=str(run_dir))
@@ -591,7 +591,7 @@ def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
     model = model.to(device).eval()
     dev = torch.device(device)
     if hasattr(splits.test, "cache"):  # photos: the evaluation transform, the network's normalisation
-        from .datasets.transforms import eval_transform, normalize_batch
+        from ..datasets.transforms import eval_transform, normalize_batch
 
         transform = eval_transform(config.image_size or DEFAULT_IMAGE_SIZE, normalize=False)
         mean, std = getattr(model, "normalization", (splits.mean, splits.std))
@@ -767,7 +767,7 @@ def over_seeds(runs: pd.DataFrame, baseline: tuple[str, str], confidence: float)
     (MAP@R and Recall@1), and the bootstrap rankings of losses (each with its paper's sampling) and of
     miners (over the losses crossed with several). Returns (seed_tables, comparisons, rankings)."""
     from . import stats
-    from .losses import LOSSES
+    from ..losses import LOSSES
 
     seed_tables, comparisons, rankings = {}, {}, {}
     for dataset, part in runs.groupby("dataset", sort=False):

@@ -20,15 +20,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .criterion import Criterion, build_criterion
+from ..config import RunConfig
+from ..criterion import Criterion, build_criterion
 from . import resume
-from .datasets import Splits
+from ..datasets import Splits
 from .distributed import gather_batch, loss_scale, world
 from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed  # noqa: F401 (re-exported)
-from .metrics import evaluate
-from .models import MODELS
-from .samplers import SAMPLERS
+from ..evaluation.metrics import evaluate
+from ..models import MODELS
+from ..samplers import SAMPLERS
 
 log = logging.getLogger("dmlbench")
 
@@ -79,7 +79,7 @@ def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Opti
     backward and the optimiser's update. Returns the loss, detached; a non-finite loss changes nothing.
 
     Under torch.distributed the rank's embeddings join every rank's before mining and the loss (see
-    dmlbench.distributed), so the step is the one a single process takes on the whole batch."""
+    dmlbench.training.distributed), so the step is the one a single process takes on the whole batch."""
     with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
         embeddings = forward(images)
     # the loss and the miner see fp32 whatever the network's last layer returned under autocast
@@ -147,7 +147,7 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
 
     ``checkpoint``: a file (the run folder's resume.pt) written at every epoch's end with everything
     the next epochs depend on; when it exists at the start, training continues after its epoch.
-    Under torch.distributed (torchrun; see dmlbench.launch) every rank trains on its share of each
+    Under torch.distributed (torchrun; see dmlbench.training.launch) every rank trains on its share of each
     batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
     config.validate()
     rank, processes = world()
