@@ -8,7 +8,7 @@
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
-    dmlbench readme [--check]                   refresh the README's results block from results/
+    dmlbench readme [--check]                   refresh the generated blocks of README.md and docs/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
     dmlbench bench train [...]                  training images/s: data pipeline, model step, both
 """
@@ -65,7 +65,7 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from .config import RunConfig
     from .paths import runs_dir
-    from .training.record import METRICS_FILE, record_problem
+    from .training.rundir import RunDir
     from .study.cells import load_study, run_config
 
     def config_run_dir(config):
@@ -84,8 +84,9 @@ def cmd_run(args) -> int:
         if args.miner:
             values["miner"] = args.miner
         config = RunConfig.from_dict(values, where="--set").validate()
-    done = (Path(args.run_dir) if args.run_dir else config_run_dir(config)) / METRICS_FILE
-    if record_problem(done, config.run_id()) is None:
+    folder = RunDir(args.run_dir if args.run_dir else config_run_dir(config))
+    done = folder.metrics
+    if folder.is_done(config.run_id()):
         print(f"{done}: finished already, not run again")
         return 0
     print(run_config(config, run_dir=args.run_dir, log_output=args.verbose))
@@ -103,15 +104,16 @@ def cmd_study(args) -> int:
             return 0
         return _prepare_study_data(study)
     if args.estimate is not None:  # no network is built: the estimate needs neither weights nor data
-        from .study.estimate import estimate, measured_rate
+        from .study.estimate import SPLIT_SIZES, estimate, measured_rate
 
         source = "given"
         if args.estimate is MEASURED:
             args.estimate, source = measured_rate()
         table = estimate(load_study(args.study, check_networks=False), args.estimate)
         if table.empty:
+            covered = list(SPLIT_SIZES)
             raise ConfigError(f"{args.study}: no dataset with published split sizes to estimate "
-                              f"(the estimate covers cub, cars196, sop and inshop)")
+                              f"(the estimate covers {', '.join(covered[:-1])} and {covered[-1]})")
         print(f"{args.study} at {args.estimate:g} training images/s ({source}; evaluation 3x faster per image):")
         print(table.round({"hours": 1, "hours_per_run": 2}).to_string(index=False))
         return 0
@@ -244,7 +246,7 @@ def cmd_readme(args) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 1
-        print("README results block is current")
+        print("the generated blocks of README.md and docs/ are current")
         return 0
     update_readme()
     return 0
@@ -257,8 +259,6 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .study.cluster import EXECUTORS
-
     parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=["losses", "miners", "samplers", "datasets", "models"])
     p.set_defaults(func=cmd_list)
 
+    _add_run_command(sub)
+    _add_study_command(sub)
+
+    p = sub.add_parser("report", help="build results/report.html from the finished runs")
+    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
+    p.add_argument("--no-readme", action="store_true", help="leave the README's results block alone")
+    p.set_defaults(func=cmd_report)
+
+    _add_data_command(sub)
+
+    p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
+    p.add_argument("what", choices=["losses", "miners", "eval", "train"])
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("readme", help="refresh (or --check) the generated blocks of README.md and docs/ from results/")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=cmd_readme)
+    return parser
+
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="run one cell through the experiment notebook (papermill)")
     p.add_argument("--study", help="study file whose cell to run")
     p.add_argument("--cell", help="run id of the cell (with --study)")
@@ -276,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any RunConfig setting, value in YAML (repeatable)")
     p.add_argument("--run-dir", help="where to write the run (default results/runs/<run id>)")
     p.set_defaults(func=cmd_run)
+
+
+def _add_study_command(sub) -> None:
+    from .study.cluster import EXECUTORS
 
     p = sub.add_parser("study", help="run every unfinished cell of a study, then the report")
     p.add_argument("study", type=Path)
@@ -297,11 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "without a number, at the CUDA throughput the GPU check measured (results/bench/train-cuda.csv)")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("report", help="build results/report.html from the finished runs")
-    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
-    p.add_argument("--no-readme", action="store_true", help="leave the README's results block alone")
-    p.set_defaults(func=cmd_report)
 
+def _add_data_command(sub) -> None:
     p = sub.add_parser("data", help="find (or download) a dataset's files and build its cache")
     p.add_argument("action", choices=["locate", "prepare"])
     p.add_argument("name")
@@ -310,16 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="benchmarks: fail instead of downloading")
     p.add_argument("--url", help="benchmarks: a mirror's base URL for the official archives")
     p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
-    p.add_argument("what", choices=["losses", "miners", "eval", "train"])
-    p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("readme", help="refresh (or --check) the README's results block from results/")
-    p.add_argument("--check", action="store_true")
-    p.set_defaults(func=cmd_readme)
-    return parser
 
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C

@@ -112,20 +112,29 @@ class RunConfig:
         return f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__seed{self.seed}__{self.config_hash()[:10]}"
 
     def validate(self, checked_models: set[str] | None = None) -> "RunConfig":
-        """Check every field; names are checked against the registries. Returns self."""
-        from .criterion import check_compatible, class_kwargs
-        from .datasets import DATASETS
-        from .losses import LOSSES
-        from .miners import MINERS
-        from .models import MODELS
+        """Check every field; names are checked against the registries. Returns self.
 
-        def positive_int(name: str) -> None:
+        First the settings themselves (:meth:`check_settings`: types, ranges, choices), then the
+        components they name (:meth:`check_components`: samplers, datasets, losses, miners, models)."""
+        self.check_settings()
+        self.check_components(checked_models)
+        return self
+
+    # -- the settings themselves: types, ranges, choices ------------------------------------------
+
+    def check_settings(self) -> None:
+        """Each setting's type and value on its own, without building any component."""
+        self._check_numbers()
+        self._check_choices()
+        self._check_optional_settings()
+        for name in ("loss_kwargs", "miner_kwargs", "model_kwargs", "sampler_kwargs"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, dict) and not (name == "sampler_kwargs" and value is None):
+                raise ConfigError(f"{name} must be a mapping of argument names to values, got {value!r}")
 
+    def _check_numbers(self) -> None:
         for name in ("embedding_dim", "P", "K", "epochs", "eval_batch_size"):
-            positive_int(name)
+            _positive_int(self, name)
         if not isinstance(self.iters_per_epoch, int) or self.iters_per_epoch < 0:
             raise ConfigError(f"iters_per_epoch must be a non-negative integer (0 = one pass), got {self.iters_per_epoch!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -138,13 +147,18 @@ class RunConfig:
         if self.loss_lr is not None and (not isinstance(self.loss_lr, (int, float)) or isinstance(self.loss_lr, bool)
                                          or not math.isfinite(self.loss_lr) or self.loss_lr <= 0):
             raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
+
+    def _check_choices(self) -> None:
         for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
+
+    def _check_optional_settings(self) -> None:
+        """The settings that may be left None: image_size, num_workers, torch_compile, processes, preset."""
         if self.image_size is not None:
             from .datasets.benchmarks import PHOTO_DATASETS
 
-            positive_int("image_size")
+            _positive_int(self, "image_size")
             if self.dataset not in PHOTO_DATASETS:
                 raise ConfigError(f"image_size={self.image_size} applies to the photo datasets "
                                   f"({', '.join(PHOTO_DATASETS)}), not to {self.dataset!r}; leave it None")
@@ -154,7 +168,7 @@ class RunConfig:
         if self.torch_compile is not None and not isinstance(self.torch_compile, bool):
             raise ConfigError(f"torch_compile must be true, false or None, got {self.torch_compile!r}")
         if self.processes is not None:
-            positive_int("processes")
+            _positive_int(self, "processes")
             if (self.P * self.K) % self.processes:
                 raise ConfigError(f"processes={self.processes} must divide the batch P x K = {self.P * self.K} "
                                   f"(each process trains on an equal share); valid choices: "
@@ -164,12 +178,26 @@ class RunConfig:
 
             if self.preset not in PRESETS:
                 raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+
+    # -- the components the settings name: registries, arguments, compatibility, the data folder --
+
+    def check_components(self, checked_models: set[str] | None = None) -> None:
+        """The sampler, data folder, dataset, loss, miner and model the settings name: known names,
+        arguments they accept, a loss and miner that go together, and a network that builds.
+        Expects :meth:`check_settings` to have passed."""
+        from .criterion import check_compatible
+        from .datasets import DATASETS
+
+        self._check_sampler()
+        self._check_data_root()
+        DATASETS.get(self.dataset)
+        check_compatible(self.loss, self.miner)
+        self._check_model(checked_models)
+        self._check_loss_and_miner()
+
+    def _check_sampler(self) -> None:
         from .samplers import SAMPLERS
 
-        for name in ("loss_kwargs", "miner_kwargs", "model_kwargs", "sampler_kwargs"):
-            value = getattr(self, name)
-            if not isinstance(value, dict) and not (name == "sampler_kwargs" and value is None):
-                raise ConfigError(f"{name} must be a mapping of argument names to values, got {value!r}")
         SAMPLERS.get(self.sampler_name)
         supplied = sorted(set(self.sampler_kwargs or {}) & set(SAMPLER_SUPPLIED))
         if supplied:
@@ -177,26 +205,38 @@ class RunConfig:
                               f"(the data's labels, and the settings P, K and iters_per_epoch), not in sampler_kwargs")
         with _field("sampler_kwargs"):
             SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
-        if self.data_root is not None:
-            if not isinstance(self.data_root, str) or not self.data_root:
-                raise ConfigError(f"data_root must be a folder path or None (search the usual places), "
-                                  f"got {self.data_root!r}")
-            from .paths import data_root_folder
 
-            if not data_root_folder(self.data_root).is_dir():
-                raise ConfigError(f"data_root {self.data_root!r} is not a folder; give the folder that holds the "
-                                  f"dataset's files, or None to search $DMLBENCH_DATA and the usual places")
-        DATASETS.get(self.dataset)
-        check_compatible(self.loss, self.miner)
-        # Building the components checks their argument values too (a margin's sign, a variant name).
-        # ``checked_models`` (a study's loader passes one set for all its cells) skips networks already
-        # built: building a pretrained ResNet-50, weights read from disk, for every cell would be slow.
+    def _check_data_root(self) -> None:
+        if self.data_root is None:
+            return
+        if not isinstance(self.data_root, str) or not self.data_root:
+            raise ConfigError(f"data_root must be a folder path or None (search the usual places), "
+                              f"got {self.data_root!r}")
+        from .paths import data_root_folder
+
+        if not data_root_folder(self.data_root).is_dir():
+            raise ConfigError(f"data_root {self.data_root!r} is not a folder; give the folder that holds the "
+                              f"dataset's files, or None to search $DMLBENCH_DATA and the usual places")
+
+    def _check_model(self, checked_models: set[str] | None) -> None:
+        """Building the network checks its arguments' values too. ``checked_models`` (a study's loader
+        passes one set for all its cells) skips networks already built: building a pretrained
+        ResNet-50, weights read from disk, for every cell would be slow."""
+        from .models import MODELS
+
         model_spec = json.dumps([self.model, self.model_kwargs, self.embedding_dim], sort_keys=True, default=str)
         if checked_models is None or model_spec not in checked_models:
             with _field("model_kwargs"):
                 MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
             if checked_models is not None:
                 checked_models.add(model_spec)
+
+    def _check_loss_and_miner(self) -> None:
+        """Building the loss and the miner checks their argument values (a margin's sign, a variant name)."""
+        from .criterion import class_kwargs
+        from .losses import LOSSES
+        from .miners import MINERS
+
         loss_cls = LOSSES.get(self.loss)
         if loss_cls.needs_positives and self.K < 2:
             raise ConfigError(f"loss {self.loss!r} needs two or more images per class in a batch (positives), "
@@ -206,7 +246,12 @@ class RunConfig:
             LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
         with _field("miner_kwargs"):
             MINERS.create(self.miner, **self.miner_kwargs)
-        return self
+
+
+def _positive_int(config: RunConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @contextmanager

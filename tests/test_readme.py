@@ -1,4 +1,6 @@
-"""README numbers come from results files: its results block is what results/summary.json renders."""
+"""README numbers come from results files: each generated block (the results block in README.md, the
+benchmark and GPU-check blocks in docs/) is what its results files render; the README stays short and
+its links and the docs pages' links resolve."""
 
 import json
 
@@ -165,3 +167,132 @@ def test_eval_block_shows_gpu_memory_for_cuda_files_only():
     cpu_part, cuda_part = block.split("On `cuda`")
     assert "peak GPU memory" not in cpu_part and "| 1.00 GB | 2.50 GB | 0 |" in cuda_part
     assert "not measured yet" not in block and "CUDA evaluation times: not measured yet" in render_eval_block({})
+
+
+# The README is what a user needs first; the rest lives in docs/ pages linked from it.
+README_MAX_LINES = 150
+DOCS = REPO_ROOT / "docs"
+
+
+def _pages():
+    return [REPO_ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def _prose(path):
+    """The page without its fenced code blocks (a link or path in code is no claim about the tree)."""
+    import re
+
+    return re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+def _anchors(path):
+    """GitHub's anchors of a page's headings."""
+    import re
+
+    heads = re.findall(r"^#{1,6} (.+)$", _prose(path), re.M)
+    return {re.sub(r"[^\w\- ]", "", head.strip().lower()).replace(" ", "-") for head in heads}
+
+
+def test_readme_stays_short():
+    lines = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to a docs/ page"
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_resolves():
+    import re
+
+    broken = []
+    for page in _pages():
+        for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file).resolve() if file else page
+            if not linked.is_file():
+                broken.append(f"{page.relative_to(REPO_ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.relative_to(REPO_ROOT)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_readme_links_every_docs_page():
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    pages = sorted(DOCS.glob("*.md"))
+    assert pages and all(f"](docs/{page.name}" in text for page in pages), \
+        [page.name for page in pages if f"](docs/{page.name}" not in text]
+
+
+def _worked_examples(text):
+    """Paths a page introduces as the name of the code block that follows ("Its module, `x.py`:" then
+    a fenced block): a file the reader writes, shown in full, not a claim about the tree."""
+    import re
+
+    return set(re.findall(r"`([^`\s]+)`:\n+```", text))
+
+
+def test_code_paths_named_in_the_readme_and_the_docs_exist():
+    """`dmlbench/training/loop.py`, `dmlbench/{config,criterion}.py`, `dmlbench/losses/`: each is in the tree."""
+    import re
+
+    missing = []
+    for page in _pages():
+        text = page.read_text(encoding="utf-8")
+        for path in set(re.findall(r"\bdmlbench/[\w/{},.]*[\w}/]", text)) - _worked_examples(text):
+            brace = re.search(r"\{([^}]*)\}", path)
+            expanded = [path[:brace.start()] + part + path[brace.end():] for part in brace.group(1).split(",")] \
+                if brace else [path]
+            missing += [f"{page.relative_to(REPO_ROOT)}: {one}" for one in expanded if not (REPO_ROOT / one).exists()]
+    assert not missing, "\n".join(missing)
+
+
+def test_each_generated_block_lives_in_its_own_page_only():
+    from dmlbench.reporting.readme import BLOCK_FILES, EVAL_BEGIN, GPU_BEGIN, TRAIN_BEGIN
+
+    begins = {"results": BEGIN, "eval-bench": EVAL_BEGIN, "train-bench": TRAIN_BEGIN, "gpu-check": GPU_BEGIN}
+    assert BLOCK_FILES["results"] == "README.md" and set(BLOCK_FILES) == set(begins)
+    for name, begin in begins.items():
+        holders = [page.relative_to(REPO_ROOT).as_posix() for page in _pages()
+                   if begin in page.read_text(encoding="utf-8")]
+        assert holders == [BLOCK_FILES[name]], (name, holders)
+
+
+def test_check_names_the_file_and_block_that_differ_and_update_rewrites_every_page(tmp_path):
+    import shutil
+
+    import pytest
+
+    from dmlbench.reporting.readme import BLOCK_FILES, update_readme
+
+    for page in set(BLOCK_FILES.values()):
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / page, tmp_path / page)
+    assert check_readme(root=tmp_path) is None
+    bench = tmp_path / "docs" / "benchmarks.md"
+    bench.write_text(bench.read_text().replace("| full step |", "| full step (edited) |"))
+    readme = tmp_path / "README.md"
+    readme.write_text(readme.read_text().replace("Study `default` on", "Study `edited` on"))
+    assert check_readme(root=tmp_path) == ("README.md's block results differs from the results files: "
+                                           "run 'dmlbench readme'")
+    update_readme(root=tmp_path)
+    assert check_readme(root=tmp_path) is None and "(edited)" not in bench.read_text()
+    assert readme.read_text() == (REPO_ROOT / "README.md").read_text()
+    bench.write_text(bench.read_text().replace("| full step |", "| full step (edited) |"))
+    assert check_readme(root=tmp_path) == ("docs/benchmarks.md's block train-bench differs from the results "
+                                           "files: run 'dmlbench readme'")
+    (tmp_path / "docs" / "gpu-check.md").unlink()
+    with pytest.raises(ValueError, match="docs/gpu-check.md is missing"):
+        update_readme(root=tmp_path)
+    assert "(edited)" in bench.read_text()  # nothing is written when a page is missing
+    shutil.copy(REPO_ROOT / "docs" / "benchmarks.md", bench)
+    assert check_readme(root=tmp_path) == "docs/gpu-check.md is missing: it holds the generated block gpu-check"
+
+
+def test_no_function_of_the_readme_module_is_over_60_lines():
+    import ast
+
+    import dmlbench.reporting.readme as module
+
+    tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+    long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert not long, long

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlbench.reporting import report as rp
+from dmlbench.reporting.figures import save_figure
+from dmlbench.reporting.htmltables import html_table, results_table
+from dmlbench.reporting.labels import DIAGNOSTICS, METRICS, shown_path
+from dmlbench.reporting.narrative import identical_note, study_header
+from dmlbench.reporting.report import INJECTED_CELL_ID, tidy_notebook
+from dmlbench.reporting.runs import RUN_COLUMNS, cell_status, identical_cells, load_runs
+from dmlbench.reporting.summary import REPORT_TIME_KEY, json_text, write_summary
+from dmlbench.reporting.tables import save_table
 
 from .conftest import tiny_settings
 
@@ -52,19 +59,19 @@ def test_damaged_and_failed_runs_are_listed_and_the_others_still_load(tmp_path):
     (runs / "run4" / "metrics.json").write_text(json.dumps({k: v for k, v in complete_record("run4").items()
                                                              if k != "test"}))
     (runs / "run5" / "metrics.json").write_bytes(b"")
-    status = rp.cell_status(manifest, runs)
+    status = cell_status(manifest, runs)
     assert list(status["state"]) == ["done", "unreadable", "failed", "missing", "unreadable", "unreadable"]
     assert re.fullmatch(r".*runs/run1/metrics\.json: not valid JSON \(.* at line 3, column \d+\).*", status["note"][1])
     assert status["note"][2] == "RuntimeError: planted" and status["note"][3] == "not run yet"
     assert "runs/run4/metrics.json: " in status["note"][4] and "'test'" in status["note"][4]
     assert "runs/run5/metrics.json: not valid JSON" in status["note"][5]
-    loaded = rp.load_runs(runs)
+    loaded = load_runs(runs)
     assert list(loaded["run_id"]) == ["run0"] and loaded["map@r"][0] == 0.3
-    assert set(rp.DIAGNOSTICS) <= set(loaded.columns)
-    empty = rp.load_runs(tmp_path / "nothing")  # every column, no row: the report's sections say "no data"
-    assert empty.empty and set(rp.RUN_COLUMNS) <= set(empty.columns)
-    assert empty.dropna(subset=list(rp.DIAGNOSTICS)).empty
-    header = rp.study_header(manifest, status)
+    assert set(DIAGNOSTICS) <= set(loaded.columns)
+    empty = load_runs(tmp_path / "nothing")  # every column, no row: the report's sections say "no data"
+    assert empty.empty and set(RUN_COLUMNS) <= set(empty.columns)
+    assert empty.dropna(subset=list(DIAGNOSTICS)).empty
+    header = study_header(manifest, status)
     assert "**1 of 6 runs finished**, 1 failed, 3 with an unreadable record, 1 not run yet" in header
     assert "*failed*: triplet + none, seed 2 (`run2`): RuntimeError: planted" in header
     assert "*unreadable*: triplet + none, seed 1 (`run1`): `" in header and "metrics.json`: not valid JSON" in header
@@ -87,15 +94,15 @@ def default_like_manifest(seeds=(0, 1, 2)):
 def test_the_header_counts_multiply_to_the_number_of_runs():
     manifest = default_like_manifest()
     status = pd.DataFrame({"state": ["done"] * len(manifest["cells"])})
-    header = rp.study_header(manifest, status)
+    header = study_header(manifest, status)
     assert ("90 runs: 30 loss x miner cells x 3 seeds on 1 dataset (fashion-mnist); 13 losses, 10 miners; "
             "1 loss x miner pair skipped as incompatible (triplet + miner9). **90 of 90 runs finished**.") in header
     two = default_like_manifest()
     two["cells"] += [dict(c, dataset="cub", run_id=c["run_id"] + "-cub") for c in two["cells"]]
-    assert "180 runs: 30 loss x miner cells x 3 seeds x 2 datasets;" in rp.study_header(two, status)
+    assert "180 runs: 30 loss x miner cells x 3 seeds x 2 datasets;" in study_header(two, status)
     uneven = default_like_manifest()
     uneven["cells"] = uneven["cells"][:-1]
-    assert "89 runs: 30 cells (dataset x loss x miner), 2 to 3 seeds each, on 1 dataset" in rp.study_header(uneven, status)
+    assert "89 runs: 30 cells (dataset x loss x miner), 2 to 3 seeds each, on 1 dataset" in study_header(uneven, status)
 
 
 def seed_table(n=30, seeds=3):
@@ -103,7 +110,7 @@ def seed_table(n=30, seeds=3):
     rows = []
     for i in range(n):
         row = {"dataset": "d", "loss": f"loss{i % 7}", "miner": f"miner{i}", "seeds": seeds}
-        for metric in rp.METRICS:
+        for metric in METRICS:
             mean = rng.uniform(0.2, 0.9)
             row |= {metric: mean, f"{metric}_low": mean - 0.01, f"{metric}_high": mean + 0.01}
         rows.append(row)
@@ -115,7 +122,7 @@ def test_the_results_table_lists_every_cell_best_first_with_human_metric_names()
     seeds = seed_table()
     comparison = pd.DataFrame({"dataset": "d", "loss": seeds["loss"][:-1], "miner": seeds["miner"][:-1],
                                "difference": seeds["map@r"][:-1] - 0.5, "verdict": "within seed noise"})
-    table, marked = rp.results_table(seeds, comparison, ("triplet", "semi-hard"))
+    table, marked = results_table(seeds, comparison, ("triplet", "semi-hard"))
     assert len(table) == len(seeds) == 31
     assert list(table.columns) == ["#", "loss", "miner", "map@r", "r_precision", "recall@1", "recall@2", "recall@4",
                                    "recall@8", "nmi", "ami", "vs baseline"]
@@ -125,7 +132,7 @@ def test_the_results_table_lists_every_cell_best_first_with_human_metric_names()
     baseline = table.index[table["miner"] == "semi-hard"][0]
     assert marked == {baseline} and table["vs baseline"][baseline] == "baseline"
     assert table["vs baseline"][0].endswith("(noise)")
-    html = rp.html_table(table, marked=marked)
+    html = html_table(table, marked=marked)
     headers = re.findall(r"<th class=[^>]*>(.*?)</th>", html)
     assert headers == ["#", "loss", "miner", "MAP@R", "R-Precision", "Recall@1", "Recall@2", "Recall@4", "Recall@8",
                        "NMI", "AMI", "vs baseline"]
@@ -134,7 +141,7 @@ def test_the_results_table_lists_every_cell_best_first_with_human_metric_names()
 
 def test_a_long_table_is_shown_whole_in_a_scrolling_box():
     frame = pd.DataFrame({"run_id": [f"run{i}" for i in range(200)], "state": "done", "map@r": 0.5})
-    html = rp.html_table(frame, scroll=True)
+    html = html_table(frame, scroll=True)
     assert html.count("<tr") == 201 and 'class="dml-scroll"' in html and "run199" in html
     assert re.findall(r"<th class=[^>]*>(.*?)</th>", html) == ["run", "state", "MAP@R"]
 
@@ -142,14 +149,14 @@ def test_a_long_table_is_shown_whole_in_a_scrolling_box():
 def test_identical_cells_are_one_group_over_all_seeds():
     rows = []
     for seed in (0, 1, 2):
-        same = {m: 0.1 * seed + 0.5 for m in rp.METRICS}
+        same = {m: 0.1 * seed + 0.5 for m in METRICS}
         rows.append({"dataset": "d", "loss": "triplet", "miner": "none", "seed": seed, **same})
         rows.append({"dataset": "d", "loss": "triplet", "miner": "margin-triplets", "seed": seed, **same})
         rows.append({"dataset": "d", "loss": "contrastive", "miner": "none", "seed": seed,
-                     **{m: 0.2 + 0.01 * seed for m in rp.METRICS}})
-    groups = rp.identical_cells(pd.DataFrame(rows))
+                     **{m: 0.2 + 0.01 * seed for m in METRICS}})
+    groups = identical_cells(pd.DataFrame(rows))
     assert groups == [["triplet + margin-triplets", "triplet + none"]]
-    assert "margin-violating triplets" in rp.identical_note(groups[0], "a")
+    assert "margin-violating triplets" in identical_note(groups[0], "a")
 
 
 # ---- byte-stable outputs -----------------------------------------------------------------------
@@ -157,21 +164,21 @@ def test_identical_cells_are_one_group_over_all_seeds():
 def test_tables_and_summary_do_not_change_with_the_last_digits_of_a_sum(tmp_path):
     a = pd.DataFrame({"x": [0.1 + 0.2], "y": ["s"]})
     b = pd.DataFrame({"x": [0.3], "y": ["s"]})  # 0.30000000000000004 against 0.3
-    path = rp.save_table(a, "t", tmp_path, index=False)
+    path = save_table(a, "t", tmp_path, index=False)
     before = path.stat().st_mtime_ns
-    rp.save_table(b, "t", tmp_path, index=False)
+    save_table(b, "t", tmp_path, index=False)
     assert path.read_text() == "x,y\n0.3,s\n" and path.stat().st_mtime_ns == before
 
     summary = tmp_path / "summary.json"
-    assert rp.write_summary(summary, {"table": [{"map@r": 0.1 + 0.2}], "nan": float("nan")})
+    assert write_summary(summary, {"table": [{"map@r": 0.1 + 0.2}], "nan": float("nan")})
     text = json.loads(summary.read_text())
     assert text == {"table": [{"map@r": 0.3}], "nan": None}
-    summary.write_text(rp.json_text({**text, rp.REPORT_TIME_KEY: 12.5}))  # what build_report adds
+    summary.write_text(json_text({**text, REPORT_TIME_KEY: 12.5}))  # what build_report adds
     stamp = summary.stat().st_mtime_ns
-    assert not rp.write_summary(summary, {"table": [{"map@r": 0.3}], "nan": float("nan")})  # same numbers
-    assert summary.stat().st_mtime_ns == stamp and json.loads(summary.read_text())[rp.REPORT_TIME_KEY] == 12.5
-    assert rp.write_summary(summary, {"table": [{"map@r": 0.4}], "nan": None})  # new numbers: the time goes
-    assert rp.REPORT_TIME_KEY not in json.loads(summary.read_text())
+    assert not write_summary(summary, {"table": [{"map@r": 0.3}], "nan": float("nan")})  # same numbers
+    assert summary.stat().st_mtime_ns == stamp and json.loads(summary.read_text())[REPORT_TIME_KEY] == 12.5
+    assert write_summary(summary, {"table": [{"map@r": 0.4}], "nan": None})  # new numbers: the time goes
+    assert REPORT_TIME_KEY not in json.loads(summary.read_text())
 
 
 def test_figures_carry_no_software_stamp_and_are_written_once(tmp_path):
@@ -184,10 +191,10 @@ def test_figures_carry_no_software_stamp_and_are_written_once(tmp_path):
         ax.set_title("a line")
         return fig
 
-    path = rp.save_figure(figure(), "f", tmp_path, show=False)
+    path = save_figure(figure(), "f", tmp_path, show=False)
     stamp, data = path.stat().st_mtime_ns, path.read_bytes()
     assert "Software" not in Image.open(path).info
-    rp.save_figure(figure(), "f", tmp_path, show=False)
+    save_figure(figure(), "f", tmp_path, show=False)
     assert path.stat().st_mtime_ns == stamp and path.read_bytes() == data
 
 
@@ -220,11 +227,11 @@ def test_the_executed_notebook_keeps_no_timestamps():
     cell.metadata = {"tags": ["injected-parameters"], "execution": {"iopub.status.busy": "t"},
                      "papermill": {"start_time": "t0", "end_time": "t1", "duration": 1.0, "status": "completed"}}
     nb.cells.append(cell)
-    tidy = rp.tidy_notebook(nb, "notebooks/report.ipynb", "results/report.ipynb")
+    tidy = tidy_notebook(nb, "notebooks/report.ipynb", "results/report.ipynb")
     assert tidy.metadata["papermill"] == {"parameters": {"a": 1}, "input_path": "notebooks/report.ipynb",
                                           "output_path": "results/report.ipynb"}
     assert tidy.cells[0].metadata == {"tags": ["injected-parameters"], "papermill": {"status": "completed"}}
-    assert tidy.cells[0].id == rp.INJECTED_CELL_ID
+    assert tidy.cells[0].id == INJECTED_CELL_ID
 
 
 # ---- the real report notebook over runs written by hand ----------------------------------------
@@ -261,11 +268,11 @@ def fake_runs(study, seed=0):
         key = (c.loss, "none" if (c.loss, c.miner) == ("triplet", "batch-hard") else c.miner)
         base = effect.setdefault(key, rng.uniform(0.2, 0.4))
         noise = np.random.default_rng([seed, c.seed, len(c.loss), len(key[1])]).normal(0, 0.01)
-        metrics = {m: float(min(1.0, base + noise + (0.5 if m.startswith("recall") else 0.1))) for m in rp.METRICS}
+        metrics = {m: float(min(1.0, base + noise + (0.5 if m.startswith("recall") else 0.1))) for m in METRICS}
         metrics["map@r"] = float(base + noise)
         record = complete_record(cell.run_id, c.dataset, c.loss, c.miner, c.seed, c.epochs, metrics, c.to_dict())
         record["config_hash"] = c.config_hash()
-        record["diagnostics"] = {d: float(rng.uniform(0.1, 1.0)) for d in rp.DIAGNOSTICS}
+        record["diagnostics"] = {d: float(rng.uniform(0.1, 1.0)) for d in DIAGNOSTICS}
         cell.run_dir.mkdir(parents=True)
         (cell.run_dir / "metrics.json").write_text(json.dumps(record))
         (cell.run_dir / "execution.json").write_text(json.dumps({"notebook_wall_s": 10.0, "started": 100.0 + c.seed,
@@ -293,7 +300,7 @@ def test_report_over_damaged_runs_builds_names_them_and_a_rebuild_changes_no_byt
 
     results = isolated / "results"
     html = build_report(path).read_text()
-    shown = rp.shown_path(damaged.metrics_path)
+    shown = shown_path(damaged.metrics_path)
     assert f"{shown}</code>: not valid JSON (" in html  # the damaged file, named, and why
     assert "RuntimeError: planted failure" in html
     assert "21 runs: 7 loss x miner cells x 3 seeds on 1 dataset (fashion-mnist); 3 losses, 3 miners" in html
@@ -311,7 +318,7 @@ def test_report_over_damaged_runs_builds_names_them_and_a_rebuild_changes_no_byt
     assert "Alternative text" not in html and "No description has been provided" not in html
     assert all(' alt="' in tag for tag in re.findall(r"<img [^>]*>", html))
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["done"] == 19 and summary["unreadable"] == 1 and rp.REPORT_TIME_KEY in summary
+    assert summary["done"] == 19 and summary["unreadable"] == 1 and REPORT_TIME_KEY in summary
 
     before = snapshot(results)
     assert {"report.html", "report.ipynb", "summary.json", "tables/summary.csv",

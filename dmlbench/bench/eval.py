@@ -25,9 +25,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..datasets import DATASETS
 from .timing import machine_line, save_table, synchronize
 
-SIZES = {"cub": (5924, 512, 100), "sop": (60502, 512, 11316)}
+EMBEDDING_DIM = 512
+
+
+def _test_size(name: str) -> tuple[int, int, int]:
+    """(test images, embedding dim, test classes) of dataset ``name``, from its class's published facts."""
+    cls = DATASETS.get(name)
+    return cls.split_sizes[1], EMBEDDING_DIM, cls.num_classes[1]
+
+
+SIZES = {name: _test_size(name) for name in ("cub", "sop")}
 
 
 @dataclass

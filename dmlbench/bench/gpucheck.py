@@ -603,66 +603,77 @@ def run_cells(count: int, manifest: Path | None, out: Path) -> int:
     papermill into $DMLBENCH_RESULTS, beside the CPU runs of the repository's results/runs."""
     import pandas as pd
 
-    from ..datasets.fashion_mnist import FashionMNIST
-    from ..training.record import read_json
-    from ..study.cells import load_study, run_config
+    from ..study.cells import load_study
     from .timing import save_table
 
     if manifest is not None:
-        expected = json.loads(manifest.read_text())["split_sha256"]
-        found = split_digests(FashionMNIST.load())
-        if found != expected:
-            raise SystemExit(f"gpu-check: the carried data's splits differ from the CPU runs' ({found} vs {expected})")
+        _check_carried_splits(manifest)
     study = load_study(STUDY)
     chosen = {(c.config.loss, c.config.miner, c.config.seed): c for c in study.cells}
-    rows = []
-    for loss, miner, seed in CELLS[:count]:
-        cell = chosen[(loss, miner, seed)]
-        run_id = cell.run_id
-        started = time.perf_counter()
-        metrics_path = run_config(cell.config)
-        seconds = time.perf_counter() - started
-        there = read_json(metrics_path)
-        cpu_path = ROOT / "results" / "runs" / run_id / "metrics.json"
-        here = read_json(cpu_path) if cpu_path.is_file() else None
-        execution = metrics_path.parent / "execution.json"
-        notebook_s = read_json(execution).get("notebook_wall_s") if execution.is_file() else seconds
-        row = {"run_id": run_id, "loss": loss, "miner": miner, "seed": seed, "device": there["device"],
-               "gpu": there["machine"].get("gpu", ""), "notebook_s": round(notebook_s, 1),
-               "train_s": round(there["train_time_s"], 1), "images_per_s": round(there["images_per_s"], 1),
-               "best_epoch": there["best_epoch"]}
-        for key in ("recall@1", "map@r", "nmi"):
-            row[key] = round(there["test"][key], 4)
-            row[f"cpu_{key}"] = round(here["test"][key], 4) if here else float("nan")
-            row[f"diff_{key}"] = round(there["test"][key] - here["test"][key], 4) if here else float("nan")
-        # the same device and thread count give the same numbers (the study's own promise)
-        row["must_equal"] = bool(here and there["device"] == here["device"]
-                                 and there["machine"].get("torch_threads") == here["machine"].get("torch_threads"))
-        if here:
-            row.update(cpu_notebook_s=round(read_json(cpu_path.parent / "execution.json")["notebook_wall_s"], 1),
-                       cpu_train_s=round(here["train_time_s"], 1), cpu_best_epoch=here["best_epoch"])
-        rows.append(row)
-        log(f"{run_id}: {row['device']} {row['notebook_s']} s in papermill; MAP@R {row['map@r']} "
-            f"(CPU {row['cpu_map@r']})")
-    table = pd.DataFrame(rows)
+    rows = [_cell_row(chosen[key]) for key in CELLS[:count]]
     device = rows[0]["device"].split(":")[0] if rows else "none"
-    if device == "cuda":
-        header = (f"Default-study cells through papermill on {rows[0]['gpu']}, beside the same cells' CPU runs in "
-                  f"results/runs. Equal seeds on different devices need not give equal numbers: the GPU's "
-                  f"convolution and reduction kernels round differently and the network runs under bf16 "
-                  f"autocast, so the runs part after the first steps; diff_* = CUDA minus CPU")
-    else:  # the dry run: the CPU again (with the CPU runs' thread count, the numbers must be equal)
-        header = (f"Default-study cells through papermill on the CPU (the GPU check without a GPU), beside the same "
-                  f"cells' runs in results/runs; where must_equal (same device, same thread count) the numbers "
-                  f"must be equal; diff_* = this run minus the shipped one")
-    save_table(table, f"cells-{device}", header, folder=out)
-    if rows:
-        differ = [r["run_id"] for r in rows if r["must_equal"]
-                  and any(r[f"diff_{k}"] != 0 for k in ("recall@1", "map@r", "nmi"))]
-        if differ:
-            print(f"gpu-check: on the CPU these cells did not reproduce the shipped runs: {differ}", file=sys.stderr)
-            return 1
+    save_table(pd.DataFrame(rows), f"cells-{device}", _cells_header(device, rows), folder=out)
+    differ = [r["run_id"] for r in rows if r["must_equal"]
+              and any(r[f"diff_{k}"] != 0 for k in ("recall@1", "map@r", "nmi"))]
+    if differ:
+        print(f"gpu-check: on the CPU these cells did not reproduce the shipped runs: {differ}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_carried_splits(manifest: Path) -> None:
+    """The carried data must be the data the CPU runs were trained on."""
+    from ..datasets.fashion_mnist import FashionMNIST
+
+    expected = json.loads(manifest.read_text())["split_sha256"]
+    found = split_digests(FashionMNIST.load())
+    if found != expected:
+        raise SystemExit(f"gpu-check: the carried data's splits differ from the CPU runs' ({found} vs {expected})")
+
+
+def _cell_row(cell) -> dict:
+    """Run one cell through papermill; its row: times and metrics beside the shipped CPU run's."""
+    from ..fileio import read_json
+    from ..study.cells import run_config
+    from ..training.rundir import RunDir
+
+    run_id, (loss, miner, seed) = cell.run_id, (cell.config.loss, cell.config.miner, cell.config.seed)
+    started = time.perf_counter()
+    there_dir = RunDir(run_config(cell.config).parent)
+    seconds = time.perf_counter() - started
+    there = read_json(there_dir.metrics)
+    cpu_dir = RunDir(ROOT / "results" / "runs" / run_id)
+    here = read_json(cpu_dir.metrics) if cpu_dir.metrics.is_file() else None
+    notebook_s = read_json(there_dir.execution).get("notebook_wall_s") if there_dir.execution.is_file() else seconds
+    row = {"run_id": run_id, "loss": loss, "miner": miner, "seed": seed, "device": there["device"],
+           "gpu": there["machine"].get("gpu", ""), "notebook_s": round(notebook_s, 1),
+           "train_s": round(there["train_time_s"], 1), "images_per_s": round(there["images_per_s"], 1),
+           "best_epoch": there["best_epoch"]}
+    for key in ("recall@1", "map@r", "nmi"):
+        row[key] = round(there["test"][key], 4)
+        row[f"cpu_{key}"] = round(here["test"][key], 4) if here else float("nan")
+        row[f"diff_{key}"] = round(there["test"][key] - here["test"][key], 4) if here else float("nan")
+    # the same device and thread count give the same numbers (the study's own promise)
+    row["must_equal"] = bool(here and there["device"] == here["device"]
+                             and there["machine"].get("torch_threads") == here["machine"].get("torch_threads"))
+    if here:
+        row.update(cpu_notebook_s=round(read_json(cpu_dir.execution)["notebook_wall_s"], 1),
+                   cpu_train_s=round(here["train_time_s"], 1), cpu_best_epoch=here["best_epoch"])
+    log(f"{run_id}: {row['device']} {row['notebook_s']} s in papermill; MAP@R {row['map@r']} "
+        f"(CPU {row['cpu_map@r']})")
+    return row
+
+
+def _cells_header(device: str, rows: list[dict]) -> str:
+    if device == "cuda":
+        return (f"Default-study cells through papermill on {rows[0]['gpu']}, beside the same cells' CPU runs in "
+                f"results/runs. Equal seeds on different devices need not give equal numbers: the GPU's "
+                f"convolution and reduction kernels round differently and the network runs under bf16 "
+                f"autocast, so the runs part after the first steps; diff_* = CUDA minus CPU")
+    # the dry run: the CPU again (with the CPU runs' thread count, the numbers must be equal)
+    return (f"Default-study cells through papermill on the CPU (the GPU check without a GPU), beside the same "
+            f"cells' runs in results/runs; where must_equal (same device, same thread count) the numbers "
+            f"must be equal; diff_* = this run minus the shipped one")
 
 
 def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -> int:
@@ -675,58 +686,15 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
     out_bench.mkdir(parents=True)
     name = "gpu-dry" if dry else f"gpu-check-part{''.join(map(str, parts))}"
     report = {"name": name, "parts": parts, "dry": dry, "steps": {}, "ok": False}
-    site = BUILD / ("dry-site" if dry else "site")
 
     def deliver_now() -> None:
         report["seconds"] = round(time.monotonic() - started, 1)
         write_json(out_bench / f"{name}.json", report)
         deliver(out, name)
 
-    if dry:
-        plan = prepare()
-        report["plan"] = {k: plan[k] for k in ("tree_bytes", "part_bytes", "limit_bytes", "calls")}
-        report["plan"]["wheels"] = len(plan["pins"])
-        report["plan"]["wheel_bytes"] = plan["wheels"]["wheel_bytes"]
-        report["plan"]["data_bytes"] = plan["data"]["bundle_bytes"]
-        # the GPU machine's wheels, installed as its pip would install them (CPython 3.12)...
-        report["installed_cp312"] = install(BUILD / "part1" / "wheels.tar.xz", BUILD / "dry-site-cp312",
-                                            python_version=DEVICE_PYTHON)
-        # ...and the same versions for this interpreter, which the dry run imports and runs
-        local = download_wheels(plan["pins"], BUILD / "wheels" / f"cp{sys.version_info.major}{sys.version_info.minor}",
-                                python_version=None)
-        key = hashlib.sha256("\n".join(sha256_file(w) for w in local).encode()).hexdigest()
-        report["installed"] = install_wheels(local, site, key)
-        env = guarded_environment(site, BUILD / "dry" / "guard", plan["pins"])
-    else:
-        bundle = BUILD / "part1" / "wheels.tar.xz"
-        if 1 in parts and bundle.is_file():
-            report["installed"] = install(bundle, site)
-        elif 1 in parts or _installed(site) is None:
-            # no carried wheels: a GPU machine of the user's own, with the project's venv (make setup)
-            site = None
-            report["installed"] = "none: this environment's packages (no build/gpu/part1/wheels.tar.xz here)"
-            log(report["installed"])
-        wheels = BUILD / "part1" / "wheels.json"
-        if site is not None:
-            report["wheels"] = json.loads(wheels.read_text())["wheels"] if wheels.is_file() else _dist_infos(site)
-        env = dict(os.environ)
-        paths = ([str(site)] if site else []) + [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+    site, env = _dry_environment(report) if dry else _device_environment(report, parts)
     env |= {"PYTHONUNBUFFERED": "1", "DMLBENCH_RESULTS": str(out), "DMLBENCH_DOWNLOAD": "0"}
-    imports = out / "imports.json"
-    done = subprocess.run(_python("-m", "dmlbench.bench.gpucheck", "imports", "--out", str(imports)),
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    report["imports"] = (json.loads(imports.read_text()) if done.returncode == 0 and imports.is_file()
-                         else {"error": (done.stdout + done.stderr)[-3000:]})
-    broken = {k: v for k, v in report["imports"].items() if isinstance(v, dict) and "error" in v}
-    if "error" in report["imports"] and isinstance(report["imports"]["error"], str):
-        broken = {"imports": report["imports"]["error"]}
-    if dry:
-        outside = {k: v["from"] for k, v in report["imports"].items()
-                   if k in CARRIED_MODULES and "from" in v and not v["from"].startswith(str(site))}
-        if outside:
-            broken["outside the carried wheels"] = outside
-    log("imports: " + (f"all {len(IMPORTS)} ok" if not broken else f"FAILED {broken}"))
+    broken = _check_imports(report, env, out / "imports.json", site if dry else None)
     if broken and site is None:
         report["error"] = ("packages are missing here and no carried wheels were installed: carry build/gpu/part1 "
                            "('make gpu-prepare'), or, for part 2 alone, run part 1 in the call just before, while "
@@ -747,6 +715,66 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
     deliver_now()
     log(f"{'done' if report['ok'] else 'FAILED'} in {report['seconds']} s: {out_bench.relative_to(ROOT)}")
     return 0 if report["ok"] else 1
+
+
+def _dry_environment(report: dict) -> tuple[Path, dict]:
+    """(dry run) The plan, the GPU machine's wheels installed as its pip would, the same versions
+    installed for this interpreter, and the guarded environment that sees only them."""
+    site = BUILD / "dry-site"
+    plan = prepare()
+    report["plan"] = {k: plan[k] for k in ("tree_bytes", "part_bytes", "limit_bytes", "calls")}
+    report["plan"]["wheels"] = len(plan["pins"])
+    report["plan"]["wheel_bytes"] = plan["wheels"]["wheel_bytes"]
+    report["plan"]["data_bytes"] = plan["data"]["bundle_bytes"]
+    # the GPU machine's wheels, installed as its pip would install them (CPython 3.12)...
+    report["installed_cp312"] = install(BUILD / "part1" / "wheels.tar.xz", BUILD / "dry-site-cp312",
+                                        python_version=DEVICE_PYTHON)
+    # ...and the same versions for this interpreter, which the dry run imports and runs
+    local = download_wheels(plan["pins"], BUILD / "wheels" / f"cp{sys.version_info.major}{sys.version_info.minor}",
+                            python_version=None)
+    key = hashlib.sha256("\n".join(sha256_file(w) for w in local).encode()).hexdigest()
+    report["installed"] = install_wheels(local, site, key)
+    return site, guarded_environment(site, BUILD / "dry" / "guard", plan["pins"])
+
+
+def _device_environment(report: dict, parts: list[int]) -> tuple[Path | None, dict]:
+    """(on the GPU machine) The carried wheels installed (part 1), or those a previous call installed;
+    None for the site where there are none (a user's own GPU machine with the project's venv)."""
+    site = BUILD / "site"
+    bundle = BUILD / "part1" / "wheels.tar.xz"
+    if 1 in parts and bundle.is_file():
+        report["installed"] = install(bundle, site)
+    elif 1 in parts or _installed(site) is None:
+        # no carried wheels: a GPU machine of the user's own, with the project's venv (make setup)
+        site = None
+        report["installed"] = "none: this environment's packages (no build/gpu/part1/wheels.tar.xz here)"
+        log(report["installed"])
+    wheels = BUILD / "part1" / "wheels.json"
+    if site is not None:
+        report["wheels"] = json.loads(wheels.read_text())["wheels"] if wheels.is_file() else _dist_infos(site)
+    env = dict(os.environ)
+    paths = ([str(site)] if site else []) + [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return site, env
+
+
+def _check_imports(report: dict, env: dict, imports: Path, carried_site: Path | None) -> dict:
+    """Import every module of IMPORTS in ``env`` (a subprocess); returns the broken ones. A dry run
+    (``carried_site``) also requires the carried modules to come from its wheels."""
+    done = subprocess.run(_python("-m", "dmlbench.bench.gpucheck", "imports", "--out", str(imports)),
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    report["imports"] = (json.loads(imports.read_text()) if done.returncode == 0 and imports.is_file()
+                         else {"error": (done.stdout + done.stderr)[-3000:]})
+    broken = {k: v for k, v in report["imports"].items() if isinstance(v, dict) and "error" in v}
+    if "error" in report["imports"] and isinstance(report["imports"]["error"], str):
+        broken = {"imports": report["imports"]["error"]}
+    if carried_site is not None:
+        outside = {k: v["from"] for k, v in report["imports"].items()
+                   if k in CARRIED_MODULES and "from" in v and not v["from"].startswith(str(carried_site))}
+        if outside:
+            broken["outside the carried wheels"] = outside
+    log("imports: " + (f"all {len(IMPORTS)} ok" if not broken else f"FAILED {broken}"))
+    return broken
 
 
 def deliver(out: Path, name: str) -> None:

@@ -56,32 +56,30 @@ def _rate(images: int, seconds: float) -> float:
     return images / seconds if seconds > 0 else float("nan")
 
 
-def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, classes: int, steps: int, warmup: int,
-          device: torch.device, workers: int | None, loss: str, miner: str, torch_compile: bool,
-          folder: Path) -> tuple[pd.DataFrame, dict]:
-    from ..config import RunConfig
-    from ..criterion import build_criterion
+def _synthetic_feed(cache, images: int, P: int, K: int, batches: int, device: torch.device, image_size: int,
+                    workers: int | None):
+    """The training feed (PhotoFeed) over the synthetic cache: ``batches`` PK batches an epoch."""
     from ..datasets.base import Splits
-    from ..datasets.benchmarks import PhotoSet, cache_side
-    from ..training.feeds import PhotoFeed, autocast_dtype
-    from ..models import MODELS
+    from ..datasets.benchmarks import PhotoSet
     from ..samplers import SAMPLERS
-    from ..training.loop import make_optimizer, optimisation_step
+    from ..training.feeds import PhotoFeed
 
-    config = RunConfig(dataset="cub", model=model_name, embedding_dim=128, loss=loss, miner=miner, P=P, K=K,
-                       image_size=image_size, num_workers=workers, torch_compile=torch_compile, optimizer="adam",
-                       lr=1e-5, weight_decay=4e-4)
-    config.validate()
-    started = time.perf_counter()
-    cache = synthetic_cache(folder, images, classes, cache_side(image_size))
-    build_s = time.perf_counter() - started
     labels = cache.labels.astype(np.int64)
     train = PhotoSet(cache, np.arange(images), labels)
     splits = Splits("synthetic-cub", train, train, train, {}, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    sampler = SAMPLERS.create("pk", labels=labels, P=P, K=K, batches_per_epoch=warmup + steps,
+    sampler = SAMPLERS.create("pk", labels=labels, P=P, K=K, batches_per_epoch=batches,
                               generator=torch.Generator().manual_seed(0))
-    feed = PhotoFeed(splits, labels, sampler, device, image_size=image_size, num_workers=workers,
+    return PhotoFeed(splits, labels, sampler, device, image_size=image_size, num_workers=workers,
                      eval_batch_size=256, seed=0)
+
+
+def _optimisation_step(model_name: str, loss: str, miner: str, classes: int, device: torch.device,
+                       torch_compile: bool):
+    """(step, amp): ``step(x, y)`` is training's optimisation step for a seeded network and criterion."""
+    from ..criterion import build_criterion
+    from ..models import MODELS
+    from ..training.feeds import autocast_dtype
+    from ..training.loop import make_optimizer, optimisation_step
 
     torch.manual_seed(0)
     model = MODELS.create(model_name, embedding_dim=128).to(device, memory_format=torch.channels_last)
@@ -91,37 +89,60 @@ def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, clas
     optimizer = make_optimizer("adam", params, 1e-5, 4e-4)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
-    batch = P * K
+    return (lambda x, y: optimisation_step(forward, criterion, optimizer, scaler, x, y, amp)), amp
 
-    def timed(batches, work) -> float:
-        """Seconds for the batches after the warm-up ones."""
-        start = None
-        for i, item in enumerate(batches):
-            if i == warmup:
-                synchronize(device)
-                start = time.perf_counter()
-            work(*item)
-        synchronize(device)
-        return time.perf_counter() - start
 
-    # (a) data alone: every batch reaches the device, normalised, and nothing else happens
-    data_s = timed(feed.epoch(), lambda x, y: None)
-    # (b) the step alone, on one batch resident on the device
-    x, y = next(iter(feed.epoch()))
-    model_s = timed(((x, y) for _ in range(warmup + steps)),
-                    lambda x, y: optimisation_step(forward, criterion, optimizer, scaler, x, y, amp))
-    # (c) both, as training runs them
-    full_s = timed(feed.epoch(), lambda x, y: optimisation_step(forward, criterion, optimizer, scaler, x, y, amp))
+def _timed(batches, work, warmup: int, device: torch.device) -> float:
+    """Seconds for the batches after the warm-up ones."""
+    start = None
+    for i, item in enumerate(batches):
+        if i == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        work(*item)
+    synchronize(device)
+    return time.perf_counter() - start
 
-    rates = {"data": _rate(steps * batch, data_s), "model": _rate(steps * batch, model_s),
-             "full": _rate(steps * batch, full_s)}
+
+def _throughput_table(seconds: dict[str, float], steps: int, batch: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The three measurements' images per second and milliseconds per batch, and the rates."""
+    rates = {part: _rate(steps * batch, seconds[part]) for part in ("data", "model", "full")}
     table = pd.DataFrame([
-        {"part": "data pipeline alone", "images_per_s": rates["data"], "ms_per_batch": 1e3 * data_s / steps},
-        {"part": "model step alone", "images_per_s": rates["model"], "ms_per_batch": 1e3 * model_s / steps},
-        {"part": "full step", "images_per_s": rates["full"], "ms_per_batch": 1e3 * full_s / steps},
+        {"part": "data pipeline alone", "images_per_s": rates["data"], "ms_per_batch": 1e3 * seconds["data"] / steps},
+        {"part": "model step alone", "images_per_s": rates["model"], "ms_per_batch": 1e3 * seconds["model"] / steps},
+        {"part": "full step", "images_per_s": rates["full"], "ms_per_batch": 1e3 * seconds["full"] / steps},
     ])
     table["of_model_step"] = table["images_per_s"] / rates["model"]
-    table = table.round({"images_per_s": 1, "ms_per_batch": 1, "of_model_step": 3})
+    return table.round({"images_per_s": 1, "ms_per_batch": 1, "of_model_step": 3}), rates
+
+
+def bench(*, model_name: str, image_size: int, P: int, K: int, images: int, classes: int, steps: int, warmup: int,
+          device: torch.device, workers: int | None, loss: str, miner: str, torch_compile: bool,
+          folder: Path) -> tuple[pd.DataFrame, dict]:
+    from ..config import RunConfig
+    from ..datasets.benchmarks import cache_side
+
+    config = RunConfig(dataset="cub", model=model_name, embedding_dim=128, loss=loss, miner=miner, P=P, K=K,
+                       image_size=image_size, num_workers=workers, torch_compile=torch_compile, optimizer="adam",
+                       lr=1e-5, weight_decay=4e-4)
+    config.validate()
+    started = time.perf_counter()
+    cache = synthetic_cache(folder, images, classes, cache_side(image_size))
+    build_s = time.perf_counter() - started
+    feed = _synthetic_feed(cache, images, P, K, warmup + steps, device, image_size, workers)
+    step, amp = _optimisation_step(model_name, loss, miner, classes, device, torch_compile)
+
+    seconds = {
+        # (a) data alone: every batch reaches the device, normalised, and nothing else happens
+        "data": _timed(feed.epoch(), lambda x, y: None, warmup, device),
+    }
+    # (b) the step alone, on one batch resident on the device
+    x, y = next(iter(feed.epoch()))
+    seconds["model"] = _timed(((x, y) for _ in range(warmup + steps)), step, warmup, device)
+    # (c) both, as training runs them
+    seconds["full"] = _timed(feed.epoch(), step, warmup, device)
+
+    table, rates = _throughput_table(seconds, steps, P * K)
     for key, value in (("model", model_name), ("image_size", image_size), ("batch", f"{P}x{K}"),
                        ("workers", feed.workers), ("torch_compile", torch_compile)):
         table[key] = value

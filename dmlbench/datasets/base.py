@@ -1,21 +1,27 @@
 """Datasets of the study: images and labels split by class into train / validation / test.
 
-A dataset module registers a loader ``load(root=None, cache=True) -> Splits``. Splits are
-class-disjoint between train and test (zero-shot retrieval, ../shared/PROTOCOL.md section 1); model
-selection uses ``val``, never ``test``.
+One module per dataset (``fashion_mnist``, ``cub``, ``cars196``, ``sop``, ``inshop``) holds a
+:class:`Dataset` subclass: the dataset's facts as class attributes and its loader, registered in
+:data:`DATASETS` under its ``name`` (``@register_dataset``). Everything else reads the facts from
+the class (``DATASETS.get(name).split_sizes``), never from a table of its own; the photo
+benchmarks' extra facts and shared machinery are in :mod:`.benchmarks` (:class:`PhotoDataset`).
+docs/adding-a-dataset.md walks through adding one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from ..registry import Registry
 
 DATASETS = Registry("dataset")
+DEFAULT_IMAGE_SIZE = 224  # the crop side of photo datasets when a run gives no image_size
 
 
 class LabelledSet:
@@ -85,3 +91,113 @@ def load_dataset(name: str, root: str | None = None, *, image_size: int | None =
     if image_size is not None:
         kwargs["image_size"] = image_size
     return DATASETS.get(name).load(root=root, **kwargs)
+
+
+class Dataset:
+    """The dataset contract: a class, never instantiated, with its facts and a loader.
+
+    ``load(root=None, cache=True) -> Splits`` finds the dataset's files (``root`` when given, else
+    the dataset's own search: ``$DMLBENCH_DATA``, caches), and returns its :class:`Splits`: ``train``
+    and ``val`` drawn from the train classes and ``test`` (plus ``gallery``, where the test images
+    are queries against a separate set) from test classes that share none with them, each split
+    offering ``len``, ``labels`` and ``classes``; ``mean`` / ``std`` are the input statistics on the
+    0-1 scale; ``source`` says where the files came from. Missing files raise
+    :class:`dmlbench.errors.DatasetNotFoundError` naming where it looked and how to get them. A photo
+    dataset's ``load`` also takes ``image_size`` (the crop side its decoded cache is sized for).
+
+    The facts, read by whatever needs them (the estimate, the preflight checks, the evaluation):
+    """
+
+    name: ClassVar[str] = ""  # the registered name, as a study's ``dataset:`` gives it
+    description: ClassVar[str] = ""  # one line: what it is, where from, how it is split (the class's docstring)
+    # (train images, test images or queries, gallery images) as published: train before the validation
+    # classes are carved out of it (the study's estimate reads it); None where validation is not carved
+    split_sizes: ClassVar[tuple[int, int, int] | None] = None
+    num_classes: ClassVar[tuple[int, int] | None] = None  # (train classes, test classes) as published
+    super_labels: ClassVar[bool] = False  # whether the images carry super-class labels (hierarchical batches)
+    recall_ks: ClassVar[tuple[int, ...]] = ()  # the K of the Recall@K its papers report (added to the common ones)
+    channels: ClassVar[int] = 3  # image channels
+    default_image_size: ClassVar[int | None] = None  # side of the (square) images a network gets by default
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.description and not cls.__dict__.get("__doc__"):
+            cls.__doc__ = cls.description  # what 'dmlbench list' shows
+
+    @classmethod
+    def load(cls, root: str | os.PathLike | None = None, cache: bool = True) -> Splits:
+        raise NotImplementedError(f"{cls.__name__} must implement load(root=None, cache=True) -> Splits")
+
+
+def register_dataset(cls: type) -> type:
+    """Class decorator: register a :class:`Dataset` subclass in DATASETS under its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name to register it under")
+    return DATASETS.register(cls.name)(cls)
+
+
+def dataset_classes() -> dict[str, type]:
+    """Every registered dataset class by name, in the order they were registered."""
+    return dict(DATASETS._entries)  # names() sorts; the registry's own dict keeps registration order
+
+
+def dataset_fact(name: str, attribute: str, default: Any = None) -> Any:
+    """``attribute`` of registered dataset ``name``; ``default`` for an unknown name or a class without it."""
+    cls = dataset_classes().get(name)
+    return default if cls is None else getattr(cls, attribute, default)
+
+
+def extra_recall_ks(name: str) -> tuple[int, ...]:
+    """The K of Recall@K that dataset ``name``'s papers report (SOP: 1, 10, 100, 1000); () if unknown."""
+    return tuple(dataset_fact(name, "recall_ks", ()) or ())
+
+
+class DatasetFacts(Mapping):
+    """A live table name -> ``attribute`` over the registered datasets that set it (not None) and are
+    ``kind`` subclasses, in registration order. Reading it reads the classes, so a dataset registered
+    later is in it; setting an item sets the class attribute (which is how tests patch a fact)."""
+
+    def __init__(self, attribute: str, kind: type = object, convert: Callable[[Any], Any] | None = None):
+        self.attribute, self.kind, self.convert = attribute, kind, convert
+
+    def _classes(self) -> dict[str, type]:
+        return {name: cls for name, cls in dataset_classes().items()
+                if isinstance(cls, type) and issubclass(cls, self.kind) and getattr(cls, self.attribute, None) is not None}
+
+    def __getitem__(self, name: str) -> Any:
+        value = getattr(self._classes()[name], self.attribute)
+        return self.convert(value) if self.convert else value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        setattr(DATASETS.get(name), self.attribute, value)
+
+    def __iter__(self):
+        return iter(self._classes())
+
+    def __len__(self) -> int:
+        return len(self._classes())
+
+    def __repr__(self) -> str:
+        return f"DatasetFacts({self.attribute!r}: {dict(self)!r})"
+
+
+class DatasetNames(Sequence):
+    """The names of the registered datasets that are ``kind`` subclasses, in registration order, read live."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def _names(self) -> list[str]:
+        return [name for name, cls in dataset_classes().items() if isinstance(cls, type) and issubclass(cls, self.kind)]
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __repr__(self) -> str:
+        return repr(tuple(self._names()))

@@ -1,6 +1,9 @@
-"""The four real DML benchmarks as registered datasets: CUB-200-2011, Cars196, SOP, In-Shop.
+"""The photo benchmarks' shared machinery: :class:`PhotoDataset`, the layout search, the decoded caches.
 
-``load(root=None)`` finds the dataset's official layout (:mod:`.layouts`), splits it by class as
+Each benchmark (CUB-200-2011, Cars196, SOP, In-Shop) is a :class:`PhotoDataset` subclass in its own
+module (``cub``, ``cars196``, ``sop``, ``inshop``) holding its facts (layout markers, sub-folders,
+archives and checksums, split sizes, Recall@K) and its layout reader. ``load(root=None)`` finds the
+dataset's official layout (its ``read_layout``, helpers in :mod:`.layouts`), splits it by class as
 ../shared/PROTOCOL.md prescribes (validation = 20% of the train classes, drawn with seed 0, the same
 for every run), and serves the images from a decoded cache (:mod:`.image_cache`): every image of the
 layout decoded once, its shorter side resized to the evaluation size (256 pixels for 224-pixel crops). The cache is built on first use (or
@@ -24,53 +27,83 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from .base import DATASETS, LabelledSet, Splits, cache_dir, data_roots
+from .base import (DATASETS, DEFAULT_IMAGE_SIZE, Dataset, DatasetNames, LabelledSet, Splits, cache_dir,
+                   data_roots)
+from .download import Archive, DownloadError, download_dataset
 from .image_cache import ImageCache, build_cache
-from .layouts import FETCH_COMMAND, SOURCES, ImageList, Layout, LayoutError, read_layout
+from .layouts import FETCH_COMMAND, ImageList, Layout, LayoutError, origin, read_layout
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("dmlbench")
 
-PHOTO_DATASETS = ("cub", "cars196", "sop", "inshop")
-DEFAULT_IMAGE_SIZE = 224
 VALIDATION_FRACTION = 0.2
 VALIDATION_SEED = 0
 
-# The file that marks a folder as the dataset's layout, and the sub-folder names it is often found under.
-MARKERS = {
-    "cub": ("images.txt",),
-    "cars196": ("cars_annos.mat",),
-    "sop": ("Ebay_train.txt",),
-    "inshop": ("list_eval_partition.txt", "Eval/list_eval_partition.txt"),
-}
-SUBFOLDERS = {
-    "cub": ("CUB_200_2011", "cub", "cub200", "CUB", "cub/CUB_200_2011"),
-    "cars196": ("cars196", "cars", "Cars196", "car196", "CARS196"),
-    "sop": ("Stanford_Online_Products", "sop", "SOP", "sop/Stanford_Online_Products"),
-    "inshop": ("inshop", "InShop", "In-Shop", "in-shop", "deepfashion_inshop"),
-}
-DESCRIPTIONS = {
-    "cub": "CUB-200-2011 (Wah et al. 2011): 200 bird species; train classes 1-100, test 101-200",
-    "cars196": "Cars196 (Krause et al. 2013): 196 car models; train classes 1-98, test 99-196",
-    "sop": "Stanford Online Products (Song et al. 2016): 22,634 products; Ebay_train / Ebay_test",
-    "inshop": "In-Shop Clothes (Liu et al. 2016): 7,982 items; test = 14,218 queries against a 12,612-image gallery",
-}
 
+class PhotoDataset(Dataset):
+    """The contract of a photo benchmark: :class:`Dataset`'s, plus its layout's facts and reader.
+
+    ``load(root=None, cache=True, image_size=None)`` finds the layout folder (:func:`locate_layout`),
+    reads it with ``read_layout`` and serves every split from the decoded image cache sized for
+    ``image_size``-pixel crops (``default_image_size`` when None): :class:`PhotoSet` splits, ImageNet
+    statistics as ``mean`` / ``std``. A subclass sets the facts below and implements ``read_layout``.
+    """
+
+    channels: ClassVar[int] = 3
+    default_image_size: ClassVar[int | None] = DEFAULT_IMAGE_SIZE
+    markers: ClassVar[tuple[str, ...]] = ()  # files (relative to a folder) that mark it as the layout; the first is the index
+    subfolders: ClassVar[tuple[str, ...]] = ()  # sub-folder names the layout is often found under, below a data root
+    origin: ClassVar[str] = ""  # where the dataset comes from: its page and files, for messages
+    archives: ClassVar[list[Archive]] = []  # what 'dmlbench data prepare' downloads, with URLs and MD5 sums
+    download_subfolder: ClassVar[str] = ""  # where the archives' layout lands, relative to the download root
+    download_needs: ClassVar[tuple[str, ...]] = ()  # further paths (relative to that root) a finished download has
+    manual_steps: ClassVar[str | None] = None  # where nothing can be downloaded: how to fetch the files by hand
+
+    @classmethod
+    def read_layout(cls, root: Path, *, val_fraction: float = 0.2, seed: int = 0) -> Layout:
+        """The layout under ``root``: train / val (``val_fraction`` of the train classes, drawn with
+        ``seed``) / test (and gallery) image lists; LayoutError naming a missing or malformed file."""
+        raise NotImplementedError(f"{cls.__name__} must implement read_layout(root, *, val_fraction, seed)")
+
+    @classmethod
+    def load(cls, root: str | os.PathLike | None = None, cache: bool = True, image_size: int | None = None) -> Splits:
+        # The decoded cache is what makes training on photos fast; it is always used.
+        return load_benchmark(cls.name, root, image_size=image_size)
+
+    @classmethod
+    def fetch_by_hand(cls, root: Path) -> Path:
+        """The layout folder under ``root`` of a dataset with no archive to download: DownloadError with
+        ``manual_steps`` (ROOT replaced by ``root``) until its files are in place."""
+        raise DownloadError(f"{cls.name}: nothing to download. "
+                            + (cls.manual_steps or f"Fetch it from {cls.origin}.").replace("ROOT", str(root)))
+
+
+# The registered photo datasets' names, in registration order (a live view: a dataset registered later is in it).
+PHOTO_DATASETS = DatasetNames(PhotoDataset)
 
 def download_folder(name: str) -> Path:
     """Where ``dmlbench data prepare <name>`` puts a dataset when no root is given."""
     return cache_dir() / "data" / name
 
 
+def photo_dataset(name: str) -> type[PhotoDataset]:
+    """The registered photo dataset ``name``'s class; ValueError naming the valid names otherwise."""
+    cls = DATASETS.get(name) if name in PHOTO_DATASETS else None
+    if cls is None:
+        raise ValueError(f"unknown photo dataset {name!r}; valid: {', '.join(PHOTO_DATASETS)}")
+    return cls
+
+
 def _is_layout(folder: Path, name: str) -> bool:
-    return any((folder / marker).is_file() for marker in MARKERS[name])
+    return any((folder / marker).is_file() for marker in photo_dataset(name).markers)
 
 
 def _candidates(base: Path, name: str) -> list[Path]:
-    return [base] + [base / sub for sub in SUBFOLDERS[name]]
+    return [base] + [base / sub for sub in photo_dataset(name).subfolders]
 
 
 def locate_layout(name: str, root: str | os.PathLike | None = None) -> tuple[Path, str]:
@@ -93,8 +126,8 @@ def locate_layout(name: str, root: str | os.PathLike | None = None) -> tuple[Pat
                 return folder, f"download folder {folder}"
     looked = ", ".join(str(s) for s in searched) or "(no folder: $DMLBENCH_DATA is empty)"
     raise LayoutError(
-        f"{name}: no folder holding {' or '.join(MARKERS[name])} was found; looked in: {looked}. "
-        f"The dataset comes from {SOURCES[name]}. Give its folder as data_root (or in $DMLBENCH_DATA), or run "
+        f"{name}: no folder holding {' or '.join(photo_dataset(name).markers)} was found; looked in: {looked}. "
+        f"The dataset comes from {origin(name)}. Give its folder as data_root (or in $DMLBENCH_DATA), or run "
         f"'{FETCH_COMMAND.format(name=name)}'.")
 
 
@@ -168,7 +201,7 @@ def image_cache(name: str, layout: Layout, *, shorter_side: int) -> ImageCache:
 
 def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None) -> Splits:
     """The class splits of benchmark ``name``, served from its decoded image cache for ``image_size`` crops."""
-    shorter_side = cache_side(image_size)
+    shorter_side = cache_side(image_size or photo_dataset(name).default_image_size)
     folder, where = locate_layout(name, root)
     layout = read_layout(name, folder, val_fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED)
     for part, images in (("train", layout.train), ("validation", layout.val), ("test", layout.test)):
@@ -192,23 +225,6 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_si
     )
 
 
-def _register(name: str) -> None:
-    class Benchmark:
-        __doc__ = DESCRIPTIONS[name]
-
-        @staticmethod
-        def load(root: str | os.PathLike | None = None, cache: bool = True, image_size: int | None = None) -> Splits:
-            # The decoded cache is what makes training on photos fast; it is always used.
-            return load_benchmark(name, root, image_size=image_size)
-
-    Benchmark.__name__ = Benchmark.__qualname__ = f"Benchmark_{name}"
-    DATASETS.register(name)(Benchmark)
-
-
-for _name in PHOTO_DATASETS:
-    _register(_name)
-
-
 def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
                       download: bool = True, url: str | None = None) -> str:
     """Find benchmark ``name``'s layout (or download, verify and unpack it into ``root``, or the
@@ -219,8 +235,6 @@ def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image
     except LayoutError:
         if not download:
             raise
-        from .download import download_dataset
-
         target = Path(root) if root else download_folder(name)
         log.warning("%s: not found; downloading into %s", name, target)
         folder, where = download_dataset(name, target, base_url=url), f"downloaded into {target}"
@@ -230,4 +244,4 @@ def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image
     cache = Path(splits.source["cache"])
     size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
     return (f"{name}: layout in {folder} ({where}); {counts}; images decoded for "
-            f"{image_size or DEFAULT_IMAGE_SIZE}-pixel crops in {cache} ({size / 1e6:,.1f} MB)")
+            f"{image_size or photo_dataset(name).default_image_size}-pixel crops in {cache} ({size / 1e6:,.1f} MB)")

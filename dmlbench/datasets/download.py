@@ -1,11 +1,12 @@
-"""Downloading and unpacking the official archives of the four real DML benchmarks.
+"""Downloading and unpacking the official archives of the photo benchmarks.
 
-``download_dataset(name, root)`` fetches every archive of a dataset into ``root/downloads``, checks
-each against its MD5 sum, unpacks it into ``root`` and returns the folder that holds the official
-layout (what :func:`.layouts.read_layout` reads): ``root/CUB_200_2011`` for CUB, ``root`` for Cars196
-(``car_ims/`` and ``cars_annos.mat``), ``root/Stanford_Online_Products`` for SOP and ``root`` for
-In-Shop. In-Shop is served from Google Drive only, which cannot be fetched without a browser: its
-:data:`MANUAL_STEPS` say which files to fetch by hand and where to put them.
+``download_dataset(name, root)`` fetches every archive of a dataset (its class's ``archives``, with
+their URLs and MD5 sums) into ``root/downloads``, checks each against its MD5 sum, unpacks it into
+``root`` and returns the folder that holds the official layout (what :func:`.layouts.read_layout`
+reads): ``root / download_subfolder`` of the dataset's class (``root/CUB_200_2011`` for CUB, ``root``
+for Cars196, ``root/Stanford_Online_Products`` for SOP, ``root`` for In-Shop). In-Shop is served
+from Google Drive only, which cannot be fetched without a browser: its ``manual_steps``
+(:data:`MANUAL_STEPS`) say which files to fetch by hand and where to put them.
 
 - :func:`fetch` streams one URL (http, https, ftp or file) to ``<destination>.part`` while computing
   the MD5 sum, and moves it into place only when the sum matches; a file already in place with the
@@ -43,6 +44,7 @@ from pathlib import Path
 
 from ..errors import DatasetNotFoundError
 from ..fileio import atomic_write_json
+from .base import DATASETS, DatasetFacts
 
 log = logging.getLogger("dmlbench")
 
@@ -71,55 +73,9 @@ class Archive:
         return _archive_kind(self.filename) is not None
 
 
-# Each MD5 sum below was checked against public code that downloads the same file and verifies it:
-# - CUB_200_2011.tgz: the CUB200 classes of KevinMusgrave/powerful-benchmarker
-#   (src/powerful_benchmarker/datasets/cub200.py) and of ContinualAI/avalanche
-#   (avalanche/benchmarks/datasets/cub200/cub200.py) check the same sum.
-# - car_ims.tgz and cars_annos.mat: KevinMusgrave/powerful-benchmarker
-#   (src/powerful_benchmarker/datasets/cars196.py) checks both, fetched from the same
-#   ai.stanford.edu/~jkrause/car196/ folder used here.
-# - Stanford_Online_Products.zip: KevinMusgrave/powerful-benchmarker
-#   (src/powerful_benchmarker/datasets/stanford_online_products.py) checks it, fetched from the same
-#   cs.stanford.edu FTP address used here.
-ARCHIVES: dict[str, list[Archive]] = {
-    "cub": [
-        Archive("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz", "CUB_200_2011.tgz",
-                "97eceeb196236b17998738112f37df78",
-                "CUB-200-2011: CUB_200_2011/ with images/, images.txt, image_class_labels.txt, classes.txt"),
-    ],
-    "cars196": [
-        Archive("http://ai.stanford.edu/~jkrause/car196/car_ims.tgz", "car_ims.tgz",
-                "d5c8f0aa497503f355e17dc7886c3f14", "Cars196 images: car_ims/ with 16,185 JPEG files"),
-        Archive("http://ai.stanford.edu/~jkrause/car196/cars_annos.mat", "cars_annos.mat",
-                "b407c6086d669747186bd1d764ff9dbc", "Cars196 annotations: class and path of every image"),
-    ],
-    "sop": [
-        Archive("ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip", "Stanford_Online_Products.zip",
-                "7f73d41a2f44250d4779881525aea32e",
-                "Stanford Online Products: Stanford_Online_Products/ with Ebay_train.txt, Ebay_test.txt and "
-                "the images"),
-    ],
-    "inshop": [],  # Google Drive only: see MANUAL_STEPS
-}
-
-INSHOP_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html"
-MANUAL_STEPS: dict[str, str] = {
-    "inshop": (
-        "In-Shop Clothes Retrieval (DeepFashion) is distributed through Google Drive only and cannot be "
-        f"downloaded automatically. Open {INSHOP_PAGE}, follow its download link (Google Drive, 'In-shop Clothes "
-        "Retrieval Benchmark'), and fetch two files: 'Img/img.zip' (the images) and "
-        "'Eval/list_eval_partition.txt' (the train / query / gallery split). Put them into the dataset root "
-        "ROOT: either img.zip into ROOT/downloads/ (it is then unpacked for you) or unpack img.zip yourself so "
-        "that ROOT/img/ holds the category folders (ROOT/img/WOMEN/..., ROOT/img/MEN/...); and "
-        "list_eval_partition.txt as ROOT/list_eval_partition.txt (or ROOT/Eval/list_eval_partition.txt). "
-        "Then run the same command again."
-    ),
-}
-
-# The folder (relative to the root) that holds a dataset's official layout, and a file that proves it is there.
-LAYOUT_SUBFOLDER = {"cub": "CUB_200_2011", "cars196": "", "sop": "Stanford_Online_Products", "inshop": ""}
-LAYOUT_FILE = {"cub": "images.txt", "cars196": "cars_annos.mat", "sop": "Ebay_train.txt",
-               "inshop": "list_eval_partition.txt"}
+# The facts are the dataset classes' (cub.py, cars196.py, sop.py, inshop.py); these are live views of them.
+ARCHIVES = DatasetFacts("archives", convert=list)  # name -> [Archive]: what is downloaded, with URLs and MD5 sums
+MANUAL_STEPS = DatasetFacts("manual_steps")  # name -> how to fetch by hand what cannot be downloaded
 
 
 def _check_name(name: str) -> None:
@@ -131,7 +87,8 @@ def layout_folder(name: str, root: str | os.PathLike) -> Path:
     """The folder under ``root`` that holds ``name``'s official layout once downloaded (nothing is fetched)."""
     _check_name(name)
     root = Path(root).expanduser()
-    return root / LAYOUT_SUBFOLDER[name] if LAYOUT_SUBFOLDER[name] else root
+    subfolder = DATASETS.get(name).download_subfolder
+    return root / subfolder if subfolder else root
 
 
 def mirror_env(name: str) -> str:
@@ -172,20 +129,46 @@ def fetch(url: str, destination: str | os.PathLike, md5: str | None, *, timeout:
     """
     destination = Path(destination)
     expected = md5.lower() if md5 else None
-    if destination.is_file():
-        if expected is None:
-            log.info("%s is there already (no MD5 sum to check it against)", destination)
-            return destination
-        found = file_md5(destination)
-        if found == expected:
-            log.info("%s is there already (MD5 %s checked)", destination, found)
-            return destination
-        log.warning("%s has MD5 %s, not the published %s: downloading it again from %s",
-                    destination, found, expected, url)
+    if _already_there(url, destination, expected):
+        return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
+    got = _stream(url, part, destination, timeout)
+    if expected is None:
+        log.warning("%s: no published MD5 sum to check the download against; its MD5 is %s (not checked)", url, got)
+    elif got != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: the downloaded file has MD5 {got}, but the published sum is {expected}; the file was "
+            f"discarded (the download is damaged, or the server serves a different file). Try again, or "
+            f"download it by hand and put it at {destination}.")
+    else:
+        log.info("%s: MD5 %s checked", url, got)
+    os.replace(part, destination)
+    return destination
+
+
+def _already_there(url: str, destination: Path, expected: str | None) -> bool:
+    """Whether ``destination`` exists with the expected MD5 sum (or with no sum to check)."""
+    if not destination.is_file():
+        return False
+    if expected is None:
+        log.info("%s is there already (no MD5 sum to check it against)", destination)
+        return True
+    found = file_md5(destination)
+    if found == expected:
+        log.info("%s is there already (MD5 %s checked)", destination, found)
+        return True
+    log.warning("%s has MD5 %s, not the published %s: downloading it again from %s",
+                destination, found, expected, url)
+    return False
+
+
+def _stream(url: str, part: Path, destination: Path, timeout: float) -> str:
+    """Stream ``url`` into ``part``, returning its MD5 sum; DownloadError (the part file removed) on failure."""
     digest = hashlib.md5()
     received = 0
+    length = None
     log.info("downloading %s to %s", url, destination)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
@@ -211,19 +194,7 @@ def fetch(url: str, destination: str | os.PathLike, md5: str | None, *, timeout:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    got = digest.hexdigest()
-    if expected is None:
-        log.warning("%s: no published MD5 sum to check the download against; its MD5 is %s (not checked)", url, got)
-    elif got != expected:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: the downloaded file has MD5 {got}, but the published sum is {expected}; the file was "
-            f"discarded (the download is damaged, or the server serves a different file). Try again, or "
-            f"download it by hand and put it at {destination}.")
-    else:
-        log.info("%s: MD5 %s checked", url, got)
-    os.replace(part, destination)
-    return destination
+    return digest.hexdigest()
 
 
 def _archive_kind(filename: str) -> str | None:
@@ -405,28 +376,13 @@ def _locked(path: Path):
 
 
 def _layout_paths(name: str, root: Path) -> list[Path]:
-    """The layout's index file (and, for Cars196, the image folder)."""
-    paths = [layout_folder(name, root) / LAYOUT_FILE[name]]
-    return paths + [root / "car_ims"] if name == "cars196" else paths
+    """The layout's index file (its first marker) and the further paths its class names (Cars196: car_ims/)."""
+    cls = DATASETS.get(name)
+    return [layout_folder(name, root) / cls.markers[0]] + [root / path for path in cls.download_needs]
 
 
 def _layout_present(name: str, root: Path) -> bool:
     return all(p.exists() for p in _layout_paths(name, root))
-
-
-def _inshop(root: Path) -> Path:
-    """In-Shop from files the user fetched by hand: unpack ROOT/downloads/img.zip if there, check the rest."""
-    img_zip = root / DOWNLOADS / "img.zip"
-    if img_zip.is_file():
-        unpack(img_zip, root)
-    partition = [root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt"]
-    if (root / "img").is_dir() and any(p.is_file() for p in partition):
-        return root
-    missing = [str(root / "img") + "/"] if not (root / "img").is_dir() else []
-    if not any(p.is_file() for p in partition):
-        missing.append(str(partition[0]))
-    raise DownloadError(f"inshop: {', '.join(missing)} missing. "
-                        + MANUAL_STEPS["inshop"].replace("ROOT", str(root)))
 
 
 def download_dataset(name: str, root: str | os.PathLike, *, base_url: str | None = None) -> Path:
@@ -436,12 +392,12 @@ def download_dataset(name: str, root: str | os.PathLike, *, base_url: str | None
     ``cars_annos.mat``) go to ``root`` itself. What is there already (a checked file, a finished
     unpack) is not fetched again, so the archives may be deleted after a successful call. In-Shop
     cannot be downloaded: a :class:`DownloadError` gives :data:`MANUAL_STEPS` unless the files are
-    in place already.
+    in place already (a dataset without archives: its class's ``fetch_by_hand``).
     """
     _check_name(name)
     root = Path(root).expanduser()
-    if name == "inshop":
-        return _inshop(root)
+    if not ARCHIVES[name]:
+        return DATASETS.get(name).fetch_by_hand(root)
     folder = layout_folder(name, root)
     if _layout_present(name, root):
         log.info("%s: the official layout is in %s already; nothing downloaded", name, folder)

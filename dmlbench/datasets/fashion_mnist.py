@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import DatasetNotFoundError
 from ..fileio import atomic_write_bytes
-from .base import DATASETS, ImageSet, Splits, cache_dir, data_roots
+from .base import Dataset, ImageSet, Splits, cache_dir, data_roots, register_dataset
 from .idx import read_idx
 
 log = logging.getLogger("dmlbench")
@@ -189,9 +189,14 @@ def load_arrays(paths: dict[str, Path], cache: bool = True) -> dict[str, np.ndar
     return arrays
 
 
-@DATASETS.register("fashion-mnist")
-class FashionMNIST:
-    """Fashion-MNIST, zero-shot: train on labels 0-4, test on labels 5-9 (28x28 grey, 10 classes)."""
+@register_dataset
+class FashionMNIST(Dataset):
+    name = "fashion-mnist"
+    description = "Fashion-MNIST, zero-shot: train on labels 0-4, test on labels 5-9 (28x28 grey, 10 classes)."
+    # split_sizes stays None: validation is the test file's train classes, not carved out of train
+    num_classes = (len(TRAIN_CLASSES), len(TEST_CLASSES))
+    channels = 1
+    default_image_size = 28
 
     @staticmethod
     def load(root: str | os.PathLike | None = None, cache: bool = True) -> Splits:

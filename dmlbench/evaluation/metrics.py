@@ -108,16 +108,9 @@ def clustering_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[s
             "ami": float(adjusted_mutual_info_score(y, clusters))}
 
 
-def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None, gallery_labels=None,
-             device: str | torch.device | None = None, normalize: bool = True, nmi: bool = True,
-             block_size: int = 4096) -> dict[str, float]:
-    """All metrics of the study for one set of embeddings.
-
-    Without a gallery every item queries all the others (itself excluded by index); with one,
-    the queries ``embeddings`` are ranked against ``gallery`` (In-Shop). NMI/AMI cluster the
-    queries. Returns ``recall@K`` for each K, ``r_precision``, ``map@r``, ``nmi``, ``ami``,
-    ``num_queries`` (those scored) and ``num_excluded_queries`` (no same-label reference item).
-    """
+def _evaluation_inputs(embeddings, labels, gallery, gallery_labels, ks: Sequence[int]):
+    """:func:`evaluate`'s arguments checked: (query, query labels, reference, reference labels, ks),
+    the reference being the gallery when there is one and the queries themselves otherwise."""
     query, query_labels = _check_inputs("embeddings", embeddings, labels)
     if gallery is None:
         if gallery_labels is not None:
@@ -134,7 +127,21 @@ def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None
         raise ConfigError(f"ks must be positive integers, got {ks}")
     if len(torch.unique(query_labels)) < 2:
         raise ValueError("embeddings hold fewer than two classes: retrieval and NMI are undefined")
+    return query, query_labels, reference, reference_labels, ks
 
+
+def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None, gallery_labels=None,
+             device: str | torch.device | None = None, normalize: bool = True, nmi: bool = True,
+             block_size: int = 4096) -> dict[str, float]:
+    """All metrics of the study for one set of embeddings.
+
+    Without a gallery every item queries all the others (itself excluded by index); with one,
+    the queries ``embeddings`` are ranked against ``gallery`` (In-Shop). NMI/AMI cluster the
+    queries. Returns ``recall@K`` for each K, ``r_precision``, ``map@r``, ``nmi``, ``ami``,
+    ``num_queries`` (those scored) and ``num_excluded_queries`` (no same-label reference item).
+    """
+    query, query_labels, reference, reference_labels, ks = _evaluation_inputs(embeddings, labels, gallery,
+                                                                              gallery_labels, ks)
     device = torch.device(device) if device is not None else query.device
     query = query.to(device, torch.float32)
     reference = reference.to(device, torch.float32) if gallery is not None else query

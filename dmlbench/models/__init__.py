@@ -1,9 +1,9 @@
 """Embedding networks, registered by name in MODELS."""
 
 from .backbone import ResNet18Embedder, ResNet50Embedder, TorchvisionEmbedder
-from .base import MODELS
+from .base import MODELS, Embedder
 from .convnet import ConvEmbedder
 from .timm_backbone import TimmEmbedder
 
-__all__ = ["MODELS", "ConvEmbedder", "ResNet18Embedder", "ResNet50Embedder", "TimmEmbedder",
+__all__ = ["MODELS", "Embedder", "ConvEmbedder", "ResNet18Embedder", "ResNet50Embedder", "TimmEmbedder",
            "TorchvisionEmbedder"]

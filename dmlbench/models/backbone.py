@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import MODELS
+from .base import MODELS, Embedder
 
 POOLINGS = ("avg", "max", "avg+max")
 ARCHITECTURES = {"resnet18": ("resnet18", "ResNet18_Weights"), "resnet50": ("resnet50", "ResNet50_Weights")}
@@ -36,7 +36,7 @@ def cached_weights_path(arch: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-class FrozenBatchNorm(nn.Module):
+class FrozenBatchNorm(Embedder):
     """For embedders with a ``trunk``: ``set_frozen_batchnorm(True)`` keeps every BatchNorm layer of the
     trunk in inference mode (running statistics fixed) and its affine parameters out of training,
     whatever mode the model is put in."""
@@ -65,6 +65,7 @@ class TorchvisionEmbedder(FrozenBatchNorm):
     #: the input statistics of torchvision's ImageNet weights: (mean, std) per RGB channel
     normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     default_image_size = 224  # the side of the crops those weights were trained on
+    l2_normalized = True
 
     def __init__(self, arch: str, embedding_dim: int = 128, pretrained: bool = False, freeze_bn: bool = True,
                  pooling: str = "avg"):

@@ -1,7 +1,35 @@
-"""Embedding networks: image batch in, L2-normalised embedding batch out."""
+"""The embedding-network contract: image batch in, embedding batch out.
+
+Every network of the study is an :class:`Embedder`: an ``nn.Module`` built as
+``MODELS.create(name, embedding_dim=..., **model_kwargs)`` whose ``forward`` maps a float image batch
+(B, C, H, W), already normalised, to embeddings (B, ``embedding_dim``). It states:
+
+- ``embedding_dim``: the output dimension (set by ``__init__`` from its argument);
+- ``l2_normalized``: whether every output row has unit L2 norm (true of every network here, so
+  inner products are cosine similarities);
+- ``normalization``: ``(mean, std)`` per input channel on the 0-1 scale that the network's
+  pretrained weights expect (ImageNet's for torchvision's weights, the weights' own timm config
+  for a timm model). A network trained from scratch (the small ``convnet``) declares none and is
+  fed inputs normalised with the dataset's own statistics (``Splits.mean`` / ``std``): the training
+  loop reads ``getattr(model, "normalization", (None, None))``;
+- ``default_image_size``: the side of the square images its weights were trained on (None: none).
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
 
 from ..registry import Registry
 
 MODELS = Registry("model")
+
+
+class Embedder(nn.Module):
+    """Base class of the study's networks; see the module docstring for the contract."""
+
+    normalization: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]]  # declared only by pretrained networks
+    default_image_size: ClassVar[int | None] = None
+    l2_normalized: ClassVar[bool] = True
+    embedding_dim: int  # the output dimension, set by __init__

@@ -15,12 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import MODELS
+from .base import MODELS, Embedder
 
 
 @MODELS.register("convnet")
-class ConvEmbedder(nn.Module):
+class ConvEmbedder(Embedder):
     """Small CNN for 28x28 inputs: 3 conv blocks, global average pooling, linear head, L2 norm."""
+
+    # trained from scratch: no normalization of its own (inputs get the dataset's statistics)
+    default_image_size = 28
+    l2_normalized = True
 
     def __init__(self, embedding_dim: int = 64, channels: Sequence[int] = (32, 64, 128), in_channels: int = 1):
         super().__init__()

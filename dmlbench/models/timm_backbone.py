@@ -147,68 +147,89 @@ def load_messages() -> Iterator[list[logging.LogRecord]]:
                 logger.handle(record)
 
 
+def check_arguments(name: str, embedding_dim: int, pooling: str, model_args) -> None:
+    """The embedder's arguments, each checked on its own (ConfigError naming the valid values)."""
+    check_model_name(name)
+    if embedding_dim < 1:
+        raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim}")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling {pooling!r} is not one of {list(POOLINGS)}")
+    if model_args is not None and not isinstance(model_args, dict):
+        raise ConfigError(f"model_args must be a mapping of timm model arguments (img_size, in_chans...), "
+                          f"got {model_args!r}")
+    reserved = sorted(set(model_args or {}) & set(RESERVED_ARGS))
+    if reserved:  # set here, or (pretrained, cache_dir...) ways to reach the network
+        raise ConfigError(f"model_args may not set {', '.join(reserved)}: the embedder sets them (weights: "
+                          f"pretrained=True or weights_file)")
+
+
+def weights_source(name: str, pretrained: bool, weights_file: str | None) -> tuple[Path | None, dict | None]:
+    """The local weights file to load (None: random weights) and timm's ``pretrained_cfg_overlay`` for it."""
+    if weights_file is not None:
+        source = Path(weights_file).expanduser()
+        if not source.is_file():
+            raise ConfigError(f"weights_file {str(weights_file)!r} for timm model {name!r} does not exist")
+        # .npz: original JAX/Flax weights, read by the model's own load_pretrained
+        return source, {"file": str(source), "custom_load": source.suffix == ".npz"}
+    if not pretrained:
+        return None, None
+    source, searched, cfg = cached_weights(name)
+    if not searched and source is None:
+        raise ConfigError(f"timm has no pretrained weights for {name!r}; set pretrained=False, or give "
+                          f"weights_file")
+    if source is None:
+        raise ConfigError(
+            f"pretrained timm model {name!r}: no local copy of its weights, and nothing is downloaded at run "
+            f"time; looked in {'; '.join(searched)}. On a machine with network run "
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" and copy its Hugging "
+            f"Face hub cache ({hf_hub_cache()}, set by HF_HUB_CACHE or HF_HOME) or torch hub cache "
+            f"({Path(torch.hub.get_dir()) / 'checkpoints'}, set by TORCH_HOME) to the same place here; or "
+            f"pass weights_file='/path/to/weights.safetensors'; or set pretrained=False.")
+    return source, {"file": str(source), "custom_load": cfg.get("custom_load", False)}
+
+
+def create_trunk(name: str, kwargs: dict[str, Any], source: Path | None, model_args) -> nn.Module:
+    """timm's model ``name`` built with ``kwargs``; ConfigError when its arguments or the weights in
+    ``source`` do not fit it, or leave a parameter uninitialised."""
+    import timm
+
+    try:
+        with load_messages() as messages:
+            net = timm.create_model(name, **kwargs)
+    except TypeError as error:  # an argument the model class does not take
+        raise ConfigError(f"timm model {name!r} rejects model_args {model_args!r}: {error}") from error
+    except (RuntimeError, ValueError, KeyError) as error:  # shapes or keys that do not fit
+        if source is None:
+            raise
+        lines = str(error).splitlines()  # torch lists every mismatching tensor: the first few say enough
+        more = f"\n\t... ({len(lines) - 4} more)" if len(lines) > 4 else ""
+        raise ConfigError(f"the weights in {source} do not fit timm model {name!r}: "
+                          + "\n".join(lines[:4]) + more) from error
+    missing = [r.getMessage() for r in messages if r.getMessage().startswith("Missing keys")]
+    if source is not None and missing:
+        raise ConfigError(f"the weights in {source} leave parameters of timm model {name!r} uninitialised "
+                          f"(a checkpoint of another architecture?): {missing[0][:300]}...")
+    return net
+
+
 @MODELS.register("timm")
 class TimmEmbedder(FrozenBatchNorm):
     """Any timm model's trunk (``name``), pooling, linear head, L2 norm; weights only from local files."""
+
+    normalization = IMAGENET_NORMALIZATION  # replaced, per instance, by the weights' timm config
+    default_image_size = None  # likewise: the weights' square input size, if they have one
+    l2_normalized = True
 
     def __init__(self, name: str = "resnet50", embedding_dim: int = 128, pretrained: bool = False,
                  freeze_bn: bool = True, pooling: str = "avg", weights_file: str | None = None,
                  model_args: dict[str, Any] | None = None):
         super().__init__()
-        import timm
-
-        check_model_name(name)
-        if embedding_dim < 1:
-            raise ConfigError(f"embedding_dim must be a positive integer, got {embedding_dim}")
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling {pooling!r} is not one of {list(POOLINGS)}")
-        if model_args is not None and not isinstance(model_args, dict):
-            raise ConfigError(f"model_args must be a mapping of timm model arguments (img_size, in_chans...), "
-                              f"got {model_args!r}")
-        reserved = sorted(set(model_args or {}) & set(RESERVED_ARGS))
-        if reserved:  # set here, or (pretrained, cache_dir...) ways to reach the network
-            raise ConfigError(f"model_args may not set {', '.join(reserved)}: the embedder sets them (weights: "
-                              f"pretrained=True or weights_file)")
+        check_arguments(name, embedding_dim, pooling, model_args)
         kwargs: dict[str, Any] = dict(model_args or {}) | {"num_classes": 0, "global_pool": ""}
-        source = None
-        if weights_file is not None:
-            source = Path(weights_file).expanduser()
-            if not source.is_file():
-                raise ConfigError(f"weights_file {str(weights_file)!r} for timm model {name!r} does not exist")
-            # .npz: original JAX/Flax weights, read by the model's own load_pretrained
-            overlay = {"file": str(source), "custom_load": source.suffix == ".npz"}
-        elif pretrained:
-            source, searched, cfg = cached_weights(name)
-            if not searched and source is None:
-                raise ConfigError(f"timm has no pretrained weights for {name!r}; set pretrained=False, or give "
-                                  f"weights_file")
-            if source is None:
-                raise ConfigError(
-                    f"pretrained timm model {name!r}: no local copy of its weights, and nothing is downloaded at run "
-                    f"time; looked in {'; '.join(searched)}. On a machine with network run "
-                    f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" and copy its Hugging "
-                    f"Face hub cache ({hf_hub_cache()}, set by HF_HUB_CACHE or HF_HOME) or torch hub cache "
-                    f"({Path(torch.hub.get_dir()) / 'checkpoints'}, set by TORCH_HOME) to the same place here; or "
-                    f"pass weights_file='/path/to/weights.safetensors'; or set pretrained=False.")
-            overlay = {"file": str(source), "custom_load": cfg.get("custom_load", False)}
+        source, overlay = weights_source(name, pretrained, weights_file)
         if source is not None:
             kwargs |= {"pretrained": True, "pretrained_cfg_overlay": overlay}
-        try:
-            with load_messages() as messages:
-                net = timm.create_model(name, **kwargs)
-        except TypeError as error:  # an argument the model class does not take
-            raise ConfigError(f"timm model {name!r} rejects model_args {model_args!r}: {error}") from error
-        except (RuntimeError, ValueError, KeyError) as error:  # shapes or keys that do not fit
-            if source is None:
-                raise
-            lines = str(error).splitlines()  # torch lists every mismatching tensor: the first few say enough
-            more = f"\n\t... ({len(lines) - 4} more)" if len(lines) > 4 else ""
-            raise ConfigError(f"the weights in {source} do not fit timm model {name!r}: "
-                              + "\n".join(lines[:4]) + more) from error
-        missing = [r.getMessage() for r in messages if r.getMessage().startswith("Missing keys")]
-        if source is not None and missing:
-            raise ConfigError(f"the weights in {source} leave parameters of timm model {name!r} uninitialised "
-                              f"(a checkpoint of another architecture?): {missing[0][:300]}...")
+        net = create_trunk(name, kwargs, source, model_args)
         if pooling == "token" and getattr(net, "cls_token", None) is None:
             raise ConfigError(f"pooling 'token' takes the class token, and timm model {name!r} has none; "
                               f"use one of {list(POOLINGS[:3])}")

@@ -105,7 +105,7 @@ def _how_they_differ(row: Published, ours: pd.DataFrame) -> str:
 
 def compare(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """One row per published number of ``dataset``: theirs, ours (mean over seeds, in percent) and how
-    the protocols differ. ``runs`` is :func:`dmlbench.reporting.report.load_runs`'s table."""
+    the protocols differ. ``runs`` is :func:`dmlbench.reporting.runs.load_runs`'s table."""
     rows = []
     for row in published_for(dataset):
         if row.cell is None or runs.empty:

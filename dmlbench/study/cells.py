@@ -31,7 +31,6 @@ again and a changed configuration never overwrites an old one.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -42,10 +41,9 @@ import socket
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -56,17 +54,14 @@ from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
 from ..paths import REPO_ROOT, notebook, results_dir, runs_dir
 from .preflight import check_run, check_study_data
-from ..training.record import METRICS_FILE, record_problem, set_aside
-from ..training.resume import RESUME_FILE
+from ..training.record import set_aside
+from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_config's error for a locked run folder)
 
 log = logging.getLogger("dmlbench")
 
 STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
-EXPERIMENT_NOTEBOOK = "experiment.ipynb"
-FAILURE_FILE = "failure.json"  # a failed cell's error and traceback
-KERNEL_LOG = "kernel.log"  # a failed cell's kernel process output (ipykernel's log, a native crash's message)
 BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
 
 
@@ -83,26 +78,22 @@ class Cell:
         return runs_dir() / self.run_id
 
     @property
+    def folder(self) -> RunDir:
+        """The run folder's files, lock and state."""
+        return RunDir(self.run_dir)
+
+    @property
     def metrics_path(self) -> Path:
-        return self.run_dir / METRICS_FILE
+        return self.folder.metrics
 
     def is_done(self) -> bool:
         """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
-        return record_problem(self.metrics_path, self.run_id) is None
+        return self.folder.is_done(self.run_id)
 
     def state(self) -> str:
-        """'done', 'failed', 'resumable after epoch N', 'unreadable metrics.json: ...' or 'to run'."""
-        problem = record_problem(self.metrics_path, self.run_id)
-        if problem is None:
-            return "done"
-        if self.metrics_path.exists():
-            return f"unreadable {METRICS_FILE} ({problem}): runs again"
-        epoch = _saved_epoch(self.run_dir) if (self.run_dir / RESUME_FILE).is_file() else None
-        if epoch is not None:
-            return f"resumable after epoch {epoch}"
-        if (self.run_dir / FAILURE_FILE).is_file():
-            return f"failed: see {FAILURE_FILE}"
-        return "to run"
+        """'done', 'running', 'failed', 'resumable after epoch N', 'unreadable metrics.json: ...' or
+        'to run' (dmlbench.training.rundir.RunDir.state)."""
+        return self.folder.state(self.run_id)
 
 
 @dataclass
@@ -162,11 +153,30 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     """Read and validate a study file; every cell's configuration is checked before returning.
     ``check_networks=False`` skips building the networks (pretrained weights need not be present) and
     the checks against the data (dmlbench.study.preflight), for a study that is listed, not run."""
-    from ..datasets import DATASETS
-    from ..losses import LOSSES
-    from ..miners import MINERS
-
     path = Path(path)
+    raw = _read_study_file(path)
+    slurm = slurm_settings(path, raw.get("slurm"))
+    _check_axes_given(path, raw)
+    datasets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
+    pairs = _grid_pairs(path, raw) + _extra_pairs(path, raw.get("cells") or [])
+    seeds = _seeds(path, raw.get("seeds", [0]))
+    settings = _settings(path, raw.get("settings") or {})
+    _check_names(path, datasets, pairs)
+    study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
+                  slurm=slurm)
+    _add_cells(study, itertools.product(datasets, pairs, seeds), settings, check_networks=check_networks)
+    if not study.cells:
+        raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
+    if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
+        check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.study.preflight)
+    return study
+
+
+Pair = tuple[str, dict[str, Any], str, dict[str, Any]]  # loss, its keyword arguments, miner, its keyword arguments
+
+
+def _read_study_file(path: Path) -> dict[str, Any]:
+    """The study file's mapping, with no key beyond STUDY_KEYS."""
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist")
     try:
@@ -178,7 +188,11 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     unknown = sorted(set(raw) - set(STUDY_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(STUDY_KEYS)}")
-    slurm = slurm_settings(path, raw.get("slurm"))
+    return raw
+
+
+def _check_axes_given(path: Path, raw: dict[str, Any]) -> None:
+    """Datasets, and losses and miners unless a 'cells' list alone names the pairs."""
     if not raw.get("datasets"):
         raise ConfigError(f"{path}: 'datasets' is missing or empty")
     if "cells" not in raw or "losses" in raw or "miners" in raw:
@@ -186,13 +200,19 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             if not raw.get(key):
                 raise ConfigError(f"{path}: '{key}' is missing or empty (or give a 'cells' list instead)")
 
-    datasets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
+
+def _grid_pairs(path: Path, raw: dict[str, Any]) -> list[Pair]:
+    """Every loss with every miner of the study's grid."""
     losses = _named_kwargs(path, "losses", raw["losses"]) if raw.get("losses") else {}
     miners = _named_kwargs(path, "miners", raw["miners"]) if raw.get("miners") else {}
-    pairs = [(loss, lk, miner, mk) for (loss, lk), (miner, mk) in itertools.product(losses.items(), miners.items())]
-    extra = raw.get("cells") or []
+    return [(loss, lk, miner, mk) for (loss, lk), (miner, mk) in itertools.product(losses.items(), miners.items())]
+
+
+def _extra_pairs(path: Path, extra: Any) -> list[Pair]:
+    """The 'cells' list: (loss, miner) pairs beyond the grid, each with its keyword arguments."""
     if not isinstance(extra, list):
         raise ConfigError(f"{path}: cells: expected a list of {{loss, miner, loss_kwargs, miner_kwargs}}, got {extra!r}")
+    pairs = []
     for i, entry in enumerate(extra):
         if not isinstance(entry, dict) or "loss" not in entry or "miner" not in entry:
             raise ConfigError(f"{path}: cells[{i}]: expected a mapping with 'loss' and 'miner', got {entry!r}")
@@ -203,18 +223,24 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             if not isinstance(entry.get(key) or {}, dict):
                 raise ConfigError(f"{path}: cells[{i}]: {key}: expected a mapping, got {entry[key]!r}")
         pairs.append((str(entry["loss"]), entry.get("loss_kwargs") or {}, str(entry["miner"]), entry.get("miner_kwargs") or {}))
-    seeds = raw.get("seeds", [0])
+    return pairs
+
+
+def _seeds(path: Path, seeds: Any) -> list[int]:
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or not seeds:
         raise ConfigError(f"{path}: seeds: expected a list of non-negative integers, got {seeds!r}")
-    settings = raw.get("settings") or {}
+    return seeds
+
+
+def _settings(path: Path, settings: Any) -> dict[str, Any]:
+    """The settings every cell shares, checked, with a preset's settings beneath the ones given."""
     if not isinstance(settings, dict):
         raise ConfigError(f"{path}: settings: expected a mapping, got {settings!r}")
     allowed = [f for f in RunConfig.field_names() if f not in AXES]
     bad = sorted(set(settings) - set(allowed))
     if bad:
         raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
-
     if settings.get("preset") is not None:  # the protocol's settings, overridden by those written beside it
         from ..presets import apply_preset
 
@@ -222,6 +248,14 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             settings = apply_preset(settings)
         except ConfigError as error:
             raise ConfigError(f"{path}: settings: preset: {error}") from None
+    return settings
+
+
+def _check_names(path: Path, datasets: list[str], pairs: list[Pair]) -> None:
+    """Every dataset, loss and miner named is registered (the error names the valid choices)."""
+    from ..datasets import DATASETS
+    from ..losses import LOSSES
+    from ..miners import MINERS
 
     named = ((DATASETS, "datasets", datasets), (LOSSES, "losses", [p[0] for p in pairs]), (MINERS, "miners", [p[2] for p in pairs]))
     for registry, key, names in named:
@@ -231,10 +265,12 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             except ConfigError as error:
                 raise type(error)(f"{path}: {key}: {error}") from None
 
-    study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
-                  slurm=slurm)
+
+def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_networks: bool) -> None:
+    """One cell per (dataset, pair, seed), each once; an incompatible loss and miner is skipped with
+    the reason."""
     seen, checked_models = set(), (set() if check_networks else _Everything())
-    for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in itertools.product(datasets, pairs, seeds):
+    for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in combinations:
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
                            miner_kwargs=dict(miner_kwargs), seed=seed)
         if config.run_id() in seen:
@@ -246,39 +282,8 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
             study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))
             continue
         except ConfigError as error:
-            raise type(error)(f"{path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
+            raise type(error)(f"{study.path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
         study.cells.append(Cell(config))
-    if not study.cells:
-        raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
-    if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
-        check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.study.preflight)
-    return study
-
-
-class CellBusy(RuntimeError):
-    """Another process holds the cell's run-folder lock: it is running that cell now."""
-
-
-def wait_for(run_dir: Path) -> None:
-    """Block until no process holds ``run_dir``'s lock."""
-    with open(run_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive lock on a run folder: a second process running the same cell fails at once."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CellBusy(f"{run_dir} is being run by another process") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class RunFailed(RuntimeError):
@@ -293,74 +298,77 @@ def notebook_parameters(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     return {**config.to_dict(), "run_dir": str(shown)}
 
 
-def _saved_epoch(run_dir: Path) -> int | None:
-    """The epoch after which the run's training state was saved (its restart continues from there)."""
-    import torch
-
-    try:
-        return int(torch.load(run_dir / RESUME_FILE, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # unreadable: the restart will say so
-        return None
-
-
 def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, log_output: bool = False) -> Path:
     """Run one configuration through the experiment notebook with papermill; returns metrics.json.
 
     A finished run (metrics.json present) is not run again. The notebook is executed into
     ``experiment.running.ipynb`` and renamed ``experiment.ipynb`` on success or
-    ``experiment.failed.ipynb`` on failure (the error is then raised as RunFailed).
+    ``experiment.failed.ipynb`` on failure (the error is then raised as RunFailed). The run folder is
+    locked meanwhile: a second process running the same cell gets CellBusy (RunDir.lock).
     """
-    import papermill
-
     config.validate()
-    run_dir = Path(run_dir) if run_dir else runs_dir() / config.run_id()
-    metrics = run_dir / METRICS_FILE
-    if record_problem(metrics, config.run_id()) is None:
-        log.info("%s: finished already, not run again", run_dir)
+    folder = RunDir(run_dir if run_dir else runs_dir() / config.run_id())
+    metrics = folder.metrics
+    if folder.is_done(config.run_id()):
+        log.info("%s: finished already, not run again", folder.path)
         return metrics
     check_run(config)  # the data, the device and the memory, before the run folder exists (dmlbench.study.preflight)
-    with run_lock(run_dir):
-        problem = record_problem(metrics, config.run_id())
+    with folder.lock():
+        problem = folder.record_problem(config.run_id())
         if problem is None:  # another process finished it between our check and the lock
             return metrics
         if metrics.exists():  # damaged (truncated, edited): kept aside, and the cell runs again
             kept = set_aside(metrics)
             log.warning("%s: %s; kept as %s, running the cell again", metrics, problem, kept.name)
-        running = run_dir / "experiment.running.ipynb"
-        started = time.time()
-        try:
-            execute_notebook(notebook(EXPERIMENT_NOTEBOOK), running, parameters=notebook_parameters(config, run_dir),
-                             cwd=REPO_ROOT, log_output=log_output, kernel_log=run_dir / KERNEL_LOG)
-        except BaseException as error:
-            if running.exists():
-                os.replace(running, run_dir / "experiment.failed.ipynb")
-            if not isinstance(error, Exception):  # Ctrl-C, exit: not the cell's failure
-                raise
-            if isinstance(error, papermill.PapermillExecutionError):  # the notebook's code raised
-                message = f"{error.ename}: {error.evalue}"
-                trace = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback or []))  # no colour codes
-            else:  # the kernel died (killed, out of memory, a crash in native code) or could not start
-                message = f"{type(error).__name__}: {error}"
-                trace = "".join(traceback.format_exception(error))
-            resumable = (run_dir / RESUME_FILE).is_file()
-            atomic_write_json(run_dir / FAILURE_FILE, {
-                "run_id": config.run_id(), "error": message, "traceback": trace, "started": started,
-                "failed": time.time(), "executed_notebook": "experiment.failed.ipynb",
-                "kernel_log": KERNEL_LOG if (run_dir / KERNEL_LOG).is_file() else None,
-                "resumable_after_epoch": _saved_epoch(run_dir) if resumable else None})
-            raise RunFailed(f"{config.run_id()} failed: {message} "
-                            f"(executed notebook: {run_dir / 'experiment.failed.ipynb'})") from None
-        os.replace(running, run_dir / "experiment.ipynb")
-        for stale in (run_dir / "experiment.failed.ipynb", run_dir / FAILURE_FILE, run_dir / KERNEL_LOG):  # an earlier attempt's
-            stale.unlink(missing_ok=True)
-        atomic_write_json(run_dir / "execution.json", {
-            "run_id": config.run_id(), "started": started, "finished": time.time(),
-            "notebook_wall_s": time.time() - started, "kernel": KERNEL,
-            "runner": {"pid": os.getpid(), "host": socket.gethostname()}})
-    problem = record_problem(metrics, config.run_id())
+        _execute(config, folder, log_output=log_output)
+    problem = folder.record_problem(config.run_id())
     if problem is not None:
         raise RunFailed(f"{config.run_id()}: the notebook finished, but {metrics}: {problem}")
     return metrics
+
+
+def _execute(config: RunConfig, folder: RunDir, *, log_output: bool) -> None:
+    """The experiment notebook executed into the (locked) run folder: its executed notebook and
+    execution.json on success; on failure, failure.json and RunFailed."""
+    running = folder.running_notebook
+    started = time.time()
+    try:
+        # the run folder's notebook is the experiment notebook, executed
+        execute_notebook(notebook(RunDir.NOTEBOOK), running, parameters=notebook_parameters(config, folder.path),
+                         cwd=REPO_ROOT, log_output=log_output, kernel_log=folder.kernel_log)
+    except BaseException as error:
+        if running.exists():
+            os.replace(running, folder.failed_notebook)
+        if not isinstance(error, Exception):  # Ctrl-C, exit: not the cell's failure
+            raise
+        message = _record_failure(config, folder, error, started)
+        raise RunFailed(f"{config.run_id()} failed: {message} (executed notebook: {folder.failed_notebook})") from None
+    os.replace(running, folder.notebook)
+    for stale in (folder.failed_notebook, folder.failure, folder.kernel_log):  # an earlier attempt's
+        stale.unlink(missing_ok=True)
+    atomic_write_json(folder.execution, {
+        "run_id": config.run_id(), "started": started, "finished": time.time(),
+        "notebook_wall_s": time.time() - started, "kernel": KERNEL,
+        "runner": {"pid": os.getpid(), "host": socket.gethostname()}})
+
+
+def _record_failure(config: RunConfig, folder: RunDir, error: Exception, started: float) -> str:
+    """Write the failed attempt's failure.json (error, traceback, kernel log, saved epoch); returns
+    the error's one-line message."""
+    import papermill
+
+    if isinstance(error, papermill.PapermillExecutionError):  # the notebook's code raised
+        message = f"{error.ename}: {error.evalue}"
+        trace = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error.traceback or []))  # no colour codes
+    else:  # the kernel died (killed, out of memory, a crash in native code) or could not start
+        message = f"{type(error).__name__}: {error}"
+        trace = "".join(traceback.format_exception(error))
+    atomic_write_json(folder.failure, {
+        "run_id": config.run_id(), "error": message, "traceback": trace, "started": started,
+        "failed": time.time(), "executed_notebook": RunDir.FAILED_NOTEBOOK,
+        "kernel_log": RunDir.KERNEL_LOG if folder.kernel_log.is_file() else None,
+        "resumable_after_epoch": folder.saved_epoch()})
+    return message
 
 
 def emit_makefile(study: Study, python: str = sys.executable) -> str:
@@ -391,7 +399,8 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
         # A damaged metrics.json is not a finished run, though make would see the file as up to date.
         force = " FORCE" if cell.metrics_path.exists() and not cell.is_done() else ""
         lines += [f"{target}:{force}", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
-    sources = " ".join(["notebooks/report.ipynb", "dmlbench/reporting/report.py", str(study.path)])
+    # the report is rebuilt when its notebook, the reporting code or the study file changes
+    sources = " ".join(["notebooks/report.ipynb", "$(wildcard dmlbench/reporting/*.py)", str(study.path)])
     lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
     return "\n".join(lines)
 

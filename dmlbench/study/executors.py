@@ -47,6 +47,7 @@ from submitit.helpers import Checkpointable
 
 from ..errors import ConfigError
 from ..paths import REPO_ROOT, results_dir
+from ..training.rundir import RunDir
 from .cluster import EXECUTORS, SLURM_DEFAULTS, SLURM_SETTINGS, _is_int, slurm_settings  # noqa: F401 (public here too)
 
 if TYPE_CHECKING:  # dmlbench.study.cells imports torch, which a job's submission does not need
@@ -221,13 +222,11 @@ RUNNERS = {"local": _local, "submitit-local": _submitit_jobs("local"), "slurm": 
 
 def _failure_line(cell: Cell, detail: str) -> str:
     """A failed cell in the study's summary: the error its failure.json records, else ``detail``."""
-    from .cells import FAILURE_FILE
-
-    failure = cell.run_dir / FAILURE_FILE
+    failure = cell.folder.failure
     if failure.is_file():
         try:
             record = json.loads(failure.read_text())
-            notebook = cell.run_dir / record.get("executed_notebook", "experiment.failed.ipynb")
+            notebook = cell.run_dir / record.get("executed_notebook", RunDir.FAILED_NOTEBOOK)
             return f"{cell.run_id} failed: {record['error']} (executed notebook: {notebook})"
         except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged: say so, keep the summary
             return f"{cell.run_id} failed; its {failure} cannot be read"
@@ -238,7 +237,7 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
     """Run every unfinished cell of ``study`` with ``executor`` (one of EXECUTORS); ``jobs``: cells at
     once (local and submitit-local: default 1; slurm: default the study's array_parallelism).
     Returns the finished cells' metrics.json paths; raises RunFailed naming every failed cell."""
-    from .cells import RunFailed, wait_for
+    from .cells import RunFailed
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
@@ -252,14 +251,14 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
         if outcome == BUSY:
             busy.append(cell)
         elif outcome == FAILED or not cell.is_done():
-            failures.append(_failure_line(cell, detail or "finished without its metrics.json"))
+            failures.append(_failure_line(cell, detail or f"finished without its {RunDir.METRICS}"))
     for cell in busy:
-        wait_for(cell.run_dir)
+        cell.folder.wait()
         if not cell.is_done():
             failures.append(f"{cell.run_id}: run by another process, which did not finish it")
     if failures:
         raise RunFailed(f"{len(failures)} of {len(todo)} cells failed (the others finished):\n  "
-                        + "\n  ".join(failures) + "\neach failed run folder's failure.json holds its error and traceback")
+                        + "\n  ".join(failures) + f"\neach failed run folder's {RunDir.FAILURE} holds its error and traceback")
     return [cell.metrics_path for cell in study.cells if cell.is_done()]
 
 

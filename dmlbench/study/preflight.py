@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..datasets.benchmarks import (DEFAULT_IMAGE_SIZE, PHOTO_DATASETS, VALIDATION_FRACTION, VALIDATION_SEED,
-                                  locate_layout)
+from ..datasets.base import DatasetFacts, dataset_fact
+from ..datasets.benchmarks import PHOTO_DATASETS, VALIDATION_FRACTION, VALIDATION_SEED, locate_layout
 from ..datasets.fashion_mnist import TRAIN_CLASSES as FASHION_MNIST_TRAIN_CLASSES
 from ..datasets.fashion_mnist import locate as locate_fashion_mnist
 from ..datasets.idx import read_idx
@@ -52,11 +52,11 @@ from ..miners import MINERS
 from ..models import MODELS
 from ..paths import data_root_folder
 
-# Published train classes of the benchmarks, before the validation classes are carved out of them
-# (../shared/PROTOCOL.md section 1): what P is checked against when a benchmark's files are absent.
-PUBLISHED_TRAIN_CLASSES = {"cub": 100, "cars196": 98, "sop": 11318, "inshop": 3997}
-SUPER_CLASS_DATASETS = ("sop", "inshop")  # datasets whose images carry super-class labels
-IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28)}  # (C, H, W) of the in-memory datasets; photos: (3, crop, crop)
+# The datasets' facts are their classes' (dmlbench/datasets/<name>.py): num_classes[0] is the published
+# train classes, before the validation classes are carved out of them (../shared/PROTOCOL.md section 1),
+# what P is checked against when a benchmark's files are absent; super_labels, whether the images carry
+# super-class labels; channels and default_image_size, the (C, H, W) of an image.
+PUBLISHED_CLASSES = DatasetFacts("num_classes")
 CLASS_SAMPLERS = ("pk", "hierarchical")  # samplers that draw P classes x K images
 PAIR_BYTES = 4 + 1 + 1  # per (i, j) of the batch: a float32 distance, a positive and a negative mask entry
 TRIPLET_BYTES = 3 * 8  # per triplet: three int64 indices
@@ -110,13 +110,21 @@ def _layout_split(dataset: str, folder: str, stamp: tuple) -> TrainingSplit:
                                    source=f"label lists in {folder}")
 
 
-def _published_split(dataset: str) -> TrainingSplit:
+def _published_split(dataset: str) -> TrainingSplit | None:
     """The class count of a benchmark's training split from its published train classes, less the
-    validation classes carved out of them as dmlbench.datasets.layouts.carve_validation does."""
-    train_classes = PUBLISHED_TRAIN_CLASSES[dataset]
+    validation classes carved out of them as dmlbench.datasets.layouts.carve_validation does; None
+    where its class publishes none."""
+    if dataset not in PUBLISHED_CLASSES:
+        return None
+    train_classes = PUBLISHED_CLASSES[dataset][0]
     validation = min(max(1, round(VALIDATION_FRACTION * train_classes)), train_classes - 1)
-    return TrainingSplit(dataset, train_classes - validation, super_labels=dataset in SUPER_CLASS_DATASETS,
+    return TrainingSplit(dataset, train_classes - validation, super_labels=dataset_fact(dataset, "super_labels", False),
                          source="published split")
+
+
+def super_class_datasets() -> list[str]:
+    """The registered datasets whose images carry super-class labels (SOP, In-Shop)."""
+    return [name for name, has in DatasetFacts("super_labels").items() if has]
 
 
 def training_split(dataset: str, data_root: str | None = None) -> TrainingSplit | None:
@@ -156,7 +164,7 @@ def check_sampler(config: RunConfig, split: TrainingSplit | None) -> None:
     where = f"the training split of {split.dataset}"
     if sampler == "hierarchical" and not split.super_labels:
         raise ConfigError(f"sampler='hierarchical' draws each batch from a few super-classes, and {split.dataset} has "
-                          f"no super-class labels (only {' and '.join(SUPER_CLASS_DATASETS)} have); valid samplers "
+                          f"no super-class labels (only {' and '.join(super_class_datasets())} have); valid samplers "
                           f"for {split.dataset}: pk, random")
     if sampler in CLASS_SAMPLERS:
         if P > split.classes:
@@ -188,11 +196,13 @@ def check_device(config: RunConfig) -> str:
 
 
 def image_shape(config: RunConfig) -> tuple[int, int, int] | None:
-    """(C, H, W) of a training image as the network gets it; None for a dataset of the user's own."""
-    if config.dataset in PHOTO_DATASETS:
-        size = config.image_size or DEFAULT_IMAGE_SIZE
-        return 3, size, size
-    return IMAGE_SHAPES.get(config.dataset)
+    """(C, H, W) of a training image as the network gets it (the dataset class's channels and
+    default_image_size, or the run's image_size for a photo dataset); None for a dataset of the user's own."""
+    size = config.image_size if config.dataset in PHOTO_DATASETS else None
+    size = size or dataset_fact(config.dataset, "default_image_size")
+    if size is None:
+        return None
+    return dataset_fact(config.dataset, "channels", 3), size, size
 
 
 @functools.lru_cache(maxsize=32)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..datasets.base import DEFAULT_IMAGE_SIZE
 from ..datasets.transforms import eval_transform, normalize_batch, train_transform
 from .distributed import shard
 
-DEFAULT_IMAGE_SIZE = 224
 MAX_AUTO_WORKERS = 12
 
 

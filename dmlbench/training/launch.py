@@ -28,11 +28,9 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..fileio import atomic_torch_save, atomic_write_json
-from .resume import RESUME_FILE
+from .rundir import RunDir
 
-RESULT_FILE = "distributed_result.pt"
-CONFIG_FILE = "launch_config.json"
-LOG_FILE = "launch.log"
+LOG_FILE = RunDir.LAUNCH_LOG  # read from here by the tests
 
 
 def _result_state(result) -> dict:
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config_file, run_dir = (argv if argv is not None else sys.argv[1:])[:2]
     config = RunConfig.from_dict(json.loads(Path(config_file).read_text()), where=config_file).validate()
-    run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     cuda = torch.cuda.is_available() and config.device != "cpu"
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
@@ -59,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if not cuda:  # the processes share the CPU's cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
         splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
-        result = train(config, splits, progress=dist.get_rank() == 0, checkpoint=run_dir / RESUME_FILE)
+        result = train(config, splits, progress=dist.get_rank() == 0, checkpoint=folder.resume)
         if result is not None:
-            atomic_torch_save(run_dir / RESULT_FILE, _result_state(result))
+            atomic_torch_save(folder.launch_result, _result_state(result))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -73,24 +71,24 @@ def train_distributed(config: RunConfig, splits, run_dir: str | os.PathLike):
     :class:`dmlbench.training.loop.TrainResult` (model and loss rebuilt in this process, on the CPU)."""
     from .loop import TrainResult, build_model, build_run_criterion
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # an earlier launch's, if any
+    folder = RunDir(run_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder.launch_config, config.to_dict())
+    folder.launch_result.unlink(missing_ok=True)  # an earlier launch's, if any
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.processes}",
-               "-m", "dmlbench.training.launch", str(run_dir / CONFIG_FILE), str(run_dir)]
-    with open(run_dir / LOG_FILE, "w") as log:  # every rank's output, kept for reading after a failure
+               "-m", "dmlbench.training.launch", str(folder.launch_config), str(folder.path)]
+    with open(folder.launch_log, "w") as log:  # every rank's output, kept for reading after a failure
         launched = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if launched.returncode != 0 or not (run_dir / RESULT_FILE).is_file():
-        output = (run_dir / LOG_FILE).read_text(errors="replace")
+    if launched.returncode != 0 or not folder.launch_result.is_file():
+        output = folder.launch_log.read_text(errors="replace")
         raise RuntimeError(f"torchrun with {config.processes} processes failed (exit {launched.returncode}); "
-                           f"{run_dir / LOG_FILE} ends with:\n{output[-4000:]}")
-    state = torch.load(run_dir / RESULT_FILE, map_location="cpu", weights_only=True)
+                           f"{folder.launch_log} ends with:\n{output[-4000:]}")
+    state = torch.load(folder.launch_result, map_location="cpu", weights_only=True)
     model = build_model(config)
     model.load_state_dict(state.pop("model"))
     criterion = build_run_criterion(config, num_classes=len(np.unique(splits.train.labels)))
     criterion.load_state_dict(state.pop("criterion"))
-    (run_dir / RESULT_FILE).unlink()
+    folder.launch_result.unlink()
     return TrainResult(config=config, model=model.eval(), criterion=criterion, **state)
 
 

@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..criterion import Criterion, build_criterion
 from . import resume
 from ..datasets import Splits
+from ..datasets.base import extra_recall_ks
 from .distributed import gather_batch, loss_scale, world
 from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed  # noqa: F401 (re-exported)
 from ..evaluation.metrics import evaluate
@@ -66,11 +67,11 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
 # Recall@K is reported at these K: the curve over K for the report, with each benchmark's own K
 # (SOP: 1, 10, 100, 1000; In-Shop: 1, 10, ..., 50) added to the common 1, 2, 4, 8, 16, 32.
 TEST_KS = (1, 2, 4, 8, 16, 32)
-EXTRA_KS = {"sop": (10, 100, 1000), "inshop": (10, 20, 30, 40, 50)}
 
 
 def recall_ks(dataset: str) -> tuple[int, ...]:
-    return tuple(sorted(set(TEST_KS) | set(EXTRA_KS.get(dataset, ()))))
+    """The common K and the dataset's own (its class's recall_ks: SOP 1, 10, 100, 1000; In-Shop 1, 10, ..., 50)."""
+    return tuple(sorted(set(TEST_KS) | set(extra_recall_ks(dataset))))
 
 
 def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Optimizer, scaler, images: torch.Tensor,
@@ -141,20 +142,51 @@ def validation_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[s
     return {"val_recall@1": metrics["recall@1"], "val_map@r": metrics["map@r"]}
 
 
-def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
-          progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult | None:
-    """Train one run, select the best validation epoch, evaluate it once on the test split.
+@dataclass
+class _Run:
+    """What a run trains with: where, which network and loss, how they are optimised and fed."""
+    rank: int
+    processes: int
+    device: torch.device
+    amp: torch.dtype | None
+    model: torch.nn.Module  # the state dicts are this module's
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    forward: Callable  # the training forward pass (DDP, compiled when asked)
+    evaluator: torch.nn.Module  # the forward pass of evaluation (rank 0 alone: never DDP)
+    sampler: object
+    feed: object
 
-    ``checkpoint``: a file (the run folder's resume.pt) written at every epoch's end with everything
-    the next epochs depend on; when it exists at the start, training continues after its epoch.
-    Under torch.distributed (torchrun; see dmlbench.training.launch) every rank trains on its share of each
-    batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
-    config.validate()
-    rank, processes = world()
+    @property
+    def lead(self) -> bool:
+        """Rank 0 validates, checkpoints and tests."""
+        return self.rank == 0
+
+
+@dataclass
+class _RunState:
+    """Everything the next epochs depend on beyond the modules' states: what a checkpoint keeps."""
+    history: list[dict]
+    best: dict  # score, epoch and state (the model's and the criterion's) of the best validation epoch
+    train_time: float
+    images_seen: int
+    resumed_at: list[int]
+    first_epoch: int
+
+
+def _training_device(config: RunConfig, rank: int, processes: int) -> torch.device:
     device = resolve_device(config.device)
     if processes > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
+    return device
+
+
+def _set_up(config: RunConfig, splits: Splits) -> _Run:
+    """Device, seeds, network, criterion, optimiser and the training feed, in that order."""
+    rank, processes = world()
+    device = _training_device(config, rank, processes)
     seed_everything(config.seed)
     amp = autocast_dtype(device)
 
@@ -183,76 +215,94 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     # Photos are normalised with the statistics the backbone's weights expect (ImageNet's, or a timm model's).
     mean, std = getattr(model, "normalization", (None, None))
     feed = make_feed(config, splits, train_labels, sampler, device, mean=mean, std=std, world=(rank, processes))
-    val_y = torch.from_numpy(splits.val.labels)
-    lead = rank == 0  # validates, checkpoints and tests
+    return _Run(rank=rank, processes=processes, device=device, amp=amp, model=model, criterion=criterion,
+                optimizer=optimizer, scaler=scaler, forward=forward, evaluator=evaluator, sampler=sampler, feed=feed)
 
-    def validate() -> dict[str, float]:
-        return validation_metrics(feed.embed(evaluator, splits.val), val_y) if lead else {}
 
-    select_key = f"val_{config.select_metric}"
+def _validation(run: _Run, splits: Splits) -> dict[str, float]:
+    """The validation split's scores (rank 0; the other ranks validate nothing)."""
+    if not run.lead:
+        return {}
+    return validation_metrics(run.feed.embed(run.evaluator, splits.val), torch.from_numpy(splits.val.labels))
+
+
+def _start_or_resume(config: RunConfig, run: _Run, splits: Splits,
+                     checkpoint: str | os.PathLike | None) -> _RunState:
+    """A fresh start (epoch 0: the untrained network validated), or the state after a checkpoint's epoch."""
     saved = resume.load(checkpoint, config.config_hash()) if checkpoint else None
     if saved is None:
-        history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0, **validate()}]
-        best = {"score": -float("inf"), "epoch": 0, "state": None}
-        train_time, images_seen, resumed_at, first_epoch = 0.0, 0, [], 1
-    else:  # an interrupted run: everything as it was after the saved epoch
-        resume.restore(saved, model=model, criterion=criterion, optimizer=optimizer, scaler=scaler, sampler=sampler,
-                       feed=feed)
-        history, best = saved["history"], saved["best"]
-        train_time, images_seen = saved["train_time"], saved["images_seen"]
-        resumed_at, first_epoch = saved["resumed_at"] + [saved["epoch"]], saved["epoch"] + 1
-        log.warning("resuming %s after epoch %d (%s)", config.run_id(), saved["epoch"], checkpoint)
-    if on_epoch_end and lead:
-        on_epoch_end(history[-1], history)
-    bar = _progress(config.epochs * len(sampler), progress and lead)
-    if bar is not None:
-        bar.update((first_epoch - 1) * len(sampler))
-    for epoch in range(first_epoch, config.epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        losses, mined = [], []
-        for step, (images, labels) in enumerate(feed.epoch()):
-            loss = optimisation_step(forward, criterion, optimizer, scaler, images, labels, amp)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
-                                         f"(lower lr={config.lr}?)")
-            losses.append(loss)
-            mined.append(criterion.last_mined)
-            images_seen += len(labels) * processes
-            if bar is not None:
-                bar.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_time = time.perf_counter() - start
-        train_time += epoch_time
-        record = {"epoch": epoch, "loss": torch.stack(losses).mean().item(), "mined_per_batch": float(np.mean(mined)),
-                  "time_s": epoch_time, **validate()}
-        history.append(record)
-        if lead and record[select_key] > best["score"]:
-            best = {"score": record[select_key], "epoch": epoch,
-                    "state": {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                              for name, module in (("model", model), ("criterion", criterion))}}
-        if lead:
-            log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", epoch, config.epochs,
-                     record["loss"], record["val_recall@1"], record["val_map@r"], epoch_time)
-        if on_epoch_end and lead:
-            on_epoch_end(record, history)
-        if checkpoint and lead:
-            resume.save(checkpoint, config_hash=config.config_hash(), epoch=epoch, model=model, criterion=criterion,
-                        optimizer=optimizer, scaler=scaler, sampler=sampler, feed=feed, history=history, best=best,
-                        train_time=train_time, images_seen=images_seen, resumed_at=resumed_at)
-    if bar is not None:
-        bar.close()
-    if not lead:
-        return None
+        history: list[dict] = [{"epoch": 0, "loss": None, "mined_per_batch": None, "time_s": 0.0,
+                                **_validation(run, splits)}]
+        return _RunState(history=history, best={"score": -float("inf"), "epoch": 0, "state": None},
+                         train_time=0.0, images_seen=0, resumed_at=[], first_epoch=1)
+    # an interrupted run: everything as it was after the saved epoch
+    resume.restore(saved, model=run.model, criterion=run.criterion, optimizer=run.optimizer, scaler=run.scaler,
+                   sampler=run.sampler, feed=run.feed)
+    log.warning("resuming %s after epoch %d (%s)", config.run_id(), saved["epoch"], checkpoint)
+    return _RunState(history=saved["history"], best=saved["best"], train_time=saved["train_time"],
+                     images_seen=saved["images_seen"], resumed_at=saved["resumed_at"] + [saved["epoch"]],
+                     first_epoch=saved["epoch"] + 1)
 
-    best_epoch = best["epoch"]
+
+def _train_epoch(config: RunConfig, run: _Run, state: _RunState, epoch: int, bar) -> dict:
+    """One pass of optimisation steps over the epoch's batches; the epoch's record, validation not yet in it."""
+    run.model.train()
+    start = time.perf_counter()
+    losses, mined = [], []
+    for step, (images, labels) in enumerate(run.feed.epoch()):
+        loss = optimisation_step(run.forward, run.criterion, run.optimizer, run.scaler, images, labels, run.amp)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
+                                     f"(lower lr={config.lr}?)")
+        losses.append(loss)
+        mined.append(run.criterion.last_mined)
+        state.images_seen += len(labels) * run.processes
+        if bar is not None:
+            bar.update()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    epoch_time = time.perf_counter() - start
+    state.train_time += epoch_time
+    return {"epoch": epoch, "loss": torch.stack(losses).mean().item(), "mined_per_batch": float(np.mean(mined)),
+            "time_s": epoch_time}
+
+
+def _select(config: RunConfig, run: _Run, state: _RunState, record: dict) -> None:
+    """Rank 0 keeps the epoch's model and loss parameters when its validation score is the best yet."""
+    if not run.lead:
+        return
+    select_key = f"val_{config.select_metric}"
+    if record[select_key] > state.best["score"]:
+        state.best = {"score": record[select_key], "epoch": record["epoch"],
+                      "state": {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                                for name, module in (("model", run.model), ("criterion", run.criterion))}}
+    log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", record["epoch"], config.epochs,
+             record["loss"], record["val_recall@1"], record["val_map@r"], record["time_s"])
+
+
+def _save_checkpoint(checkpoint: str | os.PathLike, config: RunConfig, run: _Run, state: _RunState,
+                     epoch: int) -> None:
+    resume.save(checkpoint, config_hash=config.config_hash(), epoch=epoch, model=run.model, criterion=run.criterion,
+                optimizer=run.optimizer, scaler=run.scaler, sampler=run.sampler, feed=run.feed,
+                history=state.history, best=state.best, train_time=state.train_time,
+                images_seen=state.images_seen, resumed_at=state.resumed_at)
+
+
+def _restore_best(config: RunConfig, run: _Run, state: _RunState) -> int:
+    """Load the selected epoch's model and loss parameters (proxies, centres); returns that epoch."""
+    best = state.best
     if best["state"] is None:  # the validation score was never a number (NaN): keep the last epoch
-        log.warning("validation %s was never finite; testing the last epoch", select_key)
-        best_epoch = config.epochs
-    else:  # the model and the loss's parameters (proxies, centres) of the selected epoch
-        model.load_state_dict(best["state"]["model"])
-        criterion.load_state_dict(best["state"]["criterion"])
+        log.warning("validation %s was never finite; testing the last epoch", f"val_{config.select_metric}")
+        return config.epochs
+    run.model.load_state_dict(best["state"]["model"])
+    run.criterion.load_state_dict(best["state"]["criterion"])
+    return best["epoch"]
+
+
+def _test(config: RunConfig, run: _Run, splits: Splits, state: _RunState) -> TrainResult:
+    """The selected epoch's network, evaluated once on the test split (In-Shop: queries against the gallery)."""
+    best_epoch = _restore_best(config, run, state)
+    feed, evaluator, device = run.feed, run.evaluator, run.device
     test_embeddings = feed.embed(evaluator, splits.test).cpu()
     test_labels = torch.from_numpy(splits.test.labels)
     gallery_embeddings = gallery_labels = None
@@ -262,8 +312,39 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     # the one look at the test split
     test_metrics = evaluate(test_embeddings, test_labels, ks=recall_ks(config.dataset), gallery=gallery_embeddings,
                             gallery_labels=gallery_labels, device=device)
-    return TrainResult(config=config, model=model, criterion=criterion, history=history, best_epoch=best_epoch,
-                       test_metrics=test_metrics, test_embeddings=test_embeddings, test_labels=test_labels,
-                       device=str(device), train_time_s=train_time, images_per_s=images_seen / max(train_time, 1e-9),
+    train_time = state.train_time
+    return TrainResult(config=config, model=run.model, criterion=run.criterion, history=state.history,
+                       best_epoch=best_epoch, test_metrics=test_metrics, test_embeddings=test_embeddings,
+                       test_labels=test_labels, device=str(device), train_time_s=train_time,
+                       images_per_s=state.images_seen / max(train_time, 1e-9),
                        gallery_embeddings=gallery_embeddings, gallery_labels=gallery_labels,
-                       extra={"resumed_after_epochs": resumed_at, "processes": processes})
+                       extra={"resumed_after_epochs": state.resumed_at, "processes": run.processes})
+
+
+def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
+          progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult | None:
+    """Train one run, select the best validation epoch, evaluate it once on the test split.
+
+    ``checkpoint``: a file (the run folder's resume.pt) written at every epoch's end with everything
+    the next epochs depend on; when it exists at the start, training continues after its epoch.
+    Under torch.distributed (torchrun; see dmlbench.training.launch) every rank trains on its share of each
+    batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
+    config.validate()
+    run = _set_up(config, splits)
+    state = _start_or_resume(config, run, splits, checkpoint)
+    if on_epoch_end and run.lead:
+        on_epoch_end(state.history[-1], state.history)
+    bar = _progress(config.epochs * len(run.sampler), progress and run.lead)
+    if bar is not None:
+        bar.update((state.first_epoch - 1) * len(run.sampler))
+    for epoch in range(state.first_epoch, config.epochs + 1):
+        record = _train_epoch(config, run, state, epoch, bar) | _validation(run, splits)
+        state.history.append(record)
+        _select(config, run, state, record)
+        if on_epoch_end and run.lead:
+            on_epoch_end(record, state.history)
+        if checkpoint and run.lead:
+            _save_checkpoint(checkpoint, config, run, state, epoch)
+    if bar is not None:
+        bar.close()
+    return _test(config, run, splits, state) if run.lead else None

@@ -17,10 +17,12 @@ import torch
 
 from ..config import EVALUATION_PROTOCOL, RunConfig
 from ..evaluation.diagnostics import diagnostics
-from ..fileio import atomic_write_json, read_json
+from ..fileio import atomic_write_json
+# Checking a record belongs to the run folder, whose state depends on it (dmlbench.training.rundir);
+# the report, its notebook and the tests read these names from here.
+from .rundir import REQUIRED_KEYS, RunDir, UnreadableRecord, read_record, record_problem  # noqa: F401
 
 SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
 PACKAGES = ("dmlbench", "torch", "torchvision", "numpy", "faiss-cpu", "scikit-learn", "papermill", "pandas")
 
 
@@ -100,15 +102,12 @@ def _preset_record(config: RunConfig) -> dict[str, Any]:
                        "differences_from_paper": list(preset.differences)}}
 
 
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
 def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
     """The selected epoch's model and loss parameters (proxies, classifiers, centres), atomically:
     ``torch.load`` gives {"model", "criterion", "epoch", "config"}."""
     from ..fileio import atomic_torch_save
 
-    path = Path(run_dir) / CHECKPOINT_FILE
+    path = RunDir(run_dir).checkpoint
     atomic_torch_save(path, {"model": result.model.state_dict(), "criterion": result.criterion.state_dict(),
                              "epoch": result.best_epoch, "config": result.config.to_dict()})
     return path
@@ -116,68 +115,14 @@ def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
 
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write metrics.json atomically; refuses to overwrite a finished run."""
-    path = Path(run_dir) / METRICS_FILE
+    folder = RunDir(run_dir)
+    path = folder.metrics
     if path.exists():
         raise FileExistsError(f"{path} exists: this run is finished and is never overwritten "
                               f"(change a setting to get a new run id, or delete the folder deliberately)")
     atomic_write_json(path, record)
-    from .resume import RESUME_FILE
-
-    (Path(run_dir) / RESUME_FILE).unlink(missing_ok=True)  # the run is finished: its training state is not needed
+    folder.resume.unlink(missing_ok=True)  # the run is finished: its training state is not needed
     return path
-
-
-# What every finished run's metrics.json holds; a file without them (truncated, edited, or written by
-# hand) is not a finished run.
-REQUIRED_KEYS = ("run_id", "config_hash", "config", "test", "best_epoch", "selected_by", "val_at_best", "history",
-                 "wall_time_s", "train_time_s", "images_per_s", "device")
-
-
-class UnreadableRecord(ValueError):
-    """A metrics.json that is not a finished run's record; the message names the file and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
-def read_record(path: str | os.PathLike, run_id: str | None = None) -> dict[str, Any]:
-    """A run's metrics.json, checked: raises UnreadableRecord naming the file when it is not valid
-    JSON, not a mapping, misses a key every finished run writes, or records another run than
-    ``run_id`` (when given: a study's cell knows its id; a run folder chosen by hand has any name)."""
-    import json
-
-    path = Path(path)
-    try:
-        record = read_json(path)
-    except json.JSONDecodeError as error:
-        raise UnreadableRecord(path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
-                                     f"the file is incomplete or damaged") from None
-    except UnicodeDecodeError:
-        raise UnreadableRecord(path, "not UTF-8 text; the file is damaged") from None
-    except OSError as error:
-        raise UnreadableRecord(path, f"cannot be read ({error.strerror or error})") from None
-    if not isinstance(record, dict):
-        raise UnreadableRecord(path, f"holds a JSON {type(record).__name__}, not a run's record (a mapping)")
-    missing = [key for key in REQUIRED_KEYS if key not in record]
-    if missing:
-        raise UnreadableRecord(path, f"lacks {', '.join(map(repr, missing))}; a finished run's record has "
-                                     f"{', '.join(REQUIRED_KEYS)}")
-    if run_id is not None and record["run_id"] != run_id:
-        raise UnreadableRecord(path, f"records run {record['run_id']!r}, not {run_id!r} of its folder")
-    return record
-
-
-def record_problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
-    """Why ``path`` is not a finished run's readable record (it is absent, or unreadable), or None."""
-    path = Path(path)
-    if not path.is_file():
-        return "not written"
-    try:
-        read_record(path, run_id)
-    except UnreadableRecord as error:
-        return error.reason
-    return None
 
 
 def set_aside(path: str | os.PathLike) -> Path:

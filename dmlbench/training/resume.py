@@ -25,8 +25,9 @@ import torch
 
 from ..errors import ConfigError
 from ..fileio import atomic_torch_save
+from .rundir import RunDir
 
-RESUME_FILE = "resume.pt"
+RESUME_FILE = RunDir.RESUME  # read from here by the experiment notebook and the tests
 FORMAT = 1
 
 
@@ -106,7 +107,7 @@ def restore(state: dict[str, Any], *, model, criterion, optimizer, scaler, sampl
     missing = sorted(set(state["generators"]) ^ set(held))
     if missing:
         raise ConfigError(f"the saved training state's random generators ({', '.join(missing)}) do not match this "
-                          f"run's criterion; the code changed since it was saved: delete {RESUME_FILE}")
+                          f"run's criterion; the code changed since it was saved: delete {RunDir.RESUME}")
     for name, value in state["generators"].items():
         held[name].set_state(value)
     set_global_rng_state(state["rng"])

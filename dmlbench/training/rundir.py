@@ -1,4 +1,5 @@
-"""A run's folder (results/runs/<run id>/): the one place that names its files.
+"""A run's folder (results/runs/<run id>/): the one place that names its files, locks the folder
+and tells its state.
 
     metrics.json              the finished run's record (dmlbench.training.record)
     checkpoint.pt             the selected epoch's network and loss parameters
@@ -11,16 +12,100 @@
     execution.json            the notebook's wall time and kernel
     launch_config.json, launch.log, distributed_result.pt   a torchrun launch's settings, log and result
     .lock                     held while a process runs the cell
+
+A finished run is one whose metrics.json is a complete record (:func:`read_record` checks it; a
+truncated or edited one is not finished). The lock is an ``fcntl.flock`` on ``.lock``: exclusive and
+non-blocking for the process that runs the cell (:meth:`RunDir.lock`), shared for one that waits for
+it (:meth:`RunDir.wait`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
+
+from ..fileio import read_json
+
+# What every finished run's metrics.json holds; a file without them (truncated, edited, or written by
+# hand) is not a finished run.
+REQUIRED_KEYS = ("run_id", "config_hash", "config", "test", "best_epoch", "selected_by", "val_at_best", "history",
+                 "wall_time_s", "train_time_s", "images_per_s", "device")
+
+
+class UnreadableRecord(ValueError):
+    """A metrics.json that is not a finished run's record; the message names the file and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def read_record(path: str | os.PathLike, run_id: str | None = None) -> dict[str, Any]:
+    """A run's metrics.json, checked: raises UnreadableRecord naming the file when it is not valid
+    JSON, not a mapping, misses a key every finished run writes, or records another run than
+    ``run_id`` (when given: a study's cell knows its id; a run folder chosen by hand has any name)."""
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except json.JSONDecodeError as error:
+        raise UnreadableRecord(path, f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                                     f"the file is incomplete or damaged") from None
+    except UnicodeDecodeError:
+        raise UnreadableRecord(path, "not UTF-8 text; the file is damaged") from None
+    except OSError as error:
+        raise UnreadableRecord(path, f"cannot be read ({error.strerror or error})") from None
+    if not isinstance(record, dict):
+        raise UnreadableRecord(path, f"holds a JSON {type(record).__name__}, not a run's record (a mapping)")
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise UnreadableRecord(path, f"lacks {', '.join(map(repr, missing))}; a finished run's record has "
+                                     f"{', '.join(REQUIRED_KEYS)}")
+    if run_id is not None and record["run_id"] != run_id:
+        raise UnreadableRecord(path, f"records run {record['run_id']!r}, not {run_id!r} of its folder")
+    return record
+
+
+def record_problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
+    """Why ``path`` is not a finished run's readable record (it is absent, or unreadable), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return "not written"
+    try:
+        read_record(path, run_id)
+    except UnreadableRecord as error:
+        return error.reason
+    return None
+
+
+class CellBusy(RuntimeError):
+    """Another process holds the cell's run-folder lock: it is running that cell now."""
+
+
+def _flock_holders() -> set[tuple[int, int, int]] | None:
+    """(device major, minor, inode) of every file an flock is held on, from Linux's /proc/locks;
+    None where that file is absent (another system: who holds a lock is not known)."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    held = set()
+    for line in text.splitlines():  # "1: FLOCK  ADVISORY  WRITE 11525 fe:00:2146393 0 EOF"
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK":  # a waiter's line reads "1: -> FLOCK ..."
+            try:
+                major, minor, inode = fields[5].split(":")
+                held.add((int(major, 16), int(minor, 16), int(inode)))
+            except ValueError:
+                continue
+    return held
 
 
 class RunDir:
-    """The files of one run folder, by role."""
+    """The files of one run folder, by role; its lock; its state."""
 
     METRICS = "metrics.json"
     CHECKPOINT = "checkpoint.pt"
@@ -100,3 +185,76 @@ class RunDir:
     @property
     def lock_file(self) -> Path:
         return self.path / self.LOCK
+
+    # The lock ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """An exclusive lock on the run folder (created if absent), held inside the ``with``: a
+        second process running the same cell fails at once with CellBusy."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CellBusy(f"{self.path} is being run by another process") from None
+            try:
+                yield self
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def wait(self) -> None:
+        """Block until no process holds the folder's lock (the folder must exist)."""
+        with open(self.lock_file, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_locked(self) -> bool:
+        """Whether a process (this one included) holds the folder's lock now, seen without taking it
+        (Linux's /proc/locks; elsewhere, and for a folder without a lock file, False)."""
+        try:
+            found = os.stat(self.lock_file)
+        except OSError:
+            return False
+        held = _flock_holders()
+        return bool(held) and (os.major(found.st_dev), os.minor(found.st_dev), found.st_ino) in held
+
+    # The state ---------------------------------------------------------------------------------
+
+    def record_problem(self, run_id: str | None = None) -> str | None:
+        """Why the folder holds no finished record of ``run_id`` (None: of any run), or None."""
+        return record_problem(self.metrics, run_id)
+
+    def is_done(self, run_id: str | None = None) -> bool:
+        """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
+        return self.record_problem(run_id) is None
+
+    def saved_epoch(self) -> int | None:
+        """The epoch after which the run's training state was saved (its restart continues from
+        there); None without resume.pt, or when it cannot be read (the restart will say so)."""
+        if not self.resume.is_file():
+            return None
+        import torch
+
+        try:
+            return int(torch.load(self.resume, map_location="cpu", weights_only=True)["epoch"])
+        except Exception:  # unreadable: the restart will say so
+            return None
+
+    def state(self, run_id: str | None = None) -> str:
+        """'done', 'running' (another process holds the lock), 'unreadable metrics.json (...): runs
+        again', 'resumable after epoch N', 'failed: see failure.json' or 'to run'. ``run_id``: the
+        run the record must be of (a study's cell knows it; None accepts any)."""
+        problem = self.record_problem(run_id)
+        if problem is None:
+            return "done"
+        if self.is_locked():
+            return "running"
+        if self.metrics.exists():
+            return f"unreadable {self.METRICS} ({problem}): runs again"
+        epoch = self.saved_epoch()
+        if epoch is not None:
+            return f"resumable after epoch {epoch}"
+        if self.failure.is_file():
+            return f"failed: see {self.FAILURE}"
+        return "to run"

@@ -1,0 +1,123 @@
+"""What the report works on, gathered once: a study file and its results folder become the cells'
+states, the finished runs and their histories, the means per cell and the statistics over seeds
+(:class:`ReportContext`, made by :func:`gather`); the report notebook's sections read it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .labels import DIAGNOSTICS
+from .runs import cell_status, dataset_summary, identical_cells, load_histories, load_runs
+from .tables import grid_losses, over_seeds, summarise
+
+
+@dataclass
+class ReportContext:
+    """A study's runs and the tables made of them, with the folders the report writes into."""
+
+    results: Path  # the results folder: runs/, tables/, figures/, summary.json
+    study: Any  # the study (dmlbench.study.cells.Study)
+    manifest: dict[str, Any]  # its cells and skipped pairs (dmlbench.study.cells.study_manifest)
+    baseline: tuple[str, str]  # every cell is compared with this (loss, miner), paired by seed
+    confidence: float  # of the t-intervals; comparisons at the level 1 - confidence
+    status: pd.DataFrame  # every cell with its state (dmlbench.reporting.runs.cell_status)
+    runs: pd.DataFrame  # one row per finished run of the study
+    histories: pd.DataFrame  # their per-epoch histories
+    summary: pd.DataFrame  # means per dataset x loss x miner
+    seed_tables: dict  # dataset -> the cells' t-intervals, best first
+    comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline
+    rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking
+    identical: dict  # dataset -> groups of cells with identical numbers
+
+    @property
+    def tables(self) -> Path:
+        return self.results / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.results / "figures"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.results / "runs"
+
+    @property
+    def settings(self):
+        """The first cell's settings (a RunConfig): what the protocol section describes."""
+        return self.study.cells[0].config
+
+    @property
+    def losses(self) -> list[str]:
+        return list(dict.fromkeys(c["loss"] for c in self.manifest["cells"]))
+
+    @property
+    def miners(self) -> list[str]:
+        return list(dict.fromkeys(c["miner"] for c in self.manifest["cells"]))
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(c["dataset"] for c in self.manifest["cells"]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(set(c["seed"] for c in self.manifest["cells"]))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The number of cells in each state."""
+        return self.status["state"].value_counts().to_dict()
+
+    def named(self, dataset: str) -> str | None:
+        """``dataset`` where sentences must name it (the study has several), else None."""
+        return dataset if len(self.datasets) > 1 else None
+
+    def runs_of(self, dataset: str) -> pd.DataFrame:
+        return self.runs[self.runs["dataset"] == dataset]
+
+    def summary_of(self, dataset: str) -> pd.DataFrame:
+        return self.summary[self.summary["dataset"] == dataset] if not self.summary.empty else self.summary
+
+    def with_diagnostics(self, dataset: str) -> pd.DataFrame:
+        """The runs of ``dataset`` that recorded every embedding diagnostic."""
+        return self.runs_of(dataset).dropna(subset=list(DIAGNOSTICS))
+
+    def grid(self, dataset: str) -> list[str]:
+        """The losses of ``dataset`` run with several miners, in study order."""
+        return grid_losses(self.runs_of(dataset), dataset, self.losses)
+
+    def skipped_pairs(self, dataset: str) -> set[tuple[str, str]]:
+        """The (loss, miner) pairs of ``dataset`` skipped as incompatible."""
+        return {(c["loss"], c["miner"]) for c in self.manifest["skipped"] if c["dataset"] == dataset}
+
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """dataset -> the split sizes and classes its first finished run recorded (empty: none yet)."""
+        return {dataset: dataset_summary(self.runs_dir, dataset) for dataset in self.datasets}
+
+
+def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: tuple[str, str],
+           confidence: float) -> ReportContext:
+    """Read the study file and every run folder of ``results`` once: the cells' states, the finished
+    runs of the study (damaged and foreign ones left out), their histories, and the tables over seeds."""
+    from ..study.cells import load_study, study_manifest
+
+    results = Path(results)
+    study = load_study(study_path)
+    manifest = study_manifest(study)
+    status = cell_status(manifest, results / "runs")  # done, failed, unreadable, missing, skipped
+    runs = load_runs(results / "runs")
+    runs = runs[runs["run_id"].isin(status.loc[status["state"] == "done", "run_id"])].reset_index(drop=True)
+    histories = load_histories(results / "runs")
+    histories = histories[histories["run_id"].isin(runs["run_id"])]
+    seed_tables, comparisons, rankings = over_seeds(runs, baseline, confidence)
+    datasets = list(dict.fromkeys(c["dataset"] for c in manifest["cells"]))
+    identical = {d: identical_cells(runs[runs["dataset"] == d]) for d in datasets}
+    return ReportContext(results=results, study=study, manifest=manifest, baseline=tuple(baseline),
+                         confidence=confidence, status=status, runs=runs, histories=histories,
+                         summary=summarise(runs), seed_tables=seed_tables, comparisons=comparisons,
+                         rankings=rankings, identical=identical)

@@ -1,0 +1,101 @@
+"""Tables as the report shows them: compact HTML (every row shown, columns under their human names,
+numbers right-aligned), means with the half-width of their interval, and the table of every cell of
+a dataset with its comparison to the baseline.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from .labels import DISPLAY_METRICS, VERDICTS, column_label
+from .tables import by_result
+
+
+class Html(str):
+    """A table cell already written in HTML (not escaped again)."""
+
+
+TABLE_STYLE = """<style>
+table.dml { border-collapse: collapse; font-size: 12px; margin: 0.2em 0 0.5em 0; }
+table.dml th, table.dml td { padding: 1px 8px; line-height: 1.3; text-align: right; white-space: nowrap;
+  border: none; }
+table.dml sup { line-height: 0; font-size: 75%; }
+table.dml thead th { border-bottom: 1px solid #888; font-weight: 600; vertical-align: bottom; }
+table.dml td.text, table.dml th.text { text-align: left; }
+table.dml tbody tr:nth-child(odd) { background: #f3f3f3; }
+table.dml tr.marked td { font-weight: 600; }
+table.dml td.wrap { white-space: normal; min-width: 22em; text-align: left; }
+div.dml-scroll { max-height: 24em; max-width: 100%; overflow: auto; display: inline-block; border: 1px solid #ddd; }
+</style>"""
+
+
+def html_table(frame: pd.DataFrame, *, digits: int = 4, marked: set[int] = frozenset(), scroll: bool = False,
+               wrap: tuple[str, ...] = ()) -> str:
+    """``frame`` as a compact HTML table, every row shown (``scroll``: in a box that scrolls), columns
+    named by :func:`column_label`; floats to ``digits`` decimals, NaN as an en dash; rows whose
+    position is in ``marked`` in bold."""
+    import html
+
+    def cell(value) -> str:
+        if isinstance(value, Html):
+            return str(value)
+        if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+            return "&ndash;"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.{digits}f}"
+        return html.escape(str(value))
+
+    def is_text(value) -> bool:  # "0.3885 ± 0.0120" and "+0.0183" are numbers to the eye: right-aligned
+        return isinstance(value, str) and not re.match(r"[+-]?\d", value)
+
+    text_columns = {c for c in frame.columns if frame[c].map(is_text).any()}
+    head = "".join(f'<th class="{"text" if c in text_columns else "num"}">{html.escape(column_label(c))}</th>'
+                   for c in frame.columns)
+    body = []
+    for position, row in enumerate(frame.itertuples(index=False)):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            kind = "wrap" if column in wrap else ("text" if column in text_columns else "num")
+            cells.append(f'<td class="{kind}">{cell(value)}</td>')
+        opening = '<tr class="marked">' if position in marked else "<tr>"
+        body.append(opening + "".join(cells) + "</tr>")
+    table = f'<table class="dml"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return TABLE_STYLE + (f'<div class="dml-scroll">{table}</div>' if scroll else table)
+
+
+def with_interval(table: pd.DataFrame, metric: str) -> list[str]:
+    """'mean ± half-width' of ``metric``'s (symmetric t-) interval per row; the mean alone where there
+    is no interval (one seed)."""
+    return [f"{m:.4f}" if not (np.isfinite(lo) and np.isfinite(hi)) else f"{m:.4f} ± {(hi - lo) / 2:.4f}"
+            for m, lo, hi in zip(table[metric], table[f"{metric}_low"], table[f"{metric}_high"])]
+
+
+def results_table(seeds: pd.DataFrame, comparison: pd.DataFrame | None = None,
+                  baseline: tuple[str, str] | None = None, marks: dict[tuple[str, str], str] | None = None,
+                  metrics: tuple[str, ...] = DISPLAY_METRICS) -> tuple[pd.DataFrame, set[int]]:
+    """Every cell of one dataset, best first by MAP@R: MAP@R and Recall@1 with their intervals, the
+    other metrics' means, and the paired difference in MAP@R to ``baseline`` with its verdict.
+    Returns the table to show and the position of the baseline's row (to mark)."""
+    seeds = by_result(seeds)
+    out = pd.DataFrame({"#": range(1, len(seeds) + 1), "loss": list(seeds["loss"])})
+    miners = [Html(f'{m}<sup>{marks[(l, m)]}</sup>') if marks and (l, m) in marks else m
+              for l, m in zip(seeds["loss"], seeds["miner"])]
+    out["miner"] = miners
+    for metric in metrics:
+        if metric not in seeds:
+            continue
+        out[metric] = with_interval(seeds, metric) if metric in ("map@r", "recall@1") else list(seeds[metric])
+    if seeds["seeds"].nunique() > 1:  # else the caption says how many
+        out["seeds"] = list(seeds["seeds"])
+    if comparison is not None and baseline is not None and not comparison.empty:
+        versus = comparison.set_index(["loss", "miner"])
+        out["vs baseline"] = [
+            "baseline" if (l, m) == tuple(baseline) else (
+                f"{versus.loc[(l, m), 'difference']:+.4f} ({VERDICTS[versus.loc[(l, m), 'verdict']]})"
+                if (l, m) in versus.index else "")
+            for l, m in zip(seeds["loss"], seeds["miner"])]
+    marked = {i for i, (l, m) in enumerate(zip(seeds["loss"], seeds["miner"])) if baseline and (l, m) == tuple(baseline)}
+    return out, marked

@@ -1,0 +1,77 @@
+"""Names as a reader sees them: the metrics and diagnostics and their labels, table columns, cells
+('loss + miner'), counted words, paths, and Markdown-escaped text.
+
+Every other module of the report takes its names from here, so a metric is called the same in every
+table, figure and sentence, and tables list the metrics in one order (DISPLAY_METRICS).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..paths import REPO_ROOT
+
+METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "r_precision", "map@r", "nmi", "ami")
+METRIC_LABELS = {"recall@1": "Recall@1", "recall@2": "Recall@2", "recall@4": "Recall@4", "recall@8": "Recall@8",
+                 "r_precision": "R-Precision", "map@r": "MAP@R", "nmi": "NMI", "ami": "AMI"}
+DIAGNOSTICS = ("spectral_decay", "intra_class_distance", "inter_class_distance", "intra_over_inter")
+DIAGNOSTIC_LABELS = {"spectral_decay": "spectral decay (rho)", "intra_class_distance": "intra-class distance",
+                     "inter_class_distance": "inter-class distance", "intra_over_inter": "intra / inter (pi ratio)"}
+# The direction of the relation to Recall@1 that Roth et al. (ICML 2020) report: R@1 falls as the
+# spectral decay grows (compression hurts generalisation) and rises with the intra / inter ratio
+# (a less dense embedding space generalises better).
+ROTH_SIGNS = {"spectral_decay": -1, "intra_over_inter": +1}
+
+# The order of the metric columns in every table of the report: the selection and ranking metric
+# first, then the other retrieval metrics, then clustering.
+DISPLAY_METRICS = ("map@r", "r_precision", "recall@1", "recall@2", "recall@4", "recall@8", "nmi", "ami")
+COLUMN_LABELS = {
+    **METRIC_LABELS, **DIAGNOSTIC_LABELS, "run_id": "run", "seeds": "seeds", "difference": "difference",
+    "low": "low", "high": "high", "p": "p", "p_holm": "p (Holm)", "score": "score", "score_low": "score low",
+    "score_high": "score high", "rank": "rank", "rank_low": "best rank", "rank_high": "worst rank",
+    "cells": "cells", "pearson_r": "Pearson r", "r_low": "r low", "r_high": "r high", "spearman": "Spearman",
+    "roth_sign": "Roth et al.'s sign", "same_sign_as_roth": "same sign", "best_epoch": "selected epoch",
+    "val_at_best": "validation score there", "wall_time_s": "wall time (s)", "train_time_s": "training time (s)",
+    "images_per_s": "images/s", "excluded_queries": "excluded queries",
+}
+VERDICTS = {"better than the baseline": "better", "worse than the baseline": "worse",
+            "within seed noise": "noise", "too few seeds": "too few seeds"}
+
+
+def column_label(name: str) -> str:
+    """A table column as the reader sees it: 'map@r' -> 'MAP@R', 'map@r_low' -> 'MAP@R low'."""
+    if name in COLUMN_LABELS:
+        return COLUMN_LABELS[name]
+    base, _, suffix = name.rpartition("_")
+    if base in METRIC_LABELS and suffix in ("low", "high", "std"):
+        return f"{METRIC_LABELS[base]} {suffix}"
+    if name.startswith("recall@"):
+        return "Recall@" + name.split("@", 1)[1]
+    return name.replace("_", " ")
+
+
+def recall_columns(runs: pd.DataFrame) -> list[str]:
+    """The recall@K columns present, by K."""
+    return sorted((c for c in runs.columns if c.startswith("recall@")), key=lambda c: int(c.split("@")[1]))
+
+
+def cell_label(loss: str, miner: str) -> str:
+    return f"{loss} + {miner}"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown as written in Markdown (error messages carry underscores and asterisks)."""
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository when inside it (results/runs/...), else absolute."""
+    path = Path(path).absolute()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

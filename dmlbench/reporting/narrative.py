@@ -1,0 +1,491 @@
+"""The report's sentences, made from the numbers: every function here takes tables (or counts) and
+returns Markdown (a string, or a list of lines), so no number of the report is typed by hand and each
+sentence can be tested on tables made for the purpose.
+
+The report notebook shows them with ``IPython.display.Markdown``. The tables are those of
+:mod:`dmlbench.reporting.tables` and :mod:`dmlbench.reporting.stats`: ``seeds`` a seed table (one row
+per cell: the metrics' means, ``<metric>_low`` / ``_high`` interval bounds, ``seeds``), ``comparison``
+a paired comparison with the baseline (``loss``, ``miner``, ``difference``, ``low``, ``high``,
+``verdict``), a ranking (``rank``, ``rank_low``, ``rank_high``, ``score``, ``score_low``,
+``score_high``), ``summary`` the means per cell (with ``<metric>_std`` and ``seeds``), ``runs`` one row
+per run (``seed``, ``epochs``, ``best_epoch``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..training.rundir import RunDir
+from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, cell_label, md_escape, plural
+from .runs import STATES, still_improving
+from .tables import by_result, grid_losses, paper_cells, study_counts
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"  # the marks of groups of identical cells
+
+
+def joined(lines: list[str], empty: str) -> str:
+    """Paragraphs, one per line; ``empty`` when there is none."""
+    return "\n\n".join(lines) if lines else empty
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# ---- the study's first lines -------------------------------------------------------------------
+
+def _study_shape(n: dict[str, Any]) -> str:
+    """How the runs multiply up: cells x seeds on the datasets."""
+    d = len(n["datasets"])
+    if len(n["seeds"]) == 1 and n["same_cells_per_dataset"]:
+        return (f"{plural(n['cells_per_dataset'], 'loss x miner cell')} x {plural(n['seeds'][0], 'seed')}"
+                + (f" on 1 dataset ({n['datasets'][0]})" if d == 1 else f" x {d} datasets"))
+    low, high = min(n["seeds"], default=0), max(n["seeds"], default=0)
+    return f"{plural(n['cells'], 'cell')} (dataset x loss x miner), {low} to {high} seeds each, on {plural(d, 'dataset')}"
+
+
+def study_header(manifest: dict[str, Any], status: pd.DataFrame) -> str:
+    """The report's first lines: what the study is (counts whose product is the number of runs), how
+    far it got, and every run without results, named with its error."""
+    n = study_counts(manifest)
+    skipped = ""
+    if n["skipped"]:
+        pairs = ", ".join(f"{l} + {m}" for _, l, m in n["skipped"])
+        skipped = f"; {plural(len(n['skipped']), 'loss x miner pair')} skipped as incompatible ({pairs})"
+    counts = status["state"].value_counts()
+    done = int(counts.get("done", 0))
+    state = f"**{done} of {n['runs']} runs finished**" + "".join(
+        f", {int(counts[s])} {label}" for s, label in (("failed", "failed"), ("unreadable", "with an unreadable record"),
+                                                        ("missing", "not run yet")) if counts.get(s, 0))
+    lines = [f"Study **{manifest['name']}** (`{manifest['path']}`): {plural(n['runs'], 'run')}: {_study_shape(n)}; "
+             f"{plural(len(n['losses']), 'loss', 'losses')}, {plural(len(n['miners']), 'miner')}{skipped}. {state}."]
+    lines += problem_lines(status)
+    return "\n".join(lines)
+
+
+def problem_lines(status: pd.DataFrame, limit: int = 12) -> list[str]:
+    """A Markdown list of the runs without results: failed (the error's first line), unreadable (the
+    file and why), not run yet; at most ``limit`` lines per kind, the rest counted."""
+    lines = []
+    for state, label in (("failed", "failed"), ("unreadable", "unreadable"), ("missing", "not run yet")):
+        part = status[status["state"] == state]
+        for row in part.head(limit).itertuples():
+            note = f": {md_escape(row.note)}" if state == "failed" else ""
+            if state == "unreadable":  # "<path>: <why>", the path as code
+                path, _, why = str(row.note).partition(f"{RunDir.METRICS}: ")
+                note = f": `{path}{RunDir.METRICS}`: {md_escape(why)}"
+            lines.append(f"- *{label}*: {md_escape(cell_label(row.loss, row.miner))}, seed {row.seed} "
+                         f"(`{row.run_id}`){note}")
+        if len(part) > limit:
+            lines.append(f"- *{label}*: {len(part) - limit} more, in the table of runs below")
+    return ([""] + lines) if lines else []
+
+
+def state_counts(counts: dict[str, int], rows: int) -> str:
+    """'90 done, 3 skipped (93 rows).': the cells per state, in the order of STATES."""
+    return (", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: STATES.index(kv[0])))
+            + f" ({rows} rows).")
+
+
+# ---- the findings ------------------------------------------------------------------------------
+
+def _best_line(seeds: pd.DataFrame, confidence: float) -> str:
+    best = by_result(seeds).iloc[0]
+    n_seeds = int(best["seeds"])
+    spread = (f" ± {(best['map@r_high'] - best['map@r_low']) / 2:.4f} ({confidence:.0%} t-interval, "
+              f"{plural(n_seeds, 'seed')})" if np.isfinite(best["map@r_low"]) else f" ({plural(n_seeds, 'seed')}, no interval)")
+    line = f"Best by test MAP@R: **{cell_label(best['loss'], best['miner'])}**, {best['map@r']:.4f}{spread}"
+    by_r1 = by_result(seeds, "recall@1").iloc[0]
+    if (by_r1["loss"], by_r1["miner"]) != (best["loss"], best["miner"]):
+        line += f"; by Recall@1: **{cell_label(by_r1['loss'], by_r1['miner'])}** ({by_r1['recall@1']:.1%})"
+    return line + "."
+
+
+def _named(part: pd.DataFrame) -> str:
+    """' (a + b +0.0123, c + d +0.0045, ...)': the first two cells of ``part`` with their differences."""
+    shown = ", ".join(f"{cell_label(r.loss, r.miner)} {r.difference:+.4f}" for r in part.head(2).itertuples())
+    return f" ({shown}{', ...' if len(part) > 2 else ''})" if len(part) else ""
+
+
+def _baseline_line(comparison: pd.DataFrame | None, baseline: tuple[str, str]) -> str:
+    if comparison is None or comparison.empty:
+        return f"The baseline {cell_label(*baseline)} has no finished run: no paired comparison."
+    verdicts = comparison["verdict"].value_counts()
+    better = comparison[comparison["verdict"] == "better than the baseline"].sort_values("difference", ascending=False)
+    worse = comparison[comparison["verdict"] == "worse than the baseline"].sort_values("difference")
+    line = (f"Against the baseline **{cell_label(*baseline)}** (paired by seed, Holm-adjusted, "
+            f"{plural(len(comparison), 'cell')}): **{len(better)} better** beyond seed noise{_named(better)}, "
+            f"**{len(worse)} worse**{_named(worse)}, {int(verdicts.get('within seed noise', 0))} within noise")
+    if verdicts.get("too few seeds", 0):
+        line += f", {int(verdicts['too few seeds'])} with too few seeds to tell"
+    return line + "."
+
+
+def _loss_ranking_line(ranking: pd.DataFrame | None) -> str | None:
+    if ranking is None or len(ranking) <= 1:
+        return None
+    top = ranking.iloc[0]
+    shared = ranking[ranking["rank_low"] <= top["rank_high"]].iloc[1:]
+    return (f"Losses ranked (each with its paper's sampling, bootstrap over seeds): **{top['loss']}** first"
+            + (f", but its ranks ({top['rank_low']}-{top['rank_high']}) overlap "
+               f"those of {plural(len(shared), 'other loss', 'other losses')}: no clear first."
+               if len(shared) else ", and no other loss's range of ranks reaches its own."))
+
+
+def _grid_line(seeds: pd.DataFrame, dataset: str) -> str | None:
+    grid = grid_losses(seeds, dataset)
+    part = seeds[seeds["loss"].isin(grid)]
+    per_miner = part.groupby("miner")["map@r"].mean()
+    per_loss = part.groupby("loss")["map@r"].mean()
+    if len(per_miner) <= 1 or len(per_loss) <= 1:
+        return None
+    spread_miner, spread_loss = per_miner.max() - per_miner.min(), per_loss.max() - per_loss.min()
+    axis, other = ("miner", "loss") if spread_miner > spread_loss else ("loss", "miner")
+    return (f"On the grid ({', '.join(grid)} x miners) the {axis} moves mean MAP@R more than the {other} "
+            f"(range {max(spread_miner, spread_loss):.4f} against {min(spread_miner, spread_loss):.4f}); "
+            f"best miner there: **{per_miner.idxmax()}**.")
+
+
+def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int) -> str | None:
+    caveats = []
+    late = still_improving(runs)
+    if late:
+        caveats.append(f"{late} of {len(runs)} runs peaked at their last epoch (still improving)")
+    if identical:
+        caveats.append(f"{plural(len(identical), 'group')} of cells gave identical numbers (notes under the table)")
+    if n_seeds < 2:
+        caveats.append("one seed per cell: no estimate of seed noise, so small differences rank nothing")
+    return "Caveats: " + "; ".join(caveats) + "." if caveats else None
+
+
+def headline(dataset: str, seeds: pd.DataFrame, comparison: pd.DataFrame, rankings: dict, runs: pd.DataFrame,
+             baseline: tuple[str, str], confidence: float, identical: list[list[str]]) -> list[str]:
+    """The findings a first reader needs, one short sentence each, made from the numbers: the best
+    cell with its interval, the comparisons with the baseline that seed noise cannot explain, whether
+    the ranking singles out a first loss, what moves the results more (miner or loss), the caveats."""
+    n_seeds = int(by_result(seeds).iloc[0]["seeds"])
+    lines = [_best_line(seeds, confidence), _baseline_line(comparison, baseline),
+             _loss_ranking_line(rankings.get((dataset, "loss"))), _grid_line(seeds, dataset),
+             _caveats_line(runs, identical, n_seeds)]
+    return [line for line in lines if line is not None]
+
+
+def nothing_to_report(dataset: str) -> str:
+    return f"**{dataset}**: no run has finished, so there is nothing to report yet."
+
+
+def findings(lines: list[str], dataset: str | None = None) -> str:
+    """The findings as a Markdown list; ``dataset`` named when the study has several."""
+    return (f"**Findings{f' on {dataset}' if dataset else ''}**, from the numbers below:\n\n"
+            + "\n".join(f"- {l}" for l in lines))
+
+
+def results_caption(seeds: pd.DataFrame, confidence: float, dataset: str | None = None) -> str:
+    """What the table of every cell shows; ``dataset`` named when the study has several."""
+    n_seeds = sorted(set(seeds["seeds"]))
+    return (f"Every cell{f' on {dataset}' if dataset else ''}, best first by test MAP@R: mean over "
+            f"{' to '.join(map(str, n_seeds))} seed{'s' if n_seeds != [1] else ''} ± the half-width of its "
+            f"{confidence:.0%} t-interval. Bold: the baseline; *vs baseline*: the paired difference in MAP@R, and "
+            "whether it exceeds seed noise.")
+
+
+IDENTICAL_WHY = {  # why two cells can take the same steps, when their losses and miners are these
+    frozenset({"contrastive", "triplet"}): (
+        "This follows from the objectives, not from the code: on one mined triplet per anchor, a contrastive "
+        "loss with positive margin zero equals the triplet loss plus a constant as long as every mined negative "
+        "lies inside the negative margin and every triplet violates its margin, so the two give the same "
+        "gradients at every step."),
+    frozenset({"none", "margin-triplets"}): (
+        "This also follows from the definitions: the hinge triplet loss is zero on every triplet that satisfies "
+        "its margin, and its default reduction averages over the non-zero terms only, so keeping only the "
+        "margin-violating triplets (margin-triplets' default) changes neither the loss nor its gradient."),
+}
+
+
+def identical_note(group: list[str], mark: str = "") -> str:
+    """One sentence (and the reason where it is known) for cells that gave identical numbers."""
+    losses = {g.split(" + ")[0] for g in group}
+    miners = {g.split(" + ")[1] for g in group}
+    text = (f"{f'<sup>{mark}</sup> ' if mark else ''}**{' and '.join(group)} gave identical numbers**, every metric "
+            "to every digit in every seed: their training took the same steps.")
+    if losses == {"contrastive", "triplet"}:
+        text += " " + IDENTICAL_WHY[frozenset(losses)]
+    elif losses == {"triplet"} and miners == {"none", "margin-triplets"}:
+        text += " " + IDENTICAL_WHY[frozenset(miners)]
+    return text
+
+
+def identical_marks(identical: list[list[str]]) -> dict[tuple[str, str], str]:
+    """(loss, miner) -> the letter of its group of identical cells, as the table of cells marks them."""
+    return {tuple(label.split(" + ")): letter for letter, group in zip(LETTERS, identical) for label in group}
+
+
+def identical_notes(identical: list[list[str]]) -> str:
+    """The notes under the table of cells, one per group of identical cells ('' when none)."""
+    return "\n\n".join(identical_note(group, letter) for letter, group in zip(LETTERS, identical))
+
+
+# ---- the protocol ------------------------------------------------------------------------------
+
+def split_line(dataset: str, info: dict[str, Any]) -> str:
+    """The split sizes and classes of ``dataset`` as a run recorded them (``info``; empty: none yet)."""
+    if not info:
+        return f"- **{dataset}**: no finished run records the split sizes yet."
+    return (f"- **{dataset}**: {info['num_train']:,} training images of classes {info['train_classes']}, "
+            f"{info['num_val']:,} validation images of classes {info['val_classes']}, "
+            f"{info['num_test']:,} test images of classes {info['test_classes']} (numbers read from the runs).")
+
+
+def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], miners: list[str],
+             seeds: list[int]) -> str:
+    """The protocol section: the task, each dataset's splits (``splits``: dataset -> what its runs
+    recorded), model selection, network, batches, the axes of the study and the metrics, from the
+    study's settings (a RunConfig) and the evaluation's constants."""
+    from ..evaluation import metrics as metric_defs
+
+    s = settings
+    return "\n".join([
+        "- **Task**: zero-shot retrieval: the network never sees the test classes during training or model selection.",
+        *(split_line(dataset, info) for dataset, info in splits.items()),
+        f"- **Model selection**: after every epoch the model embeds the validation split (images of the *training* "
+        f"classes not used for training); the epoch with the best validation {METRIC_LABELS.get(s.select_metric, s.select_metric)} "
+        "is kept. The test split is embedded and scored **once**, on that model. Most published DML code picks the best "
+        "epoch on the test set; this study does not.",
+        f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d L2-normalised embedding, "
+        "trained from scratch.",
+        f"- **Batches**: P x K = {s.P} classes x {s.K} images; {s.epochs} epochs of "
+        f"{s.iters_per_epoch or 'one pass of'} batches; optimiser {s.optimizer}, learning rate {s.lr}, "
+        f"weight decay {s.weight_decay}.",
+        f"- **Losses** {', '.join(f'`{l}`' for l in losses)} crossed with **miners** {', '.join(f'`{m}`' for m in miners)}; "
+        f"loss and miner arguments as in the study file. Seeds: {seeds}.",
+        "- **Metrics** on the test split, each query's own image removed from its ranking by index: Recall@K (a "
+        "same-class image among the K nearest), R-Precision and MAP@R (over the R same-class images of the query), "
+        f"and NMI between k-means clusters (faiss's k-means as pytorch-metric-learning runs it: k = number of test "
+        f"classes, {metric_defs.KMEANS_ITERATIONS} iterations, seed {metric_defs.KMEANS_SEED}, at most "
+        f"{metric_defs.MAX_POINTS_PER_CENTROID} training points per cluster) and the labels.",
+    ])
+
+
+# ---- loss x miner --------------------------------------------------------------------------------
+
+def no_finished_cell(dataset: str) -> str:
+    return f"**{dataset}**: no cell has finished yet."
+
+
+def no_grid(dataset: str) -> str:
+    return f"**{dataset}**: no loss ran with several miners, so there is no loss x miner grid to draw."
+
+
+def single_miner_caption(dataset: str, single: pd.DataFrame, confidence: float) -> str:
+    """What the table of the losses run with one miner (``single``, a seed table) shows."""
+    return (f"**{dataset}**: the {plural(single['loss'].nunique(), 'loss', 'losses')} run with one "
+            f"miner, best first by test MAP@R (mean ± the half-width of its {confidence:.0%} t-interval).")
+
+
+# ---- over seeds ----------------------------------------------------------------------------------
+
+def seeds_method(confidence: float, baseline: tuple[str, str]) -> str:
+    """How intervals, comparisons with the baseline and rankings are made."""
+    return (
+        "Each cell ran over several seeds (a seed fixes the initialisation, the batches and the miners' draws). "
+        f"Intervals are two-sided {confidence:.0%} Student-t intervals of the mean over seeds. Each cell is compared "
+        f"with the baseline, {' + '.join(baseline)}, on the seeds both ran, through the per-seed differences, so the "
+        "share of noise that a seed gives every cell alike cancels. The paired t-test's p values are adjusted by "
+        "Holm's method over all the cells compared, and a difference is called larger than seed noise only when the "
+        f"adjusted p is below {1 - confidence:.2f}. Rankings come from a bootstrap over seeds (each draw takes the same "
+        "seeds for every cell); losses are ranked by the cell with their own paper's sampling, miners over the losses "
+        "that were run with several miners.")
+
+
+def no_seed_results(dataset: str) -> str:
+    return f"**{dataset}**: no finished run, so no interval, comparison or ranking."
+
+
+def seed_table_caption(dataset: str, confidence: float) -> str:
+    return f"**{dataset}**: mean over seeds ± the half-width of the {confidence:.0%} t-interval, per cell, best first by MAP@R."
+
+
+def comparison_caption(dataset: str) -> str:
+    return f"**{dataset}**: each cell minus the baseline in test MAP@R, paired by seed, best first."
+
+
+def _verdict_counts(dataset: str, comparison: pd.DataFrame, baseline: tuple[str, str], n_seeds: int) -> str:
+    verdicts = comparison["verdict"].value_counts()
+    better = comparison[comparison["verdict"] == "better than the baseline"]
+    worse = comparison[comparison["verdict"] == "worse than the baseline"]
+    return (
+        f"**{dataset}**, test MAP@R against {' + '.join(baseline)} over {n_seeds} paired seeds: "
+        f"{verdicts.get('better than the baseline', 0)} of {len(comparison)} cells are better beyond seed noise"
+        + (" (" + ", ".join(f"{r.loss} + {r.miner} by {r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
+                             for r in better.sort_values("difference", ascending=False).itertuples()) + ")"
+           if len(better) else "")
+        + f", {verdicts.get('worse than the baseline', 0)} worse"
+        + (" (" + ", ".join(f"{r.loss} + {r.miner} by {r.difference:+.4f}" for r in worse.itertuples()) + ")"
+           if len(worse) else "")
+        + f", and {verdicts.get('within seed noise', 0)} within seed noise"
+        + (f"; {verdicts.get('too few seeds', 0)} have too few paired seeds" if verdicts.get('too few seeds', 0) else "")
+        + ".")
+
+
+def comparison_lines(dataset: str, comparison: pd.DataFrame, by_recall: pd.DataFrame, baseline: tuple[str, str],
+                     n_seeds: int) -> list[str]:
+    """The comparisons with the baseline in MAP@R (``comparison``) and Recall@1 (``by_recall``) over
+    ``n_seeds`` paired seeds: how many cells are better, worse, within seed noise."""
+    if comparison.empty:
+        return [f"**{dataset}**: the baseline {' + '.join(baseline)} is not among the finished cells; "
+                "no paired comparison."]
+    r1 = by_recall["verdict"].value_counts()
+    return [_verdict_counts(dataset, comparison, baseline, n_seeds),
+            f"By Recall@1 instead: {r1.get('better than the baseline', 0)} better, "
+            f"{r1.get('worse than the baseline', 0)} worse, {r1.get('within seed noise', 0)} within noise."]
+
+
+def ranking_what(by: str, grid: list[str]) -> str:
+    """What a ranking of losses or of miners (over the losses of ``grid``) ranks."""
+    return "each loss with its own paper's sampling" if by == "loss" else f"miners over {', '.join(grid)}"
+
+
+def ranking_caption(dataset: str, what: str) -> str:
+    return f"**{dataset}**: {what}, ranked by test MAP@R (bootstrap over seeds)."
+
+
+def ranking_line(ranked: pd.DataFrame, by: str, what: str) -> str:
+    """The first of a bootstrap ranking, its score and range of ranks, and whether others share it."""
+    top = ranked.iloc[0]
+    shared = ranked[ranked["rank_low"] <= top["rank_high"]]
+    return (f"Ranking {what} by test MAP@R: **{top[by]}** first ({top['score']:.4f}, interval "
+            f"[{top['score_low']:.4f}, {top['score_high']:.4f}], ranks {top['rank_low']}-{top['rank_high']} "
+            f"in the bootstrap); "
+            + (f"its range of ranks overlaps those of {len(shared) - 1} other(s) ({', '.join(shared[by].iloc[1:])}), "
+               "so the data do not single out a first place."
+               if len(shared) > 1 else "no other's range of ranks reaches its own."))
+
+
+# ---- the embedding diagnostics ----------------------------------------------------------------------
+
+def too_few_diagnostics(dataset: str, runs: int) -> str:
+    return f"**{dataset}**: {runs} runs with diagnostics, too few for a correlation."
+
+
+def correlation_lines(dataset: str, table: pd.DataFrame, confidence: float) -> list[str]:
+    """For each diagnostic whose sign Roth et al. report, whether the correlation with Recall@1 across
+    the runs (a table of :func:`dmlbench.reporting.tables.correlations`) has the same sign."""
+    lines = []
+    for row in table.itertuples():
+        if not row.roth_sign:
+            continue
+        direction = "falls" if row.roth_sign == "-" else "rises"
+        if not np.isfinite(row.pearson_r):
+            lines.append(f"**{dataset}**, {DIAGNOSTIC_LABELS[row.diagnostic]}: no correlation can be computed.")
+            continue
+        clear = row.r_low > 0 or row.r_high < 0
+        lines.append(
+            f"**{dataset}**, {DIAGNOSTIC_LABELS[row.diagnostic]}: Roth et al. report that Recall@1 {direction} "
+            f"as it grows; here Pearson's r = {row.pearson_r:.2f} ({confidence:.0%} interval [{row.r_low:.2f}, {row.r_high:.2f}], "
+            f"Spearman {row.spearman:.2f}, {row.runs} runs): "
+            + ("the same sign" if row.same_sign_as_roth == "yes" else "the opposite sign")
+            + (", and the interval excludes zero." if clear else ", but the interval includes zero.")
+            + " Roth et al.'s coefficients are not recorded in PROTOCOL.md, so only the sign is compared.")
+    return lines
+
+
+# ---- what the numbers say ------------------------------------------------------------------------
+
+def _extremes(dataset: str, summary: pd.DataFrame) -> list[str]:
+    """The best and the weakest cell by MAP@R, and the first by Recall@1 where it is another."""
+    ranked = by_result(summary)
+    best, worst = ranked.iloc[0], ranked.iloc[-1]
+    lines = [f"**{dataset}.** The best cell by test MAP@R is **{best['loss']} + {best['miner']}** "
+             f"(MAP@R {best['map@r']:.4f}, Recall@1 {pct(best['recall@1'])}); the weakest is "
+             f"{worst['loss']} + {worst['miner']} (MAP@R {worst['map@r']:.4f}, Recall@1 {pct(worst['recall@1'])})."]
+    by_r1 = by_result(summary, "recall@1").iloc[0]
+    if by_r1["loss"] != best["loss"] or by_r1["miner"] != best["miner"]:
+        lines.append(f"Recall@1 ranks another cell first: {by_r1['loss']} + {by_r1['miner']} "
+                     f"({pct(by_r1['recall@1'])}); the two metrics weigh the ranking differently "
+                     f"(Recall@1 looks at one neighbour, MAP@R at all R same-class ones).")
+    paper = paper_cells(summary)
+    if len(paper) > 1:
+        lines.append("Each loss with its own paper's sampling, by test MAP@R: " + "; ".join(
+            f"{r['loss']} + {r['miner']} {r['map@r']:.4f} (R@1 {pct(r['recall@1'])})" for _, r in by_result(paper).iterrows()) + ".")
+    return lines
+
+
+def _grid_means(dataset: str, summary: pd.DataFrame, losses: list[str], lines: list[str]) -> None:
+    """Appends the mean MAP@R per miner and per loss over the grid, and which of the two moves it more."""
+    grid = summary[summary["loss"].isin(grid_losses(summary, dataset, losses))]
+    per_miner = grid.groupby("miner")["map@r"].mean().sort_values(ascending=False)
+    per_loss = grid.groupby("loss")["map@r"].mean().sort_values(ascending=False)
+    if len(grid):
+        lines.append("Over the losses run with several miners, mean test MAP@R per miner, best first: "
+                     + ", ".join(f"{m} {v:.4f}" for m, v in per_miner.items())
+                     + "; per loss, over its miners: " + ", ".join(f"{l} {v:.4f}" for l, v in per_loss.items()) + ".")
+    spread_miner = per_miner.max() - per_miner.min() if len(per_miner) > 1 else math.nan
+    spread_loss = per_loss.max() - per_loss.min() if len(per_loss) > 1 else math.nan
+    if not math.isnan(spread_miner) and not math.isnan(spread_loss):
+        axis = "miner" if spread_miner > spread_loss else "loss"
+        lines[-1] += " On those,"
+        lines[-1] += (f" the choice of {axis} moves MAP@R more (range {max(spread_miner, spread_loss):.4f} "
+                      f"against {min(spread_miner, spread_loss):.4f} for the {'loss' if axis == 'miner' else 'miner'}).")
+
+
+def _against_every_tuple(summary: pd.DataFrame, losses: list[str]) -> list[str]:
+    """Per loss run with the miner 'none' and others: how many miners beat using every tuple."""
+    lines = []
+    for loss in losses:
+        row = summary[summary["loss"] == loss].set_index("miner")["map@r"]
+        if "none" in row and len(row) > 1:
+            others = row.drop("none").sort_values(ascending=False)
+            better = [m for m, v in others.items() if v > row["none"]]
+            lines.append(f"With {loss}, {len(better)} of {len(others)} miners beat using every tuple "
+                         f"(none: {row['none']:.4f}" + (f"; better: {', '.join(better)}" if better else "") + ").")
+    return lines
+
+
+def _training_and_noise(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """How many runs were still improving at their last epoch, and how large seed noise is."""
+    late = still_improving(runs)
+    lines = [f"{late} of {len(runs)} runs had their best validation score at their last epoch: "
+             "they were still improving, and longer training could change the ranking. "
+             f"{len(runs) - late} peaked earlier; the test numbers are always those of the peak epoch."]
+    seeds = int(summary["seeds"].min())
+    if seeds < 2:
+        lines.append(f"*Caution*: each cell ran with {seeds} seed, so these differences carry no estimate of seed "
+                     "noise; differences of a few tenths of a percent should not be read as a ranking. More seeds "
+                     "(the study's `seeds`) give means with spread.")
+    else:
+        noise = summary["map@r_std"].mean()
+        lines.append(f"Across {seeds} seeds the mean standard deviation of MAP@R is {noise:.4f}: differences "
+                     "smaller than about twice that are within seed noise.")
+    return lines
+
+
+def discussion(dataset: str, summary: pd.DataFrame, runs: pd.DataFrame, losses: list[str]) -> list[str]:
+    """'What the numbers say' for one dataset, from its means per cell (``summary``, the rows of
+    :func:`dmlbench.reporting.tables.summarise` for ``dataset``) and its runs, losses in study order:
+    the best and weakest cells, each loss with its paper's sampling, miner against loss on the grid,
+    the miners against using every tuple, training length and seed noise."""
+    if summary.empty:
+        return [f"**{dataset}**: no finished cell to discuss."]
+    lines = _extremes(dataset, summary)
+    _grid_means(dataset, summary, losses, lines)
+    return lines + _against_every_tuple(summary, losses) + _training_and_noise(summary, runs)
+
+
+# ---- published numbers ---------------------------------------------------------------------------
+
+def no_published_numbers(dataset: str) -> str:
+    from .literature import NO_TABLE
+
+    return NO_TABLE.get(dataset, f"No published numbers for {dataset} are recorded; its numbers are this project's own.")
+
+
+def literature_caption(dataset: str, comparison: pd.DataFrame) -> str:
+    """How many published numbers of ``dataset`` there are (a table of
+    :func:`dmlbench.reporting.literature.compare`) and how many have our runs under their protocol."""
+    same = comparison[comparison["comparison"].str.startswith("same protocol") & comparison["ours"].notna()]
+    return (f"**{dataset}**: {len(comparison)} published numbers; {len(same)} of them have our runs "
+            f"under the same protocol.")

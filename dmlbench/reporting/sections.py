@@ -1,0 +1,257 @@
+"""The report notebook's sections, one function per step: each writes its tables (results/tables/)
+and figures (results/figures/) and shows them in the notebook, with the captions that
+:mod:`dmlbench.reporting.narrative` writes. They read a :class:`dmlbench.reporting.context.ReportContext`.
+
+A function that returns a table returns the one the notebook goes on with (for its sentences); the
+others return None, so that a call at the end of a cell shows nothing of its own.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import figures as fg
+from . import narrative
+from .htmltables import html_table, results_table, with_interval
+from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, METRICS, column_label
+from .tables import correlations, grid_order, in_result_order, pivot, save_table, with_skipped
+
+PLURAL = {"loss": "losses", "miner": "miners"}
+
+
+def _show(markdown: str | None = None, html: str | None = None) -> None:
+    from IPython.display import HTML, Markdown, display
+
+    if markdown is not None:
+        display(Markdown(markdown))
+    if html is not None:
+        display(HTML(html))
+
+
+# ---- the first screen and the runs of the study ------------------------------------------------------
+
+def results_table_html(ctx, dataset: str) -> str:
+    """Every cell of ``dataset`` best first, the baseline marked, identical cells lettered."""
+    marks = narrative.identical_marks(ctx.identical[dataset])
+    table, baseline_row = results_table(ctx.seed_tables[dataset], ctx.comparisons[(dataset, "map@r")], ctx.baseline,
+                                        marks)
+    return html_table(table, marked=baseline_row)
+
+
+def cell_states(ctx) -> pd.DataFrame:
+    """Writes tables/cells.csv (every cell and its state); returns the columns the report shows."""
+    save_table(ctx.status, "cells", ctx.tables, index=False)
+    return ctx.status[["dataset", "loss", "miner", "seed", "state", "note", "run_id"]]
+
+
+# ---- loss x miner ----------------------------------------------------------------------------------
+
+def save_result_tables(ctx, dataset: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """Writes the loss x miner table of every metric of ``dataset`` (incompatible pairs marked),
+    summary.csv and runs.csv; returns the pivots by (dataset, metric)."""
+    pivots = {}
+    for metric in METRICS:
+        pivots[(dataset, metric)] = pivot(ctx.summary, dataset, metric, ctx.losses, ctx.miners)
+        save_table(with_skipped(pivots[(dataset, metric)], ctx.skipped_pairs(dataset)), f"{dataset}__{metric}",
+                   ctx.tables)
+    save_table(ctx.summary, "summary", ctx.tables, index=False)
+    save_table(ctx.runs, "runs", ctx.tables, index=False)
+    return pivots
+
+
+def grid_heatmaps(ctx, dataset: str, pivots: dict) -> bool:
+    """The heatmaps of MAP@R and Recall@1 over the grid, rows and columns best first; False (and
+    nothing drawn) when no loss of ``dataset`` ran with several miners."""
+    grid = ctx.grid(dataset)
+    if not grid:
+        return False
+    rows, columns = grid_order(pivots[(dataset, "map@r")], grid)
+    for metric in ("map@r", "recall@1"):
+        figure = fg.heatmap(pivots[(dataset, metric)].loc[rows, columns],
+                            f"{dataset}: test {METRIC_LABELS[metric]}, mean over seeds", ctx.skipped_pairs(dataset))
+        fg.save_figure(figure, f"heatmap_{dataset}__{metric}", ctx.figures)
+    return True
+
+
+def single_miner_cells(ctx, dataset: str) -> pd.DataFrame:
+    """The seed table's rows of the losses of ``dataset`` run with one miner only."""
+    table = ctx.seed_tables[dataset]
+    return table[~table["loss"].isin(ctx.grid(dataset))]
+
+
+def single_miner_table_html(ctx, single: pd.DataFrame) -> str:
+    table, baseline_row = results_table(single, None, ctx.baseline, metrics=("map@r", "r_precision", "recall@1", "nmi"))
+    return html_table(table.drop(columns="#"), marked=baseline_row)
+
+
+# ---- over seeds ------------------------------------------------------------------------------------
+
+def seed_intervals(ctx, dataset: str) -> None:
+    """Writes <dataset>__seeds.csv, shows the cells' intervals and draws their bar charts."""
+    table, confidence = ctx.seed_tables[dataset], ctx.confidence
+    save_table(table, f"{dataset}__seeds", ctx.tables, index=False)
+    shown = table[["loss", "miner", "seeds"]].copy()
+    for metric in ("map@r", "r_precision", "recall@1", "nmi"):
+        shown[metric] = with_interval(table, metric)
+    _show(narrative.seed_table_caption(dataset, confidence), html_table(shown))
+    for metric in ("map@r", "recall@1"):
+        figure = fg.bar_chart(table, metric, f"{dataset}: test {METRIC_LABELS[metric]}, mean and {confidence:.0%} "
+                                             f"interval over seeds (orange: baseline)", ctx.baseline)
+        fg.save_figure(figure, f"bars_{dataset}__{metric}", ctx.figures)
+
+
+def baseline_comparison(ctx, dataset: str) -> pd.DataFrame:
+    """Writes the comparisons with the baseline (MAP@R, Recall@1) and, when there is one, draws and
+    shows the MAP@R differences; returns the MAP@R comparison (empty: no baseline run)."""
+    for metric in ("map@r", "recall@1"):
+        save_table(ctx.comparisons[(dataset, metric)], f"{dataset}__vs_baseline__{metric}", ctx.tables, index=False)
+    comparison = ctx.comparisons[(dataset, "map@r")]
+    if comparison.empty:
+        return comparison
+    n_seeds = int(ctx.runs_of(dataset)["seed"].nunique())
+    figure = fg.difference_figure(comparison, "map@r", f"{dataset}: each cell minus {' + '.join(ctx.baseline)}, "
+                                  f"paired by seed ({n_seeds} seeds), {ctx.confidence:.0%} interval")
+    fg.save_figure(figure, f"vs_baseline_{dataset}__map@r", ctx.figures)
+    shown = comparison.sort_values("difference", ascending=False).drop(columns="dataset")
+    _show(narrative.comparison_caption(dataset), html_table(shown.rename(columns={"difference": "MAP@R difference"})))
+    return comparison
+
+
+def ranking(ctx, dataset: str, by: str) -> pd.DataFrame | None:
+    """Writes, draws and shows the bootstrap ranking of the losses or miners (``by``) of ``dataset``;
+    returns it (None: too few to rank)."""
+    ranked = ctx.rankings.get((dataset, by))
+    if ranked is None:
+        return None
+    what = narrative.ranking_what(by, ctx.grid(dataset))
+    save_table(ranked, f"{dataset}__ranking_{PLURAL[by]}", ctx.tables, index=False)
+    figure = fg.ranking_figure(ranked, by, "map@r", f"{dataset}: {what} (bootstrap over seeds)")
+    fg.save_figure(figure, f"ranking_{dataset}__{PLURAL[by]}", ctx.figures)
+    _show(narrative.ranking_caption(dataset, what),
+          html_table(ranked.rename(columns={"score": "MAP@R", "score_low": "low", "score_high": "high"})))
+    return ranked
+
+
+# ---- curves ---------------------------------------------------------------------------------------
+
+def training_curves(ctx) -> None:
+    """Validation Recall@1 and the training loss per epoch, one panel per loss."""
+    if ctx.histories.empty:
+        _show("No finished run, so no training curves.")
+        return
+    figure = fg.curves_figure(ctx.histories, "val_recall@1", order=ctx.losses)
+    fg.save_figure(figure, "training_curves", ctx.figures,
+                   alt="validation Recall@1 per epoch, one panel per loss, one line per miner")
+    figure = fg.curves_figure(ctx.histories, "loss", order=ctx.losses, ylabel="training loss (mean over the epoch)")
+    fg.save_figure(figure, "training_loss", ctx.figures,
+                   alt="mean training loss per epoch, one panel per loss, one line per miner")
+
+
+def recall_curves(ctx, dataset: str) -> None:
+    """Recall@K over K: every cell in grey, the best, the baseline and the worst in colour."""
+    table = ctx.seed_tables.get(dataset)
+    if table is None:
+        _show(f"**{dataset}**: no finished run, so no Recall@K curve.")
+        return
+    highlight = list(dict.fromkeys([tuple(table.iloc[0][["loss", "miner"]]), ctx.baseline,
+                                    tuple(table.iloc[-1][["loss", "miner"]])]))
+    figure = fg.recall_curve_figure(ctx.runs, dataset, highlight, f"{dataset}: test Recall@K")
+    fg.save_figure(figure, f"recall_at_k_{dataset}", ctx.figures)
+
+
+# ---- the best and the worst cell up close -------------------------------------------------------------
+
+def _test_splits(ctx, dataset: str):
+    """The splits of ``dataset`` as the study's first cell on it loads them; None (and why, shown)
+    when they cannot be loaded here."""
+    from ..datasets import load_dataset
+
+    first = ctx.study.cells[[c.config.dataset for c in ctx.study.cells].index(dataset)].config
+    try:
+        return load_dataset(dataset, root=first.data_root, image_size=first.image_size)
+    except Exception as error:  # the report stands without these pictures
+        _show(f"**{dataset}**: the test images cannot be loaded here ({type(error).__name__}: {error}), "
+              "so no t-SNE map or retrieval grid.")
+        return None
+
+
+def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
+    """The t-SNE map and retrieval grid of the first seed of one cell (``row`` of the seed table)."""
+    from ..training.embed import embed_test_split
+    from .plots import retrieval_grid, tsne_figure
+
+    part = ctx.runs_of(dataset)
+    run = part[(part["loss"] == row["loss"]) & (part["miner"] == row["miner"])].sort_values("seed").iloc[0]
+    try:
+        embeddings, labels = embed_test_split(ctx.runs_dir / run["run_id"], splits)
+    except Exception as error:  # a missing or damaged checkpoint: say so, go on
+        _show(f"**{dataset}**, {which} cell: its network cannot be reloaded ({type(error).__name__}: {error}).")
+        return
+    name = f"{row['loss']} + {row['miner']}, seed {run['seed']}"
+    figure = tsne_figure(embeddings, labels, splits.class_names, max_points=1000, seed=0,
+                         title=f"{dataset}, {which} cell: {name} (test MAP@R {run['map@r']:.4f})")
+    fg.save_figure(figure, f"tsne_{dataset}__{which}", ctx.figures)
+    if splits.gallery is None:
+        figure = retrieval_grid(splits.test.images, labels, embeddings, num_queries=6, k=8, seed=0,
+                                title=f"{dataset}, {which} cell: {name}")
+        fg.save_figure(figure, f"retrieval_{dataset}__{which}", ctx.figures)
+
+
+def best_and_worst(ctx, dataset: str) -> None:
+    """The cells with the highest and the lowest mean test MAP@R, their networks reloaded and the
+    test split embedded again (:func:`dmlbench.training.embed.embed_test_split`)."""
+    table = ctx.seed_tables.get(dataset)
+    if table is None:
+        _show(f"**{dataset}**: no finished run to look at.")
+        return
+    splits = _test_splits(ctx, dataset)
+    if splits is None:
+        return
+    for which, row in (("best", table.iloc[0]), ("worst", table.iloc[-1])):
+        _up_close(ctx, dataset, which, row, splits)
+
+
+# ---- diagnostics, published numbers, runs ---------------------------------------------------------------
+
+def diagnostics(ctx, dataset: str, part: pd.DataFrame) -> pd.DataFrame:
+    """Recall@1 against each diagnostic over the runs ``part`` (drawn and tabled); returns the
+    correlations."""
+    figure = fg.diagnostics_figure(part, "recall@1", f"{dataset}: test Recall@1 against the embedding diagnostics "
+                                                     f"({len(part)} runs)")
+    fg.save_figure(figure, f"diagnostics_{dataset}", ctx.figures)
+    table = correlations(part, "recall@1", ctx.confidence)
+    _show(html=html_table(table.assign(diagnostic=table["diagnostic"].map(DIAGNOSTIC_LABELS)), digits=3))
+    return table
+
+
+def save_correlations(ctx, tables: list[pd.DataFrame]) -> None:
+    """Writes diagnostics_correlations.csv (every dataset's), when there is any."""
+    if tables:
+        save_table(pd.concat(tables), "diagnostics_correlations", ctx.tables, index=False)
+
+
+def literature(ctx, dataset: str) -> None:
+    """Our numbers beside the published ones of ``dataset`` (written to <dataset>__literature.csv)."""
+    from .literature import compare
+
+    comparison = compare(ctx.runs, dataset)
+    if comparison.empty:
+        _show(narrative.no_published_numbers(dataset))
+        return
+    save_table(comparison, f"{dataset}__literature", ctx.tables, index=False)
+    shown = comparison.drop(columns="dataset").assign(metric=lambda t: t["metric"].map(column_label))
+    _show(narrative.literature_caption(dataset, comparison),
+          html_table(shown[["source", "method", "metric", "published", "ours", "seeds", "protocol", "backbone",
+                            "comparison"]], digits=2, wrap=("comparison",)))
+
+
+def runs_table(ctx) -> None:
+    """One row per finished run, cells best first: epochs, the selected epoch, time, throughput."""
+    if ctx.runs.empty:
+        _show("No run has finished.")
+        return
+    shown = in_result_order(ctx.runs, ctx.seed_tables)
+    select = ctx.settings.select_metric
+    _show(html=html_table(shown[["loss", "miner", "seed", "map@r", "epochs", "best_epoch", "val_at_best", "wall_time_s",
+                                 "train_time_s", "images_per_s", "device", "run_id"]].rename(
+        columns={"val_at_best": f"validation {METRIC_LABELS.get(select, select)} there"}), digits=3, scroll=True))

@@ -1,0 +1,130 @@
+"""results/summary.json: the study's numbers in one small file, what the README's results block is
+made of (:func:`dmlbench.reporting.readme.render_block`). The report notebook writes it
+(:func:`write_study_summary`); :func:`dmlbench.reporting.report.build_report` then adds the time the
+build took.
+
+Schema (one JSON object; floats rounded to 12 significant digits, NaN and infinity written as null;
+indent 2, a newline at the end):
+
+    study         str    the study's name (its file's ``name``)
+    dataset       str    the study's first dataset: the one ``table`` describes
+    cells         int    the runs of the study (dataset x loss x miner x seed)
+    done          int    of those, finished: a complete, readable record
+    failed        int    failed (the report names each error)
+    missing       int    not run yet
+    unreadable    int    with a damaged record (truncated, edited)
+    skipped       int    (cell, seed) pairs left out as incompatible (a miner a loss cannot take)
+    seeds         int    distinct seeds in the study
+    confidence    float  the level of the t-intervals (0.95)
+    table         list   one object per finished loss x miner cell of ``dataset``, in the study file's order
+                         of losses, then miners:
+        loss, miner                                  str
+        recall@1, recall@2, recall@4, recall@8,
+        r_precision, map@r, nmi, ami                 float  the test metric's mean over seeds
+        seeds                                        int    the seeds it ran with
+        recall@1_low, recall@1_high,
+        map@r_low, map@r_high                        float | null  the t-interval's bounds (null: one seed)
+    timing        object the papermill time of the finished runs, from their execution records:
+        cells_timed   int    runs with a readable execution record
+        cells_wall_s  float  their notebooks' wall times, summed (s)
+        cells_span_s  float  from the first one's start to the last one's end (s); 0.0 when none
+    machine       object what the first finished run recorded ({} when no run has finished):
+        cpu str, cpu_count int, device str, torch_threads int   (null where that run did not record it)
+    report_wall_s float  seconds the report build took that produced these numbers; absent until
+                         build_report adds it, and kept as long as the numbers stay the same
+
+A rebuild over the same runs leaves the file as it is, byte for byte (:func:`write_summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..fileio import read_json, write_if_changed
+from .labels import METRICS
+from .runs import execution_timing, run_machine
+from .tables import rounded
+
+SUMMARY_FILE = "summary.json"
+REPORT_TIME_KEY = "report_wall_s"
+INTERVAL_METRICS = ("recall@1", "map@r")  # the metrics whose t-interval bounds the table carries
+
+
+def json_text(obj: Any) -> str:
+    """JSON as the project writes it (indent 2, newline at the end), floats :func:`rounded`."""
+    return json.dumps(rounded(obj), indent=2, sort_keys=False) + "\n"
+
+
+def write_summary(path: str | os.PathLike, summary: dict[str, Any]) -> bool:
+    """results/summary.json (what the README's results block is made of), floats :func:`rounded`.
+    When the numbers are those already there, the file is left as it is, with the report time it
+    records (that of the build that produced them); otherwise the new summary is written without one,
+    and :func:`dmlbench.reporting.report.build_report` adds this build's. Returns whether it wrote."""
+    path = Path(path)
+    summary = rounded(summary)
+    try:
+        old = read_json(path)
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and REPORT_TIME_KEY in old and \
+            {k: v for k, v in old.items() if k != REPORT_TIME_KEY} == json.loads(json_text(summary)):
+        summary[REPORT_TIME_KEY] = old[REPORT_TIME_KEY]
+    return write_if_changed(path, json_text(summary))
+
+
+def add_report_time(path: str | os.PathLike, seconds: float) -> None:
+    """Records the build's time in a summary written without one (new numbers); one that has a time
+    keeps it (its numbers are those of the build that recorded it)."""
+    path = Path(path)
+    if path.is_file():
+        summary = read_json(path)
+        if REPORT_TIME_KEY not in summary:
+            summary[REPORT_TIME_KEY] = round(seconds, 1)
+            write_if_changed(path, json_text(summary))
+
+
+def interval_bounds(seeds: pd.DataFrame) -> dict[tuple[str, str], dict[str, float | None]]:
+    """(loss, miner) -> the t-interval bounds of INTERVAL_METRICS in a seed table (None: no interval)."""
+    intervals = {}
+    for _, r in seeds.iterrows():
+        intervals[(r["loss"], r["miner"])] = {f"{m}_{side}": (None if pd.isna(r[f"{m}_{side}"]) else float(r[f"{m}_{side}"]))
+                                              for m in INTERVAL_METRICS for side in ("low", "high")}
+    return intervals
+
+
+def cell_rows(summary: pd.DataFrame, dataset: str, losses: list[str], miners: list[str],
+              intervals: dict[tuple[str, str], dict]) -> list[dict[str, Any]]:
+    """The ``table`` of summary.json: the means per cell of ``dataset`` in study order, with their
+    interval bounds."""
+    if summary.empty:
+        return []
+    table = summary[summary["dataset"] == dataset].assign(
+        _l=lambda d: d["loss"].map(losses.index), _m=lambda d: d["miner"].map(miners.index)).sort_values(["_l", "_m"])
+    return [{k: row[k] for k in ("loss", "miner", *METRICS, "seeds")} | intervals.get((row["loss"], row["miner"]), {})
+            for _, row in table.iterrows()]
+
+
+def study_summary(ctx) -> dict[str, Any]:
+    """summary.json's content (see the module's docstring) for a
+    :class:`dmlbench.reporting.context.ReportContext`."""
+    manifest, counts, dataset = ctx.manifest, ctx.counts, ctx.datasets[0]
+    machine = {} if ctx.runs.empty else run_machine(ctx.runs_dir, ctx.runs["run_id"].iloc[0])
+    intervals = interval_bounds(ctx.seed_tables[dataset]) if dataset in ctx.seed_tables else {}
+    return {
+        "study": manifest["name"], "dataset": dataset, "cells": len(manifest["cells"]),
+        "done": counts.get("done", 0), "failed": counts.get("failed", 0), "missing": counts.get("missing", 0),
+        "unreadable": counts.get("unreadable", 0), "skipped": counts.get("skipped", 0),
+        "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
+        "table": cell_rows(ctx.summary, dataset, ctx.losses, ctx.miners, intervals),
+        "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
+    }
+
+
+def write_study_summary(ctx) -> bool:
+    """Writes results/summary.json for the study (:func:`write_summary`); returns whether it wrote."""
+    return write_summary(ctx.results / SUMMARY_FILE, study_summary(ctx))

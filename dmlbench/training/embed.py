@@ -1,0 +1,51 @@
+"""A finished run's test embeddings again: its network reloaded from the run folder's checkpoint
+(:attr:`dmlbench.training.rundir.RunDir.checkpoint`) and the test split embedded as the evaluation
+embeds it (the evaluation transform and the network's normalisation for photos, the split's mean and
+standard deviation for the small greyscale datasets).
+
+The report uses it for the t-SNE maps and retrieval grids of its best and worst cells.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..config import RunConfig
+from .feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
+from .loop import build_model
+from .rundir import RunDir
+
+PHOTO_BATCH = 256  # photos are decoded and transformed this many at a time
+
+
+def load_network(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """The selected epoch's network of a finished run (in eval mode, on ``device``) and its settings."""
+    checkpoint = torch.load(RunDir(run_dir).checkpoint, map_location=device, weights_only=False)
+    config = RunConfig.from_dict(checkpoint["config"], where=str(run_dir))
+    # the weights come from the checkpoint: no pretrained file is read
+    model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), config
+
+
+def batches_of_test_split(splits, model: torch.nn.Module, config: RunConfig, dev: torch.device):
+    """The test split's images, batch by batch, as the network is evaluated on them."""
+    if hasattr(splits.test, "cache"):  # photos: the evaluation transform, the network's normalisation
+        from ..datasets.transforms import eval_transform, normalize_batch
+
+        transform = eval_transform(config.image_size or DEFAULT_IMAGE_SIZE, normalize=False)
+        mean, std = getattr(model, "normalization", (splits.mean, splits.std))
+        rows = splits.test.rows
+        return (normalize_batch(torch.stack([transform(splits.test.cache[int(r)]) for r in rows[i:i + PHOTO_BATCH]]),
+                                mean, std).to(dev) for i in range(0, len(splits.test), PHOTO_BATCH))
+    x = image_tensor(splits.test.images, splits.mean, splits.std, dev)
+    return (x[i:i + config.eval_batch_size] for i in range(0, len(x), config.eval_batch_size))
+
+
+def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
+    """The test embeddings (and labels) of a finished run, recomputed from its checkpoint."""
+    model, config = load_network(run_dir, device)
+    dev = torch.device(device)
+    return forward_embed(model, batches_of_test_split(splits, model, config, dev), dev).cpu(), torch.from_numpy(splits.test.labels)
