@@ -11,10 +11,10 @@ skipped, where torch sees none) and ``devices`` (runs on every device torch sees
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from dmlbench.datasets.idx import write_idx
+from .support import write_fashion_mnist
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped where torch sees none)")
@@ -30,30 +30,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-TRAIN_PER_CLASS = 40
-TEST_PER_CLASS = 20
-
-
-def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    images = rng.integers(0, 60, size=(len(labels), 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        row = 2 + 2 * int(c)
-        images[i, row:row + 3, 4:24] = 220
-        if c % 2:
-            images[i, 4:24, 14:16] = 180
-    return images
-
-
-def write_fashion_mnist(directory, train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS, seed=0):
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
-        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
-        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", make_images(labels, rng))
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +48,3 @@ def isolated(tmp_path, monkeypatch, tiny_fmnist):
     return tmp_path
 
 
-def tiny_settings(**overrides):
-    """RunConfig settings small enough for a run to take seconds on the CPU."""
-    settings = dict(model_kwargs={"channels": [4, 8, 8]}, embedding_dim=8, P=5, K=4, epochs=2, iters_per_epoch=3,
-                    lr=1e-3, eval_batch_size=256)
-    settings.update(overrides)
-    return settings

@@ -11,7 +11,7 @@ from dmlbench.paths import REPO_ROOT
 from dmlbench.training.record import REQUIRED_KEYS, UnreadableRecord, read_record, record_problem
 from dmlbench.study.cells import emit_makefile, load_study
 
-from .conftest import tiny_settings
+from .support import tiny_settings
 
 
 def write_study(folder, name, losses):

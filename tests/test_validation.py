@@ -17,7 +17,7 @@ from dmlbench.errors import ConfigError
 from dmlbench.paths import REPO_ROOT, notebook
 from dmlbench.study.cells import load_study
 
-from .conftest import tiny_settings
+from .support import tiny_settings
 
 # (setting, bad value, what the message must contain besides the setting's name)
 BAD_SETTINGS = [

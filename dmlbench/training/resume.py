@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_torch_save
 from .rundir import RunDir
 
-RESUME_FILE = RunDir.RESUME  # read from here by the experiment notebook and the tests
+RESUME_FILE = RunDir.RESUME  # the name, for the tests that write a resume file by hand
 FORMAT = 1
 
 
