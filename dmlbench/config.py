@@ -96,7 +96,22 @@ class RunConfig:
         """The settings that identify the run. Unset optional settings (None) are left out, so a
         setting added to RunConfig later does not change the ids of runs that never used it."""
         settings = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and v is not None}
-        return settings | {"evaluation_protocol": EVALUATION_PROTOCOL}
+        # a component's behaviour is part of the identity: versions after the first are hashed, so runs of
+        # unchanged components keep their ids and a changed one's runs are new runs
+        changed = {kind: v for kind, v in self.component_versions().items() if v != 1}
+        return settings | {"evaluation_protocol": EVALUATION_PROTOCOL} | ({"component_versions": changed} if changed else {})
+
+    def component_versions(self) -> dict[str, int]:
+        """The version of each component the run uses (dataset, loss, miner, sampler, model)."""
+        from .datasets import DATASETS
+        from .losses import LOSSES
+        from .miners import MINERS
+        from .models import MODELS
+        from .samplers import SAMPLERS
+
+        return {"dataset": DATASETS.version(self.dataset), "loss": LOSSES.version(self.loss),
+                "miner": MINERS.version(self.miner), "sampler": SAMPLERS.version(self.sampler),
+                "model": MODELS.version(self.model)}
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"), default=str)

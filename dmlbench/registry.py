@@ -104,6 +104,14 @@ class Registry:
             raise self.unknown(name)
         return self._entries[name]
 
+    def version(self, name: str) -> int:
+        """The component's ``version`` (1 where it declares none, or where ``name`` names nothing:
+        such a run fails its validation before it could have results)."""
+        try:
+            return int(getattr(self.get(name), "version", 1))
+        except ConfigError:
+            return 1
+
     def check_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
         """Fail, naming the valid keywords, when ``kwargs`` holds one the component does not take."""
         cls = self.get(name)

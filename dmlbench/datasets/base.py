@@ -115,6 +115,9 @@ class Dataset:
     split_sizes: ClassVar[tuple[int, int, int] | None] = None
     num_classes: ClassVar[tuple[int, int] | None] = None  # (train classes, test classes) as published
     super_labels: ClassVar[bool] = False  # whether the images carry super-class labels (hierarchical batches)
+    # What it loads (files, splits, normalisation), as a number that a run's identity includes: bump it
+    # when that changes, so that runs on the old data are never reused (1, the first, is left out of the hash).
+    version: ClassVar[int] = 1
     recall_ks: ClassVar[tuple[int, ...]] = ()  # the K of the Recall@K its papers report (added to the common ones)
     channels: ClassVar[int] = 3  # image channels
     default_image_size: ClassVar[int | None] = None  # side of the (square) images a network gets by default

@@ -50,6 +50,9 @@ class Loss(nn.Module):
 
     consumes: ClassVar[str] = "pairs"
     registry_name: ClassVar[str] = ""
+    # What it computes, as a number that a run's identity includes: bump it when that changes, so that
+    # runs of the old behaviour are never reused as this one's (1, the first, is left out of the hash).
+    version: ClassVar[int] = 1
     # Needs two or more images of a class in a batch (K >= 2): true of every pair or triplet loss.
     needs_positives: ClassVar[bool] = True
     # The loss's own parameters (proxies, classifier weights, beta) train at this multiple of the

@@ -24,6 +24,9 @@ class Miner(nn.Module):
 
     produces: ClassVar[tuple[str, ...]] = ("triplets",)
     registry_name: ClassVar[str] = ""
+    # What it computes, as a number that a run's identity includes: bump it when that changes, so that
+    # runs of the old behaviour are never reused as this one's (1, the first, is left out of the hash).
+    version: ClassVar[int] = 1
 
     def __init__(self):
         super().__init__()

@@ -32,4 +32,7 @@ class Embedder(nn.Module):
     normalization: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]]  # declared only by pretrained networks
     default_image_size: ClassVar[int | None] = None
     l2_normalized: ClassVar[bool] = True
+    # What it computes, as a number that a run's identity includes: bump it when that changes, so that
+    # runs of the old behaviour are never reused as this one's (1, the first, is left out of the hash).
+    version: ClassVar[int] = 1
     embedding_dim: int  # the output dimension, set by __init__

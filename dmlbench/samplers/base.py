@@ -28,6 +28,9 @@ class StreamSampler(Sampler[list[int]]):
     """Base: subclasses implement ``one_pass()`` (the batches of one pass over the data)."""
 
     registry_name = ""
+    # What it computes, as a number that a run's identity includes: bump it when that changes, so that
+    # runs of the old behaviour are never reused as this one's (1, the first, is left out of the hash).
+    version: int = 1
 
     def __init__(self, batches_per_epoch: int | None, generator: torch.Generator | None):
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -64,6 +64,7 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "run_id": run_id,
         "config_hash": config.config_hash(),
         "config": config.to_dict(),
+        "component_versions": config.component_versions(),
         "evaluation_protocol": EVALUATION_PROTOCOL,
         "seed": config.seed,
         "dataset": splits.summary(),

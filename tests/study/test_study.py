@@ -91,3 +91,27 @@ def test_cells_alone_make_a_study_and_bad_cells_fail(tmp_path):
     path.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "cells": [{"loss": "nope", "miner": "none"}]}))
     with pytest.raises(ConfigError, match="losses: unknown loss 'nope'"):
         load_study(path)
+
+
+def test_a_changed_component_version_makes_its_cells_new_runs_and_leaves_the_others(monkeypatch):
+    """The shipped runs are the first version of every component; bumping one miner's and one loss's
+    version turns exactly their cells into new, unfinished runs."""
+    from dmlbench.losses import LOSSES
+    from dmlbench.miners import MINERS
+    from dmlbench.paths import REPO_ROOT
+
+    monkeypatch.delenv("DMLBENCH_RESULTS", raising=False)  # the repository's own results/
+    study = load_study(REPO_ROOT / "studies" / "default.yaml", check_networks=False)
+    before = {cell.run_id: cell.state() for cell in study.cells}
+    assert set(before.values()) == {"done"}
+    monkeypatch.setattr(MINERS.get("smooth-hard"), "version", 2)
+    monkeypatch.setattr(LOSSES.get("center"), "version", 3)
+    changed = [c for c in study.cells if c.config.miner == "smooth-hard" or c.config.loss == "center"]
+    assert len(changed) == 9  # contrastive and triplet with smooth-hard, center alone; three seeds each
+    for cell in study.cells:
+        if cell in changed:
+            assert cell.run_id not in before and cell.state() == "to run"
+            assert cell.config.hashed_dict()["component_versions"] in ({"miner": 2}, {"loss": 3})
+        else:
+            assert cell.run_id in before and cell.state() == "done"
+            assert "component_versions" not in cell.config.hashed_dict()
