@@ -10,6 +10,7 @@ optional settings left unset (None). The evaluation protocol's version is hashed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -58,7 +59,10 @@ class RunConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     loss_lr: float | None = None  # learning rate of the loss's own parameters; None = lr x the loss's paper factor
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # of the network's parameters
+    loss_weight_decay: float | None = None  # of the loss's own parameters (proxies, classifiers, centres' softmax,
+    #                                         beta); None = none, as Roth et al.'s code. Hashed as its effect: see
+    #                                         hashed_dict
     select_metric: str = "map@r"  # validation metric that picks the tested epoch
     seed: int = 0
     device: str = "auto"
@@ -94,12 +98,47 @@ class RunConfig:
 
     def hashed_dict(self) -> dict[str, Any]:
         """The settings that identify the run. Unset optional settings (None) are left out, so a
-        setting added to RunConfig later does not change the ids of runs that never used it."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED and v is not None}
+        setting added to RunConfig later does not change the ids of runs that never used it.
+
+        The loss's own parameters once trained with the network's weight decay and the loss class's
+        learning-rate factor; now their weight decay is ``loss_weight_decay`` (None: none) and a preset
+        may set the factor. ``loss_weight_decay`` itself is not hashed: where the loss has trainable
+        parameters and their effective learning rate or weight decay differs from the old rule's, the
+        effective values are hashed as ``loss_parameters``, so exactly the runs whose numbers change get
+        new ids (a run with weight_decay 0, or a loss without parameters, keeps its id)."""
+        settings = {k: v for k, v in self.to_dict().items()
+                    if k not in NOT_HASHED and k != "loss_weight_decay" and v is not None}
+        effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
+        if (effective["lr"], effective["weight_decay"]) != (before["lr"], before["weight_decay"]) \
+                and self.has_loss_parameters():
+            settings["loss_parameters"] = {"lr": effective["lr"], "weight_decay": effective["weight_decay"]}
         # a component's behaviour is part of the identity: versions after the first are hashed, so runs of
         # unchanged components keep their ids and a changed one's runs are new runs
         changed = {kind: v for kind, v in self.component_versions().items() if v != 1}
         return settings | {"evaluation_protocol": EVALUATION_PROTOCOL} | ({"component_versions": changed} if changed else {})
+
+    def loss_parameter_settings(self) -> dict[str, float]:
+        """How the loss's own parameters train: ``lr_scale`` (the preset's factor for this loss, else the
+        loss's paper factor ``param_lr_scale``), ``lr`` (``loss_lr``, else ``lr`` x ``lr_scale``) and
+        ``weight_decay`` (``loss_weight_decay``, else 0)."""
+        scale = _paper_lr_scale(self.loss)
+        if self.preset is not None:
+            from .presets import PRESETS
+
+            preset = PRESETS.get(self.preset)
+            scale = float(preset.loss_lr_scales.get(self.loss, scale)) if preset is not None else scale
+        return {"lr_scale": scale, "lr": self.loss_lr if self.loss_lr is not None else self.lr * scale,
+                "weight_decay": self.loss_weight_decay if self.loss_weight_decay is not None else 0.0}
+
+    def _loss_parameter_settings_before(self) -> dict[str, float]:
+        """The old rule: the loss class's factor and the network's weight decay."""
+        scale = _paper_lr_scale(self.loss)
+        return {"lr": self.loss_lr if self.loss_lr is not None else self.lr * scale, "weight_decay": self.weight_decay}
+
+    def has_loss_parameters(self) -> bool:
+        """Whether the loss, built with these kwargs, has trainable parameters (True when it cannot be built)."""
+        return _has_trainable_parameters(self.loss, json.dumps(self.loss_kwargs, sort_keys=True, default=str),
+                                         self.embedding_dim)
 
     def component_versions(self) -> dict[str, int]:
         """The version of each component the run uses (dataset, loss, miner, sampler, model)."""
@@ -154,11 +193,15 @@ class RunConfig:
             raise ConfigError(f"iters_per_epoch must be a non-negative integer (0 = one pass), got {self.iters_per_epoch!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name, smallest in (("lr", "positive"), ("weight_decay", "non-negative")):
+        for name, smallest in (("lr", "positive"), ("weight_decay", "non-negative"),
+                               ("loss_weight_decay", "non-negative")):
             value = getattr(self, name)
+            if name == "loss_weight_decay" and value is None:
+                continue
             if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
                     or value < 0 or (name == "lr" and value == 0)):
-                raise ConfigError(f"{name} must be a {smallest} number, got {value!r}")
+                raise ConfigError(f"{name} must be a {smallest} number"
+                                  f"{' or None (none)' if name == 'loss_weight_decay' else ''}, got {value!r}")
         if self.loss_lr is not None and (not isinstance(self.loss_lr, (int, float)) or isinstance(self.loss_lr, bool)
                                          or not math.isfinite(self.loss_lr) or self.loss_lr <= 0):
             raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
@@ -261,6 +304,29 @@ class RunConfig:
             LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
         with _field("miner_kwargs"):
             MINERS.create(self.miner, **self.miner_kwargs)
+
+
+def _paper_lr_scale(loss: str) -> float:
+    """The loss class's ``param_lr_scale`` (1 where ``loss`` names nothing: validate() says so)."""
+    from .losses import LOSSES
+
+    try:
+        return float(getattr(LOSSES.get(loss), "param_lr_scale", 1.0))
+    except Exception:  # noqa: BLE001 - an unknown name is validate()'s to report
+        return 1.0
+
+
+@functools.lru_cache(maxsize=256)
+def _has_trainable_parameters(loss: str, loss_kwargs_json: str, embedding_dim: int) -> bool:
+    from .criterion import class_kwargs
+    from .losses import LOSSES
+
+    try:
+        kwargs = class_kwargs(LOSSES.get(loss), 2, embedding_dim) | json.loads(loss_kwargs_json)
+        module = LOSSES.create(loss, **kwargs)
+    except Exception:  # noqa: BLE001 - a loss that cannot be built is taken to have parameters
+        return True
+    return any(p.requires_grad for p in module.parameters())
 
 
 def _positive_int(config: RunConfig, name: str) -> None:

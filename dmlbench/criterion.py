@@ -7,6 +7,12 @@ The miner decides which pairs or triplets of the batch the loss sees; "none" mea
 A loss and a miner are compatible when the miner can produce what the loss consumes (a triplet miner
 also feeds pair losses); an incompatible choice fails here, before any training, naming the miners
 that would work.
+
+The criterion is called with the embeddings in the space its loss declares (``loss.embedding_space``:
+the L2-normalised embeddings, or the raw head output for center loss and N-pairs). The miner always
+mines on normalised embeddings: every miner's parameters (margins, the distance-weighted density on
+the unit sphere, cut-offs) are defined on the unit hypersphere, so a raw-feature loss crossed with a
+miner gets the tuples the same miner would choose for any other loss.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import IncompatibleError
@@ -63,21 +70,33 @@ class Criterion(nn.Module):
         self.miner = miner
         self.last_mined = 0
 
+    @property
+    def raw_embeddings(self) -> bool:
+        """Whether the loss takes the network's raw (unnormalised) head output rather than unit embeddings."""
+        return getattr(self.loss, "embedding_space", "normalized") == "raw"
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``embeddings``: in the loss's space (see :attr:`raw_embeddings`); the miner sees them normalised."""
         embeddings = embeddings.float()  # losses run in fp32 even under autocast
         mined = None
         kind = mined_kind(self.loss, self.miner) if self.miner is not None else None
         if kind is not None and not (self.miner.registry_name == "none" and self.loss.consumes == "any"):
-            mined = self.miner(embeddings, labels, kind)
+            on_sphere = F.normalize(embeddings, dim=1) if self.raw_embeddings else embeddings
+            mined = self.miner(on_sphere, labels, kind)
             self.last_mined = len(mined)
         return self.loss(embeddings, labels, mined)
 
-    def param_groups(self, lr: float, loss_lr: float | None = None) -> list[dict]:
-        """Optimiser groups for the loss's own parameters (proxies, classifiers, beta)."""
+    def param_groups(self, lr: float, loss_lr: float | None = None, weight_decay: float | None = None,
+                     lr_scale: float | None = None) -> list[dict]:
+        """Optimiser groups for the loss's own parameters (proxies, classifiers, beta): learning rate
+        ``loss_lr``, else ``lr`` x ``lr_scale`` (None: the loss's ``param_lr_scale``); ``weight_decay``
+        (None: the optimiser's default, i.e. the model's)."""
         params = [p for p in self.loss.parameters() if p.requires_grad]
         if not params:
             return []
-        return [{"params": params, "lr": loss_lr if loss_lr is not None else lr * self.loss.param_lr_scale}]
+        scale = self.loss.param_lr_scale if lr_scale is None else lr_scale
+        group = {"params": params, "lr": loss_lr if loss_lr is not None else lr * scale}
+        return [group | ({"weight_decay": weight_decay} if weight_decay is not None else {})]
 
 
 def class_kwargs(cls: type, num_classes: int | None, embedding_dim: int | None) -> dict[str, Any]:

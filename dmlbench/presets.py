@@ -9,7 +9,12 @@ compares its numbers with the published ones only where they do not, see :func:`
   Generalization Performance in Deep Metric Learning", ICML 2020 (../shared/PROTOCOL.md section 3):
   ImageNet ResNet-50 with frozen BatchNorm, global average pooling, 128-d normalised embedding,
   Adam lr 1e-5 with weight decay 4e-4, batches of 112 = 56 classes x 2 images, 224-pixel crops,
-  150 epochs. They report the best epoch on the test set; we select it on a validation split of the
+  150 epochs. The loss's own parameters get no weight decay (their code builds Adam's parameter
+  groups without one) and their own learning rates: beta of the margin loss 5e-4
+  (``loss_margin_beta_lr``), ArcFace's class weights 5e-4 (``loss_arcface_lr``), ProxyNCA's proxies
+  50 x lr (``loss_proxynca_lrmulti``), normalised softmax's weights 1e-5 = lr (``loss_softmax_lr``):
+  at lr 1e-5, factors 50, 50, 50 and 1 (``loss_lr_scales``; other losses keep their paper's factor).
+  They report the best epoch on the test set; we select it on a validation split of the
   train classes, so our numbers are expected to be somewhat lower.
 - ``mlrc``: Musgrave, Belongie & Lim, "A Metric Learning Reality Check", ECCV 2020: 128-d linear
   embedder on a frozen-BatchNorm ImageNet network, batches of 32 = 8 classes x 4 images, RMSprop
@@ -34,6 +39,9 @@ class Preset:
     source: str
     settings: dict[str, Any]
     differences: tuple[str, ...] = field(default_factory=tuple)  # where the preset itself departs from the paper
+    # The learning-rate factor of each named loss's own parameters (proxies, classifiers, beta) over
+    # ``lr``, replacing the loss's ``param_lr_scale`` under this preset (a run's ``loss_lr`` still wins).
+    loss_lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {
@@ -45,8 +53,12 @@ PRESETS: dict[str, Preset] = {
             "model": "resnet50", "model_kwargs": {"pretrained": True, "freeze_bn": True, "pooling": "avg"},
             "embedding_dim": 128, "P": 56, "K": 2, "optimizer": "adam", "lr": 1e-5, "weight_decay": 4e-4,
             "image_size": 224, "epochs": 150, "iters_per_epoch": 0, "select_metric": "recall@1",
+            "loss_weight_decay": None,  # none on the loss's parameters, as their code
         },
         differences=("the epoch is selected on validation classes, not on the test set as in the paper",),
+        # their parameters.py at lr 1e-5: loss_margin_beta_lr 5e-4, loss_arcface_lr 5e-4, loss_proxynca_lrmulti 50,
+        # loss_softmax_lr 1e-5
+        loss_lr_scales={"margin": 50.0, "arcface": 50.0, "proxy-nca": 50.0, "normalized-softmax": 1.0},
     ),
     "mlrc": Preset(
         name="mlrc",

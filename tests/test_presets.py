@@ -75,3 +75,36 @@ def test_benchmark_studies_fail_before_running_without_the_weights(tmp_path, mon
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="ImageNet weights expected at .*resnet50-.*download.pytorch.org"):
         load_study(REPO_ROOT / "studies" / "cub.yaml")
+
+
+def test_loss_parameters_get_no_weight_decay_and_rotts_learning_rates_under_roth2020():
+    settings = apply_preset({"preset": "roth2020", "dataset": "cub", "model_kwargs": {"pretrained": False}})
+    margin = RunConfig(**settings, loss="margin", miner="distance-weighted").loss_parameter_settings()
+    assert margin["weight_decay"] == 0.0 and margin["lr"] == pytest.approx(5e-4)  # Roth's loss_margin_beta_lr
+    softmax = RunConfig(**settings, loss="normalized-softmax", miner="none").loss_parameter_settings()
+    assert softmax["lr"] == pytest.approx(1e-5)  # loss_softmax_lr
+    anchor = RunConfig(**settings, loss="proxy-anchor", miner="none").loss_parameter_settings()
+    assert anchor["lr_scale"] == 100.0  # not in Roth's code: its paper's factor
+    assert RunConfig(**settings, loss="margin", miner="distance-weighted", loss_lr=1e-3).loss_parameter_settings()["lr"] == 1e-3
+
+
+def test_run_ids_change_exactly_where_the_loss_parameters_train_differently():
+    base = dict(dataset="fashion-mnist", miner="none")
+    # weight decay 0 (the default study): ids unchanged, the setting unset or set to what it was
+    for loss in ("proxy-anchor", "triplet", "center"):
+        config = RunConfig(**base, loss=loss)
+        assert "loss_parameters" not in config.hashed_dict() and "loss_weight_decay" not in config.hashed_dict()
+    assert RunConfig(**base, loss="proxy-nca").config_hash() == RunConfig(**base, loss="proxy-nca",
+                                                                          loss_weight_decay=0.0).config_hash()
+    # weight decay > 0 and a loss with parameters: the numbers change, so does the id
+    decayed = RunConfig(**base, loss="proxy-nca", weight_decay=1e-4)
+    assert decayed.hashed_dict()["loss_parameters"] == {"lr": 1e-3, "weight_decay": 0.0}
+    same_as_before = RunConfig(**base, loss="proxy-nca", weight_decay=1e-4, loss_weight_decay=1e-4)
+    assert "loss_parameters" not in same_as_before.hashed_dict()
+    assert decayed.config_hash() != same_as_before.config_hash()
+    # no trainable parameters (triplet; margin with a fixed beta): nothing changes, nothing is hashed
+    for loss, kwargs in (("triplet", {}), ("margin", {"learn_beta": False})):
+        config = RunConfig(**base, loss=loss, loss_kwargs=kwargs, weight_decay=1e-4)
+        assert "loss_parameters" not in config.hashed_dict()
+    with pytest.raises(ConfigError, match="loss_weight_decay must be a non-negative number or None"):
+        RunConfig(loss_weight_decay=-1.0).validate()

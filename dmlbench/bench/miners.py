@@ -43,6 +43,7 @@ CASES = [
     MinerCase("multi-similarity", "multi-similarity", "pairs", {"epsilon": 0.1}, "MultiSimilarityMiner",
               {"epsilon": 0.1}),
     MinerCase("smooth-hard", "smooth-hard", "triplets"),
+    MinerCase("soft-hard", "soft-hard", "triplets"),
     MinerCase("n-pair", "n-pair", "pairs"),
     MinerCase("rho-distance", "rho-distance", "triplets"),
 ]

@@ -18,6 +18,12 @@ reductions. Reductions:
 - ``"mean_nonzero"``: the mean over elements with a positive loss (the average over "active"
   pairs/triplets; 0 when none is active), as pytorch-metric-learning's AvgNonZeroReducer;
 - ``"sum"``: the sum.
+
+A loss also declares the space it works in, ``embedding_space``: ``"normalized"`` (the default: the
+L2-normalised embeddings that evaluation uses) or ``"raw"`` (the network head's output before the
+normalisation, for losses whose papers use unnormalised features: center loss, N-pairs). Training
+feeds each loss its space (dmlbench.training.loop.optimisation_step); miners always mine on the
+normalised embeddings (dmlbench.criterion.Criterion).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from ..geometry.tuples import Pairs, Triplets, all_pairs, all_triplets
 
 REDUCTIONS = ("mean", "mean_nonzero", "sum")
 CONSUMES = ("pairs", "triplets", "batch", "any")
+EMBEDDING_SPACES = ("normalized", "raw")
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -61,6 +68,9 @@ class Loss(nn.Module):
     # The miner that implements the sampling of the loss's own paper ("none": every tuple of the
     # batch, or the loss selects its tuples itself). The default study runs each loss with it.
     paper_miner: ClassVar[str] = "none"
+    # The embeddings it is computed on: "normalized" (unit L2 norm, what evaluation uses) or "raw" (the
+    # network head's output before normalisation, as in the papers of center loss and N-pairs).
+    embedding_space: ClassVar[str] = "normalized"
 
     def __init__(self, reduction: str = "mean_nonzero"):
         super().__init__()

@@ -25,9 +25,15 @@ from the centres the loss was computed with and the batch's (detached) embedding
 replaces the buffer's values in place; the loss holds only a gathered copy of the centres, so
 backpropagation afterwards is unaffected.
 
+Features: as in the paper, the loss works on the network's raw (unnormalised) features, the embedding
+head's output before L2 normalisation (``embedding_space = "raw"``; evaluation still uses the
+normalised embedding). On unit-norm embeddings the centre term is at most 2 lambda per sample
+(0.006 at the default lambda), which made the loss plain softmax cross-entropy (version 1 of this
+loss; version 2 works on raw features).
+
 Defaults (the paper's face-recognition experiments): lambda = 0.003, alpha = 0.5. The paper
 does not state the centres' initialisation; we use the Xavier rule of the authors' Caffe example
-(uniform in +-sqrt(3 / D)), which gives centres of about unit norm, like the embeddings.
+(uniform in +-sqrt(3 / D)), which gives centres of about unit norm.
 
 pytorch-metric-learning has no center loss; the tests check a brute-force loop and a hand-worked
 centre update.
@@ -51,6 +57,8 @@ class CenterLoss(Loss):
 
     consumes = "batch"
     needs_positives = False
+    embedding_space = "raw"  # the paper's unnormalised features
+    version = 2  # 1: computed on L2-normalised embeddings, where the centre term was at most 2 lambda
 
     def __init__(self, num_classes: int, embedding_dim: int, lambda_c: float = 0.003, alpha: float = 0.5,
                  reduction: str = "mean"):

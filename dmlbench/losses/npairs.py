@@ -10,9 +10,14 @@ the paper adds an L2 penalty on the embeddings, which keeps their norms from gro
 
 Default: lambda = 0.002, the value of the loss's reference implementations (TensorFlow's and
 Paddle's ``npairs_loss``; their penalty is lambda/4 (mean |f_i|^2 + mean |f_i^+|^2), half of the one
-above, whose lambda multiplies the plain mean squared norm); ``l2_weight=0`` removes the penalty. With L2-normalised
-embeddings (as the study's models produce) every |f|^2 is 1, so the regulariser is the constant
-lambda and contributes no gradient.
+above, whose lambda multiplies the plain mean squared norm); ``l2_weight=0`` removes the penalty.
+
+Features: as in the paper, the loss works on the network's raw (unnormalised) features, the embedding
+head's output before L2 normalisation (``embedding_space = "raw"``; evaluation still uses the
+normalised embedding), with temperature 1 (plain dot products). On unit-norm embeddings every logit
+is in [-1, 1], so the loss cannot fall below log(1 + (N - 1) e^-2) (0.43 for N = 5 classes) and the
+regulariser is the constant lambda with no gradient (version 1 of this loss; version 2 works on raw
+features, where the regulariser is what keeps the norms from growing without bound).
 
 One pair per class: from the positive pairs (all pairs, or a miner's), in their order, the first
 pair whose anchor has label c is class c's pair. With all pairs (row-major order) that is the
@@ -55,6 +60,8 @@ class NPairsLoss(Loss):
     """Multi-class N-pair loss (Sohn 2016): softmax over one positive per class, plus an L2 penalty."""
 
     consumes = "pairs"
+    embedding_space = "raw"  # the paper's unnormalised features
+    version = 2  # 1: computed on L2-normalised embeddings, with logits in [-1, 1] and a constant regulariser
 
     def __init__(self, l2_weight: float = 0.002, reduction: str = "mean"):
         super().__init__(reduction)

@@ -11,6 +11,8 @@ from .random import RandomMiner
 from .rho_distance import RhoDistanceMiner
 from .semi_hard import SemiHardMiner
 from .smooth_hard import SmoothHardMiner
+from .soft_hard import SoftHardMiner
 
 __all__ = ["MINERS", "Miner", "AllTuples", "BatchHardMiner", "DistanceWeightedMiner", "MarginTripletMiner",
-           "MultiSimilarityMiner", "NPairMiner", "RandomMiner", "RhoDistanceMiner", "SemiHardMiner", "SmoothHardMiner"]
+           "MultiSimilarityMiner", "NPairMiner", "RandomMiner", "RhoDistanceMiner", "SemiHardMiner", "SmoothHardMiner",
+           "SoftHardMiner"]

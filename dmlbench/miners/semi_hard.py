@@ -11,6 +11,10 @@ of pytorch-metric-learning's TripletMarginMiner with type_of_triplets="semihard"
 closest one ("closest", FaceNet's reference implementation). ``fallback`` decides what a positive
 pair with no semi-hard negative gets: "easiest", its farthest negative (what FaceNet's reference
 implementation does, giving a small or zero loss), "hardest", its nearest negative, or "none".
+``squared=True`` measures d as the squared Euclidean distance, as FaceNet's paper and TensorFlow's
+triplet_semihard_loss do (pair it with the triplet loss's ``squared=True``); default False, Euclidean.
+With ``selection="closest"`` (and the default fallback) every positive pair gets one triplet, so the
+triplet loss's ``reduction="mean"`` is TensorFlow's mean over all positive pairs.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ class SemiHardMiner(Miner):
 
     produces = ("triplets",)
 
-    def __init__(self, margin: float = 0.2, selection: str = "all", fallback: str = "easiest"):
+    def __init__(self, margin: float = 0.2, selection: str = "all", fallback: str = "easiest", squared: bool = False):
         super().__init__()
+        if not isinstance(squared, bool):
+            raise ConfigError(f"semi-hard squared must be true or false, got {squared!r}")
         if not 0 < margin < math.inf:
             raise ConfigError(f"semi-hard margin must be positive, got {margin}; "
                               f"valid range: margin > 0 (FaceNet's 0.2)")
@@ -46,9 +52,10 @@ class SemiHardMiner(Miner):
         self.margin = float(margin)
         self.selection = selection
         self.fallback = fallback
+        self.squared = squared
 
     def mine(self, embeddings, labels, kind):
-        anchor, pos, gap, negative, _ = pair_gaps(embeddings, labels)  # gap, negative: (P, B)
+        anchor, pos, gap, negative, _ = pair_gaps(embeddings, labels, self.squared)  # gap, negative: (P, B)
         semi_hard = negative & (gap > 0) & (gap <= self.margin)
         if self.selection == "closest":
             closest = gap.masked_fill(~semi_hard, torch.inf).argmin(dim=1)  # (P,)

@@ -9,7 +9,8 @@
 (``$TORCH_HOME/hub/checkpoints``, where ``torch.hub`` keeps the files it downloads); nothing is
 downloaded at run time, and a missing file is an error naming the path and the URL to fetch it
 from. ``freeze_bn=True`` (both reference protocols) keeps every BatchNorm layer in inference mode
-with fixed statistics and affine parameters, whatever mode the model is in.
+with fixed statistics and affine parameters, whatever mode the model is in. ``forward(images,
+raw=True)`` gives the linear head's output before the normalisation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -94,7 +94,7 @@ class TorchvisionEmbedder(FrozenBatchNorm):
         self.embedding_dim = embedding_dim
         self.set_frozen_batchnorm(freeze_bn)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def raw_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.trunk(images)  # (B, F, h, w)
         if self.pooling == "avg":
             pooled = maps.mean(dim=(2, 3))
@@ -102,7 +102,7 @@ class TorchvisionEmbedder(FrozenBatchNorm):
             pooled = maps.amax(dim=(2, 3))
         else:
             pooled = maps.mean(dim=(2, 3)) + maps.amax(dim=(2, 3))
-        return F.normalize(self.head(pooled).float(), dim=1)  # (B, embedding_dim)
+        return self.head(pooled)  # (B, embedding_dim), normalised by forward unless raw=True
 
 
 @MODELS.register("resnet50")

@@ -13,12 +13,19 @@ Every network of the study is an :class:`Embedder`: an ``nn.Module`` built as
   fed inputs normalised with the dataset's own statistics (``Splits.mean`` / ``std``): the training
   loop reads ``getattr(model, "normalization", (None, None))``;
 - ``default_image_size``: the side of the square images its weights were trained on (None: none).
+
+``forward(images)`` returns the L2-normalised embedding (what evaluation always uses);
+``forward(images, raw=True)`` returns the head's output before the normalisation, in float32 (the
+space of the losses that declare ``embedding_space = "raw"``, e.g. center loss and N-pairs). A
+network implements :meth:`Embedder.raw_embeddings` (the head's output) and inherits ``forward``.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
@@ -36,3 +43,12 @@ class Embedder(nn.Module):
     # runs of the old behaviour are never reused as this one's (1, the first, is left out of the hash).
     version: ClassVar[int] = 1
     embedding_dim: int  # the output dimension, set by __init__
+
+    def raw_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, embedding_dim): the embedding head's output, before L2 normalisation."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """The L2-normalised embedding (B, embedding_dim) in float32; ``raw=True``: before normalisation."""
+        features = self.raw_embeddings(images).float()  # (B, embedding_dim)
+        return features if raw else F.normalize(features, dim=1)

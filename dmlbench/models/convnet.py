@@ -4,6 +4,8 @@ Three 3x3 convolution blocks (convolution, batch norm, ReLU; max-pooling after t
 global average pooling and a linear head, then L2 normalisation:
 
     (B, 1, 28, 28) -> (B, c1, 14, 14) -> (B, c2, 7, 7) -> (B, c3) -> (B, embedding_dim), |e| = 1
+
+``forward(images, raw=True)`` gives the linear head's output before the normalisation.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -46,5 +47,5 @@ class ConvEmbedder(Embedder):
         self.head = nn.Linear(c3, embedding_dim)
         self.embedding_dim = embedding_dim
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(images)).float(), dim=1)  # (B, embedding_dim)
+    def raw_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # (B, embedding_dim), normalised by forward

@@ -27,7 +27,8 @@ Weights that leave any trunk parameter uninitialised (a checkpoint of another ar
 error rather than a silently random trunk. ``freeze_bn=True`` keeps every BatchNorm layer in
 inference mode with fixed statistics and affine parameters (other norms are unaffected).
 ``normalization`` and ``default_image_size`` are the input statistics and size in the weights'
-timm config (for ``weights_file``, the config of ``name``'s tag).
+timm config (for ``weights_file``, the config of ``name``'s tag). ``forward(images, raw=True)``
+gives the linear head's output before the normalisation.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -268,6 +268,6 @@ class TimmEmbedder(FrozenBatchNorm):
             return features.amax(dim=dims)
         return features.mean(dim=dims) + features.amax(dim=dims)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def raw_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(self.trunk.forward_features(images))  # (B, F)
-        return F.normalize(self.head(pooled).float(), dim=1)  # (B, embedding_dim)
+        return self.head(pooled)  # (B, embedding_dim), normalised by forward unless raw=True

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from .labels import DIAGNOSTICS
-from .runs import cell_status, dataset_summary, identical_cells, load_histories, load_runs
+from .runs import cell_status, dataset_summary, identical_groups, load_histories, load_runs, without_duplicates
 from .tables import grid_losses, over_seeds, summarise
 
 
@@ -30,10 +30,10 @@ class ReportContext:
     runs: pd.DataFrame  # one row per finished run of the study
     histories: pd.DataFrame  # their per-epoch histories
     summary: pd.DataFrame  # means per dataset x loss x miner
-    seed_tables: dict  # dataset -> the cells' t-intervals, best first
-    comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline
-    rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking
-    identical: dict  # dataset -> groups of cells with identical numbers
+    seed_tables: dict  # dataset -> the cells' t-intervals, best first (one row per group of identical cells)
+    comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline (identical cells once)
+    rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking (identical cells once)
+    identical: dict  # dataset -> groups of cells that trained identically (runs.IdenticalGroup, kept cell first)
 
     @property
     def tables(self) -> Path:
@@ -83,6 +83,16 @@ class ReportContext:
     def summary_of(self, dataset: str) -> pd.DataFrame:
         return self.summary[self.summary["dataset"] == dataset] if not self.summary.empty else self.summary
 
+    def kept(self, table: pd.DataFrame) -> pd.DataFrame:
+        """``table`` (runs, or a table of cells) without the cells merged into an identical one."""
+        return without_duplicates(table, [g for groups in self.identical.values() for g in groups])
+
+    @property
+    def cell_kwargs(self) -> dict[tuple[str, str], tuple[dict, dict]]:
+        """(loss, miner) -> the loss's and the miner's arguments, as the study gives them."""
+        return {(c.config.loss, c.config.miner): (c.config.loss_kwargs, c.config.miner_kwargs)
+                for c in self.study.cells}
+
     def with_diagnostics(self, dataset: str) -> pd.DataFrame:
         """The runs of ``dataset`` that recorded every embedding diagnostic."""
         return self.runs_of(dataset).dropna(subset=list(DIAGNOSTICS))
@@ -114,9 +124,13 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     runs = runs[runs["run_id"].isin(status.loc[status["state"] == "done", "run_id"])].reset_index(drop=True)
     histories = load_histories(results / "runs")
     histories = histories[histories["run_id"].isin(runs["run_id"])]
-    seed_tables, comparisons, rankings = over_seeds(runs, baseline, confidence)
     datasets = list(dict.fromkeys(c["dataset"] for c in manifest["cells"]))
-    identical = {d: identical_cells(runs[runs["dataset"] == d]) for d in datasets}
+    groups = identical_groups(runs, histories, tuple(baseline))  # trained identically: one row, counted once
+    identical = {d: [g for g in groups if g.dataset == d] for d in datasets}
+    seed_tables, comparisons, rankings = over_seeds(without_duplicates(runs, groups), baseline, confidence)
+    for dataset, table in seed_tables.items():
+        names = {g.kept: ", ".join(g.labels[1:]) for g in identical.get(dataset, [])}
+        table["same_as"] = [names.get(cell, "") for cell in zip(table["loss"], table["miner"])]
     return ReportContext(results=results, study=study, manifest=manifest, baseline=tuple(baseline),
                          confidence=confidence, status=status, runs=runs, histories=histories,
                          summary=summarise(runs), seed_tables=seed_tables, comparisons=comparisons,

@@ -73,17 +73,30 @@ def with_interval(table: pd.DataFrame, metric: str) -> list[str]:
             for m, lo, hi in zip(table[metric], table[f"{metric}_low"], table[f"{metric}_high"])]
 
 
+def merged_miners(seeds: pd.DataFrame, marks: dict[tuple[str, str], str] | None = None) -> list:
+    """The miner column of a seed table: the mark of its group of identical cells, and the cells its row
+    stands for (the seed table's ``same_as``), as in 'none<sup>a</sup> (= triplet + margin-triplets)'."""
+    import html
+
+    same = seeds["same_as"] if "same_as" in seeds else [""] * len(seeds)
+    out = []
+    for loss, miner, others in zip(seeds["loss"], seeds["miner"], same):
+        mark = f"<sup>{marks[(loss, miner)]}</sup>" if marks and (loss, miner) in marks else ""
+        merged = f" (= {html.escape(others)})" if isinstance(others, str) and others else ""
+        out.append(Html(f"{html.escape(miner)}{mark}{merged}") if mark or merged else miner)
+    return out
+
+
 def results_table(seeds: pd.DataFrame, comparison: pd.DataFrame | None = None,
                   baseline: tuple[str, str] | None = None, marks: dict[tuple[str, str], str] | None = None,
                   metrics: tuple[str, ...] = DISPLAY_METRICS) -> tuple[pd.DataFrame, set[int]]:
-    """Every cell of one dataset, best first by MAP@R: MAP@R and Recall@1 with their intervals, the
-    other metrics' means, and the paired difference in MAP@R to ``baseline`` with its verdict.
+    """Every cell of one dataset, best first by MAP@R (a group of identical cells one row, its miner
+    naming the others: :func:`merged_miners`): MAP@R and Recall@1 with their intervals, the other
+    metrics' means, and the paired difference in MAP@R to ``baseline`` with its verdict.
     Returns the table to show and the position of the baseline's row (to mark)."""
     seeds = by_result(seeds)
     out = pd.DataFrame({"#": range(1, len(seeds) + 1), "loss": list(seeds["loss"])})
-    miners = [Html(f'{m}<sup>{marks[(l, m)]}</sup>') if marks and (l, m) in marks else m
-              for l, m in zip(seeds["loss"], seeds["miner"])]
-    out["miner"] = miners
+    out["miner"] = merged_miners(seeds, marks)
     for metric in metrics:
         if metric not in seeds:
             continue

@@ -156,7 +156,8 @@ def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int) 
     if late:
         caveats.append(f"{late} of {len(runs)} runs peaked at their last epoch (still improving)")
     if identical:
-        caveats.append(f"{plural(len(identical), 'group')} of cells gave identical numbers (notes under the table)")
+        caveats.append(f"{plural(len(identical), 'group')} of cells trained identically, each merged into one row "
+                        "and counted once (notes under the table)")
     if n_seeds < 2:
         caveats.append("one seed per cell: no estimate of seed noise, so small differences rank nothing")
     return "Caveats: " + "; ".join(caveats) + "." if caveats else None
@@ -193,38 +194,55 @@ def results_caption(seeds: pd.DataFrame, confidence: float, dataset: str | None 
             "whether it exceeds seed noise.")
 
 
-IDENTICAL_WHY = {  # why two cells can take the same steps, when their losses and miners are these
-    frozenset({"contrastive", "triplet"}): (
-        "This follows from the objectives, not from the code: on one mined triplet per anchor, a contrastive "
-        "loss with positive margin zero equals the triplet loss plus a constant as long as every mined negative "
-        "lies inside the negative margin and every triplet violates its margin, so the two give the same "
-        "gradients at every step."),
-    frozenset({"none", "margin-triplets"}): (
-        "This also follows from the definitions: the hinge triplet loss is zero on every triplet that satisfies "
-        "its margin, and its default reduction averages over the non-zero terms only, so keeping only the "
-        "margin-violating triplets (margin-triplets' default) changes neither the loss nor its gradient."),
-}
+def _group_labels(group) -> list[str]:
+    """A group's cells as 'loss + miner' (an IdenticalGroup, or a list of labels)."""
+    return group.labels if hasattr(group, "labels") else list(group)
 
 
-def identical_note(group: list[str], mark: str = "") -> str:
-    """One sentence (and the reason where it is known) for cells that gave identical numbers."""
-    losses = {g.split(" + ")[0] for g in group}
-    miners = {g.split(" + ")[1] for g in group}
-    text = (f"{f'<sup>{mark}</sup> ' if mark else ''}**{' and '.join(group)} gave identical numbers**, every metric "
-            "to every digit in every seed: their training took the same steps.")
-    if losses == {"contrastive", "triplet"}:
-        text += " " + IDENTICAL_WHY[frozenset(losses)]
-    elif losses == {"triplet"} and miners == {"none", "margin-triplets"}:
-        text += " " + IDENTICAL_WHY[frozenset(miners)]
+def _evidence(group) -> str:
+    """What was equal in a group of identical cells (an :class:`dmlbench.reporting.runs.IdenticalGroup`)."""
+    parts = []
+    if group.same_metrics:
+        parts.append("every test metric to every digit in every seed")
+    if group.same_training:
+        offsets = {v for v in group.loss_offsets.values()}
+        loss = ("the same training loss" if offsets == {0.0} else
+                "training losses that differ by one constant ("
+                + ", ".join(f"{cell_label(*c)} {v:+.4f}" for c, v in group.loss_offsets.items() if v) + ")")
+        parts.append(f"the validation metrics at every epoch of every seed, with {loss} at every epoch")
+    return " and ".join(parts)
+
+
+def identical_note(group, mark: str = "") -> str:
+    """The note on a group of cells that trained identically (an IdenticalGroup): what was equal, which
+    row stands for them, and why, from the known identities (KNOWN_IDENTITIES of
+    :mod:`dmlbench.reporting.runs`), or that no known identity explains it."""
+    labels = _group_labels(group)
+    text = (f"{f'<sup>{mark}</sup> ' if mark else ''}**{' and '.join(labels)} trained identically**: "
+            f"{_evidence(group)}. They are one row, {labels[0]}, and "
+            f"{' and '.join(labels[1:])} {'is' if len(labels) == 2 else 'are'} left out of the rankings and the "
+            "paired comparisons with the baseline.")
+    for identity in group.identities:
+        text += (f" This follows from the definitions: {cell_label(*identity.merged)} equals "
+                 f"{cell_label(*identity.kept)} because {identity.reason}, as long as {identity.condition}.")
+    if not group.identities:
+        text += (" No known identity of the study explains it (dmlbench.reporting.runs.KNOWN_IDENTITIES): "
+                 f"only {_evidence(group)} say so.")
     return text
 
 
-def identical_marks(identical: list[list[str]]) -> dict[tuple[str, str], str]:
+def identical_marks(identical: list) -> dict[tuple[str, str], str]:
     """(loss, miner) -> the letter of its group of identical cells, as the table of cells marks them."""
-    return {tuple(label.split(" + ")): letter for letter, group in zip(LETTERS, identical) for label in group}
+    return {tuple(label.split(" + ")): letter for letter, group in zip(LETTERS, identical)
+            for label in _group_labels(group)}
 
 
-def identical_notes(identical: list[list[str]]) -> str:
+def merged_names(identical: list) -> dict[tuple[str, str], str]:
+    """(loss, miner) of each group's kept cell -> the cells its row stands for ('a + b, c + d')."""
+    return {tuple(_group_labels(g)[0].split(" + ")): ", ".join(_group_labels(g)[1:]) for g in identical}
+
+
+def identical_notes(identical: list) -> str:
     """The notes under the table of cells, one per group of identical cells ('' when none)."""
     return "\n\n".join(identical_note(group, letter) for letter, group in zip(LETTERS, identical))
 
@@ -240,14 +258,77 @@ def split_line(dataset: str, info: dict[str, Any]) -> str:
             f"{info['num_test']:,} test images of classes {info['test_classes']} (numbers read from the runs).")
 
 
+SPACE_ATTRIBUTE = "embedding_space"  # the Loss class attribute naming its space: "normalized" or "raw"
+RAW_SPACES = ("raw", "unnormalised", "unnormalized")  # its values that mean: the head's output, not normalised
+
+
+def loss_space(loss: str) -> str:
+    """'L2-normalised' or 'raw': the embeddings ``loss`` trained on, as its class says (SPACE_ATTRIBUTE:
+    a string, or True for normalised); L2-normalised where it says nothing."""
+    from ..losses import LOSSES
+
+    try:
+        value = getattr(LOSSES.get(loss), SPACE_ATTRIBUTE, None)
+    except Exception:  # a loss this checkout cannot import: the models' default
+        value = None
+    if isinstance(value, bool):
+        return "L2-normalised" if value else "raw"
+    return "raw" if value is not None and str(value).strip().lower() in RAW_SPACES else "L2-normalised"
+
+
+def space_line(losses: list[str]) -> str:
+    """Which embedding space each loss trained in."""
+    spaces: dict[str, list[str]] = {}
+    for loss in losses:
+        spaces.setdefault(loss_space(loss), []).append(f"`{loss}`")
+    if len(spaces) == 1:
+        space = next(iter(spaces))
+        return f"- **Embedding space**: every loss trained on the {space} embeddings."
+    return "- **Embedding space** each loss trained in: " + "; ".join(
+        f"{space} embeddings: {', '.join(names)}" for space, names in spaces.items()) + "."
+
+
+REDUCTION_WORDS = {"mean_nonzero": "averaged over its non-zero terms", "mean": "averaged over all its terms",
+                   "sum": "summed over its terms"}
+
+
+def semi_hard_line(loss_kwargs: dict[str, Any], miner_kwargs: dict[str, Any]) -> str:
+    """The study's choice for semi-hard mining with the triplet loss (its arguments as the study gives
+    them, the classes' defaults elsewhere), and why."""
+    import inspect
+
+    from ..losses import LOSSES
+    from ..miners import MINERS
+
+    def argument(cls, given, name):
+        return given.get(name, inspect.signature(cls).parameters[name].default)
+
+    loss_cls, miner_cls = LOSSES.get("triplet"), MINERS.get("semi-hard")
+    reduction = argument(loss_cls, loss_kwargs, "reduction")
+    squared = bool(argument(loss_cls, loss_kwargs, "squared")) if "squared" in inspect.signature(loss_cls).parameters \
+        else False
+    distances = "squared Euclidean distances" if squared else "Euclidean (not squared) distances"
+    why = ("FaceNet's own definition, its margin (0.2) chosen for squared distances." if squared else
+           "FaceNet states its margin (0.2) on squared Euclidean distances; the study keeps that margin on Euclidean "
+           "ones so that every miner of the grid shares one loss definition, and the semi-hard cells differ from "
+           "the others only in the triplets they choose.")
+    return (f"- **Semi-hard mining, this study's choice**: the triplet loss on {distances}, "
+            f"{REDUCTION_WORDS.get(reduction, f'reduction {reduction}')}, with margin "
+            f"{argument(loss_cls, loss_kwargs, 'margin')} in the loss and {argument(miner_cls, miner_kwargs, 'margin')} "
+            f"in the miner: {why}")
+
+
 def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], miners: list[str],
-             seeds: list[int]) -> str:
+             seeds: list[int], cell_kwargs: dict[tuple[str, str], tuple[dict, dict]] | None = None) -> str:
     """The protocol section: the task, each dataset's splits (``splits``: dataset -> what its runs
-    recorded), model selection, network, batches, the axes of the study and the metrics, from the
-    study's settings (a RunConfig) and the evaluation's constants."""
+    recorded), model selection, network, the embedding space of each loss, batches, the axes of the
+    study, the choice for semi-hard mining (when ``cell_kwargs``, (loss, miner) -> their arguments,
+    has triplet + semi-hard) and the metrics, from the study's settings (a RunConfig) and the
+    evaluation's constants."""
     from ..evaluation import metrics as metric_defs
 
     s = settings
+    semi_hard = (cell_kwargs or {}).get(("triplet", "semi-hard"))
     return "\n".join([
         "- **Task**: zero-shot retrieval: the network never sees the test classes during training or model selection.",
         *(split_line(dataset, info) for dataset, info in splits.items()),
@@ -255,13 +336,14 @@ def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], min
         f"classes not used for training); the epoch with the best validation {METRIC_LABELS.get(s.select_metric, s.select_metric)} "
         "is kept. The test split is embedded and scored **once**, on that model. Most published DML code picks the best "
         "epoch on the test set; this study does not.",
-        f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d L2-normalised embedding, "
-        "trained from scratch.",
+        f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d embedding, trained from scratch.",
+        space_line(losses),
         f"- **Batches**: P x K = {s.P} classes x {s.K} images; {s.epochs} epochs of "
         f"{s.iters_per_epoch or 'one pass of'} batches; optimiser {s.optimizer}, learning rate {s.lr}, "
         f"weight decay {s.weight_decay}.",
         f"- **Losses** {', '.join(f'`{l}`' for l in losses)} crossed with **miners** {', '.join(f'`{m}`' for m in miners)}; "
         f"loss and miner arguments as in the study file. Seeds: {seeds}.",
+        *([semi_hard_line(*semi_hard)] if semi_hard else []),
         "- **Metrics** on the test split, each query's own image removed from its ranking by index: Recall@K (a "
         "same-class image among the K nearest), R-Precision and MAP@R (over the R same-class images of the query), "
         f"and NMI between k-means clusters (faiss's k-means as pytorch-metric-learning runs it: k = number of test "

@@ -75,8 +75,16 @@ def render_block(summary: dict) -> str:
             return f"{row[metric]:.4f}"
         return f"{row[metric]:.4f} [{low:.4f}, {high:.4f}]"
 
+    merged: dict[str, list[str]] = {}  # a cell -> those identical to it, shown in its row (one row per group)
     for row in summary["table"]:
-        lines.append(f"| {row['loss']} | {row['miner']} | {shown(row, 'recall@1')} | {row['recall@2']:.4f} | "
+        if row.get("identical_to"):
+            merged.setdefault(row["identical_to"], []).append(f"{row['loss']} + {row['miner']}")
+    for row in summary["table"]:
+        if row.get("identical_to"):
+            continue
+        same = merged.get(f"{row['loss']} + {row['miner']}")
+        miner = row["miner"] + (f" (= {', '.join(same)})" if same else "")
+        lines.append(f"| {row['loss']} | {miner} | {shown(row, 'recall@1')} | {row['recall@2']:.4f} | "
                      f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {shown(row, 'map@r')} | "
                      f"{row['r_precision']:.4f} | {row['nmi']:.4f} |")
     timing = summary["timing"]
@@ -86,12 +94,18 @@ def render_block(summary: dict) -> str:
     per_cell = f", each cell on {threads} thread(s)" if threads else ""
     lines.append(
         f"Measured wall time of the study on {machine['cpu']} ({machine['cpu_count']} cores, device "
-        f"{machine['device']}): {_minutes(timing['cells_span_s'])} from the first cell's start to the last one's end "
-        f"for the {timing['cells_timed']} cells ({_minutes(timing['cells_wall_s'])} of papermill time summed over "
+        f"{machine['device']}): {_minutes(timing['cells_span_s'])} from the first cell's start to the last one's end"
+        f"{_sessions(timing)} for the {timing['cells_timed']} cells ({_minutes(timing['cells_wall_s'])} of papermill time summed over "
         f"cells, kernel starts included{per_cell}), plus {_report_time(summary)}. Setting up the virtual "
         f"environment is not included.")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def _sessions(timing: dict) -> str:
+    """'' for a study run at one go; else how many sessions the span is summed over."""
+    count = timing.get("sessions", 1)
+    return f" (summed over the {count} sessions the cells were run in)" if count > 1 else ""
 
 
 def render_eval_block(tables: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +84,11 @@ def dataset_summary(runs: str | os.PathLike, dataset: str) -> dict[str, Any]:
     return {}
 
 
-def identical_cells(runs: pd.DataFrame) -> list[list[str]]:
-    """Groups of cells (as 'loss + miner') of one dataset whose test metrics agree to every digit in
-    every seed: their training took the same steps, however different their configurations look."""
-    groups = []
-    for _, part in runs.groupby("dataset", sort=False):
-        digits = part[list(METRICS)].round(12).astype(str).agg("|".join, axis=1)
-        keys = {}
-        for (loss, miner), cell in part.assign(_digits=digits).groupby(["loss", "miner"], sort=False):
-            key = tuple(sorted(zip(cell["seed"], cell["_digits"])))
-            keys.setdefault(key, []).append(cell_label(loss, miner))
-        groups += [sorted(labels) for labels in keys.values() if len(labels) > 1]
-    return groups
+def identical_cells(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> list[list[str]]:
+    """Groups of cells (as 'loss + miner', by name) of one dataset that trained identically
+    (:func:`identical_groups`): their test metrics agree to every digit in every seed, or their
+    histories at every epoch."""
+    return [sorted(g.labels) for g in identical_groups(runs, histories)]
 
 
 def still_improving(runs: pd.DataFrame) -> int:
@@ -158,9 +152,11 @@ def failure_message(path: Path) -> str:
 
 def execution_timing(runs: str | os.PathLike, run_ids) -> dict[str, Any]:
     """The papermill time of the runs ``run_ids`` from their execution records (RunDir.execution):
-    how many were timed, their wall times summed, and the span from the first start to the last
-    end. A run whose record is absent or damaged is not counted."""
-    timing = {"cells_timed": 0, "cells_wall_s": 0.0, "cells_span_s": 0.0}
+    how many were timed, their wall times summed, and the time from the first start to the last
+    end, summed over the sessions the runs were made in (a study rerun in part adds a later
+    session; an hour without any cell running separates two). A run whose record is absent or
+    damaged is not counted."""
+    timing = {"cells_timed": 0, "cells_wall_s": 0.0, "cells_span_s": 0.0, "sessions": 0}
     starts, ends = [], []
     for run_id in run_ids:
         try:
@@ -171,9 +167,24 @@ def execution_timing(runs: str | os.PathLike, run_ids) -> dict[str, Any]:
         timing["cells_wall_s"] += info["notebook_wall_s"]
         starts.append(info["started"])
         ends.append(info["finished"])
-    if starts:
-        timing["cells_span_s"] = max(ends) - min(starts)
+    for first, last in sessions(starts, ends):
+        timing["cells_span_s"] += last - first
+        timing["sessions"] += 1
     return timing
+
+
+SESSION_GAP_S = 3600.0  # an hour with no cell running ends a session of the study
+
+
+def sessions(starts: list[float], ends: list[float], gap_s: float = SESSION_GAP_S) -> list[tuple[float, float]]:
+    """(first start, last end) of each session: runs overlapping or following within ``gap_s``."""
+    out: list[list[float]] = []
+    for start, end in sorted(zip(starts, ends)):
+        if out and start - out[-1][1] <= gap_s:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(first, last) for first, last in out]
 
 
 MACHINE_KEYS = ("cpu", "cpu_count", "device", "torch_threads")
@@ -183,3 +194,228 @@ def run_machine(runs: str | os.PathLike, run_id: str) -> dict[str, Any]:
     """The machine a finished run recorded: its CPU, core count, device and torch threads."""
     recorded = read_record(RunDir(Path(runs) / run_id).metrics).get("machine", {})
     return {key: recorded.get(key) for key in MACHINE_KEYS}
+
+
+# ---- cells that trained identically ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KnownIdentity:
+    """Two cells of a study that take the same training steps by the definitions of their loss and
+    miner: ``kept`` is the cell a merged row shows, ``merged`` the one it stands for. ``requires``
+    lists the arguments the identity needs, as (cell, "loss" | "miner", argument, value), the value
+    either a number or string or ("loss" | "miner", argument): equal to that argument of the same cell.
+    An argument neither given nor a parameter of the class reads as None. ``condition`` is what must
+    hold at every step, ``reason`` why the two are then the same."""
+
+    kept: tuple[str, str]
+    merged: tuple[str, str]
+    condition: str
+    reason: str
+    requires: tuple[tuple[Any, ...], ...] = ()
+
+
+KNOWN_IDENTITIES = (
+    KnownIdentity(
+        kept=("triplet", "batch-hard"), merged=("contrastive", "batch-hard"),
+        condition="every mined triplet violates the triplet margin and every hardest negative lies within the "
+                  "contrastive loss's negative margin",
+        reason="with positive margin 0, on batch-hard's one positive and one negative per anchor the contrastive "
+               "loss is the triplet loss plus the constant neg_margin - margin, so the two give bit-identical "
+               "gradients at every step",
+        requires=(("contrastive + batch-hard", "loss", "pos_margin", 0.0),
+                  ("contrastive + batch-hard", "loss", "reduction", "mean_nonzero"),
+                  ("triplet + batch-hard", "loss", "reduction", "mean_nonzero"),
+                  ("contrastive + batch-hard", "loss", "power", 1.0),
+                  ("triplet + batch-hard", "loss", "variant", "hinge"),
+                  ("triplet + batch-hard", "loss", "squared", False))),
+    KnownIdentity(
+        kept=("triplet", "none"), merged=("triplet", "margin-triplets"),
+        condition="the triplet loss averages over its non-zero terms (reduction mean_nonzero) and the miner's "
+                  "margin is the loss's",
+        reason="the hinge triplet loss is zero on every triplet that satisfies its margin, so keeping only the "
+               "margin-violating triplets changes neither the mean over the non-zero terms nor its gradient",
+        requires=(("triplet + none", "loss", "reduction", "mean_nonzero"),
+                  ("triplet + margin-triplets", "loss", "reduction", "mean_nonzero"),
+                  ("triplet + margin-triplets", "loss", "variant", "hinge"),
+                  ("triplet + margin-triplets", "miner", "selection", "violating"),
+                  ("triplet + margin-triplets", "miner", "margin", ("loss", "margin")),
+                  ("triplet + margin-triplets", "miner", "squared", ("loss", "squared")))),
+)
+
+
+@dataclass
+class IdenticalGroup:
+    """Cells of one dataset that trained identically: ``cells`` (the kept one first), whether their test
+    metrics agree to every digit in every seed (``same_metrics``) and their training histories at every
+    epoch of every seed (``same_training``: the validation metrics equal, the training loss equal up
+    to a constant, by cell in ``loss_offsets``: its loss minus the kept cell's), and the entries of
+    KNOWN_IDENTITIES that hold for them (``identities``; none: no known reason)."""
+
+    dataset: str
+    cells: list[tuple[str, str]]
+    same_metrics: bool
+    same_training: bool
+    loss_offsets: dict[tuple[str, str], float] = field(default_factory=dict)
+    identities: list[KnownIdentity] = field(default_factory=list)
+
+    @property
+    def kept(self) -> tuple[str, str]:
+        return self.cells[0]
+
+    @property
+    def merged(self) -> list[tuple[str, str]]:
+        return self.cells[1:]
+
+    @property
+    def labels(self) -> list[str]:
+        return [cell_label(*c) for c in self.cells]
+
+
+METRIC_DIGITS = 6  # identical histories count when the test metrics agree to this many decimals (the same
+                   # network evaluated elsewhere may differ in the last digits), never when they differ more
+LOSS_TOLERANCE = 1e-6  # relative: epoch means of float32 losses that differ by a constant agree to about 1e-7
+
+
+def _argument(runs: pd.DataFrame, cell: tuple[str, str], kind: str, name: str) -> Any:
+    """The ``kind`` ("loss" | "miner") argument ``name`` of ``cell`` as its runs recorded it, else the
+    class's default (None when neither says)."""
+    import inspect
+
+    part = runs[(runs["loss"] == cell[0]) & (runs["miner"] == cell[1])]
+    column = f"{kind}_kwargs"
+    if column in part and len(part) and isinstance(part[column].iloc[0], str):
+        given = json.loads(part[column].iloc[0])
+        if name in given:
+            return given[name]
+    try:
+        if kind == "loss":
+            from ..losses import LOSSES as registry
+        else:
+            from ..miners import MINERS as registry
+        default = inspect.signature(registry.get(cell[0] if kind == "loss" else cell[1])).parameters[name].default
+    except Exception:  # an unknown class or argument: the requirement cannot be checked
+        return None
+    return None if default is inspect.Parameter.empty else default
+
+
+def _holds(identity: KnownIdentity, runs: pd.DataFrame) -> bool:
+    for label, kind, name, value in identity.requires:
+        cell = tuple(label.split(" + "))
+        actual = _argument(runs, cell, kind, name)
+        if isinstance(value, tuple):  # the same as another argument: absent from both is the same too
+            if actual != _argument(runs, cell, *value):
+                return False
+        elif actual is None or actual != value:
+            return False
+    return True
+
+
+def _metric_keys(part: pd.DataFrame, decimals: int = 12) -> dict[tuple[str, str], tuple]:
+    """(loss, miner) -> its test metrics to ``decimals`` decimals in every seed."""
+    digits = part[list(METRICS)].round(decimals).astype(str).agg("|".join, axis=1)
+    return {cell: tuple(sorted(zip(rows["seed"], rows["_digits"])))
+            for cell, rows in part.assign(_digits=digits).groupby(["loss", "miner"], sort=False)}
+
+
+def _trajectories(part: pd.DataFrame, histories: pd.DataFrame | None) -> dict[tuple[str, str], dict]:
+    """(loss, miner) -> seed -> its history (epochs ascending); cells without a history are absent."""
+    if histories is None or histories.empty or "run_id" not in part:
+        return {}
+    by_run = {run_id: h.sort_values("epoch") for run_id, h in histories.groupby("run_id", sort=False)}
+    out = {}
+    for cell, rows in part.groupby(["loss", "miner"], sort=False):
+        seeds = {seed: by_run.get(run_id) for run_id, seed in zip(rows["run_id"], rows["seed"])}
+        if all(h is not None and len(h) for h in seeds.values()):
+            out[cell] = seeds
+    return out
+
+
+def same_training(a: dict, b: dict) -> float | None:
+    """The constant by which the training loss of history ``a`` exceeds ``b``'s at every epoch of every
+    seed (0.0: equal) when their validation metrics are equal too; None when they trained differently
+    (or there is nothing to compare)."""
+    if set(a) != set(b):
+        return None
+    differences, scale = [], 1.0
+    for seed in a:
+        ha, hb = a[seed], b[seed]
+        if list(ha["epoch"]) != list(hb["epoch"]):
+            return None
+        for column in [c for c in ha.columns if c.startswith("val_")]:
+            if column not in hb or not np.array_equal(ha[column].to_numpy(float).round(12),
+                                                      hb[column].to_numpy(float).round(12), equal_nan=True):
+                return None
+        la, lb = ha["loss"].to_numpy(float) if "loss" in ha else np.array([]), \
+            hb["loss"].to_numpy(float) if "loss" in hb else np.array([])
+        if not np.array_equal(np.isnan(la), np.isnan(lb)):
+            return None
+        differences += list((la - lb)[~np.isnan(la)])
+        scale = max(scale, float(np.nanmax(np.abs(la), initial=0.0)))
+    if not differences:
+        return None
+    offset = float(np.mean(differences))
+    if np.max(np.abs(np.asarray(differences) - offset)) > LOSS_TOLERANCE * scale:
+        return None
+    return 0.0 if abs(offset) <= LOSS_TOLERANCE * scale else offset
+
+
+def _kept_first(cells: list[tuple[str, str]], identities: list[KnownIdentity],
+                baseline: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """The group's cells with the one its merged row shows first: the baseline, else the cell a known
+    identity keeps (and none merges), else the first by name."""
+    cells = sorted(cells)
+    merged = {i.merged for i in identities}
+    kept = [i.kept for i in identities if i.kept not in merged]
+    first = baseline if baseline in cells else (min(kept) if kept else cells[0])
+    return [first] + [c for c in cells if c != first]
+
+
+def identical_groups(runs: pd.DataFrame, histories: pd.DataFrame | None = None,
+                     baseline: tuple[str, str] | None = None) -> list[IdenticalGroup]:
+    """Groups of cells of each dataset that trained identically: their test metrics agree to every digit
+    in every seed, or (where histories are given) their validation metrics agree at every epoch of every
+    seed, their training losses are equal or differ by one constant, and their test metrics agree to
+    METRIC_DIGITS decimals. Each group names the entries of
+    KNOWN_IDENTITIES that hold for it; its first cell is the one a merged row shows."""
+    groups = []
+    for dataset, part in runs.groupby("dataset", sort=False):
+        metric_keys = _metric_keys(part)
+        close = _metric_keys(part, METRIC_DIGITS)  # identical histories must not contradict the test metrics
+        curves = _trajectories(part, histories)
+        cells = sorted(metric_keys)
+        parent = {c: c for c in cells}
+
+        def root(c):
+            while parent[c] != c:
+                c = parent[c]
+            return c
+
+        for i, a in enumerate(cells):
+            for b in cells[i + 1:]:
+                if metric_keys[a] == metric_keys[b] or (a in curves and b in curves and close[a] == close[b] and
+                                                        same_training(curves[a], curves[b]) is not None):
+                    parent[root(b)] = root(a)
+        members: dict[tuple[str, str], list] = {}
+        for c in cells:
+            members.setdefault(root(c), []).append(c)
+        for group in (m for m in members.values() if len(m) > 1):
+            known = [i for i in KNOWN_IDENTITIES if {i.kept, i.merged} <= set(group) and _holds(i, part)]
+            ordered = _kept_first(group, known, tuple(baseline) if baseline else None)
+            kept = ordered[0]
+            offsets = {c: same_training(curves[c], curves[kept]) if c in curves and kept in curves else None
+                       for c in ordered[1:]}
+            groups.append(IdenticalGroup(
+                dataset=dataset, cells=ordered, same_metrics=len({metric_keys[c] for c in ordered}) == 1,
+                same_training=all(v is not None for v in offsets.values()),
+                loss_offsets={c: v for c, v in offsets.items() if v is not None}, identities=known))
+    return groups
+
+
+def without_duplicates(table: pd.DataFrame, groups: list[IdenticalGroup]) -> pd.DataFrame:
+    """The rows of ``table`` (runs, or a table of cells) without those of the cells each group merges
+    into its kept one."""
+    merged = {(g.dataset, *c) for g in groups for c in g.merged}
+    if not merged or table.empty:
+        return table
+    keys = zip(table["dataset"], table["loss"], table["miner"])
+    return table[[k not in merged for k in keys]]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import figures as fg
 from . import narrative
-from .htmltables import html_table, results_table, with_interval
+from .htmltables import html_table, merged_miners, results_table, with_interval
 from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, METRICS, column_label
 from .tables import correlations, grid_order, in_result_order, pivot, save_table, with_skipped
 
@@ -91,6 +91,7 @@ def seed_intervals(ctx, dataset: str) -> None:
     table, confidence = ctx.seed_tables[dataset], ctx.confidence
     save_table(table, f"{dataset}__seeds", ctx.tables, index=False)
     shown = table[["loss", "miner", "seeds"]].copy()
+    shown["miner"] = merged_miners(table)  # a group of identical cells: one row, naming the others
     for metric in ("map@r", "r_precision", "recall@1", "nmi"):
         shown[metric] = with_interval(table, metric)
     _show(narrative.seed_table_caption(dataset, confidence), html_table(shown))

@@ -24,10 +24,17 @@ indent 2, a newline at the end):
         seeds                                        int    the seeds it ran with
         recall@1_low, recall@1_high,
         map@r_low, map@r_high                        float | null  the t-interval's bounds (null: one seed)
+        identical_to                                 str | null    the cell ('loss + miner') whose row stands
+                                                     for this one: the two trained identically
+                                                     (dmlbench.reporting.runs.identical_groups), so the
+                                                     results tables show them as one row and rankings and
+                                                     comparisons count them once; null for every other cell
     timing        object the papermill time of the finished runs, from their execution records:
         cells_timed   int    runs with a readable execution record
         cells_wall_s  float  their notebooks' wall times, summed (s)
-        cells_span_s  float  from the first one's start to the last one's end (s); 0.0 when none
+        cells_span_s  float  from the first one's start to the last one's end, summed over the sessions
+                             the runs were made in (s); 0.0 when none
+        sessions      int    those sessions (an hour with no cell running separates two)
     machine       object what the first finished run recorded ({} when no run has finished):
         cpu str, cpu_count int, device str, torch_threads int   (null where that run did not record it)
     report_wall_s float  seconds the report build took that produced these numbers; absent until
@@ -98,15 +105,17 @@ def interval_bounds(seeds: pd.DataFrame) -> dict[tuple[str, str], dict[str, floa
 
 
 def cell_rows(summary: pd.DataFrame, dataset: str, losses: list[str], miners: list[str],
-              intervals: dict[tuple[str, str], dict]) -> list[dict[str, Any]]:
+              intervals: dict[tuple[str, str], dict],
+              identical_to: dict[tuple[str, str], str] | None = None) -> list[dict[str, Any]]:
     """The ``table`` of summary.json: the means per cell of ``dataset`` in study order, with their
-    interval bounds."""
+    interval bounds and the cell each merged one is identical to (``identical_to``)."""
     if summary.empty:
         return []
     table = summary[summary["dataset"] == dataset].assign(
         _l=lambda d: d["loss"].map(losses.index), _m=lambda d: d["miner"].map(miners.index)).sort_values(["_l", "_m"])
+    identical_to = identical_to or {}
     return [{k: row[k] for k in ("loss", "miner", *METRICS, "seeds")} | intervals.get((row["loss"], row["miner"]), {})
-            for _, row in table.iterrows()]
+            | {"identical_to": identical_to.get((row["loss"], row["miner"]))} for _, row in table.iterrows()]
 
 
 def study_summary(ctx) -> dict[str, Any]:
@@ -114,13 +123,17 @@ def study_summary(ctx) -> dict[str, Any]:
     :class:`dmlbench.reporting.context.ReportContext`."""
     manifest, counts, dataset = ctx.manifest, ctx.counts, ctx.datasets[0]
     machine = {} if ctx.runs.empty else run_machine(ctx.runs_dir, ctx.runs["run_id"].iloc[0])
-    intervals = interval_bounds(ctx.seed_tables[dataset]) if dataset in ctx.seed_tables else {}
+    from .stats import seed_summary  # every cell's interval, those merged into an identical one too
+
+    part = ctx.runs_of(dataset)
+    intervals = interval_bounds(seed_summary(part, INTERVAL_METRICS, ctx.confidence)) if len(part) else {}
+    merged = {cell: g.labels[0] for g in ctx.identical.get(dataset, []) for cell in g.merged}
     return {
         "study": manifest["name"], "dataset": dataset, "cells": len(manifest["cells"]),
         "done": counts.get("done", 0), "failed": counts.get("failed", 0), "missing": counts.get("missing", 0),
         "unreadable": counts.get("unreadable", 0), "skipped": counts.get("skipped", 0),
         "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
-        "table": cell_rows(ctx.summary, dataset, ctx.losses, ctx.miners, intervals),
+        "table": cell_rows(ctx.summary, dataset, ctx.losses, ctx.miners, intervals, merged),
         "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
     }
 

@@ -78,11 +78,14 @@ def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Opti
                       labels: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
     """One step: embeddings (under autocast on CUDA), the loss in fp32, and, when the loss is finite,
     backward and the optimiser's update. Returns the loss, detached; a non-finite loss changes nothing.
+    A loss that declares raw embeddings (``embedding_space = "raw"``: center loss, N-pairs) gets the
+    network's head output before normalisation, ``forward(images, raw=True)``; the others the
+    normalised embeddings, ``forward(images)`` (the criterion mines on normalised ones either way).
 
     Under torch.distributed the rank's embeddings join every rank's before mining and the loss (see
     dmlbench.training.distributed), so the step is the one a single process takes on the whole batch."""
     with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
-        embeddings = forward(images)
+        embeddings = forward(images, raw=True) if criterion.raw_embeddings else forward(images)
     # the loss and the miner see fp32 whatever the network's last layer returned under autocast
     embeddings, labels = gather_batch(embeddings.float(), labels)
     loss = criterion(embeddings, labels)
@@ -109,6 +112,26 @@ def build_run_criterion(config: RunConfig, num_classes: int) -> Criterion:
     """The run's loss and miner, the miner seeded by the run's seed; ``num_classes``: training classes."""
     return build_criterion(config.loss, config.miner, config.loss_kwargs, config.miner_kwargs, seed=config.seed,
                            num_classes=num_classes, embedding_dim=config.embedding_dim)
+
+
+def optimiser_groups(config: RunConfig, model: torch.nn.Module, criterion: Criterion) -> list[dict]:
+    """The network's parameters (lr, weight_decay) and the loss's own (its effective lr and weight decay:
+    RunConfig.loss_parameter_settings, by default no weight decay, as Roth et al.'s code)."""
+    loss_params = config.loss_parameter_settings()
+    return [{"params": list(model.parameters())}] + criterion.param_groups(
+        config.lr, config.loss_lr, weight_decay=loss_params["weight_decay"], lr_scale=loss_params["lr_scale"])
+
+
+def check_embedding_space(model: torch.nn.Module, criterion: Criterion) -> None:
+    """A loss on raw embeddings needs a network whose forward takes ``raw=True`` (every Embedder does)."""
+    import inspect
+
+    if criterion.raw_embeddings and "raw" not in inspect.signature(model.forward).parameters:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"loss {type(criterion.loss).__name__} works on raw (unnormalised) embeddings, and the "
+                          f"network {type(model).__name__} has no forward(images, raw=True); make it a "
+                          f"dmlbench.models.Embedder (implement raw_embeddings)")
 
 
 @dataclass
@@ -197,8 +220,9 @@ def _set_up(config: RunConfig, splits: Splits) -> _Run:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last)
     criterion = build_run_criterion(config, num_classes=len(train_classes)).to(device)
-    groups = [{"params": list(model.parameters())}] + criterion.param_groups(config.lr, config.loss_lr)
-    optimizer = make_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
+    check_embedding_space(model, criterion)
+    optimizer = make_optimizer(config.optimizer, optimiser_groups(config, model, criterion), config.lr,
+                               config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
     # The network's training forward pass: under torch.distributed wrapped in DDP, which averages the
     # gradients over ranks (optimisation_step scales the loss to make that the sum); compiled when asked.

@@ -65,6 +65,9 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "config_hash": config.config_hash(),
         "config": config.to_dict(),
         "component_versions": config.component_versions(),
+        # how the loss's own parameters (proxies, classifiers, beta) trained: effective lr factor, lr and
+        # weight decay, and the space of embeddings the loss was computed on
+        "loss_parameters": _loss_parameters(result, config),
         "evaluation_protocol": EVALUATION_PROTOCOL,
         "seed": config.seed,
         "dataset": splits.summary(),
@@ -85,6 +88,13 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         "machine": device_info(result.device),
         "versions": versions(),
     } | (_preset_record(config) if config.preset else {})
+
+
+def _loss_parameters(result, config: RunConfig) -> dict[str, Any]:
+    criterion = result.criterion
+    count = sum(p.numel() for p in criterion.loss.parameters() if p.requires_grad)
+    return {**config.loss_parameter_settings(), "trainable": count,
+            "embedding_space": getattr(criterion.loss, "embedding_space", "normalized")}
 
 
 def _test_set(result) -> tuple[torch.Tensor, torch.Tensor]:

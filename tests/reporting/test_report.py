@@ -18,7 +18,7 @@ from dmlbench.reporting.htmltables import html_table, results_table
 from dmlbench.reporting.labels import DIAGNOSTICS, METRICS, shown_path
 from dmlbench.reporting.narrative import identical_note, study_header
 from dmlbench.reporting.report import INJECTED_CELL_ID, tidy_notebook
-from dmlbench.reporting.runs import RUN_COLUMNS, cell_status, identical_cells, load_runs
+from dmlbench.reporting.runs import RUN_COLUMNS, cell_status, identical_cells, identical_groups, load_runs
 from dmlbench.reporting.summary import REPORT_TIME_KEY, json_text, write_summary
 from dmlbench.reporting.tables import save_table
 
@@ -156,7 +156,8 @@ def test_identical_cells_are_one_group_over_all_seeds():
                      **{m: 0.2 + 0.01 * seed for m in METRICS}})
     groups = identical_cells(pd.DataFrame(rows))
     assert groups == [["triplet + margin-triplets", "triplet + none"]]
-    assert "margin-violating triplets" in identical_note(groups[0], "a")
+    (group,) = identical_groups(pd.DataFrame(rows))
+    assert "margin-violating triplets" in identical_note(group, "a")
 
 
 # ---- byte-stable outputs -----------------------------------------------------------------------
@@ -307,13 +308,15 @@ def test_report_over_damaged_runs_builds_names_them_and_a_rebuild_changes_no_byt
     assert "<strong>19 of 21 runs finished</strong>, 1 failed, 1 with an unreadable record" in html
     first_table = html[html.index('<table class="dml">'):]
     first_table = first_table[:first_table.index("</table>")]
-    assert first_table.count("<tr") == 8  # header and every one of the 7 cells
+    assert first_table.count("<tr") == 7  # header and the 7 cells, triplet + none and + batch-hard in one row
     headers = re.findall(r"<th class=[^>]*>(.*?)</th>", first_table)
     assert headers[3:6] == ["MAP@R", "R-Precision", "Recall@1"] and "map@r" not in first_table
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", first_table)][1:]
     means = [float(row[3].split(" ")[0]) for row in rows]  # MAP@R
-    assert len(means) == 6 and means == sorted(means, reverse=True)  # best first (the baseline's row is marked)
-    identical = html.index("triplet + batch-hard and triplet + none gave identical numbers")
+    assert len(means) == 5 and means == sorted(means, reverse=True)  # best first (the baseline's row is marked)
+    assert "(= triplet + none)" in first_table
+    identical = html.index("triplet + batch-hard and triplet + none trained identically")
+    assert "No known identity of the study explains it" in html
     assert html.index("</table>") < identical < html.index('id="Protocol"')  # explained beside the table
     assert "Alternative text" not in html and "No description has been provided" not in html
     assert all(' alt="' in tag for tag in re.findall(r"<img [^>]*>", html))

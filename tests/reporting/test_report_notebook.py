@@ -121,8 +121,8 @@ def test_the_headline_is_made_from_the_tables():
         "(1-2) overlap those of 1 other loss: no clear first.",
         "On the grid (contrastive, triplet x miners) the loss moves mean MAP@R more than the miner "
         "(range 0.0550 against 0.0050); best miner there: **semi-hard**.",
-        "Caveats: 1 of 4 runs peaked at their last epoch (still improving); 1 group of cells gave identical numbers "
-        "(notes under the table).",
+        "Caveats: 1 of 4 runs peaked at their last epoch (still improving); 1 group of cells trained identically, each "
+        "merged into one row and counted once (notes under the table).",
     ]
     alone = narrative.headline("d", seed_table().assign(seeds=1), pd.DataFrame(), {}, run_table().assign(best_epoch=1),
                                BASELINE, 0.95, [])
@@ -243,7 +243,7 @@ def test_summary_json_holds_what_its_schema_says(tmp_path):
     assert [(r["loss"], r["miner"]) for r in written["table"]] == [("triplet", "semi-hard"), ("contrastive", "none")]
     assert written["table"][1]["map@r"] == pytest.approx(0.605) and written["table"][1]["seeds"] == 2
     assert written["table"][0]["map@r_low"] < 0.505 < written["table"][0]["map@r_high"]
-    assert written["timing"] == {"cells_timed": 3, "cells_wall_s": 33.0, "cells_span_s": 22.0}
+    assert written["timing"] == {"cells_timed": 3, "cells_wall_s": 33.0, "cells_span_s": 22.0, "sessions": 1}
     assert written["machine"] == {"cpu": "test cpu", "cpu_count": 2, "device": "cpu", "torch_threads": 1}
     schema = summary.__doc__
     documented = set(re.findall(r"^    (\w+) ", schema, re.M)) | set(re.findall(r"^        (\w+) ", schema, re.M))

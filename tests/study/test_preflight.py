@@ -17,7 +17,7 @@ from dmlbench.cli import main
 from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError
 from dmlbench.losses import ContrastiveLoss, MultiSimilarityLoss, TripletMarginLoss
-from dmlbench.miners import MarginTripletMiner, MultiSimilarityMiner, SemiHardMiner, SmoothHardMiner
+from dmlbench.miners import MarginTripletMiner, MultiSimilarityMiner, RhoDistanceMiner, SemiHardMiner
 from dmlbench.paths import REPO_ROOT
 from dmlbench.study.cells import load_study
 
@@ -202,7 +202,7 @@ def test_margin_checks_of_the_components_themselves():
     for build in (lambda: ContrastiveLoss(neg_margin=0.0), lambda: ContrastiveLoss(neg_margin=math.inf),
                   lambda: TripletMarginLoss(margin=math.nan), lambda: MultiSimilarityLoss(base=-1.01),
                   lambda: MultiSimilarityMiner(epsilon=2.5), lambda: SemiHardMiner(margin=math.inf),
-                  lambda: MarginTripletMiner(margin=math.nan), lambda: SmoothHardMiner(scale=math.nan)):
+                  lambda: MarginTripletMiner(margin=math.nan), lambda: RhoDistanceMiner(rho=1.5)):
         with pytest.raises(ConfigError, match="got"):
             build()
     ContrastiveLoss(pos_margin=0.0, neg_margin=1.0), TripletMarginLoss(margin=0.0, variant="softplus")

@@ -94,24 +94,26 @@ def test_cells_alone_make_a_study_and_bad_cells_fail(tmp_path):
 
 
 def test_a_changed_component_version_makes_its_cells_new_runs_and_leaves_the_others(monkeypatch):
-    """The shipped runs are the first version of every component; bumping one miner's and one loss's
-    version turns exactly their cells into new, unfinished runs."""
+    """Bumping one miner's and one loss's version turns exactly their cells of the shipped study into
+    new, unfinished runs; every other cell keeps its id and stays done."""
     from dmlbench.losses import LOSSES
     from dmlbench.miners import MINERS
     from dmlbench.paths import REPO_ROOT
 
     monkeypatch.delenv("DMLBENCH_RESULTS", raising=False)  # the repository's own results/
     study = load_study(REPO_ROOT / "studies" / "default.yaml", check_networks=False)
-    before = {cell.run_id: cell.state() for cell in study.cells}
-    assert set(before.values()) == {"done"}
-    monkeypatch.setattr(MINERS.get("smooth-hard"), "version", 2)
-    monkeypatch.setattr(LOSSES.get("center"), "version", 3)
+    before = {cell.run_id: (cell.state(), cell.config.hashed_dict()) for cell in study.cells}
+    assert {state for state, _ in before.values()} == {"done"}
+    miner, loss = MINERS.get("smooth-hard"), LOSSES.get("center")
+    monkeypatch.setattr(miner, "version", miner.version + 1)
+    monkeypatch.setattr(loss, "version", loss.version + 1)
     changed = [c for c in study.cells if c.config.miner == "smooth-hard" or c.config.loss == "center"]
     assert len(changed) == 9  # contrastive and triplet with smooth-hard, center alone; three seeds each
     for cell in study.cells:
         if cell in changed:
             assert cell.run_id not in before and cell.state() == "to run"
-            assert cell.config.hashed_dict()["component_versions"] in ({"miner": 2}, {"loss": 3})
+            versions = cell.config.hashed_dict()["component_versions"]
+            assert versions.get("miner") == miner.version or versions.get("loss") == loss.version
         else:
             assert cell.run_id in before and cell.state() == "done"
-            assert "component_versions" not in cell.config.hashed_dict()
+            assert cell.config.hashed_dict() == before[cell.run_id][1]

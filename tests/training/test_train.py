@@ -115,3 +115,20 @@ def test_the_loss_gets_fp32_embeddings_from_a_network_that_returns_bf16_under_au
     loss = optimisation_step(network, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False),
                              torch.randn(16, 3, 4, 4), torch.arange(4).repeat_interleave(4), torch.bfloat16)
     assert seen == [torch.float32] and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_the_loss_parameters_get_their_own_weight_decay_and_learning_rate():
+    """Proxies etc. train without the network's weight decay (None: none, as Roth et al.'s code) unless
+    loss_weight_decay is set; the network's group keeps weight_decay."""
+    from dmlbench.config import RunConfig
+    from dmlbench.models import MODELS
+    from dmlbench.training.loop import build_run_criterion, make_optimizer, optimiser_groups
+
+    for loss_weight_decay, expected in ((None, 0.0), (1e-3, 1e-3)):
+        config = RunConfig(loss="proxy-anchor", miner="none", weight_decay=5e-4, loss_weight_decay=loss_weight_decay)
+        model = MODELS.create("convnet", embedding_dim=8)
+        criterion = build_run_criterion(config, num_classes=3)
+        optimizer = make_optimizer("adam", optimiser_groups(config, model, criterion), config.lr, config.weight_decay)
+        network, proxies = optimizer.param_groups
+        assert network["weight_decay"] == 5e-4 and network["lr"] == 1e-3
+        assert proxies["weight_decay"] == expected and proxies["lr"] == pytest.approx(0.1)  # 100 x lr
