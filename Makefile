@@ -63,6 +63,13 @@ data: $(STAMP)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	  fi; \
 	fi
+	@if $(PY) -m dmlbench study $(STUDY) --datasets | grep -qx han-typefaces; then \
+	  missing="$$($(PY) -c 'from dmlbench.datasets.typefaces import missing_packages; print(*missing_packages())')"; \
+	  if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the CJK font packages of han-typefaces: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
 	$(PY) -m dmlbench study $(STUDY) --prepare-data
 
 # Headless Chromium (Debian's chromium): the report's screenshot and the test that opens the report

@@ -164,9 +164,19 @@ def _prepare_study_data(study) -> int:
             print(prepare_benchmark(dataset, root, image_size=image_size))
         else:
             splits = load_dataset(dataset, root=root)
-            print(f"{dataset}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
-                  f"({splits.source.get('where', '')})")
+            print(_describe_splits(dataset, splits))
     return 0
+
+
+def _describe_splits(name: str, splits) -> str:
+    """The dataset's own summary (its class's ``describe``, e.g. han-typefaces' counts), else the split sizes."""
+    from .datasets import DATASETS
+
+    describe = getattr(DATASETS.get(name), "describe", None)
+    if describe is not None:
+        return describe(splits)
+    return (f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+            f"({splits.source.get('where', '')})")
 
 
 def report_and_readme(study: Path, readme: bool = True) -> int:
@@ -209,9 +219,18 @@ def cmd_data(args) -> int:
     DATASETS.get(args.name)
     if args.name in PHOTO_DATASETS:
         return _data_benchmark(args)
+    if args.name == "han-typefaces":
+        from .datasets.typefaces import FONT_PACKAGES, discover_faces
+
+        if args.action == "locate":
+            faces = discover_faces(FONT_PACKAGES)  # a missing package fails naming it and the install command
+            print(f"{len(faces)} faces in {len(FONT_PACKAGES)} Debian font packages")
+            return 0
+        print(_describe_splits(args.name, DATASETS.get(args.name).load()))
+        return 0
     if args.name != "fashion-mnist":
-        raise ConfigError(f"'dmlbench data {args.action}' knows fashion-mnist and {', '.join(PHOTO_DATASETS)}, "
-                          f"not {args.name!r}")
+        raise ConfigError(f"'dmlbench data {args.action}' knows fashion-mnist, han-typefaces and "
+                          f"{', '.join(PHOTO_DATASETS)}, not {args.name!r}")
     from .datasets.fashion_mnist import locate
 
     if args.action == "locate":
@@ -219,8 +238,7 @@ def cmd_data(args) -> int:
         print(where)
         return 0
     splits = DATASETS.get(args.name).load(root=args.root)
-    print(f"{splits.name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
-          f"({splits.source['where']})")
+    print(_describe_splits(args.name, splits))
     return 0
 
 

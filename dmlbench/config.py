@@ -28,6 +28,11 @@ from .errors import ConfigError, UnknownNameError
 DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
+# In-memory grey datasets' training-time augmentations (dmlbench.training.augment) and their ranges.
+AUGMENTATIONS = {"rotate": "degrees, uniform in +-value", "scale": "relative, uniform in 1 +- value",
+                 "shift": "fraction of the side, uniform in +-value", "shear": "degrees, uniform in +-value",
+                 "stroke": "probability of thinning or thickening the strokes by one pixel (each half of it)"}
 # A sampler's arguments that training supplies (dmlbench.training.loop); sampler_kwargs holds only the others.
 SAMPLER_SUPPLIED = ("labels", "P", "K", "batches_per_epoch", "generator", "super_labels")
 NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
@@ -64,6 +69,13 @@ class RunConfig:
     #                                         beta); None = none, as Roth et al.'s code. Hashed as its effect: see
     #                                         hashed_dict
     select_metric: str = "map@r"  # validation metric that picks the tested epoch
+    lr_schedule: str | None = None  # None or "constant": the same lr throughout; "cosine": per step, down to 0 at
+    #                                 the last epoch's end (Loshchilov & Hutter 2017, no restarts)
+    patience: int | None = None  # stop when this many epochs in a row bring no validation score better than the
+    #                              best by more than min_delta (the best epoch is tested); None: train every epoch
+    min_delta: float | None = None  # with patience: the improvement that resets its count; None: any
+    augment: dict[str, float] | None = None  # in-memory grey datasets: training-time augmentation, e.g.
+    #                                          {"rotate": 8, "scale": 0.1, "stroke": 0.5} (see AUGMENTATIONS)
     seed: int = 0
     device: str = "auto"
     data_root: str | None = None
@@ -207,7 +219,10 @@ class RunConfig:
             raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
 
     def _check_choices(self) -> None:
-        for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS)):
+        for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS),
+                              ("lr_schedule", LR_SCHEDULES)):
+            if name == "lr_schedule" and self.lr_schedule is None:
+                continue
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
 
@@ -223,6 +238,14 @@ class RunConfig:
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
                                              or self.num_workers < 0):
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
+        if self.patience is not None:
+            _positive_int(self, "patience")
+        if self.min_delta is not None and (self.patience is None or not isinstance(self.min_delta, (int, float))
+                                           or isinstance(self.min_delta, bool) or not 0 <= self.min_delta < 1):
+            raise ConfigError(f"min_delta must be a number in [0, 1) and needs patience set, got min_delta="
+                              f"{self.min_delta!r}, patience={self.patience!r}")
+        if self.augment is not None:
+            self._check_augment()
         if self.torch_compile is not None and not isinstance(self.torch_compile, bool):
             raise ConfigError(f"torch_compile must be true, false or None, got {self.torch_compile!r}")
         if self.processes is not None:
@@ -236,6 +259,23 @@ class RunConfig:
 
             if self.preset not in PRESETS:
                 raise ConfigError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
+
+    def _check_augment(self) -> None:
+        if not isinstance(self.augment, dict):
+            raise ConfigError(f"augment must be a mapping of augmentations to amounts, got {self.augment!r}; "
+                              f"valid augmentations: {', '.join(AUGMENTATIONS)}")
+        for name, value in self.augment.items():
+            if name not in AUGMENTATIONS:
+                raise ConfigError(f"unknown augmentation {name!r}; valid augmentations: "
+                                  + "; ".join(f"{k} ({v})" for k, v in AUGMENTATIONS.items()))
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 360 \
+                    or (name == "stroke" and value > 1):
+                raise ConfigError(f"augment {name}={value!r}: expected a non-negative number ({AUGMENTATIONS[name]})")
+        from .datasets.benchmarks import PHOTO_DATASETS
+
+        if self.dataset in PHOTO_DATASETS:
+            raise ConfigError(f"augment applies to in-memory grey datasets; {self.dataset!r} has its protocol's "
+                              f"own crops and flips (leave augment None)")
 
     # -- the components the settings name: registries, arguments, compatibility, the data folder --
 

@@ -10,6 +10,11 @@ A study file (YAML) looks like::
     miners:                      # name -> keyword arguments of the miner
       none: {}
       semi-hard: {margin: 0.2}
+    # datasets may also map each name to what differs for it: its own seeds, settings over the shared
+    # ones, and 'grid: false' to run only the 'cells' list on it (a second dataset at a smaller cost):
+    #   datasets:
+    #     han-typefaces: {}
+    #     fashion-mnist: {seeds: [0, 1], grid: false, settings: {P: 5, K: 16}}
     cells:                       # more (loss, miner) pairs beyond the grid, e.g. a loss with its paper's sampling
       - {loss: margin, miner: distance-weighted, loss_kwargs: {beta: 1.2}}
     seeds: [0]
@@ -20,7 +25,7 @@ A study file (YAML) looks like::
       partition: gpu             # (every key: dmlbench.study.executors)
       timeout_min: 240
 
-Every cell runs on every dataset and seed. Every name is checked before anything runs; an unknown
+Every cell runs on every dataset and seed (a dataset's own seeds, settings and grid when given). Every name is checked before anything runs; an unknown
 one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
 cell is listed as skipped with the reason. A pair given twice runs once.
 
@@ -61,6 +66,7 @@ log = logging.getLogger("dmlbench")
 
 STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
+DATASET_KEYS = ("seeds", "settings", "grid")  # what a study's datasets mapping may give per dataset
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
 BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
 
@@ -157,14 +163,20 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     raw = _read_study_file(path)
     slurm = slurm_settings(path, raw.get("slurm"))
     _check_axes_given(path, raw)
-    datasets = raw["datasets"] if isinstance(raw["datasets"], list) else [raw["datasets"]]
-    pairs = _grid_pairs(path, raw) + _extra_pairs(path, raw.get("cells") or [])
+    per_dataset = _datasets(path, raw["datasets"])
+    grid, extra = _grid_pairs(path, raw), _extra_pairs(path, raw.get("cells") or [])
     seeds = _seeds(path, raw.get("seeds", [0]))
-    settings = _settings(path, raw.get("settings") or {})
-    _check_names(path, datasets, pairs)
+    shared = raw.get("settings") or {}
+    _check_names(path, list(per_dataset), grid + extra)
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
                   slurm=slurm)
-    _add_cells(study, itertools.product(datasets, pairs, seeds), settings, check_networks=check_networks)
+    for dataset, own in per_dataset.items():
+        if not isinstance(shared, dict):
+            raise ConfigError(f"{path}: settings: expected a mapping, got {shared!r}")
+        settings = _settings(path, {**shared, **own.get("settings", {})})
+        pairs = (grid if own.get("grid", True) else []) + extra
+        own_seeds = _seeds(path, own["seeds"]) if "seeds" in own else seeds
+        _add_cells(study, itertools.product([dataset], pairs, own_seeds), settings, check_networks=check_networks)
     if not study.cells:
         raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
     if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
@@ -199,6 +211,28 @@ def _check_axes_given(path: Path, raw: dict[str, Any]) -> None:
         for key in ("losses", "miners"):
             if not raw.get(key):
                 raise ConfigError(f"{path}: '{key}' is missing or empty (or give a 'cells' list instead)")
+
+
+def _datasets(path: Path, value: Any) -> dict[str, dict[str, Any]]:
+    """``name``, ``[names]`` or ``{name: {seeds, settings, grid}}`` -> ``{name: {...}}``, checked."""
+    if isinstance(value, str):
+        return {value: {}}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {v: {} for v in value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: datasets: expected a name, a list of names or a mapping name -> "
+                          f"{{{', '.join(DATASET_KEYS)}}}, got {value!r}")
+    out = {}
+    for name, own in value.items():
+        own = own or {}
+        bad = sorted(set(own) - set(DATASET_KEYS)) if isinstance(own, dict) else ["(not a mapping)"]
+        if bad:
+            raise ConfigError(f"{path}: datasets: {name}: unknown key {', '.join(map(repr, bad))}; valid keys: "
+                              f"{', '.join(DATASET_KEYS)}")
+        if not isinstance(own.get("settings", {}), dict) or not isinstance(own.get("grid", True), bool):
+            raise ConfigError(f"{path}: datasets: {name}: settings must be a mapping and grid true or false")
+        out[str(name)] = own
+    return out
 
 
 def _grid_pairs(path: Path, raw: dict[str, Any]) -> list[Pair]:

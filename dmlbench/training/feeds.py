@@ -62,9 +62,12 @@ class TensorFeed:
     """In-memory uint8 images, normalised once with the dataset's mean and std and kept on the device."""
 
     def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, eval_batch_size: int,
-                 world: tuple[int, int] = (0, 1)):
+                 world: tuple[int, int] = (0, 1), augment: dict | None = None, seed: int = 0):
+        from .augment import Augmenter
+
         self.mean, self.std, self.device, self.batch_size = splits.mean, splits.std, device, eval_batch_size
         self.sampler, self.world = sampler, world
+        self.augmenter = Augmenter(augment, seed) if augment else None
         self.train_x = image_tensor(splits.train.images, self.mean, self.std, device)
         self.train_y = torch.from_numpy(train_labels.astype(np.int64)).to(device)
         self._tensors: dict[int, torch.Tensor] = {}
@@ -72,13 +75,16 @@ class TensorFeed:
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.sampler:
             idx = torch.tensor(shard(batch, *self.world), device=self.device)
-            yield self.train_x[idx], self.train_y[idx]
+            images = self.train_x[idx]
+            yield (images if self.augmenter is None else self.augmenter(images)), self.train_y[idx]
 
     def state_dict(self) -> dict:
-        return {}  # no randomness of its own: the sampler's is saved with the sampler
+        # the sampler's randomness is saved with the sampler; the augmenter's here
+        return {} if self.augmenter is None else {"augmenter": self.augmenter.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.augmenter is not None and "augmenter" in state:
+            self.augmenter.load_state_dict(state["augmenter"])
 
     def embed(self, model: torch.nn.Module, split) -> torch.Tensor:
         key = id(split)
@@ -205,4 +211,5 @@ def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.d
         return PhotoFeed(splits, train_labels, sampler, device, image_size=config.image_size,
                          num_workers=config.num_workers, eval_batch_size=config.eval_batch_size, seed=config.seed,
                          mean=mean, std=std, world=world)
-    return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size, world)
+    return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size, world,
+                      augment=getattr(config, "augment", None), seed=config.seed)

@@ -10,6 +10,7 @@ bf16 autocast (fp16 with a gradient scaler where bf16 is unsupported) while loss
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
@@ -268,12 +269,25 @@ def _start_or_resume(config: RunConfig, run: _Run, splits: Splits,
                      first_epoch=saved["epoch"] + 1)
 
 
+def set_learning_rates(config: RunConfig, optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
+    """lr_schedule "cosine": every group's lr is its initial lr x (1 + cos(pi step / total)) / 2 before step
+    ``step`` (0-based) of ``total``; computed from the step alone, so a resumed run needs no saved schedule."""
+    if config.lr_schedule != "cosine":
+        return
+    factor = 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
+
+
 def _train_epoch(config: RunConfig, run: _Run, state: _RunState, epoch: int, bar) -> dict:
     """One pass of optimisation steps over the epoch's batches; the epoch's record, validation not yet in it."""
     run.model.train()
     start = time.perf_counter()
     losses, mined = [], []
+    per_epoch = len(run.sampler)
     for step, (images, labels) in enumerate(run.feed.epoch()):
+        set_learning_rates(config, run.optimizer, (epoch - 1) * per_epoch + step, config.epochs * per_epoch)
         loss = optimisation_step(run.forward, run.criterion, run.optimizer, run.scaler, images, labels, run.amp)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}: training diverged "
@@ -296,12 +310,29 @@ def _select(config: RunConfig, run: _Run, state: _RunState, record: dict) -> Non
     if not run.lead:
         return
     select_key = f"val_{config.select_metric}"
+    if record[select_key] > state.best.get("patience_score", -float("inf")) + (config.min_delta or 0.0):
+        state.best["patience_score"], state.best["patience_epoch"] = record[select_key], record["epoch"]
     if record[select_key] > state.best["score"]:
-        state.best = {"score": record[select_key], "epoch": record["epoch"],
+        state.best = {**state.best, "score": record[select_key], "epoch": record["epoch"],
                       "state": {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                                 for name, module in (("model", run.model), ("criterion", run.criterion))}}
     log.info("epoch %d/%d  loss %.4f  val R@1 %.4f  val MAP@R %.4f  (%.1f s)", record["epoch"], config.epochs,
              record["loss"], record["val_recall@1"], record["val_map@r"], record["time_s"])
+
+
+def _plateaued(config: RunConfig, state: _RunState, epoch: int) -> bool:
+    """Whether ``patience`` epochs in a row up to ``epoch`` brought no better validation score (rank 0's
+    decision, shared with the other ranks under torch.distributed)."""
+    if config.patience is None or epoch < 1:
+        return False
+    last = state.best.get("patience_epoch", state.best["epoch"])  # the last improvement by more than min_delta
+    stop = [bool(epoch - last >= config.patience and state.best["state"] is not None)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(stop, src=0)
+    if stop[0]:
+        log.info("stopping after epoch %d: no better validation %s for %d epochs (best: epoch %d)", epoch,
+                 config.select_metric, config.patience, state.best["epoch"])
+    return stop[0]
 
 
 def _save_checkpoint(checkpoint: str | os.PathLike, config: RunConfig, run: _Run, state: _RunState,
@@ -362,6 +393,8 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     if bar is not None:
         bar.update((state.first_epoch - 1) * len(run.sampler))
     for epoch in range(state.first_epoch, config.epochs + 1):
+        if _plateaued(config, state, epoch - 1):
+            break
         record = _train_epoch(config, run, state, epoch, bar) | _validation(run, splits)
         state.history.append(record)
         _select(config, run, state, record)

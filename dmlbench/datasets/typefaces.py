@@ -1,0 +1,418 @@
+"""Han typefaces: a many-class retrieval benchmark rendered from the CJK fonts that Debian packages.
+
+One class per Han character (CJK Unified Ideographs, U+4E00-U+9FFF), one grey image per distinct
+typeface: the Omniglot idea with real type designs (Ming / Song serif, Hei / Gothic sans, Kai brush,
+FangSong, pixel fonts, calligraphic and hand-written Japanese fonts), whose natural hard negatives
+are characters that differ by a stroke (己 / 已 / 巳, 未 / 末, 土 / 士).
+
+How it is built (deterministic for given font files; every step is a setting of :class:`BuildSpec`):
+
+1. **Faces.** Every font file of the packages in ``FONT_PACKAGES`` (``dpkg -L``), every face of a
+   collection, in the packages' order. A missing package stops with its name and the ``apt-get``
+   command; a face FreeType cannot scale (bitmap-only) is left out and listed.
+2. **Rendering.** A glyph is set as a typesetter sets it: drawn at 64 px centred on its em box,
+   so each face keeps its own glyph size and position; the em square with a 4-px margin is scaled
+   to ``image_size``: white ink on black, uint8.
+3. **Duplicate typefaces removed by comparing renderings.** On the ``probe`` characters most faces
+   cover, the distance of two faces is the median over shared characters of the mean absolute grey
+   difference (0-1 scale). A face closer than ``duplicate_threshold`` to an earlier kept face
+   (regional and Mono variants, fonts derived from another's outlines, neighbouring weights) is
+   removed as its duplicate. Then, per character, a rendering within the same distance of an earlier
+   kept rendering of that character (a font borrowing another's glyph) is dropped, as is one without
+   ink: every class holds distinct designs only.
+4. **Characters.** Candidates (covered by at least ``min_typefaces`` kept faces) are visited in a
+   seeded random order; a character enters when it keeps at least ``min_typefaces`` distinct
+   renderings, until ``sum(split_characters)`` have entered.
+5. **Splits by character**, class-disjoint, seeded and fixed: ``split_characters`` = (train,
+   validation, test). Validation characters are held out from training and test alike, so model
+   selection sees neither.
+
+The result is cached (``$DMLBENCH_CACHE/han-typefaces/``) under a key of the spec, the font files
+(path, size, modification time) and the package versions; :meth:`HanTypefaces.load`'s ``source``
+lists every typeface used with its package and version, and the counts, which a run's metrics.json
+records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetNotFoundError
+from ..fileio import atomic_write_bytes
+from .base import Dataset, ImageSet, Splits, cache_dir, register_dataset
+
+log = logging.getLogger("dmlbench")
+
+# The Debian packages whose faces are rendered, in priority order: of two duplicate faces the earlier is kept.
+FONT_PACKAGES = (
+    "fonts-noto-cjk",          # Noto Sans / Serif CJK (Source Han), regular and bold
+    "fonts-arphic-uming",      # AR PL UMing: Ming
+    "fonts-arphic-ukai",       # AR PL UKai: Kai
+    "fonts-arphic-bsmi00lp", "fonts-arphic-gbsn00lp", "fonts-arphic-bkai00mp", "fonts-arphic-gkai00mp",
+    "fonts-cns11643-sung", "fonts-cns11643-kai",  # Taiwan's TW-Sung and TW-Kai
+    "fonts-cwtex-ming", "fonts-cwtex-kai", "fonts-cwtex-fs", "fonts-cwtex-heib", "fonts-cwtex-yen",
+    "fonts-wqy-zenhei", "fonts-wqy-microhei", "fonts-droid-fallback",
+    "fonts-lxgw-wenkai",
+    "fonts-ipafont-mincho", "fonts-ipafont-gothic", "fonts-ipaexfont-mincho", "fonts-ipaexfont-gothic",
+    "fonts-ipamj-mincho", "fonts-hanazono", "fonts-takao-mincho", "fonts-takao-gothic",
+    "fonts-vlgothic", "fonts-horai-umefont", "fonts-umeplus", "fonts-migmix", "fonts-mmcedar",
+    "fonts-motoya-l-cedar", "fonts-motoya-l-maruberi", "fonts-konatu", "fonts-komatuna", "fonts-mona",
+    "fonts-monapo", "fonts-misaki", "fonts-unifont",
+    "fonts-aoyagi-kouzan-t", "fonts-aoyagi-soseki", "fonts-kouzan-mouhitsu",  # brush calligraphy
+    "fonts-kiloji", "fonts-seto", "fonts-yozvox-yozfont-standard-kana",        # hand-written
+    "fonts-baekmuk", "fonts-unfonts-core", "fonts-nanum",                      # Korean fonts' Hanja
+)
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
+HAN_RANGE = (0x4E00, 0x9FFF)  # CJK Unified Ideographs
+RENDER_PX = 64  # the size glyphs are drawn at before they are fitted into image_size
+
+
+def install_command(packages) -> str:
+    return f"apt-get install {' '.join(packages)}   (or 'make data' as root)"
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face of a font file: ``index`` within a collection (.ttc), and the package it comes from."""
+
+    package: str
+    version: str
+    file: str
+    index: int
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{Path(self.file).name}#{self.index}"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that decides the images (see the module's docstring)."""
+
+    packages: tuple[str, ...] = FONT_PACKAGES
+    image_size: int = 24
+    duplicate_threshold: float = 0.10
+    min_typefaces: int = 20
+    split_characters: tuple[int, int, int] = (1000, 200, 800)
+    seed: int = 0
+    probe: int = 100
+    characters: tuple[int, int] = HAN_RANGE  # code point range (inclusive)
+    min_coverage: int = 1000  # faces covering fewer characters of the range are not Han fonts: left out
+    # The second zero-shot axis: about this share of the distinct typefaces, whole packages (design families)
+    # at a time, is held out of training and validation and is all the test split shows (0: none held out).
+    held_out_typefaces: float = 1 / 3
+    min_held_out: int = 6  # a character needs this many distinct held-out renderings (and min_typefaces in all)
+
+    def validate(self) -> "BuildSpec":
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 0 <= self.duplicate_threshold < 1:
+            raise ValueError(f"duplicate_threshold is a mean grey difference in [0, 1), got {self.duplicate_threshold}")
+        if not 0 <= self.held_out_typefaces < 1 or self.min_held_out < 2:
+            raise ValueError(f"held_out_typefaces must lie in [0, 1) and min_held_out be >= 2, got "
+                             f"{self.held_out_typefaces}, {self.min_held_out}")
+        if self.min_typefaces < 2 or min(self.split_characters) < 1 or len(self.split_characters) != 3:
+            raise ValueError(f"min_typefaces must be >= 2 and split_characters three positive counts, got "
+                             f"{self.min_typefaces}, {self.split_characters}")
+        return self
+
+
+def package_files(package: str) -> tuple[str, list[str]] | None:
+    """(version, font files) of an installed Debian package; None when it is not installed."""
+    if not shutil.which("dpkg-query"):
+        return None
+    status = subprocess.run(["dpkg-query", "-W", "-f", "${Status}\t${Version}", package],
+                            capture_output=True, text=True)
+    if status.returncode != 0 or "install ok installed" not in status.stdout:
+        return None
+    version = status.stdout.split("\t")[-1].strip()
+    listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True).stdout.split("\n")
+    files = sorted({line for line in listing if line.lower().endswith(FONT_SUFFIXES) and os.path.isfile(line)})
+    return version, files
+
+
+def missing_packages(packages=FONT_PACKAGES) -> list[str]:
+    """The font packages not installed ('make data' installs them with apt-get when root)."""
+    return [p for p in packages if package_files(p) is None]
+
+
+def discover_faces(packages) -> list[Face]:
+    """Every face of every font file of ``packages``, in their order; a missing package is an error."""
+    from fontTools.ttLib import TTCollection
+
+    found, missing = [], []
+    for package in packages:
+        listed = package_files(package)
+        if listed is None:
+            missing.append(package)
+            continue
+        version, files = listed
+        for path in files:
+            count = len(TTCollection(path, lazy=True).fonts) if path.lower().endswith((".ttc", ".otc")) else 1
+            found.extend(Face(package, version, path, i) for i in range(count))
+    if missing:
+        raise DatasetNotFoundError(
+            f"han-typefaces needs the font package(s) {', '.join(missing)}, not installed. Install them: "
+            f"{install_command(missing)}")
+    return found
+
+
+def han_coverage(face: Face, lo: int, hi: int) -> tuple[str, set[int]]:
+    """(full name, the code points in [lo, hi] the face's character map covers)."""
+    from fontTools.ttLib import TTFont
+
+    font = TTFont(face.file, fontNumber=face.index, lazy=True)
+    cmap = font["cmap"].getBestCmap() or {}
+    return str(font["name"].getDebugName(4) or face.key), {c for c in cmap if lo <= c <= hi}
+
+
+def render_glyph(font, char: str, size: int) -> np.ndarray | None:
+    """The glyph as a typesetter sets it: drawn at 64 px centred on its em box (the face's own size and
+    position kept), the em square plus a 4-px margin scaled to ``size``: uint8 (size, size), white on
+    black; None when the face draws no ink for it (or FreeType fails)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (2 * RENDER_PX, 2 * RENDER_PX), 0)
+    try:
+        ImageDraw.Draw(canvas).text((RENDER_PX, RENDER_PX), char, fill=255, font=font, anchor="mm")
+    except OSError:
+        return None
+    if canvas.getbbox() is None:
+        return None
+    lo, hi = RENDER_PX // 2 - 4, 3 * RENDER_PX // 2 + 4
+    return np.asarray(canvas.crop((lo, lo, hi, hi)).resize((size, size), Image.LANCZOS))
+
+
+def rendering_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute grey difference of two renderings, on the 0-1 scale."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)
+
+
+@dataclass
+class _Faces:
+    """The usable faces with their fonts and coverage, and what was left out and why."""
+
+    faces: list[Face]
+    fonts: list
+    coverage: list[set[int]]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def usable_faces(spec: BuildSpec, faces: list[Face]) -> _Faces:
+    """Faces FreeType can scale that cover at least ``min_coverage`` characters of the range."""
+    from PIL import ImageFont
+
+    kept = _Faces([], [], [])
+    for face in faces:
+        try:
+            name, covered = han_coverage(face, *spec.characters)
+            font = ImageFont.truetype(face.file, RENDER_PX, index=face.index)
+        except Exception as error:  # noqa: BLE001 - a face fontTools or FreeType cannot read is left out, said why
+            kept.left_out[face.key] = f"unreadable: {error}"
+            continue
+        if len(covered) < spec.min_coverage:
+            kept.left_out[face.key] = f"covers {len(covered)} characters of the range, fewer than {spec.min_coverage}"
+            continue
+        kept.faces.append(Face(face.package, face.version, face.file, face.index, name))
+        kept.fonts.append(font)
+        kept.coverage.append(covered)
+    return kept
+
+
+def remove_duplicate_faces(spec: BuildSpec, usable: _Faces) -> _Faces:
+    """Faces whose renderings of the probe characters repeat an earlier kept face's are removed."""
+    counts = Counter(c for covered in usable.coverage for c in covered)
+    probe = [c for c, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:spec.probe]]
+    renders = [[render_glyph(font, chr(c), spec.image_size) if c in covered else None for c in probe]
+               for font, covered in zip(usable.fonts, usable.coverage)]
+    kept = _Faces([], [], [], dict(usable.left_out))
+    kept_renders: list[list] = []
+    for face, font, covered, mine in zip(usable.faces, usable.fonts, usable.coverage, renders):
+        if all(r is None for r in mine):
+            kept.left_out[face.key] = "draws none of the probe characters"
+            continue
+        for other, theirs in zip(kept.faces, kept_renders):
+            shared = [rendering_distance(a, b) for a, b in zip(mine, theirs) if a is not None and b is not None]
+            if shared and float(np.median(shared)) < spec.duplicate_threshold:
+                kept.left_out[face.key] = (f"duplicate of {other.key} ({other.name}): median distance "
+                                           f"{float(np.median(shared)):.3f} < {spec.duplicate_threshold}")
+                break
+        else:
+            kept.faces.append(face)
+            kept.fonts.append(font)
+            kept.coverage.append(covered)
+            kept_renders.append(mine)
+    return kept
+
+
+def distinct_renderings(spec: BuildSpec, faces: _Faces, char: int) -> tuple[list[np.ndarray], list[int]]:
+    """The character's renderings by every kept face covering it, minus those without ink and those
+    within ``duplicate_threshold`` of an earlier kept rendering: (images, face indices)."""
+    images, owners = [], []
+    for i, (font, covered) in enumerate(zip(faces.fonts, faces.coverage)):
+        if char not in covered:
+            continue
+        image = render_glyph(font, chr(char), spec.image_size)
+        if image is None or any(rendering_distance(image, kept) < spec.duplicate_threshold for kept in images):
+            continue
+        images.append(image)
+        owners.append(i)
+    return images, owners
+
+
+def held_out_faces(spec: BuildSpec, faces: _Faces) -> set[int]:
+    """The held-out typefaces (indices into ``faces``): whole packages in a seeded order until about
+    ``held_out_typefaces`` of the faces are held out, so no test design has a sibling weight in training."""
+    packages = sorted({f.package for f in faces.faces})
+    order = np.random.default_rng(spec.seed + 2).permutation(len(packages))
+    wanted, held = spec.held_out_typefaces * len(faces.faces), set()
+    for position in order:
+        if len(held) >= wanted - 0.5:
+            break
+        held |= {i for i, f in enumerate(faces.faces) if f.package == packages[int(position)]}
+    return held
+
+
+def choose_characters(spec: BuildSpec, faces: _Faces, held: set[int]) -> tuple[list[int], list[np.ndarray], list[list[int]]]:
+    """Characters visited in a seeded order, kept with at least ``min_typefaces`` distinct renderings of
+    which at least ``min_held_out`` come from held-out typefaces (when any are held out)."""
+    counts = Counter(c for covered in faces.coverage for c in covered)
+    candidates = sorted(c for c, n in counts.items() if n >= spec.min_typefaces)
+    order = np.random.default_rng(spec.seed).permutation(len(candidates))
+    wanted = sum(spec.split_characters)
+    chars, images, owners = [], [], []
+    for position in order:
+        char = candidates[int(position)]
+        rendered, who = distinct_renderings(spec, faces, char)
+        if len(rendered) >= spec.min_typefaces and (not held or sum(w in held for w in who) >= spec.min_held_out):
+            chars.append(char)
+            images.append(np.stack(rendered))
+            owners.append(who)
+        if len(chars) == wanted:
+            break
+    if len(chars) < wanted:
+        raise DatasetNotFoundError(
+            f"han-typefaces: only {len(chars)} characters have {spec.min_typefaces} distinct typefaces among "
+            f"the {len(faces.faces)} distinct faces found; {wanted} are needed. Install the font packages "
+            f"({install_command(spec.packages)}) or ask for fewer characters or typefaces per character.")
+    return chars, images, owners
+
+
+def build(spec: BuildSpec, faces: list[Face] | None = None) -> dict:
+    """Render the benchmark: arrays (images, labels = character code points, face of each image) and
+    the facts (faces kept, faces left out and why, held-out faces, split characters). Train and
+    validation characters show the training typefaces only, test characters the held-out ones only."""
+    spec.validate()
+    faces = discover_faces(spec.packages) if faces is None else faces
+    kept = remove_duplicate_faces(spec, usable_faces(spec, faces))
+    held = held_out_faces(spec, kept) if spec.held_out_typefaces > 0 else set()
+    chars, images, owners = choose_characters(spec, kept, held)
+    order = np.random.default_rng(spec.seed + 1).permutation(len(chars))
+    n_train, n_val, _ = spec.split_characters
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    arrays = {}
+    for part, members in parts.items():
+        members = sorted(int(m) for m in members)
+        side = [[j for j, w in enumerate(owners[m]) if not held or ((w in held) == (part == "test"))] for m in members]
+        arrays[f"{part}_images"] = np.concatenate([images[m][rows] for m, rows in zip(members, side)])
+        arrays[f"{part}_labels"] = np.concatenate([np.full(len(rows), chars[m], np.int64) for m, rows in zip(members, side)])
+        arrays[f"{part}_faces"] = np.concatenate([np.asarray(owners[m], np.int64)[rows] for m, rows in zip(members, side)])
+    facts = {"faces": [asdict(f) | {"held_out": i in held} for i, f in enumerate(kept.faces)],
+             "left_out": kept.left_out, "faces_examined": len(faces), "spec": asdict(spec)}
+    return {"arrays": arrays, "facts": facts}
+
+
+def fingerprint(spec: BuildSpec, faces: list[Face]) -> str:
+    """The cache key: the spec, the code's version, each face's package version and file size / mtime."""
+    stats = [(f.package, f.version, f.file, f.index, os.stat(f.file).st_size, os.stat(f.file).st_mtime_ns)
+             for f in faces]
+    text = json.dumps({"spec": asdict(spec), "faces": stats, "version": HanTypefaces.version}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
+    """The built benchmark from the cache when current, else built and cached: (build, fingerprint)."""
+    faces = discover_faces(spec.packages)
+    key = fingerprint(spec, faces)
+    path = cache_dir() / "han-typefaces" / f"build-{key}.npz"
+    if cache and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files if name != "facts"}
+                return {"arrays": arrays, "facts": json.loads(str(data["facts"]))}, key
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring unreadable cache %s", path)
+    log.info("rendering han-typefaces from %d faces (once; cached in %s)", len(faces), path.parent)
+    built = build(spec, faces)
+    if cache:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **built["arrays"], facts=np.array(json.dumps(built["facts"])))
+        atomic_write_bytes(path, buffer.getvalue())
+    return built, key
+
+
+def counts(built: dict) -> dict:
+    """Characters, images and typefaces per character of each split, and the typefaces in all."""
+    out = {"typefaces": len(built["facts"]["faces"]), "faces_examined": built["facts"]["faces_examined"]}
+    for part in ("train", "val", "test"):
+        labels = built["arrays"][f"{part}_labels"]
+        per_class = np.unique(labels, return_counts=True)[1]
+        out[part] = {"characters": int(len(per_class)), "images": int(len(labels)),
+                     "typefaces_per_character": {"min": int(per_class.min()), "median": float(np.median(per_class)),
+                                                 "max": int(per_class.max())}}
+    return out
+
+
+@register_dataset
+class HanTypefaces(Dataset):
+    name = "han-typefaces"
+    description = ("Han characters rendered in every distinct typeface of Debian's CJK font packages: one class "
+                   "per character, split by character into train / validation / test (grey, 24x24).")
+    spec: BuildSpec = BuildSpec()
+    num_classes = spec.split_characters[0], spec.split_characters[2]
+    channels = 1
+    default_image_size = spec.image_size
+    packages = FONT_PACKAGES  # what 'make data' installs
+
+    @classmethod
+    def load(cls, root: str | os.PathLike | None = None, cache: bool = True) -> Splits:
+        if root is not None:
+            raise DatasetNotFoundError(
+                "han-typefaces is rendered from installed Debian font packages, not read from a data root; "
+                f"leave data_root unset. Install the fonts with: {install_command(cls.spec.packages)}")
+        built, key = load_build(cls.spec, cache=cache)
+        arrays, facts = built["arrays"], built["facts"]
+        sets = {part: ImageSet(arrays[f"{part}_images"], arrays[f"{part}_labels"]) for part in ("train", "val", "test")}
+        pixels = sets["train"].images.astype(np.float64) / 255.0
+        names = {int(c): chr(int(c)) for part in sets.values() for c in np.unique(part.labels)}
+        typefaces = [{"name": f["name"], "package": f["package"], "version": f["version"], "file": f["file"],
+                      "index": f["index"]} for f in facts["faces"]]
+        source = {"where": f"{len(typefaces)} distinct typefaces of {len(cls.spec.packages)} Debian font packages",
+                  "fingerprint": key, "counts": counts(built), "typefaces": typefaces,
+                  "left_out": facts["left_out"], "spec": facts["spec"]}
+        return Splits(name=cls.name, train=sets["train"], val=sets["val"], test=sets["test"], class_names=names,
+                      mean=float(pixels.mean()), std=float(pixels.std()), source=source)
+
+    @staticmethod
+    def describe(splits: Splits) -> str:
+        """What 'dmlbench data prepare' prints: the counts of each split."""
+        c = splits.source["counts"]
+        lines = [f"han-typefaces: {c['typefaces']} distinct typefaces (of {c['faces_examined']} faces examined)"]
+        for part in ("train", "val", "test"):
+            p = c[part]
+            per = p["typefaces_per_character"]
+            lines.append(f"  {part:5s} {p['characters']:5d} characters  {p['images']:6d} images  typefaces per "
+                         f"character min {per['min']} median {per['median']:g} max {per['max']}")
+        return "\n".join(lines)
