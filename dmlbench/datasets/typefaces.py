@@ -105,7 +105,7 @@ class BuildSpec:
     image_size: int = 24
     duplicate_threshold: float = 0.10
     min_typefaces: int = 20
-    split_characters: tuple[int, int, int] = (1000, 200, 800)
+    split_characters: tuple[int, int, int] = (1000, 120, 800)
     seed: int = 0
     probe: int = 100
     characters: tuple[int, int] = HAN_RANGE  # code point range (inclusive)

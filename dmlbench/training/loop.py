@@ -395,7 +395,10 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     for epoch in range(state.first_epoch, config.epochs + 1):
         if _plateaued(config, state, epoch - 1):
             break
-        record = _train_epoch(config, run, state, epoch, bar) | _validation(run, splits)
+        record = _train_epoch(config, run, state, epoch, bar)
+        started = time.perf_counter()
+        record |= _validation(run, splits)
+        record["val_time_s"] = time.perf_counter() - started  # what validation costs beside training
         state.history.append(record)
         _select(config, run, state, record)
         if on_epoch_end and run.lead:

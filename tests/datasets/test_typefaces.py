@@ -1,0 +1,106 @@
+"""han-typefaces, built small from a few of the real Debian font packages that 'make data' installs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dmlbench.datasets import typefaces
+from dmlbench.datasets.typefaces import BuildSpec, HanTypefaces, build, counts, load_build, rendering_distance
+from dmlbench.errors import DatasetNotFoundError
+
+# Noto CJK holds regional variants (JP, KR, SC, TC, HK, and Mono) of two designs per weight; IPA Gothic and
+# IPA P Gothic share their Han glyphs: the duplicate removal must find both.
+SMALL = BuildSpec(packages=("fonts-noto-cjk", "fonts-arphic-uming", "fonts-arphic-ukai", "fonts-wqy-zenhei",
+                            "fonts-ipafont-gothic", "fonts-cwtex-kai", "fonts-lxgw-wenkai", "fonts-kiloji"),
+                  min_typefaces=5, min_held_out=2, split_characters=(8, 3, 5), probe=30, held_out_typefaces=0.3)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return build(SMALL)
+
+
+def test_splits_are_disjoint_by_character_and_by_typeface(small):
+    arrays = small["arrays"]
+    chars = {part: set(arrays[f"{part}_labels"].tolist()) for part in ("train", "val", "test")}
+    assert [len(chars[p]) for p in ("train", "val", "test")] == list(SMALL.split_characters)
+    assert not chars["train"] & chars["val"] and not chars["train"] & chars["test"] and not chars["val"] & chars["test"]
+    assert all(0x4E00 <= c <= 0x9FFF for part in chars.values() for c in part)
+    held = {i for i, f in enumerate(small["facts"]["faces"]) if f["held_out"]}
+    assert held and set(arrays["test_faces"].tolist()) <= held
+    assert not set(arrays["train_faces"].tolist()) & held and not set(arrays["val_faces"].tolist()) & held
+    # whole packages are held out: no held-out design has a sibling face in training
+    held_packages = {small["facts"]["faces"][i]["package"] for i in held}
+    assert all(small["facts"]["faces"][i]["package"] not in held_packages for i in set(arrays["train_faces"].tolist()))
+
+
+def test_no_two_images_of_a_class_are_the_same_rendering(small):
+    arrays = small["arrays"]
+    for part in ("train", "val", "test"):
+        images, labels, faces = arrays[f"{part}_images"], arrays[f"{part}_labels"], arrays[f"{part}_faces"]
+        assert images.dtype == np.uint8 and images.shape[1:] == (SMALL.image_size, SMALL.image_size)
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            assert len(set(faces[rows].tolist())) == len(rows)  # one image per typeface
+            for i in range(len(rows)):
+                for j in range(i):
+                    assert rendering_distance(images[rows[i]], images[rows[j]]) >= SMALL.duplicate_threshold
+
+
+def test_regional_variants_and_shared_glyphs_are_removed_as_duplicates(small):
+    left_out = small["facts"]["left_out"]
+    kept_files = [(f["file"].rsplit("/", 1)[-1], f["index"]) for f in small["facts"]["faces"]]
+    noto_kept = [k for k in kept_files if k[0].startswith("NotoSansCJK")]
+    # one Sans face per weight survives of the 10 regional and Mono variants in each collection
+    assert 1 <= len(noto_kept) <= 2
+    assert sum("duplicate of" in why for key, why in left_out.items() if key.startswith("NotoSansCJK")) >= 8
+    ipa = [k for k in kept_files if k[0].startswith("ipag") or k[0].startswith("ipagp")]
+    assert len(ipa) <= 1
+
+
+def test_counts_and_description(small, monkeypatch):
+    c = counts(small)
+    assert c["typefaces"] == len(small["facts"]["faces"])
+    assert c["test"]["characters"] == 5 and c["test"]["typefaces_per_character"]["min"] >= SMALL.min_held_out
+    assert c["train"]["images"] == len(small["arrays"]["train_labels"])
+
+
+def test_load_records_every_typeface_with_package_and_version_and_uses_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMLBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(HanTypefaces, "spec", SMALL)
+    splits = HanTypefaces.load()
+    typefaces_used = splits.source["typefaces"]
+    assert typefaces_used and all(t["package"] in SMALL.packages and t["version"] for t in typefaces_used)
+    assert len(list(tmp_path.glob("han-typefaces/build-*.npz"))) == 1
+    again = HanTypefaces.load()
+    assert np.array_equal(again.test.images, splits.test.images) and again.source["fingerprint"] == splits.source["fingerprint"]
+    assert "characters" in HanTypefaces.describe(splits) and "typefaces" in HanTypefaces.describe(splits)
+    # another spec is another build, under another key
+    _, other = load_build(dataclasses.replace(SMALL, seed=1), cache=False)
+    assert other != splits.source["fingerprint"]
+
+
+def test_a_missing_font_package_fails_naming_it_and_the_install_command():
+    spec = dataclasses.replace(SMALL, packages=("fonts-arphic-ukai", "fonts-no-such-cjk-font"))
+    with pytest.raises(DatasetNotFoundError, match=r"fonts-no-such-cjk-font.*apt-get install fonts-no-such-cjk-font"):
+        build(spec)
+    assert typefaces.missing_packages(("fonts-arphic-ukai", "fonts-no-such-cjk-font")) == ["fonts-no-such-cjk-font"]
+
+
+def test_too_few_characters_fail_clearly():
+    spec = dataclasses.replace(SMALL, packages=("fonts-arphic-ukai", "fonts-arphic-uming"), min_typefaces=5)
+    with pytest.raises(DatasetNotFoundError, match="distinct typefaces"):
+        build(spec)
+
+
+def test_bad_specs_are_refused():
+    for bad in (dict(image_size=4), dict(duplicate_threshold=1.5), dict(split_characters=(0, 1, 1)),
+                dict(held_out_typefaces=1.0)):
+        with pytest.raises(ValueError):
+            dataclasses.replace(SMALL, **bad).validate()
+
+
+def test_a_data_root_is_refused_with_the_reason():
+    with pytest.raises(DatasetNotFoundError, match="font packages"):
+        HanTypefaces.load(root="/tmp")
