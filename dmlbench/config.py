@@ -28,7 +28,7 @@ from .errors import ConfigError, UnknownNameError
 DEVICES = ("auto", "cpu", "cuda")
 SELECT_METRICS = ("map@r", "recall@1")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 # In-memory grey datasets' training-time augmentations (dmlbench.training.augment) and their ranges.
 AUGMENTATIONS = {"rotate": "degrees, uniform in +-value", "scale": "relative, uniform in 1 +- value",
                  "shift": "fraction of the side, uniform in +-value", "shear": "degrees, uniform in +-value",
@@ -70,7 +70,8 @@ class RunConfig:
     #                                         hashed_dict
     select_metric: str = "map@r"  # validation metric that picks the tested epoch
     lr_schedule: str | None = None  # None or "constant": the same lr throughout; "cosine": per step, down to 0 at
-    #                                 the last epoch's end (Loshchilov & Hutter 2017, no restarts)
+    #                                 the last epoch's end (Loshchilov & Hutter 2017, no restarts); "plateau": lr / 10
+    #                                 at the first validation plateau (patience, min_delta), stop at the second
     patience: int | None = None  # stop when this many epochs in a row bring no validation score better than the
     #                              best by more than min_delta (the best epoch is tested); None: train every epoch
     min_delta: float | None = None  # with patience: the improvement that resets its count; None: any
@@ -240,6 +241,9 @@ class RunConfig:
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
         if self.patience is not None:
             _positive_int(self, "patience")
+        if self.lr_schedule == "plateau" and self.patience is None:
+            raise ConfigError("lr_schedule 'plateau' drops the learning rate on a validation plateau: set patience "
+                              "(the epochs without a gain that make one)")
         if self.min_delta is not None and (self.patience is None or not isinstance(self.min_delta, (int, float))
                                            or isinstance(self.min_delta, bool) or not 0 <= self.min_delta < 1):
             raise ConfigError(f"min_delta must be a number in [0, 1) and needs patience set, got min_delta="

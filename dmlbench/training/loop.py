@@ -320,19 +320,32 @@ def _select(config: RunConfig, run: _Run, state: _RunState, record: dict) -> Non
              record["loss"], record["val_recall@1"], record["val_map@r"], record["time_s"])
 
 
-def _plateaued(config: RunConfig, state: _RunState, epoch: int) -> bool:
-    """Whether ``patience`` epochs in a row up to ``epoch`` brought no better validation score (rank 0's
-    decision, shared with the other ranks under torch.distributed)."""
+LR_DROP = 0.1  # lr_schedule "plateau": the factor of the learning rates at the plateau
+LR_DROPS = 1  # how many drops before the next plateau stops the run
+
+
+def _plateaued(config: RunConfig, run: _Run, state: _RunState, epoch: int) -> bool:
+    """Whether training stops after ``epoch``: ``patience`` epochs in a row up to it brought no gain over
+    the best by more than ``min_delta``. Under lr_schedule "plateau" the first LR_DROPS plateaus divide
+    every learning rate by 10 instead and restart the count. Rank 0 decides; under torch.distributed
+    the decision is shared with the other ranks, which drop their learning rates alike."""
     if config.patience is None or epoch < 1:
         return False
     last = state.best.get("patience_epoch", state.best["epoch"])  # the last improvement by more than min_delta
-    stop = [bool(epoch - last >= config.patience and state.best["state"] is not None)]
+    plateau = [bool(epoch - last >= config.patience and state.best["state"] is not None)]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.broadcast_object_list(stop, src=0)
-    if stop[0]:
-        log.info("stopping after epoch %d: no better validation %s for %d epochs (best: epoch %d)", epoch,
-                 config.select_metric, config.patience, state.best["epoch"])
-    return stop[0]
+        torch.distributed.broadcast_object_list(plateau, src=0)
+    if not plateau[0]:
+        return False
+    if config.lr_schedule == "plateau" and state.best.get("lr_drops", 0) < LR_DROPS:
+        for group in run.optimizer.param_groups:
+            group["lr"] *= LR_DROP
+        state.best = {**state.best, "lr_drops": state.best.get("lr_drops", 0) + 1, "patience_epoch": epoch}
+        log.info("validation plateau after epoch %d: learning rates x %g", epoch, LR_DROP)
+        return False
+    log.info("stopping after epoch %d: no better validation %s for %d epochs (best: epoch %d)", epoch,
+             config.select_metric, config.patience, state.best["epoch"])
+    return True
 
 
 def _save_checkpoint(checkpoint: str | os.PathLike, config: RunConfig, run: _Run, state: _RunState,
@@ -393,9 +406,10 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     if bar is not None:
         bar.update((state.first_epoch - 1) * len(run.sampler))
     for epoch in range(state.first_epoch, config.epochs + 1):
-        if _plateaued(config, state, epoch - 1):
+        if _plateaued(config, run, state, epoch - 1):
             break
         record = _train_epoch(config, run, state, epoch, bar)
+        record["lr"] = run.optimizer.param_groups[0]["lr"]  # the network's, at the epoch's end
         started = time.perf_counter()
         record |= _validation(run, splits)
         record["val_time_s"] = time.perf_counter() - started  # what validation costs beside training
