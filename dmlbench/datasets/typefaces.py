@@ -399,9 +399,11 @@ class HanTypefaces(Dataset):
         names = {int(c): chr(int(c)) for part in sets.values() for c in np.unique(part.labels)}
         typefaces = [{"name": f["name"], "package": f["package"], "version": f["version"], "file": f["file"],
                       "index": f["index"]} for f in facts["faces"]]
+        # what a run records of its data (metrics.json): the typefaces and counts; the faces left out and why
+        # are listed by 'dmlbench data prepare han-typefaces' (HanTypefaces.left_out)
         source = {"where": f"{len(typefaces)} distinct typefaces of {len(cls.spec.packages)} Debian font packages",
                   "fingerprint": key, "counts": counts(built), "typefaces": typefaces,
-                  "left_out": facts["left_out"], "spec": facts["spec"]}
+                  "faces_left_out": len(facts["left_out"]), "spec": facts["spec"]}
         return Splits(name=cls.name, train=sets["train"], val=sets["val"], test=sets["test"], class_names=names,
                       mean=float(pixels.mean()), std=float(pixels.std()), source=source)
 
