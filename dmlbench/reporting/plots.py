@@ -97,7 +97,7 @@ def retrieval_grid(images, labels: torch.Tensor, embeddings: torch.Tensor, *, nu
         for col, (index, correct) in enumerate(cells):
             ax = axes[row, col]
             image = images[index] if col == 0 else ref_images[index]
-            ax.imshow(image if image.ndim == 2 else np.moveaxis(image, 0, -1), cmap="gray")
+            ax.imshow(image if image.ndim == 2 else np.moveaxis(image, 0, -1), cmap="gray", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             color = "black" if correct is None else ("tab:green" if correct else "tab:red")
