@@ -124,7 +124,10 @@ def cmd_study(args) -> int:
         atomic_write_text(args.emit_make, emit_makefile(study))
         return 0
     if args.status:
+        from .reporting.adequacy import status_lines
+
         print(describe(study))
+        print("\n".join(status_lines(study)))
         return 0
     from .study.preflight import check_study_machine
     from .study.cells import RunFailed

@@ -34,6 +34,7 @@ class ReportContext:
     comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline (identical cells once)
     rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking (identical cells once)
     identical: dict  # dataset -> groups of cells that trained identically (runs.IdenticalGroup, kept cell first)
+    _adequacy: dict | None = None  # the tables of adequacy(), once computed
 
     @property
     def tables(self) -> Path:
@@ -51,6 +52,14 @@ class ReportContext:
     def settings(self):
         """The first cell's settings (a RunConfig): what the protocol section describes."""
         return self.study.cells[0].config
+
+    @property
+    def dataset_settings(self) -> dict[str, Any]:
+        """dataset -> the settings (a RunConfig) of its first cell: a study may set them per dataset."""
+        out: dict[str, Any] = {}
+        for cell in self.study.cells:
+            out.setdefault(cell.config.dataset, cell.config)
+        return out
 
     @property
     def losses(self) -> list[str]:
@@ -104,6 +113,18 @@ class ReportContext:
     def skipped_pairs(self, dataset: str) -> set[tuple[str, str]]:
         """The (loss, miner) pairs of ``dataset`` skipped as incompatible."""
         return {(c["loss"], c["miner"]) for c in self.manifest["skipped"] if c["dataset"] == dataset}
+
+    def adequacy(self) -> dict[str, pd.DataFrame]:
+        """Convergence, power and cost tables (dmlbench.reporting.adequacy), computed once."""
+        if self._adequacy is None:
+            from . import adequacy
+
+            profile = adequacy.cell_profile(self.runs_dir, self.runs, self.histories)
+            self._adequacy = {"convergence": adequacy.convergence(self.runs),
+                              "power": adequacy.power(self.kept(self.runs), self.seed_tables, self.baseline,
+                                                      self.confidence),
+                              "profile": profile, "cost": adequacy.cost_summary(profile)}
+        return self._adequacy
 
     def splits(self) -> dict[str, dict[str, Any]]:
         """dataset -> the split sizes and classes its first finished run recorded (empty: none yet)."""

@@ -22,6 +22,8 @@ import pandas as pd
 from ..training.rundir import RunDir
 from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, cell_label, md_escape, plural
 from .runs import STATES, still_improving
+
+METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "MAP@R"}
 from .tables import by_result, grid_losses, paper_cells, study_counts
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"  # the marks of groups of identical cells
@@ -154,7 +156,7 @@ def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int) 
     caveats = []
     late = still_improving(runs)
     if late:
-        caveats.append(f"{late} of {len(runs)} runs peaked at their last epoch (still improving)")
+        caveats.append(f"{late} of {len(runs)} runs were still improving when their epoch budget ran out")
     if identical:
         caveats.append(f"{plural(len(identical), 'group')} of cells trained identically, each merged into one row "
                         "and counted once (notes under the table)")
@@ -249,13 +251,43 @@ def identical_notes(identical: list) -> str:
 
 # ---- the protocol ------------------------------------------------------------------------------
 
+def _classes(classes) -> str:
+    return f"classes {classes}" if len(classes) <= 12 else f"{len(classes):,} classes"
+
+
+def typeface_line(info: dict[str, Any]) -> str:
+    """han-typefaces' counts as its runs recorded them: typefaces, and typefaces per character per split."""
+    counts = (info.get("source") or {}).get("counts")
+    if not counts:
+        return ""
+    per = {part: counts[part]["typefaces_per_character"] for part in ("train", "val", "test")}
+    return (f" Rendered from {counts['typefaces']} distinct typefaces (of {counts['faces_examined']} faces in the font "
+            f"packages; duplicates removed by comparing renderings); typefaces per character (min / median / max): "
+            + ", ".join(f"{part} {p['min']} / {p['median']:g} / {p['max']}" for part, p in per.items())
+            + "; the test characters are drawn only in typefaces held out of training and validation.")
+
+
 def split_line(dataset: str, info: dict[str, Any]) -> str:
     """The split sizes and classes of ``dataset`` as a run recorded them (``info``; empty: none yet)."""
     if not info:
         return f"- **{dataset}**: no finished run records the split sizes yet."
-    return (f"- **{dataset}**: {info['num_train']:,} training images of classes {info['train_classes']}, "
-            f"{info['num_val']:,} validation images of classes {info['val_classes']}, "
-            f"{info['num_test']:,} test images of classes {info['test_classes']} (numbers read from the runs).")
+    held_out = not set(info["val_classes"]) & set(info["train_classes"])
+    return (f"- **{dataset}**: {info['num_train']:,} training images of {_classes(info['train_classes'])}, "
+            f"{info['num_val']:,} validation images of {_classes(info['val_classes'])} "
+            f"({'held out from training and test' if held_out else 'the training classes'}), "
+            f"{info['num_test']:,} test images of {_classes(info['test_classes'])} (numbers read from the runs)."
+            + typeface_line(info))
+
+
+def batches_line(s, dataset: str | None = None) -> str:
+    """How one dataset's cells train (``s``: its first cell's RunConfig)."""
+    schedule = {None: "constant", "constant": "constant", "cosine": "cosine to 0 over the budget",
+                "plateau": "divided by 10 at the first validation plateau"}.get(s.lr_schedule, s.lr_schedule)
+    stop = (f"; a plateau is {s.patience} epochs without a validation gain above {s.min_delta or 0:g}, and training "
+            f"stops at {'the second' if s.lr_schedule == 'plateau' else 'the first'}" if s.patience else "")
+    return (f"- **Batches{f' ({dataset})' if dataset else ''}**: P x K = {s.P} classes x {s.K} images; at most "
+            f"{s.epochs} epochs of {s.iters_per_epoch or 'one pass of'} batches; optimiser {s.optimizer}, learning "
+            f"rate {s.lr} ({schedule}), weight decay {s.weight_decay}{stop}.")
 
 
 SPACE_ATTRIBUTE = "embedding_space"  # the Loss class attribute naming its space: "normalized" or "raw"
@@ -319,7 +351,8 @@ def semi_hard_line(loss_kwargs: dict[str, Any], miner_kwargs: dict[str, Any]) ->
 
 
 def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], miners: list[str],
-             seeds: list[int], cell_kwargs: dict[tuple[str, str], tuple[dict, dict]] | None = None) -> str:
+             seeds: list[int], cell_kwargs: dict[tuple[str, str], tuple[dict, dict]] | None = None,
+             per_dataset: dict[str, Any] | None = None) -> str:
     """The protocol section: the task, each dataset's splits (``splits``: dataset -> what its runs
     recorded), model selection, network, the embedding space of each loss, batches, the axes of the
     study, the choice for semi-hard mining (when ``cell_kwargs``, (loss, miner) -> their arguments,
@@ -332,15 +365,14 @@ def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], min
     return "\n".join([
         "- **Task**: zero-shot retrieval: the network never sees the test classes during training or model selection.",
         *(split_line(dataset, info) for dataset, info in splits.items()),
-        f"- **Model selection**: after every epoch the model embeds the validation split (images of the *training* "
-        f"classes not used for training); the epoch with the best validation {METRIC_LABELS.get(s.select_metric, s.select_metric)} "
+        f"- **Model selection**: after every epoch the model embeds the validation split (as each dataset above "
+        f"gives it); the epoch with the best validation {METRIC_LABELS.get(s.select_metric, s.select_metric)} "
         "is kept. The test split is embedded and scored **once**, on that model. Most published DML code picks the best "
         "epoch on the test set; this study does not.",
         f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d embedding, trained from scratch.",
         space_line(losses),
-        f"- **Batches**: P x K = {s.P} classes x {s.K} images; {s.epochs} epochs of "
-        f"{s.iters_per_epoch or 'one pass of'} batches; optimiser {s.optimizer}, learning rate {s.lr}, "
-        f"weight decay {s.weight_decay}.",
+        *([batches_line(c, d) for d, c in per_dataset.items()] if per_dataset and len(per_dataset) > 1
+          else [batches_line(s)]),
         f"- **Losses** {', '.join(f'`{l}`' for l in losses)} crossed with **miners** {', '.join(f'`{m}`' for m in miners)}; "
         f"loss and miner arguments as in the study file. Seeds: {seeds}.",
         *([semi_hard_line(*semi_hard)] if semi_hard else []),
@@ -530,9 +562,10 @@ def _against_every_tuple(summary: pd.DataFrame, losses: list[str]) -> list[str]:
 def _training_and_noise(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """How many runs were still improving at their last epoch, and how large seed noise is."""
     late = still_improving(runs)
-    lines = [f"{late} of {len(runs)} runs had their best validation score at their last epoch: "
-             "they were still improving, and longer training could change the ranking. "
-             f"{len(runs) - late} peaked earlier; the test numbers are always those of the peak epoch."]
+    lines = [f"{late} of {len(runs)} runs were still improving when their epoch budget ran out (best validation "
+             "score at their last epoch, no plateau reached): longer training could change their ranking. "
+             f"{len(runs) - late} peaked earlier or stopped on a validation plateau; the test numbers are always "
+             "those of the validation-best epoch."]
     seeds = int(summary["seeds"].min())
     if seeds < 2:
         lines.append(f"*Caution*: each cell ran with {seeds} seed, so these differences carry no estimate of seed "
@@ -571,3 +604,77 @@ def literature_caption(dataset: str, comparison: pd.DataFrame) -> str:
     same = comparison[comparison["comparison"].str.startswith("same protocol") & comparison["ours"].notna()]
     return (f"**{dataset}**: {len(comparison)} published numbers; {len(same)} of them have our runs "
             f"under the same protocol.")
+
+
+# ---- can the study tell cells apart: convergence, power, cost ----------------------------------------
+
+def adequacy_intro(confidence: float) -> str:
+    return (f"Whether the study can tell its cells apart. **Convergence**: a run converged when it stopped on a "
+            f"validation plateau before its epoch budget or peaked before its last epoch; one still improving at the "
+            f"end of its budget is ranked by how fast it learns, not by where it ends. **Power**: the half-width of "
+            f"each cell's {confidence:.0%} t-interval over seeds, and the seeds a paired difference of a given size "
+            f"needs (for its interval to exclude zero, at the median standard deviation of the cells' paired "
+            f"differences with the baseline). **Cost**: where a cell's papermill time goes.")
+
+
+def convergence_lines(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for row in table.itertuples():
+        lines.append(f"**{row.dataset}**: {row.converged} of {row.runs} runs converged ({row.converged_share:.0%}): "
+                     f"{row.stopped_on_plateau} stopped on a validation plateau before the budget of "
+                     f"{row.epoch_budget} epochs, {row.peaked_before_last_epoch} peaked before their last epoch; "
+                     f"{row.still_improving} {'was' if row.still_improving == 1 else 'were'} still improving at the "
+                     f"end of the budget. Median epochs trained: {row.median_epochs_trained:g}.")
+    return lines
+
+
+def power_lines(table: pd.DataFrame, confidence: float) -> list[str]:
+    lines = []
+    for dataset, part in table.groupby("dataset", sort=False):
+        bits = []
+        for row in part.to_dict("records"):
+            need = {c: row[c] for c in part.columns if c.startswith("seeds_for_")}
+            wanted = "; ".join(f"{c[len('seeds_for_'):-len('_pts')]} points: "
+                               f"{'more than 1000' if n is None or n != n else int(n)} seeds" for c, n in need.items())
+            bits.append(f"{METRIC_NAMES.get(row['metric'], row['metric'])}: median half-width "
+                        f"{row['median_half_width_pts']:.2f} points (largest {row['max_half_width_pts']:.2f}) with "
+                        f"{row['seeds']} seeds; a paired difference of {wanted}")
+        lines.append(f"**{dataset}** ({int(part['cells'].iloc[0])} cells, {confidence:.0%} intervals). " + ". ".join(bits) + ".")
+    return lines
+
+
+def cost_line(cost: pd.DataFrame) -> str:
+    if cost.empty:
+        return "No run has an execution record: nothing to say about its cost."
+    lines = []
+    for row in cost.to_dict("records"):
+        lines.append(f"**{row['dataset']}** ({row['runs']} runs): training steps take "
+                     f"{row['training_share_of_summed_wall']:.0%} of the summed papermill time (median per run "
+                     f"{row['median_training_share']:.0%}); per run (medians) {row['wall_s']:.1f} s in all: training "
+                     f"{row['training_s']:.1f} s, validation {row['validation_s']:.1f} s, kernel start and papermill "
+                     f"{row['kernel_and_papermill_s']:.1f} s, set-up {row['set-up_s']:.1f} s, test evaluation, curves "
+                     f"and checkpoints {row['training_cell_other_s']:.1f} s, t-SNE {row['t-SNE_s']:.1f} s, retrieval "
+                     f"grid {row['retrieval grid_s']:.1f} s.")
+    return "\n\n".join(lines)
+
+
+def metric_line(dataset: str, verdicts: dict[str, int], seeds: pd.DataFrame, cells: int) -> str:
+    """Which metric carries the findings: the one by which more cells differ from the baseline beyond seed
+    noise (ties: the larger spread of cell means relative to the median interval half-width)."""
+    spread = {}
+    for metric in verdicts:
+        half = ((seeds[f"{metric}_high"] - seeds[f"{metric}_low"]) / 2).median()
+        spread[metric] = float((seeds[metric].max() - seeds[metric].min()) / half) if half and half == half else float("nan")
+    best = max(verdicts, key=lambda m: (verdicts[m], spread[m] if spread[m] == spread[m] else -1))
+    parts = [f"{METRIC_NAMES.get(m, m)}: {verdicts[m]} of {cells - 1} cells differ from the baseline beyond seed noise, "
+             f"cell means spread over {spread[m]:.1f} median half-widths" for m in verdicts]
+    return (f"**{dataset}**: {METRIC_NAMES.get(best, best)} carries the findings. " + "; ".join(parts) + ".")
+
+
+def confusions_caption(dataset: str, cell: str, table: pd.DataFrame) -> str:
+    if table.empty:
+        return f"**{dataset}**, best cell ({cell}): no test query has a nearest neighbour of another class."
+    top = table.iloc[0]
+    return (f"**{dataset}**, best cell ({cell}): the class pairs most often confused at rank 1 (the query's class, "
+            f"the class of its nearest other test image). The most frequent: {top['query class']} found as "
+            f"{top['nearest class']} in {int(top['queries'])} queries ({top['share of the class']:.0%} of that class).")

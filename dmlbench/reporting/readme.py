@@ -58,35 +58,60 @@ def _report_time(summary: dict) -> str:
     return "the report" if seconds is None else f"{seconds:.0f} s for the report"
 
 
-def render_block(summary: dict) -> str:
-    lines = [BEGIN, ""]
-    intervals = any("map@r_low" in row for row in summary["table"])
-    lines.append(f"Study `{summary['study']}` on {summary['dataset']}: {summary['done']} of {summary['cells']} cells "
-                 f"finished ({summary['seeds']} seed(s) per cell); test split, best validation epoch; means over "
-                 f"seeds" + (f", with {summary.get('confidence', 0.95):.0%} t-intervals in brackets." if intervals
-                             else "."))
-    lines.append("")
-    lines.append("| loss | miner | Recall@1 | Recall@2 | Recall@4 | Recall@8 | MAP@R | R-Precision | NMI |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+def _cell_value(row, metric):
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if low is None or high is None or low != low or high != high:  # absent or NaN
+        return f"{row[metric]:.4f}"
+    return f"{row[metric]:.4f} [{low:.4f}, {high:.4f}]"
 
-    def shown(row, metric):
-        low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
-        if low is None or high is None or low != low or high != high:  # absent or NaN
-            return f"{row[metric]:.4f}"
-        return f"{row[metric]:.4f} [{low:.4f}, {high:.4f}]"
 
+def _table_lines(rows: list[dict]) -> list[str]:
+    """One dataset's cells, a group of identical cells as one row."""
+    lines = ["| loss | miner | Recall@1 | Recall@2 | Recall@4 | Recall@8 | MAP@R | R-Precision | NMI |",
+             "|---|---|---|---|---|---|---|---|---|"]
     merged: dict[str, list[str]] = {}  # a cell -> those identical to it, shown in its row (one row per group)
-    for row in summary["table"]:
+    for row in rows:
         if row.get("identical_to"):
             merged.setdefault(row["identical_to"], []).append(f"{row['loss']} + {row['miner']}")
-    for row in summary["table"]:
+    for row in rows:
         if row.get("identical_to"):
             continue
         same = merged.get(f"{row['loss']} + {row['miner']}")
         miner = row["miner"] + (f" (= {', '.join(same)})" if same else "")
-        lines.append(f"| {row['loss']} | {miner} | {shown(row, 'recall@1')} | {row['recall@2']:.4f} | "
-                     f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {shown(row, 'map@r')} | "
+        lines.append(f"| {row['loss']} | {miner} | {_cell_value(row, 'recall@1')} | {row['recall@2']:.4f} | "
+                     f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {_cell_value(row, 'map@r')} | "
                      f"{row['r_precision']:.4f} | {row['nmi']:.4f} |")
+    return lines
+
+
+def _adequacy_line(dataset: str, facts: dict) -> str | None:
+    """Convergence, power and cost of one dataset's runs, from summary.json's ``adequacy``."""
+    if not facts or "runs" not in facts:
+        return None
+    half = facts.get("recall@1_median_half_width_pts")
+    parts = [f"{facts['converged']} of {facts['runs']} runs converged ({facts['stopped_on_plateau']} stopped on a "
+             f"validation plateau, {facts['peaked_before_last_epoch']} peaked before their last epoch; budget "
+             f"{facts['epoch_budget']} epochs)"]
+    if half is not None and half == half:
+        parts.append(f"median Recall@1 interval half-width {half:.2f} points")
+    if facts.get("training_share") is not None:
+        parts.append(f"training steps {facts['training_share']:.0%} of the papermill time")
+    return f"*{dataset}*: " + "; ".join(parts) + "."
+
+
+def render_block(summary: dict) -> str:
+    lines = [BEGIN, ""]
+    tables = summary.get("tables") or {summary["dataset"]: summary["table"]}
+    intervals = any("map@r_low" in row for rows in tables.values() for row in rows)
+    lines.append(f"Study `{summary['study']}` on {', '.join(tables)}: {summary['done']} of {summary['cells']} cells "
+                 f"finished; test split, best validation epoch; means over seeds"
+                 + (f", with {summary.get('confidence', 0.95):.0%} t-intervals in brackets." if intervals else "."))
+    for dataset, rows in tables.items():
+        seeds = sorted({row["seeds"] for row in rows if "seeds" in row}) or [summary.get("seeds", "?")]
+        lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows)
+    adequacy = [_adequacy_line(d, summary.get("adequacy", {}).get(d, {})) for d in tables]
+    if any(adequacy):
+        lines += [""] + [line for line in adequacy if line]
     timing = summary["timing"]
     machine = summary["machine"]
     lines.append("")

@@ -35,7 +35,7 @@ def _records(runs: str | os.PathLike):
 
 
 RUN_COLUMNS = ["run_id", "dataset", "loss", "miner", "seed", "config_hash", *METRICS, *DIAGNOSTICS,
-               "excluded_queries", "epochs", "best_epoch", "val_at_best", "wall_time_s", "train_time_s",
+               "excluded_queries", "epochs", "epochs_run", "best_epoch", "val_at_best", "wall_time_s", "train_time_s",
                "images_per_s", "device", "preset", "preset_deviations", "loss_kwargs", "miner_kwargs"]
 
 
@@ -48,6 +48,8 @@ def _run_row(record: dict[str, Any]) -> dict[str, Any]:
     row.update({d: (record.get("diagnostics") or {}).get(d, np.nan) for d in DIAGNOSTICS})
     row.update({"excluded_queries": record["test"].get("num_excluded_queries"),
                 "epochs": config["epochs"], "best_epoch": record["best_epoch"],
+                # epochs trained: fewer than ``epochs`` when the run stopped on a validation plateau (patience)
+                "epochs_run": max((h["epoch"] for h in record["history"]), default=0),
                 "val_at_best": record["val_at_best"].get(record["selected_by"]),
                 "wall_time_s": record["wall_time_s"], "train_time_s": record["train_time_s"],
                 "images_per_s": record["images_per_s"], "device": record["device"],
@@ -92,8 +94,10 @@ def identical_cells(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -
 
 
 def still_improving(runs: pd.DataFrame) -> int:
-    """Runs whose validation score was best at their last epoch (training may not have converged)."""
-    return int((runs["best_epoch"] == runs["epochs"]).sum())
+    """Runs whose validation score was best at their last epoch and that did not stop on a validation
+    plateau: trained to the end of their budget while still improving (they may not have converged)."""
+    run = runs["epochs_run"] if "epochs_run" in runs else runs["epochs"]
+    return int(((runs["best_epoch"] == run) & (run >= runs["epochs"])).sum())
 
 
 STATES = ("done", "failed", "unreadable", "missing", "skipped")  # the states of a cell, as cell_status gives them

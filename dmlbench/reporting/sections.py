@@ -196,6 +196,40 @@ def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
         figure = retrieval_grid(splits.test.images, labels, embeddings, num_queries=6, k=8, seed=0,
                                 title=f"{dataset}, {which} cell: {name}")
         fg.save_figure(figure, f"retrieval_{dataset}__{which}", ctx.figures)
+        if which == "best":  # the hard negatives even the best cell falls for
+            _confusions(ctx, dataset, name, embeddings, labels, splits)
+
+
+def nearest_confusions(embeddings, labels, class_names: dict, top: int = 12) -> pd.DataFrame:
+    """The class pairs most often confused at rank 1: for each test query whose nearest other test image
+    (cosine, ties by index) has another class, the pair (query's class, neighbour's class); counted,
+    most frequent first, with the share of the query class's queries it takes."""
+    import torch
+
+    x = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+    y = torch.as_tensor(labels)
+    nearest = []
+    for start in range(0, len(x), 2048):
+        sims = x[start:start + 2048] @ x.T
+        sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))] = -float("inf")
+        nearest.append(sims.argmax(dim=1))
+    found = y[torch.cat(nearest)]
+    wrong = found != y
+    pairs = pd.DataFrame({"query": y[wrong].tolist(), "found": found[wrong].tolist()})
+    if pairs.empty:
+        return pd.DataFrame(columns=["query class", "nearest class", "queries", "share of the class"])
+    per_class = pd.Series(y.tolist()).value_counts()
+    counted = pairs.value_counts().rename("queries").reset_index().head(top)
+    return pd.DataFrame({"query class": [class_names.get(int(c), str(c)) for c in counted["query"]],
+                         "nearest class": [class_names.get(int(c), str(c)) for c in counted["found"]],
+                         "queries": counted["queries"].astype(int),
+                         "share of the class": [q / per_class[c] for q, c in zip(counted["queries"], counted["query"])]})
+
+
+def _confusions(ctx, dataset: str, name: str, embeddings, labels, splits) -> None:
+    table = nearest_confusions(embeddings, labels, splits.class_names)
+    save_table(table, f"{dataset}__confusions", ctx.tables, index=False)
+    _show(narrative.confusions_caption(dataset, name, table), html_table(table, digits=3))
 
 
 def best_and_worst(ctx, dataset: str) -> None:
@@ -210,6 +244,28 @@ def best_and_worst(ctx, dataset: str) -> None:
         return
     for which, row in (("best", table.iloc[0]), ("worst", table.iloc[-1])):
         _up_close(ctx, dataset, which, row, splits)
+
+
+# ---- can the study tell cells apart -------------------------------------------------------------------------
+
+def adequacy(ctx) -> None:
+    """Convergence, power and cost: tabled (tables/convergence.csv, power.csv, cost.csv, cell_profile.csv)
+    and said; then, per dataset, which metric carries the findings."""
+    tables = ctx.adequacy()
+    for name in ("convergence", "power", "cost"):
+        save_table(tables[name], name, ctx.tables, index=False)
+    save_table(tables["profile"], "cell_profile", ctx.tables, index=False)
+    _show(narrative.joined(narrative.convergence_lines(tables["convergence"]), "No finished run."),
+          html_table(tables["convergence"], digits=3))
+    _show(narrative.joined(narrative.power_lines(tables["power"], ctx.confidence), "No cell has two seeds."),
+          html_table(tables["power"], digits=3))
+    _show(narrative.cost_line(tables["cost"]), html_table(tables["cost"], digits=3))
+    lines = []
+    for dataset, seeds in ctx.seed_tables.items():
+        from .adequacy import metric_verdicts
+
+        lines.append(narrative.metric_line(dataset, metric_verdicts(ctx.comparisons, dataset), seeds, len(seeds)))
+    _show(narrative.joined(lines, "No dataset has results over seeds."))
 
 
 # ---- diagnostics, published numbers, runs ---------------------------------------------------------------

@@ -29,6 +29,16 @@ indent 2, a newline at the end):
                                                      (dmlbench.reporting.runs.identical_groups), so the
                                                      results tables show them as one row and rankings and
                                                      comparisons count them once; null for every other cell
+    tables        object dataset -> its ``table`` (the same rows), for every dataset of the study in order
+    adequacy      object dataset -> whether its runs can tell cells apart (dmlbench.reporting.adequacy):
+        runs, converged, stopped_on_plateau, peaked_before_last_epoch   int
+        converged_share                      float  converged / runs
+        epoch_budget                         int    the most epochs a run may train
+        recall@1_median_half_width_pts,
+        map@r_median_half_width_pts          float  median over cells of the t-interval half-width (points)
+        training_share                       float  training steps / papermill wall time, summed over its runs
+        median_wall_s, median_training_s     float  per run
+      and "all": the training share and medians over every run
     timing        object the papermill time of the finished runs, from their execution records:
         cells_timed   int    runs with a readable execution record
         cells_wall_s  float  their notebooks' wall times, summed (s)
@@ -118,22 +128,44 @@ def cell_rows(summary: pd.DataFrame, dataset: str, losses: list[str], miners: li
             | {"identical_to": identical_to.get((row["loss"], row["miner"]))} for _, row in table.iterrows()]
 
 
+def dataset_rows(ctx, dataset: str) -> list[dict[str, Any]]:
+    """The ``table`` rows of one dataset (every cell's interval, those merged into an identical one too)."""
+    from .stats import seed_summary
+
+    part = ctx.runs_of(dataset)
+    intervals = interval_bounds(seed_summary(part, INTERVAL_METRICS, ctx.confidence)) if len(part) else {}
+    merged = {cell: g.labels[0] for g in ctx.identical.get(dataset, []) for cell in g.merged}
+    return cell_rows(ctx.summary, dataset, ctx.losses, ctx.miners, intervals, merged)
+
+
+def adequacy_summary(ctx) -> dict[str, dict[str, Any]]:
+    """summary.json's ``adequacy``: per dataset (and "all") convergence, median half-widths and cost."""
+    tables = ctx.adequacy()
+    out: dict[str, dict[str, Any]] = {}
+    for row in tables["convergence"].to_dict("records"):
+        out[row["dataset"]] = {k: row[k] for k in ("runs", "converged", "stopped_on_plateau",
+                                                    "peaked_before_last_epoch", "converged_share", "epoch_budget")}
+    for row in tables["power"].to_dict("records"):
+        out.setdefault(row["dataset"], {})[f"{row['metric']}_median_half_width_pts"] = row["median_half_width_pts"]
+    for row in tables["cost"].to_dict("records"):
+        out.setdefault(row["dataset"], {}).update({"training_share": row["training_share_of_summed_wall"],
+                                                   "median_wall_s": row["wall_s"],
+                                                   "median_training_s": row["training_s"]})
+    return out
+
+
 def study_summary(ctx) -> dict[str, Any]:
     """summary.json's content (see the module's docstring) for a
     :class:`dmlbench.reporting.context.ReportContext`."""
     manifest, counts, dataset = ctx.manifest, ctx.counts, ctx.datasets[0]
     machine = {} if ctx.runs.empty else run_machine(ctx.runs_dir, ctx.runs["run_id"].iloc[0])
-    from .stats import seed_summary  # every cell's interval, those merged into an identical one too
-
-    part = ctx.runs_of(dataset)
-    intervals = interval_bounds(seed_summary(part, INTERVAL_METRICS, ctx.confidence)) if len(part) else {}
-    merged = {cell: g.labels[0] for g in ctx.identical.get(dataset, []) for cell in g.merged}
+    tables = {name: dataset_rows(ctx, name) for name in ctx.datasets}
     return {
         "study": manifest["name"], "dataset": dataset, "cells": len(manifest["cells"]),
         "done": counts.get("done", 0), "failed": counts.get("failed", 0), "missing": counts.get("missing", 0),
         "unreadable": counts.get("unreadable", 0), "skipped": counts.get("skipped", 0),
         "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
-        "table": cell_rows(ctx.summary, dataset, ctx.losses, ctx.miners, intervals, merged),
+        "table": tables[dataset], "tables": tables, "adequacy": adequacy_summary(ctx),
         "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
     }
 

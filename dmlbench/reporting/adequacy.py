@@ -1,0 +1,188 @@
+"""Can the study answer its question? Convergence, statistical power and where a cell's time goes.
+
+- **Convergence**: per dataset, how many runs stopped on a validation plateau (``patience``) before
+  their epoch budget, how many peaked before the last epoch they trained, and how many did neither
+  (still improving when the budget ran out: their ranking may be one of convergence speed).
+- **Power**: per dataset and metric, the cells' 95% t-interval half-widths over seeds (in points of
+  percent), the standard deviation of the paired differences with the baseline, and the seeds a
+  paired difference of a given size would need for its interval to exclude zero.
+- **Cost**: per run, the papermill wall time split into the kernel's start and papermill's own work,
+  the set-up cell, training steps, validation, the test evaluation and record, the t-SNE and the
+  retrieval grid, read from the executed notebook's cell timings and the run's history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+DIFFERENCES = (0.005, 0.01, 0.02)  # paired differences (0-1 scale) whose required seeds the power table gives
+# The experiment notebook's code cells by what they do, recognised by a call each one makes.
+PHASES = (("set-up", "check_parameter_names("), ("training", "train(config"), ("t-SNE", "tsne_figure("),
+          ("retrieval grid", "retrieval_grid("), ("record", "write_record("))
+
+
+def convergence(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset: runs, stopped on a plateau, peaked before their last epoch, converged (either),
+    still improving at the end of the budget, median epochs trained and the budget."""
+    rows = []
+    for dataset, part in runs.groupby("dataset", sort=False):
+        trained = part["epochs_run"] if "epochs_run" in part else part["epochs"]
+        stopped = trained < part["epochs"]
+        peaked = part["best_epoch"] < trained
+        rows.append({"dataset": dataset, "runs": len(part), "stopped_on_plateau": int(stopped.sum()),
+                     "peaked_before_last_epoch": int(peaked.sum()), "converged": int((stopped | peaked).sum()),
+                     "converged_share": float((stopped | peaked).mean()),
+                     "still_improving": int((~stopped & ~peaked).sum()),
+                     "median_epochs_trained": float(trained.median()), "epoch_budget": int(part["epochs"].max())})
+    return pd.DataFrame(rows)
+
+
+def seeds_needed(sd: float, difference: float, confidence: float = 0.95, most: int = 1000) -> int | None:
+    """The fewest seeds (>= 2) whose paired t-interval of half-width t(n-1) sd / sqrt(n) is below
+    ``difference``: a true difference that large then lies outside the noise. None beyond ``most``."""
+    if not np.isfinite(sd) or sd <= 0:
+        return 2
+    for n in range(2, most + 1):
+        if sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) < difference:
+            return n
+    return None
+
+
+def _paired_sd(runs: pd.DataFrame, metric: str, baseline: tuple[str, str]) -> float:
+    """Median over cells of the standard deviation of the cell's seed-paired differences with the baseline."""
+    base = runs[(runs["loss"] == baseline[0]) & (runs["miner"] == baseline[1])].set_index("seed")[metric]
+    sds = []
+    for cell, part in runs.groupby(["loss", "miner"], sort=False):
+        if cell == tuple(baseline):
+            continue
+        values = part.set_index("seed")[metric]
+        seeds = sorted(set(values.index) & set(base.index))
+        if len(seeds) >= 2:
+            sds.append(float(np.std(values.loc[seeds].to_numpy() - base.loc[seeds].to_numpy(), ddof=1)))
+    return float(np.median(sds)) if sds else float("nan")
+
+
+def power(runs: pd.DataFrame, seed_tables: dict, baseline: tuple[str, str], confidence: float = 0.95,
+          metrics=("recall@1", "map@r")) -> pd.DataFrame:
+    """Per dataset and metric: cells, seeds, median and largest interval half-width (points), the median
+    paired-difference standard deviation (points) and the seeds needed for each of DIFFERENCES."""
+    rows = []
+    for dataset, table in seed_tables.items():
+        part = runs[runs["dataset"] == dataset]
+        for metric in metrics:
+            half = ((table[f"{metric}_high"] - table[f"{metric}_low"]) / 2 * 100).dropna()
+            sd = _paired_sd(part, metric, baseline)
+            row = {"dataset": dataset, "metric": metric, "cells": int(len(table)),
+                   "seeds": int(table["seeds"].median()) if len(table) else 0,
+                   "median_half_width_pts": float(half.median()) if len(half) else float("nan"),
+                   "max_half_width_pts": float(half.max()) if len(half) else float("nan"),
+                   "paired_sd_pts": sd * 100}
+            for d in DIFFERENCES:
+                row[f"seeds_for_{d * 100:g}_pts"] = seeds_needed(sd, d, confidence)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell_durations(notebook: Path) -> dict[str, float]:
+    """Seconds of each phase's code cell in an executed notebook (papermill's timings); {} if unreadable."""
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {"cells": 0.0}
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        seconds = float((cell.get("metadata", {}).get("papermill") or {}).get("duration") or 0.0)
+        out["cells"] += seconds
+        source = "".join(cell.get("source", []))
+        for phase, marker in PHASES:
+            if marker in source:
+                out[phase] = out.get(phase, 0.0) + seconds
+    return out
+
+
+def cell_profile(runs_dir: str | os.PathLike, runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: papermill wall time and its parts (seconds); training = the optimisation steps,
+    validation = the per-epoch validation, "training cell, other" = curves and checkpoints."""
+    rows = []
+    for run in runs.itertuples():
+        folder = Path(runs_dir) / run.run_id
+        try:
+            wall = float(json.loads((folder / "execution.json").read_text())["notebook_wall_s"])
+        except (OSError, ValueError, KeyError):
+            continue
+        cells = _cell_durations(folder / "experiment.ipynb")
+        history = histories[histories["run_id"] == run.run_id]
+        validation = float(history["val_time_s"].fillna(0).sum()) if "val_time_s" in history else float("nan")
+        train = float(run.train_time_s)
+        row = {"run_id": run.run_id, "dataset": run.dataset, "wall_s": wall, "training_s": train,
+               "validation_s": validation, "kernel_and_papermill_s": wall - cells.get("cells", wall)}
+        row["training_cell_other_s"] = cells.get("training", np.nan) - train - (validation if np.isfinite(validation) else 0)
+        for phase in ("set-up", "t-SNE", "retrieval grid", "record"):
+            row[f"{phase}_s"] = cells.get(phase, np.nan)
+        row["test_and_tables_s"] = cells.get("cells", np.nan) - sum(cells.get(p, 0.0) for p, _ in PHASES)
+        row["training_share"] = train / wall if wall > 0 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cost_summary(profile: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and over all runs: the median seconds of each part and the training share of the
+    summed wall time (and its median over runs)."""
+    if profile.empty:
+        return pd.DataFrame()
+    parts = [c for c in profile.columns if c.endswith("_s")]
+    rows = []
+    for dataset, part in [*profile.groupby("dataset", sort=False), ("all", profile)]:
+        row = {"dataset": dataset, "runs": len(part)} | {c: float(part[c].median()) for c in parts}
+        row["training_share_of_summed_wall"] = float(part["training_s"].sum() / part["wall_s"].sum())
+        row["median_training_share"] = float(part["training_share"].median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_verdicts(comparisons: dict, dataset: str, metrics=("recall@1", "map@r")) -> dict[str, int]:
+    """metric -> how many cells of ``dataset`` differ from the baseline beyond seed noise (Holm)."""
+    out = {}
+    for metric in metrics:
+        table = comparisons.get((dataset, metric))
+        out[metric] = 0 if table is None else int(table["verdict"].isin(["better than the baseline",
+                                                                          "worse than the baseline"]).sum())
+    return out
+
+
+def status_lines(study, baseline: tuple[str, str] = ("triplet", "semi-hard"), confidence: float = 0.95) -> list[str]:
+    """What 'dmlbench study FILE --status' adds below the cells: per dataset, of the finished runs,
+    how many converged, the median Recall@1 and MAP@R half-widths and the training share of the time."""
+    from ..paths import runs_dir
+    from .runs import load_histories, load_runs
+    from .stats import seed_summary
+
+    done = {cell.run_id for cell in study.cells if cell.is_done()}
+    runs = load_runs(runs_dir())
+    runs = runs[runs["run_id"].isin(done)]
+    if runs.empty:
+        return ["no finished run yet: nothing to say about convergence, power or cost"]
+    histories = load_histories(runs_dir())
+    histories = histories[histories["run_id"].isin(done)]
+    seeds = {d: seed_summary(part, ["recall@1", "map@r"], confidence) for d, part in runs.groupby("dataset", sort=False)}
+    power_table = power(runs, seeds, baseline, confidence).set_index(["dataset", "metric"])
+    cost = cost_summary(cell_profile(runs_dir(), runs, histories)).set_index("dataset")
+    lines = []
+    for row in convergence(runs).to_dict("records"):
+        d = row["dataset"]
+        halves = {m: power_table.loc[(d, m), "median_half_width_pts"] for m in ("recall@1", "map@r")}
+        share = cost.loc[d, "training_share_of_summed_wall"] if d in cost.index else float("nan")
+        lines.append(f"{d}: {row['runs']} runs finished; {row['converged']} converged ({row['converged_share']:.0%}: "
+                     f"{row['stopped_on_plateau']} stopped on a validation plateau, {row['peaked_before_last_epoch']} "
+                     f"peaked before their last epoch); median {confidence:.0%} half-width over cells: Recall@1 "
+                     f"{halves['recall@1']:.2f} points, MAP@R {halves['map@r']:.2f} points; training steps "
+                     f"{share:.0%} of the papermill wall time")
+    return lines
