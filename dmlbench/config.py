@@ -33,6 +33,10 @@ LR_SCHEDULES = ("constant", "cosine", "plateau")
 AUGMENTATIONS = {"rotate": "degrees, uniform in +-value", "scale": "relative, uniform in 1 +- value",
                  "shift": "fraction of the side, uniform in +-value", "shear": "degrees, uniform in +-value",
                  "stroke": "probability of thinning or thickening the strokes by one pixel (each half of it)"}
+# The largest amount of each, and whether it is allowed: a scale of 1 could shrink an image to nothing, a
+# shear of 90 degrees is tan's asymptote.
+AUGMENT_LIMITS = {"rotate": (180.0, True), "scale": (1.0, False), "shift": (1.0, True), "shear": (90.0, False),
+                  "stroke": (1.0, True)}
 # A sampler's arguments that training supplies (dmlbench.training.loop); sampler_kwargs holds only the others.
 SAMPLER_SUPPLIED = ("labels", "P", "K", "batches_per_epoch", "generator", "super_labels")
 NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
@@ -121,6 +125,11 @@ class RunConfig:
         new ids (a run with weight_decay 0, or a loss without parameters, keeps its id)."""
         settings = {k: v for k, v in self.to_dict().items()
                     if k not in NOT_HASHED and k != "loss_weight_decay" and v is not None}
+        # settings that train exactly as if unset are hashed as unset: one training, one id
+        if settings.get("lr_schedule") == "constant":
+            del settings["lr_schedule"]
+        if settings.get("augment") == {} or (settings.get("augment") and not any(settings["augment"].values())):
+            del settings["augment"]
         effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
         if (effective["lr"], effective["weight_decay"]) != (before["lr"], before["weight_decay"]) \
                 and self.has_loss_parameters():
@@ -272,9 +281,11 @@ class RunConfig:
             if name not in AUGMENTATIONS:
                 raise ConfigError(f"unknown augmentation {name!r}; valid augmentations: "
                                   + "; ".join(f"{k} ({v})" for k, v in AUGMENTATIONS.items()))
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 360 \
-                    or (name == "stroke" and value > 1):
-                raise ConfigError(f"augment {name}={value!r}: expected a non-negative number ({AUGMENTATIONS[name]})")
+            most = AUGMENT_LIMITS[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= most[0] \
+                    or (not most[1] and value == most[0]):
+                raise ConfigError(f"augment {name}={value!r}: expected a number from 0 to {most[0]:g}"
+                                  f"{'' if most[1] else ' (excluded)'} ({AUGMENTATIONS[name]})")
         from .datasets.benchmarks import PHOTO_DATASETS
 
         if self.dataset in PHOTO_DATASETS:

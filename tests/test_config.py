@@ -1,6 +1,6 @@
 import pytest
 
-from dmlbench.config import RunConfig
+from dmlbench.config import LR_SCHEDULES, RunConfig
 from dmlbench.datasets import DATASETS
 from dmlbench.errors import ConfigError, UnknownNameError
 from dmlbench.losses import LOSSES
@@ -71,3 +71,63 @@ def test_the_evaluation_protocol_is_part_of_a_runs_identity(monkeypatch):
     before = base.run_id()
     monkeypatch.setattr(config_module, "EVALUATION_PROTOCOL", "a different evaluation")
     assert RunConfig().run_id() != before
+
+
+# -- lr_schedule, patience, min_delta, augment ------------------------------------------------------
+
+NEW_SETTINGS = ("lr_schedule", "patience", "min_delta", "augment")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"lr_schedule": "step"}, "unknown lr_schedule 'step'; valid choices: " + ", ".join(LR_SCHEDULES) + "$"),
+    ({"lr_schedule": "Cosine"}, "valid choices: constant, cosine"),
+    ({"lr_schedule": "plateau"}, "lr_schedule 'plateau' drops the learning rate on a validation plateau: set patience"),
+    ({"patience": 0}, "patience must be a positive integer, got 0"),
+    ({"patience": 2.0}, "patience must be a positive integer"),
+    ({"patience": True}, "patience must be a positive integer"),
+    ({"min_delta": 0.01}, r"needs patience set, got min_delta=0.01, patience=None"),
+    ({"patience": 2, "min_delta": 1.0}, r"min_delta must be a number in \[0, 1\)"),
+    ({"patience": 2, "min_delta": -0.1}, r"min_delta must be a number in \[0, 1\)"),
+    ({"patience": 2, "min_delta": "0.1"}, r"min_delta must be a number in \[0, 1\)"),
+    ({"augment": {"flip": 1}}, "unknown augmentation 'flip'; valid augmentations: rotate .*scale .*shift .*"
+                               "shear .*stroke "),
+    ({"augment": ["rotate"]}, "augment must be a mapping.*valid augmentations: rotate, scale, shift, shear, stroke"),
+    ({"augment": {"rotate": -5}}, "augment rotate=-5: expected a number from 0 to 180"),
+    ({"augment": {"scale": 1.0}}, "augment scale=1.0: expected a number from 0 to 1 \\(excluded\\)"),
+    ({"augment": {"shear": 90}}, "augment shear=90: expected a number from 0 to 90 \\(excluded\\)"),
+    ({"augment": {"shift": 300}}, "augment shift=300: expected a number from 0 to 1"),
+    ({"augment": {"stroke": 1.5}}, "augment stroke=1.5"),
+    ({"augment": {"scale": True}}, "augment scale=True"),
+])
+def test_bad_new_settings_fail_naming_the_problem(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**changes).validate()
+
+
+@pytest.mark.parametrize("dataset", ["cub", "sop"])
+def test_augment_is_refused_for_photo_datasets(dataset):
+    with pytest.raises(ConfigError, match=f"augment applies to in-memory grey datasets; '{dataset}'"):
+        RunConfig(dataset=dataset, augment={"rotate": 5}).validate()
+
+
+@pytest.mark.parametrize("changes", [
+    {"lr_schedule": "constant"}, {"lr_schedule": "cosine"}, {"lr_schedule": "plateau", "patience": 2},
+    {"patience": 1}, {"patience": 3, "min_delta": 0.0},
+    {"patience": 3, "min_delta": 0.5}, {"augment": {}},
+    {"augment": {"rotate": 8, "scale": 0.1, "shift": 0.05, "shear": 5, "stroke": 0.5}}, {"augment": {"stroke": 1}},
+])
+def test_good_new_settings_pass(changes):
+    RunConfig(**changes).validate()
+
+
+def test_new_settings_enter_the_hash_when_set_and_are_absent_when_none():
+    base = RunConfig()
+    assert not set(NEW_SETTINGS) & set(base.hashed_dict())
+    assert RunConfig(lr_schedule=None, patience=None, min_delta=None, augment=None).run_id() == base.run_id()
+    set_values = [{"lr_schedule": "cosine"}, {"patience": 2}, {"patience": 2, "min_delta": 0.1},
+                  {"augment": {"rotate": 8}}, {"augment": {"rotate": 4}}]
+    ids = {RunConfig(**changes).run_id() for changes in set_values} | {base.run_id()}
+    assert len(ids) == len(set_values) + 1  # every setting and value its own run
+    for changes in set_values:
+        hashed = RunConfig(**changes).hashed_dict()
+        assert all(hashed[name] == value for name, value in changes.items())

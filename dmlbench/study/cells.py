@@ -225,7 +225,10 @@ def _datasets(path: Path, value: Any) -> dict[str, dict[str, Any]]:
     out = {}
     for name, own in value.items():
         own = own or {}
-        bad = sorted(set(own) - set(DATASET_KEYS)) if isinstance(own, dict) else ["(not a mapping)"]
+        if not isinstance(own, dict):
+            raise ConfigError(f"{path}: datasets: {name}: expected a mapping with keys {', '.join(DATASET_KEYS)} "
+                              f"(or nothing), got {own!r}")
+        bad = sorted(set(own) - set(DATASET_KEYS))
         if bad:
             raise ConfigError(f"{path}: datasets: {name}: unknown key {', '.join(map(repr, bad))}; valid keys: "
                               f"{', '.join(DATASET_KEYS)}")

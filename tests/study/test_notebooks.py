@@ -34,7 +34,7 @@ def outputs_of(path, kind):
 
 
 def no_time(history):
-    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("time_s", "val_time_s")} for h in history]
 
 
 def test_experiment_notebook_writes_metrics_and_is_deterministic(isolated):

@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from dmlbench.config import RunConfig
 from dmlbench.errors import ConfigError, UnknownNameError
 from dmlbench.paths import REPO_ROOT
 from dmlbench.study.cells import emit_makefile, load_study
@@ -108,7 +109,8 @@ def test_a_changed_component_version_makes_its_cells_new_runs_and_leaves_the_oth
     monkeypatch.setattr(miner, "version", miner.version + 1)
     monkeypatch.setattr(loss, "version", loss.version + 1)
     changed = [c for c in study.cells if c.config.miner == "smooth-hard" or c.config.loss == "center"]
-    assert len(changed) == 9  # contrastive and triplet with smooth-hard, center alone; three seeds each
+    # han-typefaces: contrastive and triplet with smooth-hard, center alone, four seeds each; Fashion-MNIST: center, two
+    assert len(changed) == 3 * 4 + 2
     for cell in study.cells:
         if cell in changed:
             assert cell.run_id not in before and cell.state() == "to run"
@@ -117,3 +119,64 @@ def test_a_changed_component_version_makes_its_cells_new_runs_and_leaves_the_oth
         else:
             assert cell.run_id in before and cell.state() == "done"
             assert cell.config.hashed_dict() == before[cell.run_id][1]
+
+
+# -- datasets as a mapping: per-dataset seeds, settings and grid ------------------------------------
+
+def test_datasets_mapping_is_parsed_and_names_or_lists_stay_as_they_were(tmp_path):
+    from dmlbench.study.cells import _datasets
+
+    path = tmp_path / "study.yaml"
+    assert _datasets(path, "fashion-mnist") == {"fashion-mnist": {}}
+    assert _datasets(path, ["fashion-mnist", "cub"]) == {"fashion-mnist": {}, "cub": {}}
+    given = {"fashion-mnist": None, "cub": {"seeds": [3], "grid": False, "settings": {"epochs": 2}}}
+    assert _datasets(path, given) == {"fashion-mnist": {}, "cub": given["cub"]}
+
+
+VALID_KEYS = "valid keys: seeds, settings, grid"
+NOT_A_MAPPING_OR_BOOL = "settings must be a mapping and grid true or false"
+
+
+@pytest.mark.parametrize("datasets,message", [
+    ({"fashion-mnist": {"seed": [1]}}, f"datasets: fashion-mnist: unknown key 'seed'; {VALID_KEYS}"),
+    ({"fashion-mnist": ["seeds"]}, "datasets: fashion-mnist: expected a mapping with keys seeds, settings, grid"),
+    ({"fashion-mnist": {"settings": [1]}}, f"datasets: fashion-mnist: {NOT_A_MAPPING_OR_BOOL}"),
+    ({"fashion-mnist": {"grid": "no"}}, f"datasets: fashion-mnist: {NOT_A_MAPPING_OR_BOOL}"),
+    ({"fashion-mnist": {"seeds": [-1]}}, "seeds: expected a list of non-negative integers"),
+    ({"fashion-mnist": {"settings": {"epoch": 2}}}, "settings: unknown setting 'epoch'; valid settings:"),
+    ({"fashion-mnist": {"settings": {"loss": "triplet"}}}, "unknown setting 'loss'"),
+    ({"imagenet": {}}, "datasets: unknown dataset 'imagenet'; valid dataset names:"),
+    ([{"fashion-mnist": {}}], "datasets: expected a name, a list of names or a mapping name -> {seeds, settings, grid}"),
+])
+def test_bad_per_dataset_entries_fail_naming_the_valid_keys(tmp_path, datasets, message):
+    with pytest.raises(ConfigError) as info:
+        load_study(write_study(tmp_path, datasets=datasets), check_networks=False)
+    assert message in str(info.value) and "study.yaml" in str(info.value)
+
+
+def test_a_dataset_of_its_own_seeds_settings_and_no_grid(tmp_path, isolated):
+    path = write_study(tmp_path, datasets={"fashion-mnist": {}, "cub": {
+        "seeds": [3], "grid": False, "settings": {"epochs": 2, "lr": 5e-4}}},
+        cells=[{"loss": "contrastive", "miner": "none"}], settings={"epochs": 1, "K": 4})
+    cells = {(c.config.dataset, c.config.loss, c.config.miner, c.config.seed): c.config
+             for c in load_study(path, check_networks=False).cells}
+    grid = [("triplet", "none"), ("triplet", "semi-hard"), ("contrastive", "none")]
+    assert sorted(cells) == sorted([("fashion-mnist", *pair, seed) for pair in grid for seed in (0, 1)]
+                                   + [("cub", "contrastive", "none", 3)])
+    cub = cells[("cub", "contrastive", "none", 3)]
+    assert (cub.epochs, cub.lr, cub.K) == (2, 5e-4, 4)  # its own settings over the shared ones
+    assert all((c.epochs, c.lr, c.K) == (1, RunConfig.lr, 4) for key, c in cells.items() if key[0] == "fashion-mnist")
+
+
+def test_one_dataset_mapping_with_cells_only(tmp_path, isolated):
+    cells = [{"loss": "contrastive", "miner": "none"}, {"loss": "margin", "miner": "distance-weighted"}]
+    path = write_study(tmp_path, datasets={"fashion-mnist": {"seeds": [3], "grid": False, "settings": {"P": 4}}},
+                       cells=cells)
+    study = load_study(path, check_networks=False)
+    assert [(c.config.loss, c.config.miner, c.config.seed) for c in study.cells] == [
+        ("contrastive", "none", 3), ("margin", "distance-weighted", 3)]
+    assert all(c.config.P == 4 and c.config.epochs == 1 for c in study.cells)
+    as_list = tmp_path / "as-list.yaml"  # the same cells from a list of names and shared seeds and settings
+    as_list.write_text(yaml.safe_dump({"datasets": ["fashion-mnist"], "seeds": [3], "settings": {"epochs": 1, "P": 4},
+                                       "cells": cells}))
+    assert [c.run_id for c in load_study(as_list, check_networks=False).cells] == [c.run_id for c in study.cells]
