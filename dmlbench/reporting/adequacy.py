@@ -46,7 +46,9 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
 def seeds_needed(sd: float, difference: float, confidence: float = 0.95, most: int = 1000) -> int | None:
     """The fewest seeds (>= 2) whose paired t-interval of half-width t(n-1) sd / sqrt(n) is below
     ``difference``: a true difference that large then lies outside the noise. None beyond ``most``."""
-    if not np.isfinite(sd) or sd <= 0:
+    if not np.isfinite(sd):
+        return None  # no seed-paired differences: nothing to size
+    if sd <= 0:
         return 2
     for n in range(2, most + 1):
         if sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) < difference:

@@ -634,8 +634,11 @@ def power_lines(table: pd.DataFrame, confidence: float) -> list[str]:
         bits = []
         for row in part.to_dict("records"):
             need = {c: row[c] for c in part.columns if c.startswith("seeds_for_")}
+            unknown = row["paired_sd_pts"] != row["paired_sd_pts"]  # NaN: no cell paired with the baseline
             wanted = "; ".join(f"{c[len('seeds_for_'):-len('_pts')]} points: "
                                f"{'more than 1000' if n is None or n != n else int(n)} seeds" for c, n in need.items())
+            if unknown:
+                wanted = "any size: unknown (no cell shares seeds with the baseline yet)"
             bits.append(f"{METRIC_NAMES.get(row['metric'], row['metric'])}: median half-width "
                         f"{row['median_half_width_pts']:.2f} points (largest {row['max_half_width_pts']:.2f}) with "
                         f"{row['seeds']} seeds; a paired difference of {wanted}")
