@@ -30,6 +30,13 @@ clusters would drift apart from there. Every point whose runner-up centroid lies
 proven rounding-error margin of its nearest one is therefore searched again by faiss itself, on
 the same tile of rows faiss's full search would give it, and faiss's answer is kept
 (``match_faiss=True``, the default). Exact ties go to the lower centroid index in both.
+
+Small problems (at most ``FAISS_SEARCH_BELOW`` training points x clusters) skip our search
+altogether: every assignment pass is faiss's own search of all the points, the very call faiss's
+k-means makes. There a faiss search takes milliseconds, while a pass of ours, with only a few of
+faiss's 4096-row tiles, nearly always has a near tie in each of them and ends up searching them
+with faiss anyway. Either way the clusters are faiss's; the saving that remains is the early stop
+at a fixed point (and, on a busy machine, the absence of faiss's per-iteration bookkeeping).
 """
 
 from __future__ import annotations
@@ -39,11 +46,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .neighbours import FP32_UNIT_ROUNDOFF, dot_error_bound, full_precision_matmul
+from .neighbours import FP32_UNIT_ROUNDOFF, caller_threads, dot_error_bound, full_precision_matmul
 
 KMEANS_SEED = 1234  # faiss.Clustering's default, which pytorch-metric-learning's NMI uses
 KMEANS_ITERATIONS = 20  # pytorch-metric-learning's setting
 MAX_POINTS_PER_CENTROID = 256  # faiss's default: larger sets are subsampled for training
+FAISS_SEARCH_BELOW = 1 << 24  # (training points x clusters) up to which faiss's own search assigns the points
 SPLIT_EPS = 1 / 1024.0
 
 
@@ -55,7 +63,7 @@ class KMeansResult:
     objectives: list[float] = field(default_factory=list)  # sum of squared distances before each update
     splits: int = 0  # empty clusters refilled, over all iterations
     distance_fraction: float = 1.0  # distances computed / (points x centroids x assignment passes)
-    near_ties_settled: int = 0  # point assignments decided by faiss's own search (near ties)
+    near_ties_settled: int = 0  # point assignments decided by faiss's own search (near ties, small problems)
 
 
 def faiss_init(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -122,9 +130,11 @@ def split_clusters(centroids: np.ndarray, hassign: np.ndarray, n: int) -> int:
 class _Assigner:
     """Nearest-centroid search that recomputes only distances to centroids that moved."""
 
-    def __init__(self, x: torch.Tensor, k: int, list_size: int, block_size: int, points: np.ndarray | None = None):
+    def __init__(self, x: torch.Tensor, k: int, list_size: int, block_size: int, points: np.ndarray | None = None,
+                 faiss_search_below: int = 0):
         self.x = x
         self.points = points  # the same points as numpy, to settle near ties with faiss's own search
+        self.faiss_only = points is not None and len(x) * k <= faiss_search_below
         self.settled = 0  # assignments taken from faiss's search
         self.x_norm = (x * x).sum(dim=1)
         self.k = k
@@ -143,6 +153,8 @@ class _Assigner:
         return d.clamp_min_(0)
 
     def __call__(self, centroids: torch.Tensor, changed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.faiss_only:
+            return self._faiss_search(centroids)
         n, m = len(self.x), self.m
         c_norm = (centroids * centroids).sum(dim=1)
         if self.ids is None or changed is None:
@@ -194,6 +206,22 @@ class _Assigner:
             self._settle_near_ties(centroids, assignment, dis)
         return assignment, dis
 
+    def _faiss_search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every point's nearest centroid by faiss itself: the search faiss's k-means runs (one
+        faiss.IndexFlatL2 of the centroids, all the points at once), so its answer by construction.
+
+        For small problems this is the cheaper way: a pass of ours ends with faiss searching
+        again the tiles that hold a near tie, and with few tiles nearly every tile holds one.
+        """
+        import faiss
+
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(np.ascontiguousarray(centroids.cpu().numpy(), dtype=np.float32))
+        found_d, found_i = index.search(self.points, 1)
+        self.settled += len(self.points)
+        device = self.x.device
+        return torch.from_numpy(found_i[:, 0]).to(device), torch.from_numpy(found_d[:, 0]).to(device)
+
     def _settle_near_ties(self, centroids: torch.Tensor, assignment: torch.Tensor, dis: torch.Tensor) -> None:
         """Where faiss's float32 arithmetic could pick another centroid, take faiss's answer.
 
@@ -243,8 +271,13 @@ def faiss_subsample(n: int, k: int, max_points_per_centroid: int, seed: int) -> 
 
 def kmeans(x, k: int, *, iterations: int = KMEANS_ITERATIONS, seed: int = KMEANS_SEED, init: np.ndarray | None = None,
            max_points_per_centroid: int = MAX_POINTS_PER_CENTROID, device: str | torch.device | None = None,
-           list_size: int = 8, block_size: int = 2048, match_faiss: bool = True) -> KMeansResult:
-    """Cluster the rows of ``x`` (n, d) into ``k`` clusters; see the module docstring."""
+           list_size: int = 8, block_size: int = 2048, match_faiss: bool = True,
+           faiss_search_below: int = FAISS_SEARCH_BELOW) -> KMeansResult:
+    """Cluster the rows of ``x`` (n, d) into ``k`` clusters; see the module docstring.
+
+    When (training points x k) is at most ``faiss_search_below`` (and ``match_faiss``), every
+    assignment pass is faiss's own search instead of ours (0: always ours).
+    """
     x_np = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     if x_np.ndim != 2 or len(x_np) == 0:
         raise ValueError(f"k-means needs a non-empty 2-D array (points, dim), got shape {x_np.shape}")
@@ -258,24 +291,35 @@ def kmeans(x, k: int, *, iterations: int = KMEANS_ITERATIONS, seed: int = KMEANS
     if device is None:
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
+    if init is not None:
+        init = np.ascontiguousarray(init, dtype=np.float32).copy()
+        if init.shape != (k, x_np.shape[1]):
+            raise ValueError(f"init must have shape ({k}, {x_np.shape[1]}), got {init.shape}")
+    # On the caller's threads, also inside dmlbench.evaluation.metrics.evaluate (which runs its own
+    # work on one): faiss's results depend on its thread count, and must be the reference's.
+    with caller_threads():
+        return _cluster(x_np, k, iterations, seed, init, max_points_per_centroid, device, list_size, block_size,
+                        match_faiss, faiss_search_below)
+
+
+def _cluster(x_np: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None,
+             max_points_per_centroid: int, device: torch.device, list_size: int, block_size: int,
+             match_faiss: bool, faiss_search_below: int) -> KMeansResult:
+    """:func:`kmeans` once its arguments are checked."""
+    n = len(x_np)
     x_all = torch.from_numpy(x_np).to(device)
     sample = faiss_subsample(n, k, max_points_per_centroid, seed)
     x_train = x_np if sample is None else x_np[sample]
     n_train = len(x_train)
     xt = x_all if sample is None else torch.from_numpy(x_train).to(device)
-    assign = _Assigner(xt, k, list_size, block_size, x_train if match_faiss else None)
+    assign = _Assigner(xt, k, list_size, block_size, x_train if match_faiss else None, faiss_search_below)
 
     if n == k:  # faiss copies the points and runs no iteration
         centroids = x_np.copy()
         a, _ = assign(torch.from_numpy(centroids).to(device), None)
         return KMeansResult(a.cpu().numpy(), centroids, 0, [], 0, 1.0, assign.settled)
 
-    if init is not None:
-        centroids = np.ascontiguousarray(init, dtype=np.float32).copy()
-        if centroids.shape != (k, x_np.shape[1]):
-            raise ValueError(f"init must have shape ({k}, {x_np.shape[1]}), got {centroids.shape}")
-    else:
-        centroids = faiss_init(x_train, k, seed)
+    centroids = init if init is not None else faiss_init(x_train, k, seed)
     objectives, splits, changed, done = [], 0, None, 0
     moved = np.ones(k, dtype=bool)
     for _ in range(iterations):
@@ -290,11 +334,14 @@ def kmeans(x, k: int, *, iterations: int = KMEANS_ITERATIONS, seed: int = KMEANS
             break
     final_centroids = torch.from_numpy(centroids).to(device)
     if sample is None:
-        a, _ = assign(final_centroids, changed)
-        computed = assign.computed / (n * k * (done + 1))
+        passes = done
+        if moved.any():  # else the last pass's assignment is already the one to the final centroids
+            a, _ = assign(final_centroids, changed)
+            passes += 1
+        computed = assign.computed / (n * k * passes)
         settled = assign.settled
     else:
-        everyone = _Assigner(x_all, k, list_size, block_size, x_np if match_faiss else None)
+        everyone = _Assigner(x_all, k, list_size, block_size, x_np if match_faiss else None, faiss_search_below)
         a, _ = everyone(final_centroids, None)
         computed = (assign.computed + everyone.computed) / (n_train * k * done + n * k)
         settled = assign.settled + everyone.settled

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from .kmeans import KMEANS_ITERATIONS, KMEANS_SEED, MAX_POINTS_PER_CENTROID, kmeans
-from .neighbours import knn
+from .neighbours import knn, serial_ops
 
 DEFAULT_KS = (1, 2, 4, 8)
 
@@ -139,7 +139,17 @@ def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None
     the queries ``embeddings`` are ranked against ``gallery`` (In-Shop). NMI/AMI cluster the
     queries. Returns ``recall@K`` for each K, ``r_precision``, ``map@r``, ``nmi``, ``ami``,
     ``num_queries`` (those scored) and ``num_excluded_queries`` (no same-label reference item).
+    On the CPU the work runs on one thread but for the large matrix products
+    (dmlbench.evaluation.neighbours.serial_ops says why).
     """
+    where = device if device is not None else (embeddings.device if isinstance(embeddings, torch.Tensor) else "cpu")
+    with serial_ops(where):
+        return _evaluate(embeddings, labels, ks, gallery, gallery_labels, device, normalize, nmi, block_size)
+
+
+def _evaluate(embeddings, labels, ks: Sequence[int], gallery, gallery_labels, device, normalize: bool, nmi: bool,
+              block_size: int) -> dict[str, float]:
+    """:func:`evaluate`, step by step."""
     query, query_labels, reference, reference_labels, ks = _evaluation_inputs(embeddings, labels, gallery,
                                                                               gallery_labels, ks)
     device = torch.device(device) if device is not None else query.device
@@ -163,11 +173,14 @@ def evaluate(embeddings, labels, *, ks: Sequence[int] = DEFAULT_KS, gallery=None
 
     out: dict[str, float] = {}
     if scored.any() and k > 0:
+        # Only which neighbours share the query's label is read, so knn may leave equally relevant
+        # neighbours that float32 cannot order in float32 order (the metrics come out the same).
         if gallery is None:  # every item against the others (self excluded), then the scored rows
-            _, neighbours = knn(query, None, k, block_size=block_size)
+            _, neighbours = knn(query, None, k, block_size=block_size, scores=False, labels=(query_labels, query_labels))
             neighbours = neighbours[scored]
         else:
-            _, neighbours = knn(query[scored], reference, k, block_size=block_size)
+            _, neighbours = knn(query[scored], reference, k, block_size=block_size, scores=False,
+                                labels=(query_labels[scored], reference_labels))
         out.update(retrieval_metrics(reference_labels[neighbours], query_labels[scored], relevant[scored], ks))
     else:
         out.update({f"recall@{k}": math.nan for k in ks} | {"r_precision": math.nan, "map@r": math.nan})

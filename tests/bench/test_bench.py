@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from dmlbench.bench import losses as bench_losses
 from dmlbench.losses import LOSSES
 
@@ -89,3 +91,45 @@ def test_train_benchmark_rejects_a_bad_batch(capsys):
     with pytest.raises(SystemExit):
         main(["--batch", "56by2"])
     assert "use PxK, e.g. 56x2" in capsys.readouterr().err
+
+
+def test_eval_sizes_take_a_hard_suffix():
+    from dmlbench.bench.eval import DEFAULT_SIZES, SIZES, parse_size
+
+    assert parse_size("cub-hard") == ("cub-hard", (*SIZES["cub"], True))
+    assert parse_size("2000x64x50-hard") == ("2000x64x50-hard", (2000, 64, 50, True))
+    assert parse_size("2000x64x50") == ("2000x64x50", (2000, 64, 50, False))
+    assert {"cub-hard", "sop-hard"} <= set(DEFAULT_SIZES)
+
+
+@pytest.mark.parametrize("n,dim,classes", [(2000, 64, 50), (3000, 32, 500)])
+def test_hard_embeddings_land_in_the_recall_band_and_both_evaluators_agree(n, dim, classes):
+    """Class-overlapping embeddings, as hard as real test sets: Recall@1 about 0.7, the same
+    metrics from us and from pytorch-metric-learning (NMI to the bit, as its k-means is faiss's)."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    from dmlbench.bench.eval import synthetic
+    from dmlbench.evaluation.metrics import evaluate
+
+    x, labels, _ = synthetic(n, dim, classes, hard=True)
+    ours = evaluate(x, labels)
+    assert 0.6 <= ours["recall@1"] <= 0.8
+    calculator = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI", "AMI"),
+                                    k="max_bin_count")
+    theirs = calculator.get_accuracy(x, labels, x, labels, ref_includes_query=True)
+    assert ours["recall@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(theirs["r_precision"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+    assert ours["nmi"] == pytest.approx(theirs["NMI"], abs=1e-12)
+    assert ours["ami"] == pytest.approx(theirs["AMI"], abs=1e-12)
+
+
+def test_hard_embeddings_are_ranked_as_brute_force_ranks_them():
+    from dmlbench.bench.eval import synthetic
+    from dmlbench.evaluation.metrics import evaluate
+    from tests.evaluation.test_metrics import brute_force
+
+    x, labels, _ = synthetic(600, 32, 30, hard=True)
+    ours = evaluate(x, labels, nmi=False)
+    for key, value in brute_force(x, labels, (1, 2, 4, 8)).items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key

@@ -142,3 +142,75 @@ def test_near_ties_are_settled_by_faiss_on_its_own_tiles(tile):
     assert loose.near_ties_settled == 0
     np.testing.assert_array_equal(ours.centroids, centroids)
     np.testing.assert_array_equal(ours.assignment, assignment)
+
+
+# Small problems are clustered with faiss's own search (FAISS_SEARCH_BELOW); faiss_search_below=0
+# runs our incremental search on them too, so that it is checked against faiss as well.
+
+@pytest.mark.parametrize("n,dim,k,noise,niter", [
+    (2000, 32, 40, 0.5, 20), (3000, 64, 300, 1.5, 20), (500, 8, 5, 1.0, 20), (1500, 16, 60, 1.0, 3),
+])
+def test_our_own_search_gives_faiss_clusters_too(n, dim, k, noise, niter):
+    x = blobs(n, dim, k, noise, seed=n + k)
+    ours = kmeans(x, k, iterations=niter, faiss_search_below=0)
+    assignment, centroids = faiss_clustering(x, k, niter)
+    np.testing.assert_array_equal(ours.centroids, centroids)
+    np.testing.assert_array_equal(ours.assignment, assignment)
+    assert ours.distance_fraction > 0
+
+
+def test_our_own_search_subsamples_and_splits_as_faiss():
+    x = blobs(3000, 8, 4, 0.8, seed=1)
+    np.testing.assert_array_equal(kmeans(x, 4, faiss_search_below=0).assignment, faiss_kmeans_clusters(x, 4))
+    x = blobs(1200, 16, 30, 0.6, seed=5)
+    rng = np.random.default_rng(0)
+    init = x[rng.choice(len(x), 30, replace=False)].copy()
+    init[:8] = 50 + rng.normal(size=(8, 16))
+    ours = kmeans(x, 30, iterations=20, init=init, faiss_search_below=0)
+    assignment, centroids = faiss_clustering(x, 30, 20, init=init)
+    np.testing.assert_array_equal(ours.centroids, centroids)
+    np.testing.assert_array_equal(ours.assignment, assignment)
+
+
+def test_our_own_search_recomputes_only_moved_centroids():
+    result = kmeans(blobs(4000, 32, 50, 0.3, seed=3), 50, faiss_search_below=0)
+    assert 0 < result.distance_fraction < 0.6
+    assert result.iterations < 20
+
+
+def test_small_problems_take_every_assignment_from_faiss():
+    x = blobs(2000, 32, 40, 0.5, seed=2040)
+    result = kmeans(x, 40)
+    assert result.distance_fraction == 0  # no distance computed by us
+    assert result.near_ties_settled % 2000 == 0 and result.near_ties_settled >= 2000 * result.iterations
+    assert kmeans(x, 40, faiss_search_below=2000 * 40 - 1).distance_fraction > 0
+
+
+def test_a_fixed_point_ends_with_the_last_assignment():
+    x = blobs(1500, 16, 20, 0.3, seed=8)
+    for below in (0, 10**9):
+        result = kmeans(x, 20, faiss_search_below=below)
+        assert result.iterations < 20
+        np.testing.assert_array_equal(result.assignment, faiss_kmeans_clusters(x, 20))
+
+
+@pytest.mark.parametrize("tile", [4096, 64])
+def test_our_own_search_settles_near_ties_on_faiss_tiles(tile):
+    rng = np.random.default_rng(7)
+    k, dim = 40, 48
+    init = rng.normal(size=(k, dim)).astype(np.float32)
+    pairs = rng.integers(0, k, size=(300, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    midpoints = ((init[pairs[:, 0]] + init[pairs[:, 1]]) / 2).astype(np.float32)
+    midpoints += rng.normal(size=midpoints.shape).astype(np.float32) * np.float32(1e-7)
+    x = np.concatenate([init + rng.normal(size=(k, dim)).astype(np.float32) * 0.3, midpoints]).astype(np.float32)
+    previous = faiss.cvar.distance_compute_blas_query_bs
+    faiss.cvar.distance_compute_blas_query_bs = tile
+    try:
+        ours = kmeans(x, k, iterations=3, init=init, faiss_search_below=0)
+        assignment, centroids = faiss_clustering(x, k, 3, init=init)
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs = previous
+    assert len(midpoints) <= ours.near_ties_settled < 4 * len(x)  # not every point: only the near ties
+    np.testing.assert_array_equal(ours.centroids, centroids)
+    np.testing.assert_array_equal(ours.assignment, assignment)

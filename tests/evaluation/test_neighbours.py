@@ -129,3 +129,87 @@ def test_precision_settings_are_restored():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call(torch.randn(10, 4))
+
+
+def hits(labels, query_labels, indices):
+    return np.asarray(labels)[np.asarray(indices)] == np.asarray(query_labels)[:, None]
+
+
+@settings(max_examples=100, deadline=None)
+@given(grid_embeddings(), st.integers(0, 2**31 - 1))
+def test_with_labels_each_query_sees_the_rules_hits(case, seed):
+    """With labels, neighbours that float32 cannot order may swap, but only equally relevant ones."""
+    x, k, block, slack = case
+    labels = torch.randint(0, 3, (len(x),), generator=torch.Generator().manual_seed(seed))
+    none, indices = knn(x, None, k, block_size=block, slack=slack, scores=False, labels=(labels, labels))
+    _, expected = brute_force(x, None, k, self_mode=True)
+    assert none is None
+    np.testing.assert_array_equal(hits(labels, labels, indices), hits(labels, labels, expected))
+    g = x.flip(0)
+    _, indices = knn(x, g, k, block_size=block, slack=slack, scores=False, labels=(labels, labels.flip(0)))
+    np.testing.assert_array_equal(hits(labels.flip(0), labels, indices), hits(labels.flip(0), labels, brute_force(x, g, k)[1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_labels_spare_float64_work_on_overlapping_classes(seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 20, (1500,), generator=g)
+    x = F.normalize(torch.randn(20, 32, generator=g)[labels] + 2.0 * torch.randn(1500, 32, generator=g), dim=1)
+    x[1400:1430] = x[5]  # exact ties too
+    exact_scores, exact, exact_stats = knn(x, None, 90, block_size=256, return_stats=True)
+    none, plain, plain_stats = knn(x, None, 90, block_size=256, scores=False, return_stats=True)
+    _, relevant, stats = knn(x, None, 90, block_size=256, scores=False, labels=(labels, labels), return_stats=True)
+    assert none is None and torch.equal(plain, exact) and plain_stats == exact_stats
+    np.testing.assert_array_equal(hits(labels, labels, relevant), hits(labels, labels, exact))
+    np.testing.assert_array_equal(exact.numpy(), brute_force(x, None, 90, self_mode=True)[1])
+    assert stats["rescored_pairs"] < plain_stats["rescored_pairs"]
+
+
+def test_labels_need_scores_off():
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="needs scores=False"):
+        knn(x, None, 3, labels=(torch.zeros(10, dtype=torch.long),) * 2)
+
+
+def test_serial_ops_run_torch_on_one_thread_and_products_on_the_callers():
+    from dmlbench.evaluation.neighbours import caller_threads, serial_ops
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with serial_ops("cpu"):
+            assert torch.get_num_threads() == 1
+            with serial_ops("cpu"):  # nested: the products still get the outermost caller's threads
+                with caller_threads():
+                    assert torch.get_num_threads() == 2
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with serial_ops("meta"):  # not the CPU: nothing changes
+            assert torch.get_num_threads() == 2
+        with caller_threads():  # outside serial_ops: nothing changes either
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_products_keep_the_faster_thread_count():
+    from dmlbench.evaluation.neighbours import ProductThreads, serial_ops
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with serial_ops("cpu"):
+            threads = ProductThreads()
+            seen = []
+            for _ in range(4):
+                with threads(64 * 64 * 64):
+                    seen.append(torch.get_num_threads())
+                    torch.randn(64, 64) @ torch.randn(64, 64)
+                assert torch.get_num_threads() == 1
+            assert seen[:2] == [2, 1] and seen[2] == seen[3] == threads.choice in (1, 2)
+        assert torch.get_num_threads() == 2
+        x = F.normalize(torch.randn(3000, 16, generator=torch.Generator().manual_seed(5)), dim=1)
+        np.testing.assert_array_equal(knn(x, None, 5, block_size=256)[1].numpy(), brute_force(x, None, 5, self_mode=True)[1])
+    finally:
+        torch.set_num_threads(before)
