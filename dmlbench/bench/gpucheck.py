@@ -5,21 +5,26 @@ torchvision, timm, numpy, pandas, scipy, scikit-learn and more preinstalled (DEV
 project's pins do not apply there. What the study needs beyond those (papermill and its Jupyter
 kernel stack, faiss-cpu, pytorch-metric-learning, submitit) travels as Python 3.12 manylinux wheels,
 and the default study's data travels too, each as an xz-compressed bundle under ``build/gpu/``
-(git-ignored). A call to such a machine carries at most 64 MiB, the repository's files included,
-so ``prepare`` measures what travels and splits the check into as few calls as fit:
+(git-ignored): Fashion-MNIST as the IDX files its splits read, and han-typefaces, which the machine
+cannot render (it lacks the CJK font packages), as the build this machine rendered
+(``build-<fingerprint>.npz``), which the cells there load through ``DMLBENCH_HAN_TYPEFACES_BUILD``.
+A call to such a machine carries at most 64 MiB, the repository's files included, so ``prepare``
+measures what travels and splits the check into as few calls as fit (or says what is too big, by
+how much, and what to do, when a part cannot travel beside the repository):
 
 - part 1 (no dataset): install the wheels, record the machine (nvidia-smi, torch, CUDA), run the
   CUDA tests and the device tests on CUDA, ``bench train`` (ResNet-50, 224 px, batch 112, bf16,
   channels-last, with and without torch.compile), ``bench eval`` at CUB and SOP size against
   pytorch-metric-learning, ``bench losses`` and ``bench miners``;
-- part 2 (the dataset): a few cells of the default study on CUDA through papermill and the real
-  notebook, their wall time, and their metrics beside the same cells' CPU numbers.
+- part 2 (the data): a few cells of the default study (CELLS: one of han-typefaces, two of
+  Fashion-MNIST) on CUDA through papermill and the real notebook, their wall time, and their
+  metrics beside the same cells' CPU numbers.
 
 Part 2 uses the wheels part 1 installed: when the two cannot travel together, part 2 must be the
 next call while the machine is still warm (the printed plan says so).
 
     make gpu-prepare                 # here: download, bundle, measure; prints the device calls
-    make gpu-dry                     # here: all of it that needs no GPU (install, guarded imports, a CPU cell)
+    make gpu-dry                     # here: all of it that needs no GPU (install, guarded imports, CPU cells)
     make gpu-check [PART=1|2]        # there: the check itself (both parts unless PART is given)
     make gpu-results FROM=DIR        # here: the files that came back, into results/bench/
 
@@ -102,8 +107,12 @@ IMPORTS = ("dmlbench", "dmlbench.study.cells", "dmlbench.training.loop", "dmlben
 CARRIED_MODULES = ("papermill", "nbclient", "nbformat", "jupyter_client", "ipykernel", "IPython", "zmq", "tornado",
                    "faiss", "pytorch_metric_learning", "submitit")
 
-# The default study's cells run on CUDA in part 2 (seed 0: a miner cell, a proxy loss, a pair loss).
-CELLS = (("triplet", "semi-hard", 0), ("proxy-anchor", "none", 0), ("multi-similarity", "multi-similarity", 0))
+# The default study's cells run on CUDA in part 2, as (dataset, loss, miner, seed): a miner cell of the
+# many-class study (han-typefaces), then a proxy loss and a pair loss of Fashion-MNIST. The dry run runs
+# the first DRY_CELLS on the CPU: one of each dataset, each from its carried data.
+CELLS = (("han-typefaces", "triplet", "semi-hard", 0), ("fashion-mnist", "proxy-anchor", "none", 0),
+         ("fashion-mnist", "multi-similarity", "multi-similarity", 0))
+DRY_CELLS = 2
 STUDY = ROOT / "studies" / "default.yaml"
 
 # How long each step may take on the GPU machine (seconds): a hung step is stopped and reported,
@@ -273,10 +282,16 @@ def split_digests(splits) -> dict:
     return out
 
 
-def bundle_data(dest: Path) -> dict:
-    """The default study's Fashion-MNIST as IDX files holding only what its splits read (the
-    training file's images of the training classes 0-4, in their order; the test file whole), so
-    that the splits, their order and the normalisation are those of the full files."""
+# The carried build of han-typefaces is named to the cells by this variable (typefaces.BUILD_VARIABLE;
+# spelled out here, since this module imports only the standard library at its top).
+HAN_BUILD_VARIABLE = "DMLBENCH_HAN_TYPEFACES_BUILD"
+
+
+def fashion_data(folder: Path) -> tuple[list[tuple[Path, str]], dict]:
+    """Fashion-MNIST's part of the data archive: IDX files in ``folder`` holding only what its splits
+    read (the training file's images of the training classes 0-4, in their order; the test file
+    whole), so that the splits, their order and the normalisation are those of the full files;
+    (members, facts for the manifest)."""
     import numpy as np
 
     from ..datasets.fashion_mnist import FILES, TRAIN_CLASSES, FashionMNIST, load_arrays, locate
@@ -288,49 +303,116 @@ def bundle_data(dest: Path) -> dict:
     keep = np.isin(arrays["train_labels"], TRAIN_CLASSES)
     contents = {"train_images": arrays["train_images"][keep], "train_labels": arrays["train_labels"][keep],
                 "test_images": arrays["test_images"], "test_labels": arrays["test_labels"]}
-    digests = split_digests(full)
-    key = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    members = []
+    for key_name, array in contents.items():
+        path = folder / FILES[key_name]
+        write_idx(path, np.asarray(array, dtype=np.uint8))
+        members.append((path, f"fashion-mnist/{FILES[key_name]}"))
+    return members, {"source": where, "split_sha256": split_digests(full), "mean": full.mean, "std": full.std}
+
+
+def han_data(folder: Path) -> tuple[list[tuple[Path, str]], dict]:
+    """han-typefaces' part: the build this machine loads (the cached build of the fingerprint its
+    fonts give, rendered first if need be, or the carried build it was given), under its own name,
+    with its arrays stored uncompressed so that xz compresses them better than the cache's deflate;
+    (members, facts for the manifest: the fingerprint and where the build lies in the archive)."""
+    import numpy as np
+
+    from ..datasets.typefaces import HanTypefaces, build_path, read_build
+
+    splits = HanTypefaces.load()
+    key = splits.source["fingerprint"]
+    cached = Path(splits.source.get("carried_build") or build_path(key))
+    if not cached.is_file():
+        raise SystemExit(f"gpu-check: han-typefaces' build {cached} is not there to carry: render it with "
+                         f"'dmlbench data prepare han-typefaces' (with a writable $DMLBENCH_CACHE)")
+    built = read_build(cached)
+    copy = folder / cached.name
+    np.savez(copy, **built["arrays"], facts=np.array(json.dumps(built["facts"])))
+    name = f"han-typefaces/{cached.name}"
+    facts = {"fingerprint": key, "file": name, "source": str(cached), "cache_sha256": sha256_file(cached),
+             "split_sha256": split_digests(splits), "mean": splits.mean, "std": splits.std}
+    return [(copy, name)], facts
+
+
+def bundle_data(dest: Path) -> dict:
+    """The default study's data in one xz archive (Fashion-MNIST: fashion_data; han-typefaces:
+    han_data), its manifest beside it: per dataset, the splits' digests, which the cells check on the
+    machine, and where its files lie. An archive of the same data is reused."""
     manifest_path = dest.with_suffix("").with_suffix(".json")
-    if dest.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()).get("key") == key:
-        return json.loads(manifest_path.read_text())
-    log(f"bundling the default study's Fashion-MNIST into {shown(dest)} (xz, about a minute)")
     with tempfile.TemporaryDirectory() as tmp:
-        members = []
-        for key_name, array in contents.items():
-            path = Path(tmp) / FILES[key_name]
-            write_idx(path, np.asarray(array, dtype=np.uint8))
-            members.append((path, f"fashion-mnist/{FILES[key_name]}"))
-        _tar_xz(dest, members)
-    manifest = {"key": key, "dataset": "fashion-mnist", "source": where, "split_sha256": digests,
-                "mean": full.mean, "std": full.std, "bundle_bytes": dest.stat().st_size,
+        fashion, fashion_facts = fashion_data(Path(tmp))
+        han, han_facts = han_data(Path(tmp))
+        datasets = {"fashion-mnist": fashion_facts, "han-typefaces": han_facts}
+        identity = {name: [facts["split_sha256"], facts.get("fingerprint")] for name, facts in datasets.items()}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        if dest.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()).get("key") == key:
+            return json.loads(manifest_path.read_text())
+        log(f"bundling the default study's data ({', '.join(datasets)}) into {shown(dest)} (xz, about a minute)")
+        _tar_xz(dest, fashion + han)
+    manifest = {"key": key, "datasets": datasets, "bundle_bytes": dest.stat().st_size,
                 "bundle_sha256": sha256_file(dest)}
     write_json(manifest_path, manifest)
     return manifest
 
 
-def tree_bytes(root: Path = ROOT) -> int:
-    """What a call carries of the repository: tracked and untracked-not-ignored files (and a shared/
-    folder inside the checkout)."""
+def carried_data_env(folder: Path, manifest: dict) -> dict:
+    """The variables under which the cells read the carried data (extracted into ``folder``) and
+    nothing else: Fashion-MNIST from its IDX files, han-typefaces from its build, no download."""
+    datasets = manifest.get("datasets")
+    if not isinstance(datasets, dict):
+        raise SystemExit("gpu-check: build/gpu/part2/data.json is of an older gpu-check (no 'datasets'): "
+                         "run 'make gpu-prepare' again and carry the new build/gpu/part2")
+    env = {"DMLBENCH_DATA": str(folder), "DMLBENCH_CACHE": str(BUILD / "cache"), "DMLBENCH_DOWNLOAD": "0"}
+    if "han-typefaces" in datasets:
+        env[HAN_BUILD_VARIABLE] = str(folder / datasets["han-typefaces"]["file"])
+    return env
+
+
+def tree_files(root: Path = ROOT) -> dict[str, int]:
+    """What a call carries of the repository, {path: bytes}: tracked and untracked-not-ignored files
+    (and a shared/ folder inside the checkout)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
                             capture_output=True, check=True).stdout.decode().split("\0")
     files = {root / name for name in listed if name}
     shared = root / "shared"
     if shared.is_dir():
         files |= {p for p in shared.rglob("*") if p.is_file()}
-    return sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink())
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in files if p.is_file() and not p.is_symlink()}
+
+
+def tree_bytes(root: Path = ROOT) -> int:
+    return sum(tree_files(root).values())
+
+
+def largest_folders(root: Path = ROOT, count: int = 3) -> list[tuple[str, int]]:
+    """The ``count`` largest entries two levels deep (a folder such as results/runs, or a file such as
+    results/report.html) of what a call carries."""
+    sizes: dict[str, int] = {}
+    for name, size in tree_files(root).items():
+        entry = "/".join(name.split("/")[:2])
+        sizes[entry] = sizes.get(entry, 0) + size
+    return sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:count]
 
 
 # The device call's command (what 'make gpu-check' runs, without needing make there)
 DEVICE_COMMAND = "PYTHONUNBUFFERED=1 python3 -m dmlbench.bench.gpucheck run"
+# What each part's folder under build/gpu/ carries (named in a plan's errors)
+PART_CONTENTS = {"part1": "the wheels", "part2": "the data"}
 
 
-def plan_calls(tree: int, parts: dict[str, int], limit: int = LIMIT_BYTES) -> list[dict]:
-    """The device calls: one carrying every part when it fits, else one per part (in order)."""
-    for name, size in parts.items():
-        if tree + size > limit:
-            raise SystemExit(f"gpu-check: the repository ({mib(tree)}) and {name} ({mib(size)}) come to "
-                             f"{mib(tree + size)}, over the {mib(limit)} one call may carry; make the bundle "
-                             f"smaller or the repository's tracked files fewer")
+class PlanError(SystemExit):
+    """The check cannot travel: its message says what is too big, by how much, and what to do."""
+
+
+def plan_calls(tree: int, parts: dict[str, int], limit: int = LIMIT_BYTES,
+               largest: list[tuple[str, int]] = ()) -> list[dict]:
+    """The device calls: one carrying every part when it fits, else one per part (in order). A part
+    that cannot travel beside the repository is a PlanError (see plan_problem): no call is planned
+    that could not be made."""
+    problem = plan_problem(tree, parts, limit, largest)
+    if problem:
+        raise PlanError(problem)
     if tree + sum(parts.values()) <= limit:
         return [{"carry": [f"build/gpu/{name}" for name in parts], "command": DEVICE_COMMAND,
                  "bytes": tree + sum(parts.values())}]
@@ -338,8 +420,42 @@ def plan_calls(tree: int, parts: dict[str, int], limit: int = LIMIT_BYTES) -> li
              "bytes": tree + size} for name, size in parts.items()]
 
 
-def prepare() -> dict:
-    """Download and bundle what travels; measure it; write build/gpu/plan.json; print the calls."""
+def mib_up(n: int) -> str:
+    """Bytes as MiB rounded up to the tenth: a shortfall is never printed smaller than it is."""
+    return f"{-(-n * 10 // 2**20) / 10:.1f} MiB"
+
+
+def plan_problem(tree: int, parts: dict[str, int], limit: int = LIMIT_BYTES,
+                 largest: list[tuple[str, int]] = ()) -> str | None:
+    """None when every part fits one call beside the repository (which travels with every call); else
+    what is too big, by how much, and what to do (``largest``: the repository's largest folders)."""
+    room = limit - tree
+    too_big = {name: size for name, size in parts.items() if size > room}
+    if not too_big:
+        return None
+    what = {name: f"{name} ({PART_CONTENTS.get(name, 'a bundle')}, {mib(size)})" for name, size in parts.items()}
+    if room <= 0:
+        head = (f"the repository's files alone ({mib(tree)}) exceed the {mib(limit)} one call to the GPU machine "
+                f"may carry, by {mib_up(-room)}: no part of the check can travel")
+    elif len(too_big) == len(parts):
+        smallest = min(parts, key=parts.get)
+        head = (f"the repository's files ({mib(tree)}, carried by every call) leave {mib(room)} of the {mib(limit)} "
+                f"one call to the GPU machine may carry, less than the smallest part, {what[smallest]}: "
+                f"no call can carry any part")
+    else:
+        head = "; ".join(f"the repository ({mib(tree)}) and {what[name]} come to {mib(tree + size)}, "
+                         f"{mib_up(tree + size - limit)} over the {mib(limit)} one call to the GPU machine may carry"
+                         for name, size in too_big.items())
+    folders = ", ".join(f"{name} {mib(size)}" for name, size in largest)
+    return (f"gpu-check: {head}. To make the check travel, make the repository's tracked files at least "
+            f"{mib_up(max(too_big.values()) - room)} fewer" + (f" (its largest folders: {folders})" if folders else "")
+            + f", or {' and '.join(too_big)} smaller; then run 'make gpu-prepare' again")
+
+
+def prepare(*, strict: bool = True) -> dict:
+    """Download and bundle what travels; measure it; write build/gpu/plan.json; print the calls. When
+    the parts cannot travel (plan_problem), the plan's ``error`` says why and, ``strict``, so does a
+    PlanError."""
     pins = runtime_pins()
     wheels = download_wheels(pins, BUILD / "wheels" / f"cp{DEVICE_PYTHON.replace('.', '')}")
     (BUILD / "part1").mkdir(parents=True, exist_ok=True)
@@ -348,9 +464,14 @@ def prepare() -> dict:
     data_manifest = bundle_data(BUILD / "part2" / "data.tar.xz")
     parts = {name: sum(p.stat().st_size for p in (BUILD / name).iterdir() if p.is_file()) for name in ("part1", "part2")}
     tree = tree_bytes()
-    calls = plan_calls(tree, parts)
+    try:
+        calls, error = plan_calls(tree, parts, largest=largest_folders()), None
+    except PlanError as problem:
+        calls, error = [], str(problem)
     plan = {"pins": pins, "left_behind": LEFT_BEHIND, "wheels": wheels_manifest, "data": data_manifest,
             "tree_bytes": tree, "part_bytes": parts, "limit_bytes": LIMIT_BYTES, "calls": calls}
+    if error:
+        plan["error"] = error
     write_json(BUILD / "plan.json", plan)
     log(f"{len(pins)} wheels for CPython {DEVICE_PYTHON}: {mib(wheels_manifest['wheel_bytes'])} as downloaded, "
         f"{mib(wheels_manifest['bundle_bytes'])} bundled; data {mib(data_manifest['bundle_bytes'])}; "
@@ -360,6 +481,10 @@ def prepare() -> dict:
     if len(calls) > 1:
         log("the parts do not fit one call: make the second call at once after the first, while the machine is "
             "warm (part 2 uses the wheels part 1 installed)")
+    if error:
+        log(error)
+        if strict:
+            raise PlanError(error)
     return plan
 
 
@@ -575,8 +700,9 @@ def part1(steps: Steps, device: str) -> None:
 
 
 def part2(steps: Steps, cells: int, *, dry: bool = False) -> None:
-    """The cells, from the carried data when build/gpu/part2 is here (else from wherever the
-    dataset is found, as on a user's own GPU machine)."""
+    """The cells, from the carried data when build/gpu/part2 is here (carried_data_env: han-typefaces
+    from its carried build, so no font is needed), else from wherever the datasets are found, as on a
+    user's own GPU machine. A dry run takes the same path: it too reads the carried data."""
     data = BUILD / "part2" / "data.tar.xz"
     manifest_path = BUILD / "part2" / "data.json"
     folder = BUILD / "data"
@@ -589,18 +715,34 @@ def part2(steps: Steps, cells: int, *, dry: bool = False) -> None:
     if data.is_file() and manifest_path.is_file():
         with tarfile.open(data, "r:xz") as tar:
             tar.extractall(folder, filter="data")
-        env |= {"DMLBENCH_DATA": str(folder), "DMLBENCH_CACHE": str(BUILD / "cache"), "DMLBENCH_DOWNLOAD": "0"}
+        env |= carried_data_env(folder, json.loads(manifest_path.read_text()))
         command += ["--manifest", str(manifest_path)]
     else:
-        log("no build/gpu/part2 here: the cells read the dataset from where it is found")
+        log("no build/gpu/part2 here: the cells read the datasets from where they are found (han-typefaces needs "
+            "its fonts)")
     if dry:  # on the CPU with the CPU runs' thread count, the cells must reproduce them exactly
         env["OMP_NUM_THREADS"] = "1"
     steps.run("cells", command, env=env)
 
 
+def chosen_cells(study, keys=CELLS) -> list:
+    """The study's cells of ``keys`` (dataset, loss, miner, seed), in their order; a key that names no
+    cell of the study, or more than one, is an error."""
+    found: dict[tuple, list] = {}
+    for cell in study.cells:
+        config = cell.config
+        found.setdefault((config.dataset, config.loss, config.miner, config.seed), []).append(cell)
+    wrong = [f"{key} ({len(found.get(key, []))} cells)" for key in keys if len(found.get(key, [])) != 1]
+    if wrong:
+        raise SystemExit(f"gpu-check: {shown(study.path)} does not hold exactly one cell of each of "
+                         f"{', '.join(wrong)}: CELLS in dmlbench/bench/gpucheck.py name the study's cells")
+    return [found[key][0] for key in keys]
+
+
 def run_cells(count: int, manifest: Path | None, out: Path) -> int:
     """(in the check's environment) The first ``count`` CELLS of the default study, run through
-    papermill into $DMLBENCH_RESULTS, beside the CPU runs of the repository's results/runs."""
+    papermill into $DMLBENCH_RESULTS, beside the CPU runs of the repository's results/runs; the table
+    is written after each cell, so that a step stopped at its limit keeps the cells it ran."""
     import pandas as pd
 
     from ..study.cells import load_study
@@ -608,11 +750,11 @@ def run_cells(count: int, manifest: Path | None, out: Path) -> int:
 
     if manifest is not None:
         _check_carried_splits(manifest)
-    study = load_study(STUDY)
-    chosen = {(c.config.loss, c.config.miner, c.config.seed): c for c in study.cells}
-    rows = [_cell_row(chosen[key]) for key in CELLS[:count]]
-    device = rows[0]["device"].split(":")[0] if rows else "none"
-    save_table(pd.DataFrame(rows), f"cells-{device}", _cells_header(device, rows), folder=out)
+    rows = []
+    for cell in chosen_cells(load_study(STUDY), CELLS[:count]):
+        rows.append(_cell_row(cell))
+        device = rows[0]["device"].split(":")[0]
+        save_table(pd.DataFrame(rows), f"cells-{device}", _cells_header(device, rows), folder=out)
     differ = [r["run_id"] for r in rows if r["must_equal"]
               and any(r[f"diff_{k}"] != 0 for k in ("recall@1", "map@r", "nmi"))]
     if differ:
@@ -622,13 +764,20 @@ def run_cells(count: int, manifest: Path | None, out: Path) -> int:
 
 
 def _check_carried_splits(manifest: Path) -> None:
-    """The carried data must be the data the CPU runs were trained on."""
-    from ..datasets.fashion_mnist import FashionMNIST
+    """The carried data must be the data the CPU runs were trained on, each dataset read from what was
+    carried (han-typefaces from its carried build, not rendered from fonts)."""
+    from ..datasets import DATASETS
 
-    expected = json.loads(manifest.read_text())["split_sha256"]
-    found = split_digests(FashionMNIST.load())
-    if found != expected:
-        raise SystemExit(f"gpu-check: the carried data's splits differ from the CPU runs' ({found} vs {expected})")
+    for name, facts in json.loads(manifest.read_text())["datasets"].items():
+        splits = DATASETS.get(name).load()
+        if name == "han-typefaces" and not splits.source.get("carried_build"):
+            raise SystemExit(f"gpu-check: han-typefaces was not read from its carried build ({HAN_BUILD_VARIABLE} "
+                             f"is {os.environ.get(HAN_BUILD_VARIABLE)!r})")
+        found = split_digests(splits)
+        if found != facts["split_sha256"]:
+            raise SystemExit(f"gpu-check: the carried {name}'s splits differ from the CPU runs' "
+                             f"({found} vs {facts['split_sha256']})")
+        log(f"{name}: the carried splits are the CPU runs' ({splits.source.get('where', '')})")
 
 
 def _cell_row(cell) -> dict:
@@ -637,7 +786,7 @@ def _cell_row(cell) -> dict:
     from ..study.cells import run_config
     from ..training.rundir import RunDir
 
-    run_id, (loss, miner, seed) = cell.run_id, (cell.config.loss, cell.config.miner, cell.config.seed)
+    run_id, config = cell.run_id, cell.config
     started = time.perf_counter()
     there_dir = RunDir(run_config(cell.config).parent)
     seconds = time.perf_counter() - started
@@ -645,7 +794,8 @@ def _cell_row(cell) -> dict:
     cpu_dir = RunDir(ROOT / "results" / "runs" / run_id)
     here = read_json(cpu_dir.metrics) if cpu_dir.metrics.is_file() else None
     notebook_s = read_json(there_dir.execution).get("notebook_wall_s") if there_dir.execution.is_file() else seconds
-    row = {"run_id": run_id, "loss": loss, "miner": miner, "seed": seed, "device": there["device"],
+    row = {"run_id": run_id, "dataset": config.dataset, "loss": config.loss, "miner": config.miner,
+           "seed": config.seed, "device": there["device"],
            "gpu": there["machine"].get("gpu", ""), "notebook_s": round(notebook_s, 1),
            "train_s": round(there["train_time_s"], 1), "images_per_s": round(there["images_per_s"], 1),
            "best_epoch": there["best_epoch"]}
@@ -659,6 +809,9 @@ def _cell_row(cell) -> dict:
     if here:
         row.update(cpu_notebook_s=round(read_json(cpu_dir.execution)["notebook_wall_s"], 1),
                    cpu_train_s=round(here["train_time_s"], 1), cpu_best_epoch=here["best_epoch"])
+    built = [(m or {}).get("dataset", {}).get("source", {}).get("fingerprint") for m in (there, here)]
+    if all(built) and built[0] != built[1]:  # han-typefaces: another rendering cannot give equal numbers
+        log(f"{run_id}: its data is build {built[0]}, the shipped run's build {built[1]}")
     log(f"{run_id}: {row['device']} {row['notebook_s']} s in papermill; MAP@R {row['map@r']} "
         f"(CPU {row['cpu_map@r']})")
     return row
@@ -711,7 +864,10 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
             part1(steps, device)
         if 2 in parts:
             part2(steps, cells, dry=dry)
-    report["ok"] = not broken and bool(report["steps"]) and all(s["rc"] == 0 for s in report["steps"].values())
+    report["ok"] = (not broken and bool(report["steps"]) and all(s["rc"] == 0 for s in report["steps"].values())
+                    and "error" not in report.get("plan", {}))
+    if "error" in report.get("plan", {}):
+        log(f"the steps ran, but the check cannot travel as it stands: {report['plan']['error']}")
     deliver_now()
     log(f"{'done' if report['ok'] else 'FAILED'} in {report['seconds']} s: {out_bench.relative_to(ROOT)}")
     return 0 if report["ok"] else 1
@@ -721,8 +877,10 @@ def _dry_environment(report: dict) -> tuple[Path, dict]:
     """(dry run) The plan, the GPU machine's wheels installed as its pip would, the same versions
     installed for this interpreter, and the guarded environment that sees only them."""
     site = BUILD / "dry-site"
-    plan = prepare()
+    plan = prepare(strict=False)  # a plan that cannot travel is reported, and the rest is still checked
     report["plan"] = {k: plan[k] for k in ("tree_bytes", "part_bytes", "limit_bytes", "calls")}
+    if "error" in plan:
+        report["plan"]["error"] = plan["error"]
     report["plan"]["wheels"] = len(plan["pins"])
     report["plan"]["wheel_bytes"] = plan["wheels"]["wheel_bytes"]
     report["plan"]["data_bytes"] = plan["data"]["bundle_bytes"]
@@ -827,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--part", type=int, choices=[1, 2], action="append")
     check.add_argument("--cells", type=int, default=len(CELLS), help=f"default-study cells in part 2 (default {len(CELLS)})")
     dry = sub.add_parser("dry", help="here: everything that needs no GPU, in the GPU machine's view of this venv")
-    dry.add_argument("--cells", type=int, default=1, help="default-study cells to run on the CPU (default 1)")
+    dry.add_argument("--cells", type=int, default=DRY_CELLS,
+                     help=f"default-study cells to run on the CPU (default {DRY_CELLS}: one of each dataset)")
     cells = sub.add_parser("cells", help=argparse.SUPPRESS)
     cells.add_argument("--count", type=int, required=True)
     cells.add_argument("--manifest", type=Path, help="the carried data's manifest: its splits are checked")

@@ -27,10 +27,17 @@ How it is built (deterministic for given font files; every step is a setting of 
    validation, test). Validation characters are held out from training and test alike, so model
    selection sees neither.
 
-The result is cached (``$DMLBENCH_CACHE/han-typefaces/``) under a key of the spec, the font files
-(path, size, modification time) and the package versions; :meth:`HanTypefaces.load`'s ``source``
-lists every typeface used with its package and version, and the counts, which a run's metrics.json
-records.
+The result is cached (``$DMLBENCH_CACHE/han-typefaces/build-<fingerprint>.npz``) under a key of the
+spec, the font files (path, size, modification time) and the package versions; :meth:`HanTypefaces.load`'s
+``source`` lists every typeface used with its package and version, and the counts, which a run's
+metrics.json records.
+
+**A carried build.** Where the font packages are absent (a GPU machine without them, which the GPU
+check carries the data to), ``DMLBENCH_HAN_TYPEFACES_BUILD=/path/build-<fingerprint>.npz`` names a
+build that :func:`load_build` wrote elsewhere: it is loaded instead of discovering fonts, after
+checking that it holds the build's arrays, made with this spec, and ``source`` says so
+(``carried_build``, and the fingerprint of the file's name). Unset, nothing changes: the fonts are
+discovered, and a missing package is an error naming it.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +85,9 @@ FONT_PACKAGES = (
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
 HAN_RANGE = (0x4E00, 0x9FFF)  # CJK Unified Ideographs
 RENDER_PX = 64  # the size glyphs are drawn at before they are fitted into image_size
+# A build carried to a machine without the font packages (see the module's docstring), and what it must hold.
+BUILD_VARIABLE = "DMLBENCH_HAN_TYPEFACES_BUILD"
+BUILD_ARRAYS = tuple(f"{part}_{what}" for part in ("train", "val", "test") for what in ("images", "labels", "faces"))
 
 
 def install_command(packages) -> str:
@@ -342,17 +354,32 @@ def fingerprint(spec: BuildSpec, faces: list[Face]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def build_path(key: str) -> Path:
+    """Where :func:`load_build` caches the build of fingerprint ``key``."""
+    return cache_dir() / "han-typefaces" / f"build-{key}.npz"
+
+
+def read_build(path: str | os.PathLike) -> dict:
+    """A build as :func:`load_build` writes it: the arrays, and the facts (stored as JSON)."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files if name != "facts"}
+        return {"arrays": arrays, "facts": json.loads(str(data["facts"]))}
+
+
 def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
-    """The built benchmark from the cache when current, else built and cached: (build, fingerprint)."""
+    """The built benchmark from the cache when current, else built and cached: (build, fingerprint).
+    With $DMLBENCH_HAN_TYPEFACES_BUILD set, the build of that file instead (:func:`carried_build`):
+    no font is looked for."""
+    carried = os.environ.get(BUILD_VARIABLE)
+    if carried:
+        return carried_build(Path(carried).expanduser(), spec)
     faces = discover_faces(spec.packages)
     key = fingerprint(spec, faces)
-    path = cache_dir() / "han-typefaces" / f"build-{key}.npz"
+    path = build_path(key)
     if cache and path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files if name != "facts"}
-                return {"arrays": arrays, "facts": json.loads(str(data["facts"]))}, key
-        except (OSError, ValueError, KeyError):
+            return read_build(path), key
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("ignoring unreadable cache %s", path)
     log.info("rendering han-typefaces from %d faces (once; cached in %s)", len(faces), path.parent)
     built = build(spec, faces)
@@ -361,6 +388,50 @@ def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
         np.savez_compressed(buffer, **built["arrays"], facts=np.array(json.dumps(built["facts"])))
         atomic_write_bytes(path, buffer.getvalue())
     return built, key
+
+
+def carried_build(path: Path, spec: BuildSpec) -> tuple[dict, str]:
+    """(build, fingerprint) of a build-<fingerprint>.npz that :func:`load_build` wrote on a machine with
+    the fonts, carried to one without them; it must hold the arrays of a build made with ``spec``.
+    The build's ``carried`` names the file."""
+    where = f"{BUILD_VARIABLE}={path}"
+    named = re.fullmatch(r"build-([0-9a-f]{16})\.npz", path.name)
+    if named is None:
+        raise DatasetNotFoundError(f"{where}: expected a file named build-<16 hex digits>.npz, as load_build "
+                                   f"writes into $DMLBENCH_CACHE/han-typefaces/ on a machine with the fonts")
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{where}: no such file (unset the variable to render from the installed fonts)")
+    try:
+        built = read_build(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DatasetNotFoundError(f"{where}: not a readable han-typefaces build "
+                                   f"({type(error).__name__}: {error})") from None
+    problem = build_problem(built, spec)
+    if problem:
+        raise DatasetNotFoundError(f"{where}: not the han-typefaces build this code asks for: {problem}")
+    built["carried"] = str(path)
+    return built, named.group(1)
+
+
+def build_problem(built: dict, spec: BuildSpec) -> str | None:
+    """What is wrong with a build read from a file, for ``spec`` (None: nothing)."""
+    arrays, facts = built["arrays"], built["facts"]
+    missing = [name for name in BUILD_ARRAYS if name not in arrays]
+    if missing:
+        return f"it lacks the arrays {', '.join(missing)}"
+    for part in ("train", "val", "test"):
+        images, labels, faces = (arrays[f"{part}_{what}"] for what in ("images", "labels", "faces"))
+        if images.dtype != np.uint8 or images.shape[1:] != (spec.image_size, spec.image_size):
+            return f"{part}_images are {images.dtype} {images.shape}, not uint8 (n, {spec.image_size}, {spec.image_size})"
+        if not len(labels) == len(faces) == len(images) or len(images) == 0:
+            return f"{part}: {len(images)} images, {len(labels)} labels and {len(faces)} faces"
+    if not isinstance(facts, dict) or not {"faces", "left_out", "faces_examined", "spec"} <= set(facts):
+        return "its facts lack the faces kept and left out, or the spec"
+    wanted, made = json.loads(json.dumps(asdict(spec))), facts["spec"]
+    differ = sorted(k for k in wanted if not isinstance(made, dict) or made.get(k) != wanted[k])
+    if differ:
+        return f"it was built with other settings ({', '.join(differ)} differ from this code's BuildSpec)"
+    return None
 
 
 def counts(built: dict) -> dict:
@@ -401,9 +472,12 @@ class HanTypefaces(Dataset):
                       "index": f["index"]} for f in facts["faces"]]
         # what a run records of its data (metrics.json): the typefaces and counts; the faces left out and why
         # are listed by 'dmlbench data prepare han-typefaces' (HanTypefaces.left_out)
-        source = {"where": f"{len(typefaces)} distinct typefaces of {len(cls.spec.packages)} Debian font packages",
-                  "fingerprint": key, "counts": counts(built), "typefaces": typefaces,
+        where = f"{len(typefaces)} distinct typefaces of {len(cls.spec.packages)} Debian font packages"
+        source = {"where": where, "fingerprint": key, "counts": counts(built), "typefaces": typefaces,
                   "faces_left_out": len(facts["left_out"]), "spec": facts["spec"]}
+        if built.get("carried"):  # rendered elsewhere, carried here ($DMLBENCH_HAN_TYPEFACES_BUILD)
+            source |= {"where": f"a carried build (build-{key}.npz, {BUILD_VARIABLE}) of {where}",
+                       "carried_build": built["carried"]}
         return Splits(name=cls.name, train=sets["train"], val=sets["val"], test=sets["test"], class_names=names,
                       mean=float(pixels.mean()), std=float(pixels.std()), source=source)
 

@@ -275,7 +275,8 @@ def _cuda_cells_lines(cells: dict) -> list[str]:
                   "| cell | papermill s (CPU) | training s (CPU) | MAP@R (CPU) | Recall@1 (CPU) | NMI (CPU) |",
                   "|---|---|---|---|---|---|"]
         for row in table.to_dict("records"):
-            lines.append(f"| {row['loss']} + {row['miner']}, seed {row['seed']} | {row['notebook_s']:.1f} "
+            dataset = f"{row['dataset']}: " if isinstance(row.get("dataset"), str) else ""
+            lines.append(f"| {dataset}{row['loss']} + {row['miner']}, seed {row['seed']} | {row['notebook_s']:.1f} "
                          f"({row.get('cpu_notebook_s', float('nan')):.1f}) | {row['train_s']:.1f} "
                          f"({row.get('cpu_train_s', float('nan')):.1f}) | {row['map@r']:.4f} ({row['cpu_map@r']:.4f}) | "
                          f"{row['recall@1']:.4f} ({row['cpu_recall@1']:.4f}) | {row['nmi']:.4f} ({row['cpu_nmi']:.4f}) |")
@@ -295,7 +296,9 @@ def _dry_run_lines(dry: dict, cells: dict) -> list[str]:
         f"downloaded {plan.get('wheels', '?')} CPython 3.12 wheels ({plan.get('wheel_bytes', 0) / 2**20:.1f} MiB, "
         f"{plan.get('part_bytes', {}).get('part1', 0) / 2**20:.1f} MiB bundled) and bundled the data "
         f"({plan.get('data_bytes', 0) / 2**20:.1f} MiB); with the repository's {plan.get('tree_bytes', 0) / 2**20:.1f} MiB "
-        f"that makes {len(calls)} device call(s) of {sizes} MiB (at most {plan.get('limit_bytes', 0) / 2**20:.0f}). "
+        + (f"that makes {len(calls)} device call(s) of {sizes} MiB (at most {plan.get('limit_bytes', 0) / 2**20:.0f}). "
+           if calls else f"that is more than the device calls can carry, so the check cannot travel as it stands "
+                         f"({plan.get('error', 'no call planned').removeprefix('gpu-check: ')}). ") +
         f"It installed the wheels for CPython 3.12 and, for this Python, the same versions, imported the "
         f"project and {len(dry.get('imports', {}))} modules from there, and ran the steps that need no GPU "
         f"in {dry.get('seconds', '?')} s: {steps}"

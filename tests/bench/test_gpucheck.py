@@ -2,15 +2,20 @@
 
 Covered, on real files, zips, tars and pip:
 
-- plan_calls: one call when everything fits, one call per part when not, an error naming the sizes
-  when a single part does not fit beside the repository;
+- plan_calls: one call when everything fits, one call per part when not, never a call over the
+  limit; an error naming the sizes, the shortfall and what to do when a part does not fit beside
+  the repository, when the repository leaves less room than the smallest part, or when it alone is
+  over the limit; tree_files and largest_folders on a git repository of their own;
 - stored_copy: the same members, bytes, names and order, every member stored;
 - _tar_xz and bundle_wheels: a reproducible archive of the stored copies, its manifest beside it,
   no rewrite while the inputs are unchanged, a rewrite when they change;
 - install_wheels and install: a real tiny wheel installed with pip --target, importable from there,
   the stamp file, no reinstall for the same digest, a fresh target for another;
 - bundle_data and split_digests: the carried Fashion-MNIST gives exactly the splits and the
-  normalisation of the full files, with only the training classes in its training file;
+  normalisation of the full files, with only the training classes in its training file; the carried
+  han-typefaces build (this machine's cached build, its arrays stored) gives exactly its splits
+  through DMLBENCH_HAN_TYPEFACES_BUILD (carried_data_env), which the cells' check requires;
+- CELLS: each names one cell of the default study, the dry run's cover every dataset;
 - runtime_pins on this venv; device_view and the GUARD sitecustomize of the dry run;
 - Steps: a step over its time is stopped with its children, a spent budget runs nothing more;
 - collect, and main's argument error for an empty folder.
@@ -22,6 +27,7 @@ that a destination outside the repository works as well.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -43,8 +49,10 @@ from packaging.requirements import Requirement
 
 from dmlbench.bench import gpucheck
 from dmlbench.bench.gpucheck import DEVICE_COMMAND
+from dmlbench.datasets import typefaces
 from dmlbench.datasets.fashion_mnist import FILES, TRAIN_CLASSES, FashionMNIST
 from dmlbench.datasets.idx import read_idx
+from dmlbench.datasets.typefaces import HanTypefaces, discover_faces
 
 MiB = 2**20
 
@@ -121,6 +129,70 @@ def test_plan_refuses_a_part_that_cannot_travel_beside_the_repository():
     assert "part1" in message and "part2" not in message
     for size in ("10.0 MiB", "30.0 MiB", "40.0 MiB", "35.0 MiB"):
         assert size in message
+    assert "5.0 MiB over" in message and "at least 5.0 MiB fewer" in message and "make gpu-prepare" in message
+    assert isinstance(raised.value, gpucheck.PlanError)
+
+
+def test_plan_says_when_the_repository_leaves_less_room_than_the_smallest_part():
+    largest = [("results/runs", 50 * MiB), ("results/report.html", 2 * MiB)]
+    with pytest.raises(gpucheck.PlanError) as raised:
+        gpucheck.plan_calls(56 * MiB, {"part1": 12 * MiB, "part2": 22 * MiB}, limit=64 * MiB, largest=largest)
+    message = str(raised.value)
+    assert "(56.0 MiB, carried by every call) leave 8.0 MiB of the 64.0 MiB" in message
+    assert "smallest part, part1 (the wheels, 12.0 MiB): no call can carry any part" in message
+    # both parts must travel: the repository must shrink by what the larger part lacks
+    assert "at least 14.0 MiB fewer (its largest folders: results/runs 50.0 MiB, results/report.html 2.0 MiB)" in message
+    assert "or part1 and part2 smaller" in message
+
+
+def test_plan_says_when_the_repository_alone_is_over_the_limit():
+    with pytest.raises(gpucheck.PlanError) as raised:
+        gpucheck.plan_calls(70 * MiB, {"part1": 12 * MiB, "part2": 22 * MiB}, limit=64 * MiB)
+    message = str(raised.value)
+    assert "alone (70.0 MiB) exceed the 64.0 MiB" in message and "by 6.0 MiB: no part of the check can travel" in message
+    assert "at least 28.0 MiB fewer," in message
+
+
+def test_plan_rounds_a_shortfall_up():
+    with pytest.raises(gpucheck.PlanError, match="0.1 MiB over.*at least 0.1 MiB fewer"):
+        gpucheck.plan_calls(10 * MiB, {"part1": 30 * MiB + 1, "part2": MiB}, limit=40 * MiB)
+
+
+def test_plan_never_plans_a_call_over_the_limit():
+    limit = 64 * MiB
+    for tree in range(0, 72, 4):
+        for one in (1, 8, 12, 30, 60):
+            for two in (1, 8, 22, 40):
+                parts = {"part1": one * MiB, "part2": two * MiB}
+                try:
+                    calls = gpucheck.plan_calls(tree * MiB, parts, limit=limit)
+                except gpucheck.PlanError:
+                    assert tree * MiB + max(parts.values()) > limit
+                    continue
+                assert all(c["bytes"] <= limit for c in calls)
+                assert sorted(x for c in calls for x in c["carry"]) == ["build/gpu/part1", "build/gpu/part2"]
+                assert [c["bytes"] for c in calls] == ([tree * MiB + (one + two) * MiB] if len(calls) == 1 else
+                                                       [(tree + one) * MiB, (tree + two) * MiB])
+
+
+def test_tree_files_and_largest_folders(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    files = {"results/runs/a/metrics.json": 3000, "results/runs/b/metrics.json": 2000, "results/report.html": 4000,
+             "dmlbench/x.py": 100, "README.md": 50, "build/big.bin": 9000, "notes.txt": 10}
+    for name, size in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * size)
+    (tmp_path / ".gitignore").write_bytes(b"build/\n")
+    git("add", "results", "dmlbench", "README.md", ".gitignore")
+    found = gpucheck.tree_files(tmp_path)
+    # tracked and untracked-not-ignored files travel; ignored ones do not
+    assert found == {name: size for name, size in files.items() if not name.startswith("build/")} | {".gitignore": 7}
+    assert gpucheck.tree_bytes(tmp_path) == sum(found.values())
+    assert gpucheck.largest_folders(tmp_path, count=3) == [("results/runs", 5000), ("results/report.html", 4000),
+                                                           ("dmlbench/x.py", 100)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,22 +346,55 @@ def test_install_from_a_bundle(tmp_path, in_repo):
 # bundle_data and split_digests
 
 
-def test_bundle_data_carries_exactly_the_splits(isolated, tiny_fmnist, tmp_path, in_repo):
+HAN_KEY = "0123456789abcdef"
+
+
+def fake_han_build(path: Path) -> Path:
+    """A small han-typefaces build as load_build writes it, for HanTypefaces.spec (no font rendered)."""
+    spec = HanTypefaces.spec
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for part, first in (("train", 0x4E00), ("val", 0x4F00), ("test", 0x5000)):
+        labels = np.repeat(np.arange(first, first + 3), 2).astype(np.int64)
+        arrays[f"{part}_images"] = rng.integers(0, 256, (len(labels), spec.image_size, spec.image_size), dtype=np.uint8)
+        arrays[f"{part}_labels"] = labels
+        arrays[f"{part}_faces"] = np.tile([0, 1], 3).astype(np.int64)
+    faces = [{"package": "fonts-x", "version": "1", "file": f"/usr/share/fonts/x{i}.ttf", "index": 0,
+              "name": f"X {i}", "held_out": i == 1} for i in range(2)]
+    facts = {"faces": faces, "left_out": {}, "faces_examined": 2, "spec": dataclasses.asdict(spec)}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays, facts=np.array(json.dumps(facts)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.fixture
+def han_cached(isolated, monkeypatch):
+    """This machine's han-typefaces build in the (isolated) cache under the fingerprint its 'fonts' give."""
+    monkeypatch.delenv(typefaces.BUILD_VARIABLE, raising=False)
+    monkeypatch.setattr(typefaces, "discover_faces", lambda packages: [])
+    monkeypatch.setattr(typefaces, "fingerprint", lambda spec, faces: HAN_KEY)
+    return fake_han_build(typefaces.build_path(HAN_KEY))
+
+
+def test_bundle_data_carries_exactly_the_splits(isolated, tiny_fmnist, han_cached, tmp_path, in_repo):
     dest = in_repo / "data.tar.xz"
     manifest = gpucheck.bundle_data(dest)
     full = FashionMNIST.load()
 
     extracted = tmp_path / "extracted"
     with tarfile.open(dest, "r:xz") as tar:
-        assert sorted(tar.getnames()) == sorted(f"fashion-mnist/{name}" for name in FILES.values())
+        assert sorted(tar.getnames()) == sorted([f"fashion-mnist/{name}" for name in FILES.values()]
+                                                + [f"han-typefaces/build-{HAN_KEY}.npz"])
         tar.extractall(extracted, filter="data")
     carried = FashionMNIST.load(root=extracted)
     assert carried.source["where"].startswith("data root")
     for part in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(carried, part).images, getattr(full, part).images)
         np.testing.assert_array_equal(getattr(carried, part).labels, getattr(full, part).labels)
-    assert (carried.mean, carried.std) == (full.mean, full.std)
-    assert (manifest["mean"], manifest["std"]) == (full.mean, full.std)
+    fashion = manifest["datasets"]["fashion-mnist"]
+    assert (carried.mean, carried.std) == (full.mean, full.std) == (fashion["mean"], fashion["std"])
 
     # the training file holds the training classes only, in their order; the test file is whole
     original_train = read_idx(tiny_fmnist / f"{FILES['train_labels']}.gz")
@@ -300,7 +405,7 @@ def test_bundle_data_carries_exactly_the_splits(isolated, tiny_fmnist, tmp_path,
     np.testing.assert_array_equal(read_idx(extracted / "fashion-mnist" / FILES["test_images"]),
                                   read_idx(tiny_fmnist / f"{FILES['test_images']}.gz"))
 
-    assert manifest["split_sha256"] == gpucheck.split_digests(full) == gpucheck.split_digests(carried)
+    assert fashion["split_sha256"] == gpucheck.split_digests(full) == gpucheck.split_digests(carried)
     assert manifest["bundle_sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
     assert json.loads((in_repo / "data.json").read_text()) == manifest
 
@@ -308,6 +413,47 @@ def test_bundle_data_carries_exactly_the_splits(isolated, tiny_fmnist, tmp_path,
     os.utime(dest, ns=(1_000_000_000, 1_000_000_000))
     assert gpucheck.bundle_data(dest) == manifest
     assert dest.stat().st_mtime_ns == 1_000_000_000
+
+
+def test_bundle_data_carries_the_cached_han_typefaces_build(isolated, han_cached, tmp_path, in_repo, monkeypatch):
+    here = HanTypefaces.load()  # from the cache, the fingerprint of this machine's fonts
+    dest = in_repo / "data.tar.xz"
+    manifest = gpucheck.bundle_data(dest)
+    han = manifest["datasets"]["han-typefaces"]
+    assert (han["fingerprint"], han["file"], han["source"]) == (HAN_KEY, f"han-typefaces/build-{HAN_KEY}.npz",
+                                                                str(han_cached))
+    assert han["cache_sha256"] == hashlib.sha256(han_cached.read_bytes()).hexdigest()
+    assert han["split_sha256"] == gpucheck.split_digests(here) and (han["mean"], han["std"]) == (here.mean, here.std)
+    extracted = tmp_path / "extracted"
+    with tarfile.open(dest, "r:xz") as tar:
+        tar.extractall(extracted, filter="data")
+    with zipfile.ZipFile(extracted / han["file"]) as z:  # stored, for xz to compress
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+
+    # there: no fonts, the variables carried_data_env gives; the cells' check passes, from the carried build
+    env = gpucheck.carried_data_env(extracted, manifest)
+    assert env[gpucheck.HAN_BUILD_VARIABLE] == str(extracted / han["file"])
+    assert gpucheck.HAN_BUILD_VARIABLE == typefaces.BUILD_VARIABLE
+    assert env["DMLBENCH_DATA"] == str(extracted) and env["DMLBENCH_DOWNLOAD"] == "0"
+    monkeypatch.setattr(typefaces, "package_files", lambda package: None)
+    monkeypatch.setattr(typefaces, "discover_faces", discover_faces)  # the real one: it would find no font
+    monkeypatch.setenv("DMLBENCH_DATA", env["DMLBENCH_DATA"])
+    monkeypatch.setenv(gpucheck.HAN_BUILD_VARIABLE, env[gpucheck.HAN_BUILD_VARIABLE])
+    there = HanTypefaces.load()
+    assert there.source["carried_build"] == env[gpucheck.HAN_BUILD_VARIABLE]
+    assert there.source["fingerprint"] == HAN_KEY
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(there, part).images, getattr(here, part).images)
+    gpucheck._check_carried_splits(in_repo / "data.json")
+
+    # the cells' check requires the carried build: rendered (here: cached) data does not pass
+    monkeypatch.delenv(gpucheck.HAN_BUILD_VARIABLE)
+    monkeypatch.setattr(typefaces, "discover_faces", lambda packages: [])
+    with pytest.raises(SystemExit, match="not read from its carried build"):
+        gpucheck._check_carried_splits(in_repo / "data.json")
+    # a manifest of the older gpu-check is refused with what to do
+    with pytest.raises(SystemExit, match="make gpu-prepare"):
+        gpucheck.carried_data_env(extracted, {"split_sha256": {}})
 
 
 def test_split_digests_tell_splits_apart(isolated):
@@ -318,6 +464,31 @@ def test_split_digests_tell_splits_apart(isolated):
     changed = gpucheck.split_digests(splits)
     assert changed["val"] != digests["val"]
     assert (changed["train"], changed["test"]) == (digests["train"], digests["test"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# CELLS
+
+
+def test_cells_name_one_cell_each_of_the_default_study():
+    from dmlbench.study.cells import load_study
+
+    study = load_study(gpucheck.STUDY, check_networks=False)
+    cells = gpucheck.chosen_cells(study)
+    assert [(c.config.dataset, c.config.loss, c.config.miner, c.config.seed) for c in cells] == list(gpucheck.CELLS)
+    datasets = [key[0] for key in gpucheck.CELLS]
+    assert datasets.count("han-typefaces") == 1  # one cell of the many-class study runs on the GPU
+    # the dry run's cells: one of each dataset, so each dataset's carried data must reproduce a shipped run
+    assert sorted({key[0] for key in gpucheck.CELLS[:gpucheck.DRY_CELLS]}) == sorted(set(datasets))
+    assert set(datasets) == {c.config.dataset for c in study.cells}
+
+
+def test_cells_missing_from_a_study_are_named():
+    from dmlbench.study.cells import load_study
+
+    study = load_study(gpucheck.STUDY, check_networks=False)
+    with pytest.raises(SystemExit, match=r"\('fashion-mnist', 'triplet', 'semi-hard', 7\) \(0 cells\)"):
+        gpucheck.chosen_cells(study, [("fashion-mnist", "triplet", "semi-hard", 7)])
 
 
 # ---------------------------------------------------------------------------------------------------

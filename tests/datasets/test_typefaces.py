@@ -1,6 +1,8 @@
 """han-typefaces, built small from a few of the real Debian font packages that 'make data' installs."""
 
 import dataclasses
+import io
+import json
 
 import numpy as np
 import pytest
@@ -104,3 +106,77 @@ def test_bad_specs_are_refused():
 def test_a_data_root_is_refused_with_the_reason():
     with pytest.raises(DatasetNotFoundError, match="font packages"):
         HanTypefaces.load(root="/tmp")
+
+
+# ---------------------------------------------------------------------------------------------------
+# a build carried to a machine without the fonts ($DMLBENCH_HAN_TYPEFACES_BUILD)
+
+
+def save_build(built: dict, path, drop: tuple[str, ...] = ()) -> None:
+    """The build as load_build caches it (np.savez_compressed of the arrays and the facts as JSON)."""
+    buffer = io.BytesIO()
+    arrays = {k: v for k, v in built["arrays"].items() if k not in drop}
+    np.savez_compressed(buffer, **arrays, facts=np.array(json.dumps(built["facts"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.fixture
+def carried(small, tmp_path, monkeypatch):
+    """SMALL's build in the cache under its real fingerprint, and a copy of it elsewhere: (splits from
+    the fonts and the cache, the copy's path)."""
+    monkeypatch.setenv("DMLBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(typefaces.BUILD_VARIABLE, raising=False)
+    monkeypatch.setattr(HanTypefaces, "spec", SMALL)
+    key = typefaces.fingerprint(SMALL, typefaces.discover_faces(SMALL.packages))
+    save_build(small, typefaces.build_path(key))
+    here = HanTypefaces.load()  # the fonts are here: the cached build of their fingerprint
+    assert here.source["fingerprint"] == key and "carried_build" not in here.source
+    copy = tmp_path / "carried" / f"build-{key}.npz"
+    save_build(small, copy)
+    return here, copy
+
+
+def fonts_absent(monkeypatch):
+    monkeypatch.setattr(typefaces, "package_files", lambda package: None)
+
+
+def test_a_carried_build_loads_without_the_fonts(carried, monkeypatch):
+    here, copy = carried
+    fonts_absent(monkeypatch)
+    with pytest.raises(DatasetNotFoundError, match="apt-get install"):  # unset: the fonts are looked for, as before
+        HanTypefaces.load()
+    monkeypatch.setenv(typefaces.BUILD_VARIABLE, str(copy))
+    there = HanTypefaces.load()
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(there, part).images, getattr(here, part).images)
+        np.testing.assert_array_equal(getattr(there, part).labels, getattr(here, part).labels)
+    assert (there.mean, there.std, there.class_names) == (here.mean, here.std, here.class_names)
+    assert there.source["fingerprint"] == here.source["fingerprint"] == copy.stem.removeprefix("build-")
+    assert there.source["carried_build"] == str(copy) and there.source["where"].startswith("a carried build")
+    assert there.source["typefaces"] == here.source["typefaces"] and there.source["counts"] == here.source["counts"]
+
+
+def test_a_wrong_or_corrupt_carried_build_fails_clearly(carried, small, monkeypatch):
+    _, copy = carried
+    fonts_absent(monkeypatch)
+    folder, name = copy.parent, copy.name
+
+    def refused(path, match):
+        monkeypatch.setenv(typefaces.BUILD_VARIABLE, str(path))
+        with pytest.raises(DatasetNotFoundError, match=match) as raised:
+            HanTypefaces.load()
+        assert typefaces.BUILD_VARIABLE in str(raised.value)
+
+    refused(folder / "absent" / name, "no such file")
+    refused(folder / "my-build.npz", "named build-<16 hex digits>.npz")
+    (folder / "cut" / name).parent.mkdir()
+    (folder / "cut" / name).write_bytes(copy.read_bytes()[:2000])
+    refused(folder / "cut" / name, "not a readable han-typefaces build")
+    (folder / "text" / name).parent.mkdir()
+    (folder / "text" / name).write_text("not a build")
+    refused(folder / "text" / name, "not a readable han-typefaces build")
+    save_build(small, folder / "partial" / name, drop=("test_faces",))
+    refused(folder / "partial" / name, "lacks the arrays test_faces")
+    monkeypatch.setattr(HanTypefaces, "spec", dataclasses.replace(SMALL, seed=1))
+    refused(copy, r"other settings \(seed differ")
