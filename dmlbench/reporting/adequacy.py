@@ -27,9 +27,21 @@ PHASES = (("set-up", "check_parameter_names("), ("training", "train(config"), ("
           ("retrieval grid", "retrieval_grid("), ("record", "write_record("))
 
 
-def convergence(runs: pd.DataFrame) -> pd.DataFrame:
+def tail_gains(histories: pd.DataFrame, metric: str = "val_map@r", epochs: int = 3) -> pd.Series:
+    """run_id -> the validation score's gain over its last ``epochs`` epochs (last minus ``epochs`` before):
+    how much a run was still improving when it stopped (NaN for runs shorter than that)."""
+    if histories.empty or metric not in histories:
+        return pd.Series(dtype=float)
+    ordered = histories.sort_values(["run_id", "epoch"])
+    return ordered.groupby("run_id")[metric].apply(
+        lambda v: float(v.iloc[-1] - v.iloc[-1 - epochs]) if len(v) > epochs else float("nan"))
+
+
+def convergence(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per dataset: runs, stopped on a plateau, peaked before their last epoch, converged (either),
-    still improving at the end of the budget, median epochs trained and the budget."""
+    still improving at the end of the budget, median epochs trained, the budget, and (with the
+    histories) the median gain of validation MAP@R over the last three epochs."""
+    gains = tail_gains(histories) if histories is not None else pd.Series(dtype=float)
     rows = []
     for dataset, part in runs.groupby("dataset", sort=False):
         trained = part["epochs_run"] if "epochs_run" in part else part["epochs"]
@@ -39,7 +51,8 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
                      "peaked_before_last_epoch": int(peaked.sum()), "converged": int((stopped | peaked).sum()),
                      "converged_share": float((stopped | peaked).mean()),
                      "still_improving": int((~stopped & ~peaked).sum()),
-                     "median_epochs_trained": float(trained.median()), "epoch_budget": int(part["epochs"].max())})
+                     "median_epochs_trained": float(trained.median()), "epoch_budget": int(part["epochs"].max()),
+                     "median_gain_last_3_epochs": float(gains.reindex(part["run_id"]).median())})
     return pd.DataFrame(rows)
 
 
@@ -178,13 +191,14 @@ def status_lines(study, baseline: tuple[str, str] = ("triplet", "semi-hard"), co
     power_table = power(runs, seeds, baseline, confidence).set_index(["dataset", "metric"])
     cost = cost_summary(cell_profile(runs_dir(), runs, histories)).set_index("dataset")
     lines = []
-    for row in convergence(runs).to_dict("records"):
+    for row in convergence(runs, histories).to_dict("records"):
         d = row["dataset"]
         halves = {m: power_table.loc[(d, m), "median_half_width_pts"] for m in ("recall@1", "map@r")}
         share = cost.loc[d, "training_share_of_summed_wall"] if d in cost.index else float("nan")
         lines.append(f"{d}: {row['runs']} runs finished; {row['converged']} converged ({row['converged_share']:.0%}: "
                      f"{row['stopped_on_plateau']} stopped on a validation plateau, {row['peaked_before_last_epoch']} "
-                     f"peaked before their last epoch); median {confidence:.0%} half-width over cells: Recall@1 "
+                     f"peaked before their last epoch; median validation MAP@R gain over the last three epochs "
+                     f"{row['median_gain_last_3_epochs'] * 100:.2f} points); median {confidence:.0%} half-width over cells: Recall@1 "
                      f"{halves['recall@1']:.2f} points, MAP@R {halves['map@r']:.2f} points; training steps "
                      f"{share:.0%} of the papermill wall time")
     return lines

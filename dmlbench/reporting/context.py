@@ -120,7 +120,7 @@ class ReportContext:
             from . import adequacy
 
             profile = adequacy.cell_profile(self.runs_dir, self.runs, self.histories)
-            self._adequacy = {"convergence": adequacy.convergence(self.runs),
+            self._adequacy = {"convergence": adequacy.convergence(self.runs, self.histories),
                               "power": adequacy.power(self.kept(self.runs), self.seed_tables, self.baseline,
                                                       self.confidence),
                               "profile": profile, "cost": adequacy.cost_summary(profile)}

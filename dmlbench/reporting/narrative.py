@@ -624,7 +624,10 @@ def convergence_lines(table: pd.DataFrame) -> list[str]:
                      f"{row.stopped_on_plateau} stopped on a validation plateau before the budget of "
                      f"{row.epoch_budget} epochs, {row.peaked_before_last_epoch} peaked before their last epoch; "
                      f"{row.still_improving} {'was' if row.still_improving == 1 else 'were'} still improving at the "
-                     f"end of the budget. Median epochs trained: {row.median_epochs_trained:g}.")
+                     f"end of the budget. Median epochs trained: {row.median_epochs_trained:g}"
+                     + (f"; median gain of validation MAP@R over the last three epochs: "
+                        f"{row.median_gain_last_3_epochs * 100:.2f} points." if row.median_gain_last_3_epochs
+                        == row.median_gain_last_3_epochs else "."))
     return lines
 
 

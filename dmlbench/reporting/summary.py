@@ -34,6 +34,7 @@ indent 2, a newline at the end):
         runs, converged, stopped_on_plateau, peaked_before_last_epoch   int
         converged_share                      float  converged / runs
         epoch_budget                         int    the most epochs a run may train
+        median_gain_last_3_epochs            float  of validation MAP@R, over the runs (0-1 scale)
         recall@1_median_half_width_pts,
         map@r_median_half_width_pts          float  median over cells of the t-interval half-width (points)
         training_share                       float  training steps / papermill wall time, summed over its runs
@@ -144,7 +145,8 @@ def adequacy_summary(ctx) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for row in tables["convergence"].to_dict("records"):
         out[row["dataset"]] = {k: row[k] for k in ("runs", "converged", "stopped_on_plateau",
-                                                    "peaked_before_last_epoch", "converged_share", "epoch_budget")}
+                                                    "peaked_before_last_epoch", "converged_share", "epoch_budget",
+                                                    "median_gain_last_3_epochs")}
     for row in tables["power"].to_dict("records"):
         out.setdefault(row["dataset"], {})[f"{row['metric']}_median_half_width_pts"] = row["median_half_width_pts"]
     for row in tables["cost"].to_dict("records"):

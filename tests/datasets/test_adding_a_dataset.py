@@ -117,6 +117,6 @@ def test_registration_is_one_import_line_in_the_package():
     imported = {node.module for node in ast.walk(init) if isinstance(node, ast.ImportFrom) and node.level == 1}
     registering = {path.stem for path in (REPO / "dmlbench" / "datasets").glob("*.py")
                    if "@register_dataset" in path.read_text() and path.stem != "base"}
-    assert registering == {"fashion_mnist", "cub", "cars196", "sop", "inshop"}
+    assert registering == {"fashion_mnist", "typefaces", "cub", "cars196", "sop", "inshop"}
     assert registering <= imported
-    assert {"fashion-mnist", "cub", "cars196", "sop", "inshop"} <= set(DATASETS.names())
+    assert {"fashion-mnist", "han-typefaces", "cub", "cars196", "sop", "inshop"} <= set(DATASETS.names())

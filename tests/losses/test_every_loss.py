@@ -33,8 +33,9 @@ def fashion_mnist(tmp_path_factory):
 
 
 def default_settings():
+    """The default study's settings for its Fashion-MNIST cells (the data these tests train on)."""
     study = load_study(REPO_ROOT / "studies" / "default.yaml")
-    return study.cells[0].config
+    return next(c.config for c in study.cells if c.config.dataset == "fashion-mnist")
 
 
 @pytest.mark.parametrize("loss", LOSSES.names())

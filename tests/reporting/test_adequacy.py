@@ -30,6 +30,15 @@ def test_convergence_counts_plateau_stops_and_early_peaks():
     assert "3 of 4 runs converged" in narrative.convergence_lines(adequacy.convergence(runs))[0]
 
 
+def test_tail_gains_are_the_validation_gain_over_the_last_three_epochs():
+    histories = pd.DataFrame({"run_id": ["a"] * 6 + ["b"] * 3, "epoch": [0, 1, 2, 3, 4, 5, 0, 1, 2],
+                              "val_map@r": [0.0, 0.5, 0.6, 0.7, 0.71, 0.74, 0.0, 0.3, 0.4]})
+    gains = adequacy.tail_gains(histories)
+    assert gains["a"] == pytest.approx(0.74 - 0.6) and np.isnan(gains["b"])
+    runs = _runs([("a", "d", "l", "m", 0, 5, 5, 5, 0.9, 0.5, 1.0), ("b", "d", "l", "m", 1, 5, 2, 2, 0.9, 0.5, 1.0)])
+    assert adequacy.convergence(runs, histories).iloc[0]["median_gain_last_3_epochs"] == pytest.approx(0.14)
+
+
 def test_seeds_needed_is_the_smallest_n_whose_interval_is_narrower_than_the_difference():
     # t(n-1) sd / sqrt(n) < d with sd = d: t(5) = 2.571 > sqrt(6) = 2.449, t(6) = 2.447 < sqrt(7) = 2.646
     assert adequacy.seeds_needed(0.01, 0.01) == 7
