@@ -110,6 +110,13 @@ def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
     assert all(f"(`{name}`)" in block for name in CUDA_FILES)
     differing = render_gpu_block({"gpu-dry": _dry_report()}, {"cpu": _cells("cpu", 0.01)}, set())
     assert "did NOT reproduce" in differing
+    # a plan that cannot travel: the block says so, with the plan's reason, and plans no call
+    stuck = _dry_report()
+    stuck["plan"] |= {"calls": [], "error": "gpu-check: the repository's files (56.0 MiB, carried by every call) "
+                                            "leave 8.0 MiB ..."}
+    block = render_gpu_block({"gpu-dry": stuck}, {"cpu": _cells("cpu", 0.0)}, set())
+    assert "the check cannot travel as it stands (the repository's files (56.0 MiB" in block
+    assert "device call(s)" not in block
 
 
 def test_gpu_block_shows_the_measured_check_and_the_cuda_cells():
@@ -126,6 +133,9 @@ def test_gpu_block_shows_the_measured_check_and_the_cuda_cells():
     assert "ran on NVIDIA H200 (139.8 GiB, driver 580.159.03), 16 cores" in block
     assert "| tests | ok: 9 passed | 80.0 |" in block and "| train | FAILED (stopped after 90 s) | 90.0 |" in block
     assert "| triplet + semi-hard, seed 0 | 30.0 (59.2) | 4.0 (11.3) | 0.3400 (0.3400) | 0.9000 (0.8800) |" in block
+    with_dataset = _cells("cuda", 0.02).assign(dataset="han-typefaces")  # the cells' tables name their dataset
+    block = render_gpu_block({"gpu-check-part1": report}, {"cuda": with_dataset}, present)
+    assert "| han-typefaces: triplet + semi-hard, seed 0 | 30.0 (59.2) |" in block
     assert "prepared, not yet measured" not in block and "not measured yet" not in block
 
 
