@@ -111,7 +111,7 @@ def render_block(summary: dict) -> str:
         lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows)
     adequacy = [_adequacy_line(d, summary.get("adequacy", {}).get(d, {})) for d in tables]
     if any(adequacy):
-        lines += [""] + [line for line in adequacy if line]
+        lines += [""] + [f"- {line}" for line in adequacy if line]
     timing = summary["timing"]
     machine = summary["machine"]
     lines.append("")
