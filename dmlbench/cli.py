@@ -127,7 +127,10 @@ def cmd_study(args) -> int:
         from .reporting.adequacy import status_lines
 
         print(describe(study))
-        print("\n".join(status_lines(study)))
+        try:
+            print("\n".join(status_lines(study)))
+        except Exception as error:  # a damaged record must not hide the cells' states above
+            print(f"convergence, power and cost not computed: {type(error).__name__}: {error}")
         return 0
     from .study.preflight import check_study_machine
     from .study.cells import RunFailed

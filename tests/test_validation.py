@@ -21,7 +21,7 @@ from .support import tiny_settings
 
 # (setting, bad value, what the message must contain besides the setting's name)
 BAD_SETTINGS = [
-    ("dataset", "mnist", ["'mnist'", "cars196, cub, fashion-mnist, inshop, sop"]),
+    ("dataset", "mnist", ["'mnist'", "cars196, cub, fashion-mnist, han-typefaces, inshop, sop"]),
     ("dataset", 5, ["5", "fashion-mnist"]),
     ("loss", "tripplet", ["'tripplet'", "did you mean 'triplet'", "proxy-anchor"]),
     ("miner", "hardest", ["'hardest'", "semi-hard", "distance-weighted"]),

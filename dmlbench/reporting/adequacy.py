@@ -30,7 +30,7 @@ PHASES = (("set-up", "check_parameter_names("), ("training", "train(config"), ("
 def tail_gains(histories: pd.DataFrame, metric: str = "val_map@r", epochs: int = 3) -> pd.Series:
     """run_id -> the validation score's gain over its last ``epochs`` epochs (last minus ``epochs`` before):
     how much a run was still improving when it stopped (NaN for runs shorter than that)."""
-    if histories.empty or metric not in histories:
+    if histories.empty or metric not in histories or "run_id" not in histories:
         return pd.Series(dtype=float)
     ordered = histories.sort_values(["run_id", "epoch"])
     return ordered.groupby("run_id")[metric].apply(
@@ -43,6 +43,8 @@ def convergence(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd
     histories) the median gain of validation MAP@R over the last three epochs."""
     gains = tail_gains(histories) if histories is not None else pd.Series(dtype=float)
     rows = []
+    if not {"dataset", "epochs", "best_epoch"} <= set(runs.columns):  # runs without their training record
+        return pd.DataFrame(rows)
     for dataset, part in runs.groupby("dataset", sort=False):
         trained = part["epochs_run"] if "epochs_run" in part else part["epochs"]
         stopped = trained < part["epochs"]
@@ -128,16 +130,18 @@ def cell_profile(runs_dir: str | os.PathLike, runs: pd.DataFrame, histories: pd.
     validation = the per-epoch validation, "training cell, other" = curves and checkpoints."""
     rows = []
     for run in runs.itertuples():
+        from ..training.rundir import RunDir
+
         folder = Path(runs_dir) / run.run_id
         try:
-            wall = float(json.loads((folder / "execution.json").read_text())["notebook_wall_s"])
+            wall = float(json.loads((folder / RunDir.EXECUTION).read_text())["notebook_wall_s"])
         except (OSError, ValueError, KeyError):
             continue
-        cells = _cell_durations(folder / "experiment.ipynb")
-        history = histories[histories["run_id"] == run.run_id]
+        cells = _cell_durations(folder / RunDir.NOTEBOOK)
+        history = histories[histories["run_id"] == run.run_id] if "run_id" in histories else histories.iloc[0:0]
         validation = float(history["val_time_s"].fillna(0).sum()) if "val_time_s" in history else float("nan")
-        train = float(run.train_time_s)
-        row = {"run_id": run.run_id, "dataset": run.dataset, "wall_s": wall, "training_s": train,
+        train = float(getattr(run, "train_time_s", float("nan")))
+        row = {"run_id": run.run_id, "dataset": getattr(run, "dataset", ""), "wall_s": wall, "training_s": train,
                "validation_s": validation, "kernel_and_papermill_s": wall - cells.get("cells", wall)}
         row["training_cell_other_s"] = cells.get("training", np.nan) - train - (validation if np.isfinite(validation) else 0)
         for phase in ("set-up", "t-SNE", "retrieval grid", "record"):

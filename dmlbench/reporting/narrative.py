@@ -619,6 +619,8 @@ def adequacy_intro(confidence: float) -> str:
 
 def convergence_lines(table: pd.DataFrame) -> list[str]:
     lines = []
+    if table.empty:
+        return lines
     for row in table.itertuples():
         lines.append(f"**{row.dataset}**: {row.converged} of {row.runs} runs converged ({row.converged_share:.0%}): "
                      f"{row.stopped_on_plateau} stopped on a validation plateau before the budget of "
@@ -633,6 +635,8 @@ def convergence_lines(table: pd.DataFrame) -> list[str]:
 
 def power_lines(table: pd.DataFrame, confidence: float) -> list[str]:
     lines = []
+    if table.empty:
+        return lines
     for dataset, part in table.groupby("dataset", sort=False):
         bits = []
         for row in part.to_dict("records"):

@@ -35,8 +35,10 @@ def tiny_run(loss, splits, monkeypatch, epochs=3, iters=80):
         return value
 
     monkeypatch.setattr(loop, "optimisation_step", recording)
+    # the short run of the old default (constant lr 1e-3), not the study's annealed schedule
     config = RunConfig(**{**default_settings().to_dict(), "loss": loss, "miner": "none", "loss_kwargs": {},
-                          "miner_kwargs": {}, "epochs": epochs, "iters_per_epoch": iters, "device": "cpu"})
+                          "miner_kwargs": {}, "epochs": epochs, "iters_per_epoch": iters, "device": "cpu",
+                          "lr": 1e-3, "lr_schedule": None, "patience": None, "min_delta": None})
     return loop.train(config, splits, progress=False), steps
 
 

@@ -121,7 +121,7 @@ def test_the_headline_is_made_from_the_tables():
         "(1-2) overlap those of 1 other loss: no clear first.",
         "On the grid (contrastive, triplet x miners) the loss moves mean MAP@R more than the miner "
         "(range 0.0550 against 0.0050); best miner there: **semi-hard**.",
-        "Caveats: 1 of 4 runs peaked at their last epoch (still improving); 1 group of cells trained identically, each "
+        "Caveats: 1 of 4 runs were still improving when their epoch budget ran out; 1 group of cells trained identically, each "
         "merged into one row and counted once (notes under the table).",
     ]
     alone = narrative.headline("d", seed_table().assign(seeds=1), pd.DataFrame(), {}, run_table().assign(best_epoch=1),
@@ -164,7 +164,7 @@ def test_the_discussion_is_made_from_the_means_per_cell():
                         "choice of loss moves MAP@R more (range 0.0550 against 0.0050 for the miner).")
     assert lines[4:6] == ["With contrastive, 0 of 1 miners beat using every tuple (none: 0.4000).",
                           "With triplet, 1 of 1 miners beat using every tuple (none: 0.3000; better: semi-hard)."]
-    assert lines[6].startswith("1 of 4 runs had their best validation score at their last epoch:")
+    assert lines[6].startswith("1 of 4 runs were still improving when their epoch budget ran out")
     assert "3 peaked earlier" in lines[6]
     assert lines[7].startswith("Across 3 seeds the mean standard deviation of MAP@R is 0.0200:")
     assert len(lines) == 8
@@ -206,10 +206,10 @@ def test_the_protocol_names_the_settings_and_the_splits():
     text = narrative.protocol(settings, {"d": {"num_train": 1200, "train_classes": [0, 1], "num_val": 300,
                                                "val_classes": [0, 1], "num_test": 4500, "test_classes": [2, 3]},
                                          "e": {}}, ["triplet"], ["none", "semi-hard"], [0, 1, 2])
-    assert ("- **d**: 1,200 training images of classes [0, 1], 300 validation images of classes [0, 1], 4,500 test "
-            "images of classes [2, 3] (numbers read from the runs).") in text
+    assert ("- **d**: 1,200 training images of classes [0, 1], 300 validation images of classes [0, 1] (the training "
+            "classes), 4,500 test images of classes [2, 3] (numbers read from the runs).") in text
     assert "- **e**: no finished run records the split sizes yet." in text
-    assert f"{settings.P} classes x {settings.K} images; 7 epochs of" in text
+    assert f"{settings.P} classes x {settings.K} images; at most 7 epochs of" in text
     assert "**miners** `none`, `semi-hard`;" in text and "Seeds: [0, 1, 2]." in text
 
 
