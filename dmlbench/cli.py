@@ -5,6 +5,7 @@
     dmlbench run --study studies/default.yaml --cell <run id>
     dmlbench study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
     dmlbench study studies/default.yaml --emit-make build/cells.mk | --status
+    dmlbench tune --study studies/tuned.yaml [--search ID] [--trials N]   a study's hyperparameter searches
     dmlbench report --study studies/default.yaml
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
@@ -145,6 +146,21 @@ def cmd_study(args) -> int:
         print(f"dmlbench: {failed}", file=sys.stderr)
         return 1
     return 0 if args.no_report else report_and_readme(study.path)
+
+
+def cmd_tune(args) -> int:
+    from .study.cells import load_study, search_state
+    from .study.tuner import tune
+
+    study = load_study(args.study)
+    if not study.searches:
+        raise ConfigError(f"{args.study}: no tuning block, so no search to run")
+    searches = [study.search(args.search)] if args.search else study.searches
+    for search in searches:
+        best = tune(search, max_trials=args.trials)
+        print(f"{search.search_id}: {search_state(search)}"
+              + (f"; best {search.spec.objective} {best['value']:.4f} with {best['values']}" if best else ""))
+    return 0
 
 
 def _cells_at_once(value: str) -> int:
@@ -300,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_data_command(sub)
+
+    p = sub.add_parser("tune", help="run a study's hyperparameter searches (its tuning block), trials until each budget is spent")
+    p.add_argument("--study", type=Path, required=True)
+    p.add_argument("--search", help="one search's id ('dmlbench study FILE --status' lists them); default every one")
+    p.add_argument("--trials", type=_positive(int, "a whole number of trials"), help="at most this many trials here "
+                   "(a Slurm array task: 1); default until the budget is spent")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
     p.add_argument("what", choices=["losses", "miners", "eval", "train"])

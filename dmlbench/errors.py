@@ -18,3 +18,7 @@ class IncompatibleError(ConfigError):
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are in none of the places searched; the message says how to get them."""
+
+
+class SealedSplitError(PermissionError):
+    """The test split was asked for where it is sealed: while tuning, only train and validation exist."""

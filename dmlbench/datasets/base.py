@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ..errors import SealedSplitError
 from ..registry import Registry
 
 DATASETS = Registry("dataset")
@@ -74,6 +75,29 @@ class Splits:
         } | ({"num_gallery": len(self.gallery)} if self.gallery is not None else {})
 
 
+class TuningSplits:
+    """A dataset's train and validation splits with the test split sealed: what hyperparameter search
+    sees (dmlbench.study.tuner). It holds no reference to the test images or labels; asking for
+    ``test`` or ``gallery`` raises :class:`dmlbench.errors.SealedSplitError`."""
+
+    def __init__(self, splits: Splits):
+        self.name, self.train, self.val = splits.name, splits.train, splits.val
+        self.class_names = {c: splits.class_names.get(c, str(c)) for c in {*splits.train.classes, *splits.val.classes}}
+        self.mean, self.std = splits.mean, splits.std
+        self.source = {"sealed_test": True, **{k: v for k, v in splits.source.items() if "test" not in k}}
+
+    def _sealed(self, what: str):
+        raise SealedSplitError(f"{self.name}: the {what} split is sealed while tuning: a search sees the train "
+                               f"and validation classes only; test numbers come from the study's cells")
+
+    test = property(lambda self: self._sealed("test"))
+    gallery = property(lambda self: self._sealed("gallery"))
+
+    def summary(self) -> dict:
+        return {"name": self.name, "num_train": len(self.train), "num_val": len(self.val),
+                "train_classes": self.train.classes, "val_classes": self.val.classes, "test": "sealed"}
+
+
 def cache_dir() -> Path:
     """Where decoded arrays are cached: $DMLBENCH_CACHE, else ~/.cache/dmlbench."""
     return Path(os.environ.get("DMLBENCH_CACHE") or Path.home() / ".cache" / "dmlbench")
@@ -120,6 +144,7 @@ class Dataset:
     version: ClassVar[int] = 1
     recall_ks: ClassVar[tuple[int, ...]] = ()  # the K of the Recall@K its papers report (added to the common ones)
     channels: ClassVar[int] = 3  # image channels
+    validation: ClassVar[bool] = True  # whether it has validation classes (a study's tuning block needs them)
     default_image_size: ClassVar[int | None] = None  # side of the (square) images a network gets by default
 
     def __init_subclass__(cls, **kwargs):

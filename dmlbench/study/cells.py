@@ -36,6 +36,7 @@ again and a changed configuration never overwrites an old one.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -64,7 +65,7 @@ from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_conf
 
 log = logging.getLogger("dmlbench")
 
-STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm")
+STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 DATASET_KEYS = ("seeds", "settings", "grid")  # what a study's datasets mapping may give per dataset
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
@@ -74,7 +75,8 @@ BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the ce
 @dataclass
 class Cell:
     config: RunConfig
-
+    role: str = "study"  # in a study with a tuning block: "default" (as written) or "tuned" (a search's best)
+    search: str | None = None  # the search id of a tuned cell, and of a default cell that is searched
     @property
     def run_id(self) -> str:
         return self.config.run_id()
@@ -119,6 +121,20 @@ class Study:
     cells: list[Cell] = field(default_factory=list)
     skipped: list[SkippedCell] = field(default_factory=list)
     slurm: dict[str, Any] = field(default_factory=dict)  # checked Slurm settings (dmlbench.study.executors)
+    tuning: Any = None  # the tuning block (dmlbench.study.tuning.TuningSpec), or None
+    searches: list = field(default_factory=list)  # one dmlbench.study.tuning.Search per searched cell
+
+    @property
+    def pending(self) -> list:
+        """The searches whose budget is not spent yet: their tuned cells are not known yet."""
+        return [search for search in self.searches if not search.is_done()]
+
+    def search(self, search_id: str):
+        for search in self.searches:
+            if search.search_id == search_id:
+                return search
+        ids = [s.search_id for s in self.searches] or ["(none: the study has no tuning block)"]
+        raise ConfigError(f"{self.path}: no search {search_id!r}; its searches: {', '.join(ids)}")
 
     def cell(self, run_id: str) -> Cell:
         for cell in self.cells:
@@ -170,13 +186,16 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     _check_names(path, list(per_dataset), grid + extra)
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
                   slurm=slurm)
+    seeds_of = {}
     for dataset, own in per_dataset.items():
         if not isinstance(shared, dict):
             raise ConfigError(f"{path}: settings: expected a mapping, got {shared!r}")
         settings = _settings(path, {**shared, **own.get("settings", {})})
         pairs = (grid if own.get("grid", True) else []) + extra
-        own_seeds = _seeds(path, own["seeds"]) if "seeds" in own else seeds
+        own_seeds = seeds_of[dataset] = _seeds(path, own["seeds"]) if "seeds" in own else seeds
         _add_cells(study, itertools.product([dataset], pairs, own_seeds), settings, check_networks=check_networks)
+    if raw.get("tuning") is not None:
+        _add_tuned_cells(study, raw["tuning"], seeds_of, check_networks=check_networks)
     if not study.cells:
         raise ConfigError(f"{path}: no runnable cell (every loss x miner pair is incompatible)")
     if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
@@ -323,6 +342,43 @@ def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_ne
         study.cells.append(Cell(config))
 
 
+def _add_tuned_cells(study: Study, raw: Any, seeds_of: dict[str, list[int]], *, check_networks: bool) -> None:
+    """A study with a tuning block: its cells are the "default" ones; each gets a search, and each
+    finished search's best settings run as "tuned" cells over the dataset's seeds."""
+    from ..datasets.base import dataset_fact
+    from .tuning import parse_tuning, searches_for
+
+    study.tuning = spec = parse_tuning(study.path, raw)
+    for dataset in seeds_of:
+        if not dataset_fact(dataset, "validation", True):
+            raise ConfigError(f"{study.path}: tuning: {dataset} has no validation split to score trials on; "
+                              f"tune on a dataset with one, or drop the tuning block")
+    for cell in study.cells:
+        cell.role = "default"
+    study.searches = searches_for(spec, [cell.config for cell in study.cells])
+    if not study.searches:
+        raise ConfigError(f"{study.path}: tuning: its space names no parameter of any cell's loss or miner, "
+                          f"and no setting: nothing to search")
+    by_base = {search.base.config_hash(): search for search in study.searches}
+    for cell in study.cells:
+        found = by_base.get(dataclasses.replace(cell.config, seed=spec.seed).config_hash())
+        cell.search = found.search_id if found else None
+    checked, known = (set() if check_networks else _Everything()), {cell.run_id for cell in study.cells}
+    for search in study.searches:
+        if not search.is_done():
+            continue
+        for seed in seeds_of[search.base.dataset]:
+            config = search.apply(search.best_values(), seed=seed)
+            if config.run_id() in known:  # the best settings are the defaults: one cell, run once
+                continue
+            known.add(config.run_id())
+            try:
+                config.validate(checked)
+            except ConfigError as error:
+                raise type(error)(f"{search.best_path}: the best settings make an invalid cell: {error}") from None
+            study.cells.append(Cell(config, role="tuned", search=search.search_id))
+
+
 class RunFailed(RuntimeError):
     pass
 
@@ -438,8 +494,31 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
         lines += [f"{target}:{force}", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
     # the report is rebuilt when its notebook, the reporting code or the study file changes
     sources = " ".join(["notebooks/report.ipynb", "$(wildcard dmlbench/reporting/*.py)", str(study.path)])
-    lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
+    if study.pending:
+        lines = _pending_searches(study, lines, dmlbench, study_path)
+        lines += [f"report: tuned", f"\t{dmlbench} report --study {study_path}", ""]
+    else:
+        lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
     return "\n".join(lines)
+
+
+def _pending_searches(study: Study, lines: list[str], dmlbench: str, study_path: str) -> list[str]:
+    """A study whose searches are not all finished: one target per search's best.json; once they all
+    exist, 'tuned' writes the makefile again (now with the tuned cells) and makes its cells."""
+    def shown(path: Path) -> str:
+        return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+    searches = [shown(search.best_path) for search in study.pending]
+    lines = [line.replace("cells: $(RUNS)", "cells: $(RUNS) tuned").replace(".PHONY: cells report FORCE",
+                                                                        ".PHONY: cells report tuned FORCE")
+             for line in lines if not line.startswith("report: ")]  # the report follows the tuned cells
+    lines[lines.index("")] = f"SEARCHES := {' '.join(searches)}\n"
+    for search, target in zip(study.pending, searches):
+        lines += [f"{target}:", f"\t{dmlbench} tune --study {study_path} --search {search.search_id}", ""]
+    after = "$(firstword $(MAKEFILE_LIST)).tuned"
+    lines += ["tuned: $(SEARCHES)", f"\t{dmlbench} study {study_path} --emit-make {after}",
+              f"\t$(MAKE) --no-print-directory -f {after} cells", ""]
+    return lines
 
 
 def describe(study: Study) -> str:
@@ -453,9 +532,21 @@ def describe(study: Study) -> str:
     rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells ({tally}), {len(study.skipped)} skipped"]
     for cell, state in zip(study.cells, states):
         rows.append(f"  {cell.run_id}  [{state}]")
+    for search in study.searches:
+        rows.append(f"  search {search.search_id}  [{search_state(search)}]")
     for skip in study.skipped:
         rows.append(f"  skipped {skip.dataset} x {skip.loss} x {skip.miner} x seed {skip.seed}: {skip.reason}")
     return "\n".join(rows)
+
+
+def search_state(search) -> str:
+    """'done (best trial N)', 'K of B trials finished' or 'to run'."""
+    if search.is_done():
+        from ..fileio import read_json
+
+        return f"done (best trial {read_json(search.best_path)['best_trial']})"
+    trials = list((search.folder / "trials").glob("*.json")) if (search.folder / "trials").is_dir() else []
+    return f"{len(trials)} trials started of {search.spec.trials}" if trials else "to run"
 
 
 def study_manifest(study: Study) -> dict[str, Any]:
@@ -463,7 +554,10 @@ def study_manifest(study: Study) -> dict[str, Any]:
     return {
         "name": study.name, "path": str(study.path), "description": study.description,
         "cells": [{"run_id": c.run_id, "dataset": c.config.dataset, "loss": c.config.loss, "miner": c.config.miner,
-                   "seed": c.config.seed, "config_hash": c.config.config_hash()} for c in study.cells],
+                   "seed": c.config.seed, "config_hash": c.config.config_hash(), "role": c.role, "search": c.search}
+                  for c in study.cells],
+        "searches": [{"search_id": s.search_id, "dataset": s.base.dataset, "loss": s.base.loss, "miner": s.base.miner,
+                      "folder": str(s.folder), "done": s.is_done()} for s in study.searches],
         "skipped": [vars(s) for s in study.skipped],
     }
 

@@ -262,6 +262,91 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
     return [cell.metrics_path for cell in study.cells if cell.is_done()]
 
 
+class TuneJob(Checkpointable):
+    """Trials of one search as a submitit job: reloads the study in the job and tunes at most
+    ``max_trials`` (None: until the budget is spent). Several such jobs on one search share its storage
+    (use ``storage: journal`` where they run on several machines); a job requeued after pre-emption
+    starts a new tuner, which retries the trial it was running."""
+
+    def __init__(self, study_path: str, search_id: str, environ: dict[str, str | None], max_trials: int | None):
+        self.study_path, self.search_id, self.environ, self.max_trials = study_path, search_id, environ, max_trials
+
+    def __call__(self) -> str:
+        from .cells import load_study
+        from .tuner import tune
+
+        for name, value in self.environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        tune(load_study(self.study_path).search(self.search_id), max_trials=self.max_trials)
+        return DONE
+
+    def __repr__(self) -> str:
+        return f"TuneJob({self.study_path!r}, {self.search_id!r}, max_trials={self.max_trials})"
+
+
+def run_searches(study: Study, *, executor: str = "local", jobs: int | None = None) -> None:
+    """Spend the budget of every unfinished search: here one after another (jobs=1) or ``jobs`` tuner
+    processes; as submitit jobs; on Slurm, one array task per remaining trial, all sharing the storage.
+    Raises RunFailed naming every search that did not finish."""
+    from .cells import RunFailed
+
+    pending = study.pending
+    if not pending:
+        return
+    log.info("%s: %d searches to finish (%d trials each)", study.name, len(pending), study.tuning.trials)
+    if executor == "local" and (jobs or 1) == 1:
+        from .tuner import tune
+
+        for search in pending:
+            tune(search)
+    elif executor == "local":
+        _tuner_processes(study, pending, jobs)
+    else:
+        _tuner_jobs(study, pending, executor, jobs)
+    unfinished = [search.search_id for search in pending if not search.is_done()]
+    if unfinished:
+        raise RunFailed(f"{len(unfinished)} of {len(pending)} searches did not finish: {', '.join(unfinished)}; "
+                        f"their trials/*.json say why, and the same command continues them")
+
+
+def _tuner_processes(study: Study, pending: list, jobs: int) -> None:
+    waiting, running = list(pending), []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            search = waiting.pop(0)
+            running.append(subprocess.Popen([sys.executable, "-m", "dmlbench", "tune", "--study", str(study.path),
+                                             "--search", search.search_id]))
+        time.sleep(POLL_S / 2)
+        running = [process for process in running if process.poll() is None]
+
+
+def _tuner_jobs(study: Study, pending: list, executor: str, jobs: int | None) -> None:
+    """submitit-local: one job per search, ``jobs`` at once; slurm: one task per remaining trial."""
+    cluster = "slurm" if executor == "slurm" else "local"
+    submitter = submitit_executor(study, cluster, jobs=jobs)
+    study_path, environ = str(study.path.absolute()), _job_environ(cluster)
+    if cluster == "slurm":
+        tasks = [TuneJob(study_path, s.search_id, environ, 1) for s in pending for _ in range(study.tuning.trials)]
+        submitted = submitter.submit_array(tasks)
+        for job in submitted:  # a failed task's trial is retried by the next tuner on its search
+            _wait_quietly(job)
+        return
+    for start in range(0, len(pending), jobs or 1):
+        for job in submitter.submit_array([TuneJob(study_path, s.search_id, environ, None)
+                                           for s in pending[start:start + (jobs or 1)]]):
+            _wait_quietly(job)
+
+
+def _wait_quietly(job) -> None:
+    try:
+        job.result()
+    except Exception as error:  # the search's state says what is left; the caller names unfinished ones
+        log.error("tuning job %s failed: %s (log: %s)", job.job_id, str(error).splitlines()[-1:] or error, job.paths.stderr)
+
+
 def run_study(study: Study, *, jobs: int | None = None, executor: str = "local") -> list[Path]:
     """Run every unfinished cell; ``executor`` decides where ("local", the default, runs them here,
     ``jobs`` at once; "submitit-local"; "slurm").
@@ -270,5 +355,13 @@ def run_study(study: Study, *, jobs: int | None = None, executor: str = "local")
     run folder (beside ``experiment.failed.ipynb``), the remaining cells run, and RunFailed is raised
     at the end with every failed cell named. Finished cells' results are never touched. A cell another
     process is running (its run folder is locked) is left to it: this study runs the other cells, then
-    waits for that one, so two studies started together run each cell once."""
+    waits for that one, so two studies started together run each cell once.
+
+    A study with a tuning block first finishes its searches (:func:`run_searches`), then runs its
+    default and tuned cells."""
+    if study.pending:
+        from .cells import load_study
+
+        run_searches(study, executor=executor, jobs=jobs)
+        study = load_study(study.path)
     return run_cells(study, executor=executor, jobs=jobs)

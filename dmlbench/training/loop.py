@@ -389,14 +389,14 @@ def _test(config: RunConfig, run: _Run, splits: Splits, state: _RunState) -> Tra
                        extra={"resumed_after_epochs": state.resumed_at, "processes": run.processes})
 
 
-def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
-          progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult | None:
-    """Train one run, select the best validation epoch, evaluate it once on the test split.
+def fit(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
+        progress: bool = True, checkpoint: str | os.PathLike | None = None) -> tuple[_Run, _RunState]:
+    """Train one run on the train split, validating every epoch; the test split is not looked at.
 
-    ``checkpoint``: a file (the run folder's resume.pt) written at every epoch's end with everything
-    the next epochs depend on; when it exists at the start, training continues after its epoch.
-    Under torch.distributed (torchrun; see dmlbench.training.launch) every rank trains on its share of each
-    batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
+    ``on_epoch_end(record, history)`` sees every epoch's record (an exception it raises, such as a
+    tuner's pruning, stops training there). ``checkpoint``: a file (the run folder's resume.pt) written
+    at every epoch's end with everything the next epochs depend on; when it exists at the start,
+    training continues after its epoch. Returns what :func:`train` tests (the best epoch's state)."""
     config.validate()
     run = _set_up(config, splits)
     state = _start_or_resume(config, run, splits, checkpoint)
@@ -405,20 +405,32 @@ def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, li
     bar = _progress(config.epochs * len(run.sampler), progress and run.lead)
     if bar is not None:
         bar.update((state.first_epoch - 1) * len(run.sampler))
-    for epoch in range(state.first_epoch, config.epochs + 1):
-        if _plateaued(config, run, state, epoch - 1):
-            break
-        record = _train_epoch(config, run, state, epoch, bar)
-        record["lr"] = run.optimizer.param_groups[0]["lr"]  # the network's, at the epoch's end
-        started = time.perf_counter()
-        record |= _validation(run, splits)
-        record["val_time_s"] = time.perf_counter() - started  # what validation costs beside training
-        state.history.append(record)
-        _select(config, run, state, record)
-        if on_epoch_end and run.lead:
-            on_epoch_end(record, state.history)
-        if checkpoint and run.lead:
-            _save_checkpoint(checkpoint, config, run, state, epoch)
-    if bar is not None:
-        bar.close()
+    try:
+        for epoch in range(state.first_epoch, config.epochs + 1):
+            if _plateaued(config, run, state, epoch - 1):
+                break
+            record = _train_epoch(config, run, state, epoch, bar)
+            record["lr"] = run.optimizer.param_groups[0]["lr"]  # the network's, at the epoch's end
+            started = time.perf_counter()
+            record |= _validation(run, splits)
+            record["val_time_s"] = time.perf_counter() - started  # what validation costs beside training
+            state.history.append(record)
+            _select(config, run, state, record)
+            if on_epoch_end and run.lead:
+                on_epoch_end(record, state.history)
+            if checkpoint and run.lead:
+                _save_checkpoint(checkpoint, config, run, state, epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+    return run, state
+
+
+def train(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,
+          progress: bool = True, checkpoint: str | os.PathLike | None = None) -> TrainResult | None:
+    """Train one run (:func:`fit`), select the best validation epoch, evaluate it once on the test split.
+
+    Under torch.distributed (torchrun; see dmlbench.training.launch) every rank trains on its share of each
+    batch, and rank 0 alone validates, writes the checkpoint and tests: the other ranks return None."""
+    run, state = fit(config, splits, on_epoch_end=on_epoch_end, progress=progress, checkpoint=checkpoint)
     return _test(config, run, splits, state) if run.lead else None

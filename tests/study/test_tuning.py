@@ -1,0 +1,215 @@
+"""Tuning: the tuning block's checks, the Optuna tuner (kill and restart, two tuners on one search), the
+sealed test split, and the tuned cells a finished search adds to its study. Real Optuna storage, real
+training on the tiny Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from dmlbench.datasets import FashionMNIST, load_dataset
+from dmlbench.datasets.base import LabelledSet, Splits, TuningSplits
+from dmlbench.errors import ConfigError, SealedSplitError
+from dmlbench.paths import REPO_ROOT
+from dmlbench.study.cells import emit_makefile, load_study
+from dmlbench.study.tuner import storage, trial_path, tune
+
+from ..support import tiny_settings
+
+TUNING = {"trials": 4, "seed": 7, "startup_trials": 2, "pruner": {"name": "median", "startup_trials": 1, "warmup_epochs": 1},
+          "space": {"settings": {"lr": {"low": 3e-4, "high": 3e-2, "log": True}},
+                    "losses": {"triplet": {"margin": {"low": 0.05, "high": 0.5}}}}}
+
+
+def write_tuned_study(tmp_path, tuning=None, **settings):
+    study = {"name": "tuned-t", "datasets": ["fashion-mnist"], "seeds": [0, 1],
+             "cells": [{"loss": "triplet", "miner": "semi-hard", "loss_kwargs": {"margin": 0.2}}],
+             "settings": tiny_settings(**{"epochs": 3, "iters_per_epoch": 4, **settings}),
+             "tuning": TUNING if tuning is None else tuning}
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def with_tuning(**changes):
+    tuning = json.loads(json.dumps(TUNING))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = tuning
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return tuning
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"space.losses.triplet": {"marginn": {"low": 0.1, "high": 0.2}}}, "takes no argument 'marginn'"),
+    ({"space.settings": {"lr": {"low": 0.01, "high": 0.01}}}, "an empty range: low=0.01 is not below high=0.01"),
+    ({"space.settings": {"lr": {"low": 0.0, "high": 0.01, "log": True}}}, "a log range must lie above zero"),
+    ({"trials": 0}, "a budget of zero tunes nothing"),
+    ({"space.settings": {"epochs": {"low": 1, "high": 4}}}, "'epochs' and it is not a tunable run setting; valid: lr"),
+    ({"space.losses": {"nope": {"margin": [0.1]}}}, "unknown loss 'nope'"),
+    ({"space.losses.triplet": {"margin": []}}, "an empty list of choices"),
+    ({"objective": "nmi"}, "valid: map@r, recall@1"),
+    ({"pruner": {"name": "hyperband"}}, "unknown pruner 'hyperband'; valid: median, successive-halving, none"),
+    ({"budget": 3}, "unknown key 'budget'; valid keys: objective, trials"),
+])
+def test_bad_tuning_blocks_fail_before_anything_runs(isolated, tmp_path, changes, message):
+    path = write_tuned_study(tmp_path, with_tuning(**changes))
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    assert message in str(info.value) and "tuning" in str(info.value)
+    assert not (isolated / "results").exists()
+
+
+def test_a_tuning_block_needs_validation_data(isolated, tmp_path, monkeypatch):
+    monkeypatch.setattr(FashionMNIST, "validation", False)
+    with pytest.raises(ConfigError, match="fashion-mnist has no validation split to score trials on"):
+        load_study(write_tuned_study(tmp_path))
+
+
+def test_a_study_with_tuning_has_default_cells_searches_then_tuned_cells(isolated, tmp_path):
+    study = load_study(write_tuned_study(tmp_path))
+    assert [c.role for c in study.cells] == ["default", "default"]
+    (search,) = study.searches
+    assert [p.name for p in search.params] == ["loss.margin", "lr"] and search.base.seed == 7
+    assert search.default_values() == {"loss.margin": 0.2, "lr": 1e-3}
+    assert all(c.search == search.search_id for c in study.cells)
+    makefile = emit_makefile(study)
+    assert f"{search.best_path}:" in makefile and f"tune --study {study.path} --search {search.search_id}" in makefile
+    assert "cells: $(RUNS) tuned" in makefile and "report: tuned" in makefile
+
+    best = tune(search)
+    assert best["trials"] == 4 and search.is_done() and best["values"]["lr"] == search.apply(best["values"]).lr
+    study = load_study(study.path)
+    tuned = [c for c in study.cells if c.role == "tuned"]
+    if best["values"] == search.default_values():  # the defaults won: the default cells are the tuned ones
+        assert not tuned
+    else:
+        assert [c.config.seed for c in tuned] == [0, 1]
+        assert all(c.config.loss_kwargs["margin"] == best["values"]["loss.margin"] and c.search == search.search_id
+                   for c in tuned)
+    assert "SEARCHES" not in emit_makefile(study) and "report: tuned" not in emit_makefile(study)
+    records = sorted((search.folder / "trials").glob("*.json"))
+    assert len(records) == 4 and (search.folder / "trials.csv").is_file()
+    first = json.loads(records[0].read_text())
+    assert first["values"] == search.default_values() and first["role"] == "default settings"
+    assert first["state"] in ("COMPLETE", "PRUNED") and [c["epoch"] for c in first["curve"]][:2] == [0, 1]
+
+
+class Tripwire(LabelledSet):
+    """A split whose images and labels cannot be read without the test noticing."""
+
+    reads: list[str] = []
+
+    def __getattribute__(self, name):
+        if name in ("images", "labels", "rows", "cache"):
+            Tripwire.reads.append(name)
+            raise AssertionError(f"the test split's {name} were read")
+        return super().__getattribute__(name)
+
+
+def tripwired(splits: Splits) -> Splits:
+    return Splits(splits.name, splits.train, splits.val, Tripwire(), splits.class_names, splits.mean, splits.std,
+                  splits.source, gallery=None)
+
+
+def test_the_tuning_path_cannot_read_the_test_split(isolated, tmp_path, monkeypatch):
+    import dmlbench.datasets
+
+    real = load_dataset("fashion-mnist")
+    sealed = TuningSplits(real)
+    with pytest.raises(SealedSplitError, match="the test split is sealed while tuning"):
+        sealed.test
+    with pytest.raises(SealedSplitError):
+        sealed.gallery
+    kept = [value for value in vars(sealed).values()]
+    assert not any(value is real.test or value is real.test.images or value is real.test.labels for value in kept)
+    assert set(sealed.class_names) == set(real.train.classes) | set(real.val.classes)
+
+    # the whole tuning path (loading, trials, pruning, records) on a dataset whose test split is a tripwire
+    Tripwire.reads = []
+    monkeypatch.setattr(dmlbench.datasets, "load_dataset", lambda *a, **k: tripwired(load_dataset("fashion-mnist")))
+    (search,) = load_study(write_tuned_study(tmp_path)).searches
+    best = tune(search)
+    assert best is not None and Tripwire.reads == []
+
+    # the tripwire does go off where the test split is read: an ordinary run's training and test
+    from dmlbench.training.loop import train
+
+    with pytest.raises(AssertionError, match="the test split's"):
+        train(search.base, tripwired(load_dataset("fashion-mnist")), progress=False)
+    assert Tripwire.reads
+
+
+def tuner(study_path, results, *extra) -> subprocess.Popen:
+    environ = {**os.environ, "DMLBENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dmlbench", "tune", "--study", str(study_path), *extra],
+                            env=environ, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trials_of(search, results, monkeypatch):
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(results))
+    return optuna.load_study(study_name=search.search_id, storage=storage(search)).get_trials()
+
+
+def test_a_killed_tuner_restarts_where_it_stopped_and_ends_as_an_uninterrupted_one(isolated, tmp_path, monkeypatch):
+    # small learning rates: the tiny data is not learnt perfectly, so the trials' scores differ
+    tuning = with_tuning(trials=5, **{"space.settings": {"lr": {"low": 1e-5, "high": 3e-4, "log": True}},
+                                      "pruner.warmup_epochs": 2})
+    path = write_tuned_study(tmp_path, tuning, epochs=4, iters_per_epoch=100, lr=3e-5)
+    (search,) = load_study(path).searches
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(killed))
+    first = tuner(path, killed)
+    record = trial_path(search, 2)
+    deadline = time.time() + 300
+    while not (record.is_file() and json.loads(record.read_text())["state"] == "RUNNING" and
+               len(json.loads(record.read_text())["curve"]) >= 2):
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = {t.number: (t.state.name, t.params, t.value) for t in trials_of(search, killed, monkeypatch)}
+    assert [before[n][0] for n in (0, 1)] in (["COMPLETE", "COMPLETE"], ["COMPLETE", "PRUNED"]) and before[2][0] == "RUNNING"
+
+    second, third = tuner(path, killed), tuner(path, whole)
+    assert second.wait(timeout=300) == 0, second.communicate()[0]
+    assert third.wait(timeout=300) == 0, third.communicate()[0]
+    after = trials_of(search, killed, monkeypatch)
+    assert {n: (t.state.name, t.params, t.value) for n, t in enumerate(after) if n < 2} == {n: before[n] for n in (0, 1)}
+    assert after[2].state.name == "FAIL" and after[3].user_attrs["retry_of"] == 2 and after[3].params == before[2][1]
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 5 and len(after) == 6
+    assert len({t.value for t in after if t.value is not None}) >= 3, "the trials' scores differ: the best is a choice"
+    assert json.loads(trial_path(search, 2).read_text())["failed_because"].startswith("interrupted")
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(killed))
+    interrupted = json.loads(search.best_path.read_text())
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(whole))
+    uninterrupted = json.loads(search.best_path.read_text())
+    assert interrupted["values"] == uninterrupted["values"] and interrupted["value"] == uninterrupted["value"]
+    assert [t.params for t in trials_of(search, whole, monkeypatch)] == [t.params for t in after if t.number != 2]
+
+
+def test_two_tuners_on_one_search_share_its_trials(isolated, tmp_path, monkeypatch):
+    path = write_tuned_study(tmp_path, with_tuning(trials=6, storage="journal"), epochs=3, iters_per_epoch=10)
+    (search,) = load_study(path).searches
+    results = tmp_path / "shared"
+    tuners = [tuner(path, results), tuner(path, results)]
+    for process in tuners:
+        assert process.wait(timeout=300) == 0, process.communicate()[0]
+    trials = trials_of(search, results, monkeypatch)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and len({t.number for t in finished}) == 6
+    owners = {json.loads(trial_path(search, t.number).read_text())["owner"]["pid"] for t in finished}
+    assert len(owners) == 2, "both tuners ran trials"
+    assert (search.folder / "trials.journal").is_file() and search.is_done()
+    assert np.isfinite(json.loads(search.best_path.read_text())["value"])
