@@ -34,6 +34,8 @@ class ReportContext:
     comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline (identical cells once)
     rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking (identical cells once)
     identical: dict  # dataset -> groups of cells that trained identically (runs.IdenticalGroup, kept cell first)
+    tuned_runs: pd.DataFrame | None = None  # a study with a tuning block: its tuned cells' runs (the rest of
+    # the report reads the default cells alone: runs, summary and every table above are theirs)
     _adequacy: dict | None = None  # the tables of adequacy(), once computed
 
     @property
@@ -100,7 +102,7 @@ class ReportContext:
     def cell_kwargs(self) -> dict[tuple[str, str], tuple[dict, dict]]:
         """(loss, miner) -> the loss's and the miner's arguments, as the study gives them."""
         return {(c.config.loss, c.config.miner): (c.config.loss_kwargs, c.config.miner_kwargs)
-                for c in self.study.cells}
+                for c in self.study.cells if c.role != "tuned"}
 
     def with_diagnostics(self, dataset: str) -> pd.DataFrame:
         """The runs of ``dataset`` that recorded every embedding diagnostic."""
@@ -143,6 +145,9 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     status = cell_status(manifest, results / "runs")  # done, failed, unreadable, missing, skipped
     runs = load_runs(results / "runs")
     runs = runs[runs["run_id"].isin(status.loc[status["state"] == "done", "run_id"])].reset_index(drop=True)
+    tuned_ids = {c["run_id"] for c in manifest["cells"] if c.get("role") == "tuned"}
+    tuned_runs = runs[runs["run_id"].isin(tuned_ids)].reset_index(drop=True)
+    runs = runs[~runs["run_id"].isin(tuned_ids)].reset_index(drop=True)
     histories = load_histories(results / "runs")
     histories = histories[histories["run_id"].isin(runs["run_id"])]
     datasets = list(dict.fromkeys(c["dataset"] for c in manifest["cells"]))
@@ -155,4 +160,4 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     return ReportContext(results=results, study=study, manifest=manifest, baseline=tuple(baseline),
                          confidence=confidence, status=status, runs=runs, histories=histories,
                          summary=summarise(runs), seed_tables=seed_tables, comparisons=comparisons,
-                         rankings=rankings, identical=identical)
+                         rankings=rankings, identical=identical, tuned_runs=tuned_runs)

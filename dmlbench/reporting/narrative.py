@@ -688,3 +688,21 @@ def confusions_caption(dataset: str, cell: str, table: pd.DataFrame) -> str:
     return (f"**{dataset}**, best cell ({cell}): the class pairs most often confused at rank 1 (the query's class, "
             f"the class of its nearest other test image). The most frequent: {top['query class']} found as "
             f"{top['nearest class']} in {int(top['queries'])} queries ({top['share of the class']:.0%} of that class).")
+
+
+def tuning_method(spec, confidence: float) -> str:
+    """How the searches were made, from the study's tuning block."""
+    pruner = spec.pruner
+    pruned = ("none: every trial trains to its end" if pruner["name"] == "none" else
+              f"the median pruner stops a trial after epoch {pruner['warmup_epochs']} or later when its validation "
+              f"score falls below the median of earlier trials at that epoch (after {pruner['startup_trials']} "
+              f"complete trials)" if pruner["name"] == "median" else
+              f"successive halving from epoch {pruner['min_epochs']}, keeping 1 in {pruner['reduction_factor']}")
+    return (f"Every searched cell had the same budget: {spec.trials} trials of Optuna's TPE sampler (seed {spec.seed}; "
+            f"the first trial at the cell's defaults, then {spec.startup_trials} at random), each trial trained at "
+            f"seed {spec.seed} on the training classes and scored by its best validation {spec.objective.upper() if spec.objective == 'map@r' else spec.objective} "
+            f"on the validation classes; pruning: {pruned}. The test classes are sealed while tuning. "
+            f"The best trial's settings then ran as ordinary cells over the study's seeds: the tuned numbers below are "
+            f"those cells' test scores, beside the default cells', each with its {confidence:.0%} t-interval over "
+            f"seeds; the gain is tuned minus default, paired by seed. Ranks are among the searched cells by mean "
+            f"test MAP@R (1: best).")

@@ -312,3 +312,30 @@ def runs_table(ctx) -> None:
     _show(html=html_table(shown[["loss", "miner", "seed", "map@r", "epochs", "best_epoch", "val_at_best", "wall_time_s",
                                  "train_time_s", "images_per_s", "device", "run_id"]].rename(
         columns={"val_at_best": f"validation {METRIC_LABELS.get(select, select)} there"}), digits=3, scroll=True))
+
+
+# ---- tuning -------------------------------------------------------------------------------------------
+
+def tuning(ctx) -> None:
+    """Per dataset of a study with a tuning block: each searched cell at its default and its tuned
+    settings (tables/<dataset>__tuning.csv), every trial (tables/<dataset>__trials.csv), each search's
+    trials drawn (figures/tuning_<dataset>.png), and what tuning changed, said from the numbers."""
+    from . import tuning as tn
+
+    if not ctx.study.searches:
+        _show("This study has no tuning block: every cell ran at the settings its study file gives "
+              "(`studies/tuned.yaml` tunes every loss with the same budget; its report is `results/tuned/report.html`).")
+        return
+    spec = ctx.study.tuning
+    _show(narrative.tuning_method(spec, ctx.confidence))
+    for dataset in ctx.datasets:
+        searches = [s for s in ctx.study.searches if s.base.dataset == dataset]
+        table, trials = tn.tuning_table(ctx, dataset), tn.trials_frame(searches)
+        save_table(trials, f"{dataset}__trials", ctx.tables, index=False)
+        if table.empty:
+            _show(f"{dataset}: {len(searches) - len(ctx.study.pending)} of {len(searches)} searches finished; "
+                  f"nothing to compare yet.")
+            continue
+        save_table(table, f"{dataset}__tuning", ctx.tables, index=False)
+        _show(tn.tuning_verdict(table, ctx.named(dataset)), html_table(tn.shown_table(table), scroll=True))
+        fg.save_figure(tn.search_figure(trials, spec.objective), f"tuning_{dataset}", ctx.figures)

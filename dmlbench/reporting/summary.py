@@ -48,6 +48,15 @@ indent 2, a newline at the end):
         sessions      int    those sessions (an hour with no cell running separates two)
     machine       object what the first finished run recorded ({} when no run has finished):
         cpu str, cpu_count int, device str, torch_threads int   (null where that run did not record it)
+    tuning        object only for a study with a tuning block (dmlbench.reporting.tuning.tuning_summary):
+        trials, objective, seed          the budget per search, the validation metric, the sampler's seed
+        datasets      object dataset -> {rows: one per finished search (loss, miner, default and tuned
+                             settings, validation scores, test Recall@1 / MAP@R of both and their paired
+                             gain with t-interval bounds, both ranks), verdict: the report's sentences,
+                             searches, finished}
+        timing        object trials and trials_s (their time), the cells' timing as above over default
+                             and tuned cells, study_span_s: first cell's or trial's start to the last
+                             one's end, summed over sessions
     report_wall_s float  seconds the report build took that produced these numbers; absent until
                          build_report adds it, and kept as long as the numbers stay the same
 
@@ -66,6 +75,7 @@ import pandas as pd
 from ..fileio import read_json, write_if_changed
 from .labels import METRICS
 from .runs import execution_timing, run_machine
+from .tuning import tuning_summary
 from .tables import rounded
 
 SUMMARY_FILE = "summary.json"
@@ -169,7 +179,7 @@ def study_summary(ctx) -> dict[str, Any]:
         "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
         "table": tables[dataset], "tables": tables, "adequacy": adequacy_summary(ctx),
         "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
-    }
+    } | ({"tuning": tuning} if (tuning := tuning_summary(ctx)) is not None else {})
 
 
 def write_study_summary(ctx) -> bool:

@@ -97,8 +97,10 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
     backend = storage(search)
     atomic_write_json(search.folder / "search.json", search.describe())
     study = open_study(search, backend)
-    if not study.trials and search.default_values():
-        study.enqueue_trial(search.default_values(), user_attrs={"role": "default settings"})
+    if not study.trials and search.default_values():  # trial 0: the defaults (those inside the ranges)
+        whole = search.default_values() == search.current_values()
+        study.enqueue_trial(search.default_values(),
+                            user_attrs={"role": "default settings" if whole else "defaults inside the ranges"})
     run = 0
     while max_trials is None or run < max_trials:
         study = open_study(search, backend, finished=_count(study, FINISHED))
@@ -267,7 +269,7 @@ def finish(search: Search, study) -> dict | None:
     by_number = {r.get("number"): r for r in records}
     best_record = {"search_id": search.search_id, "objective": search.spec.objective, "trials": len(trials),
                    "best_trial": best.number, "value": best.value, "values": by_number[best.number]["values"],
-                   "default_values": search.default_values(),
+                   "default_values": search.current_values(),
                    "default_value": next((t.value for t in complete if t.user_attrs.get("role") == "default settings"),
                                          None),
                    "states": {s: sum(t.state.name == s for t in trials) for s in FINISHED},

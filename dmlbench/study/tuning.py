@@ -292,14 +292,14 @@ class Search:
     def best_values(self) -> dict[str, Any]:
         return dict(read_json(self.best_path)["values"])
 
+    def current_values(self) -> dict[str, Any]:
+        """The untuned cell's value of each searched parameter (None where it has none, e.g. loss_lr unset)."""
+        return {param.name: self._current(param) for param in self.params}
+
     def default_values(self) -> dict[str, Any]:
-        """The untuned cell's value of each parameter where it has one inside the range: trial 0."""
-        values = {}
-        for param in self.params:
-            value = self._current(param)
-            if value is not None and param.contains(value):
-                values[param.name] = value
-        return values
+        """The untuned cell's values that lie inside their ranges: trial 0's (the others are drawn)."""
+        return {param.name: value for param, value in zip(self.params, self.current_values().values())
+                if value is not None and param.contains(value)}
 
     def _current(self, param: Param) -> Any:
         if param.target == "setting":
@@ -328,7 +328,8 @@ class Search:
     def describe(self) -> dict[str, Any]:
         return {"search_id": self.search_id, "dataset": self.base.dataset, "loss": self.base.loss,
                 "miner": self.base.miner, "base_config": self.base.to_dict(), "base_run_id": self.base.run_id(),
-                "params": [p.describe() for p in self.params], "defaults": self.default_values(),
+                "params": [p.describe() for p in self.params], "defaults": self.current_values(),
+                "trial_0": self.default_values(),
                 "spec": self.spec.identity() | {"storage": self.spec.storage, "stale_after_min": self.spec.stale_after_min}}
 
 

@@ -213,3 +213,59 @@ def test_two_tuners_on_one_search_share_its_trials(isolated, tmp_path, monkeypat
     assert len(owners) == 2, "both tuners ran trials"
     assert (search.folder / "trials.journal").is_file() and search.is_done()
     assert np.isfinite(json.loads(search.best_path.read_text())["value"])
+
+
+def planted_record(cell, map_r: float) -> dict:
+    """A finished run's metrics.json for ``cell`` with test MAP@R ``map_r`` (Recall@1 = MAP@R + 0.4)."""
+    from tests.reporting.test_report import complete_record
+
+    c = cell.config
+    metrics = {"recall@1": map_r + 0.4, "recall@2": map_r + 0.45, "recall@4": map_r + 0.5, "recall@8": map_r + 0.55,
+               "r_precision": map_r + 0.05, "map@r": map_r, "nmi": 0.5, "ami": 0.49}
+    record = complete_record(cell.run_id, c.dataset, c.loss, c.miner, c.seed, c.epochs, metrics, c.to_dict())
+    record["config_hash"] = c.config_hash()
+    return record
+
+
+def test_the_report_compares_default_and_tuned_cells_from_their_files(isolated, tmp_path):
+    from dmlbench.reporting.readme import render_tuned_block, render_tuned_table
+    from dmlbench.reporting.report import build_report
+
+    tuning = with_tuning(**{"space.settings": {"lr": {"low": 2e-3, "high": 5e-3, "log": True}},  # the default lr 1e-3 lies
+                            "space.losses": {"contrastive": {"neg_margin": {"low": 0.5, "high": 1.5}}}})  # outside
+    path = write_tuned_study(tmp_path, tuning, epochs=2, iters_per_epoch=3)
+    study = yaml.safe_load(path.read_text())
+    study["cells"].append({"loss": "contrastive", "miner": "none"})
+    study["seeds"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(study))
+    for search in load_study(path).searches:
+        tune(search)
+    study = load_study(path)
+    planted = {("triplet", "default"): 0.30, ("contrastive", "default"): 0.25, ("triplet", "tuned"): 0.31,
+               ("contrastive", "tuned"): 0.40}  # tuning changes the leader
+    for cell in study.cells:
+        record = planted_record(cell, planted[(cell.config.loss, cell.role)] + 0.002 * cell.config.seed)
+        cell.run_dir.mkdir(parents=True)
+        (cell.run_dir / "metrics.json").write_text(json.dumps(record))
+        (cell.run_dir / "execution.json").write_text(json.dumps({"notebook_wall_s": 10.0, "started": time.time(),
+                                                                 "finished": time.time() + 10.0}))
+    assert sorted(c.role for c in study.cells) == ["default"] * 6 + ["tuned"] * 6
+
+    html = build_report(path).read_text()
+    summary = json.loads((isolated / "results" / "summary.json").read_text())
+    rows = {row["loss"]: row for row in summary["tuning"]["datasets"]["fashion-mnist"]["rows"]}
+    assert rows["contrastive"]["tuned_map@r"] == pytest.approx(0.402) and rows["contrastive"]["rank_tuned"] == 1
+    assert rows["contrastive"]["default_map@r"] == pytest.approx(0.252) and rows["contrastive"]["rank_default"] == 2
+    assert rows["contrastive"]["gain_map@r"] == pytest.approx(0.15) and rows["triplet"]["gain_map@r"] == pytest.approx(0.01)
+    # the rest of the report is the untuned study's: its tables hold the default cells alone
+    assert sorted(round(r["map@r"], 4) for r in summary["table"]) == [0.252, 0.302]
+    verdict = summary["tuning"]["datasets"]["fashion-mnist"]["verdict"]
+    assert "tuning changes the leader: triplet leads untuned (30.2%), contrastive tuned (40.2%" in verdict
+    assert "for 2 (contrastive, triplet)" in verdict or "for 2 (triplet, contrastive)" in verdict
+    assert "Tuning: every loss at its defaults" in html and verdict.split(". ")[0] in html
+    assert "2 → 1" in html and (isolated / "results" / "figures" / "tuning_fashion-mnist.png").is_file()
+    trials = (isolated / "results" / "tables" / "fashion-mnist__trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 2 * 4
+    block, table = render_tuned_block(summary), render_tuned_table(summary)
+    assert verdict in block and "8 trials" in block and "12 cells" in block
+    assert "| contrastive | none | neg_margin 1, lr 0.001 |" in table and "0.4020 [" in table
