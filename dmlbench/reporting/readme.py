@@ -147,7 +147,7 @@ def render_tuned_block(summary: dict | None) -> str:
     tuning, machine = summary["tuning"], summary["machine"]
     timing = tuning["timing"]
     verdicts = " ".join(facts["verdict"] for facts in tuning["datasets"].values())
-    lines = [TUNED_BEGIN, "", f"**Tuned** (`studies/tuned.yaml`, [table](docs/tuning.md)): {verdicts}", "",
+    lines = [TUNED_BEGIN, "", f"**Tuned** (`studies/tuned.yaml`, [table](docs/tuning.md)): {verdicts} "
              f"Its `make all` took {_minutes(timing['study_span_s'])} on {machine['cpu']} ({machine['cpu_count']} cores) "
              f"from the first cell's or trial's start to the last one's end{_sessions(timing)}: "
              f"{timing['trials']} trials ({_minutes(timing['trials_s'])}) and {timing['cells_timed']} cells "

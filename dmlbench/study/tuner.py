@@ -24,10 +24,12 @@ Promises:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +99,16 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
     backend = storage(search)
     atomic_write_json(search.folder / "search.json", search.describe())
     study = open_study(search, backend)
-    if not study.trials and search.default_values():  # trial 0: the defaults (those inside the ranges)
-        whole = search.default_values() == search.current_values()
-        study.enqueue_trial(search.default_values(),
-                            user_attrs={"role": "default settings" if whole else "defaults inside the ranges"})
+    with _search_lock(search):  # several tuners may start at once: one queues trial 0
+        if not study.trials and search.default_values():  # trial 0: the defaults (those inside the ranges)
+            whole = search.default_values() == search.current_values()
+            study.enqueue_trial(search.default_values(),
+                                user_attrs={"role": "default settings" if whole else "defaults inside the ranges"})
     run = 0
     while max_trials is None or run < max_trials:
         study = open_study(search, backend, finished=_count(study, FINISHED))
-        _fail_orphans(search, study, backend)
+        with _search_lock(search):  # one tuner fails and requeues a given orphan
+            _fail_orphans(search, study, backend)
         if _count(study, (*FINISHED, "RUNNING", "WAITING")) >= search.spec.trials and not _waiting(study):
             break
         if splits is None:
@@ -117,6 +121,17 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
         run += 1
     _write_table(search, study)
     return finish(search, study)
+
+
+@contextmanager
+def _search_lock(search: Search):
+    """An exclusive lock on the search's folder (a file lock: on a shared file system where it is honoured)."""
+    with open(search.folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _count(study, states: tuple[str, ...]) -> int:

@@ -269,3 +269,25 @@ def test_the_report_compares_default_and_tuned_cells_from_their_files(isolated, 
     block, table = render_tuned_block(summary), render_tuned_table(summary)
     assert verdict in block and "8 trials" in block and "12 cells" in block
     assert "| contrastive | none | neg_margin 1, lr 0.001 |" in table and "0.4020 [" in table
+
+
+def test_a_study_runs_its_searches_then_its_default_and_tuned_cells(isolated, tmp_path):
+    from dmlbench.study.cells import describe
+    from dmlbench.study.executors import run_searches, run_study
+
+    tuning = with_tuning(trials=2, **{"space.settings": {"lr": {"low": 2e-3, "high": 5e-3}}})
+    path = write_tuned_study(tmp_path, tuning, epochs=1, iters_per_epoch=2)
+    study = yaml.safe_load(path.read_text())
+    study["seeds"] = [0]
+    path.write_text(yaml.safe_dump(study))
+    study = load_study(path)
+    assert "search fashion-mnist__triplet__semi-hard__tuning__" in describe(study) and "[to run]" in describe(study)
+    run_searches(study, executor="submitit-local", jobs=1)  # the search as a submitit job of its own
+    (search,) = study.searches
+    assert search.is_done() and "done (best trial" in describe(load_study(path))
+    paths = run_study(load_study(path))
+    study = load_study(path)
+    assert [c.role for c in study.cells] == ["default", "tuned"] and all(c.is_done() for c in study.cells)
+    assert len(paths) == 2
+    tuned = json.loads(study.cells[1].metrics_path.read_text())["config"]
+    assert tuned["lr"] == json.loads(search.best_path.read_text())["values"]["lr"] and 2e-3 <= tuned["lr"] <= 5e-3
