@@ -694,7 +694,7 @@ def tuning_method(spec, confidence: float) -> str:
     """How the searches were made, from the study's tuning block."""
     pruner = spec.pruner
     pruned = ("none: every trial trains to its end" if pruner["name"] == "none" else
-              f"the median pruner stops a trial after epoch {pruner['warmup_epochs']} or later when its validation "
+              f"the median pruner stops a trial at epoch {pruner['warmup_epochs']} or later when its validation "
               f"score falls below the median of earlier trials at that epoch (after {pruner['startup_trials']} "
               f"complete trials)" if pruner["name"] == "median" else
               f"successive halving from epoch {pruner['min_epochs']}, keeping 1 in {pruner['reduction_factor']}")

@@ -208,6 +208,7 @@ def search_figure(trials: pd.DataFrame, objective: str = "map@r", columns: int =
     """Each search's trials: validation score by trial number (filled: complete, hollow: pruned, star:
     the defaults) and the best complete score so far."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups = list(trials.groupby(["loss", "miner"], sort=False))
     rows = max(1, -(-len(groups) // columns))
@@ -223,6 +224,7 @@ def search_figure(trials: pd.DataFrame, objective: str = "map@r", columns: int =
         ax.step(done["trial"], best, where="post", color="tab:blue", lw=1)
         ax.set_title(f"{loss} + {miner}" if miner != "none" else loss, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.supxlabel("trial", fontsize=8)

@@ -513,8 +513,9 @@ def _pending_searches(study: Study, lines: list[str], dmlbench: str, study_path:
                                                                         ".PHONY: cells report tuned FORCE")
              for line in lines if not line.startswith("report: ")]  # the report follows the tuned cells
     lines[lines.index("")] = f"SEARCHES := {' '.join(searches)}\n"
-    for search, target in zip(study.pending, searches):
-        lines += [f"{target}:", f"\t{dmlbench} tune --study {study_path} --search {search.search_id}", ""]
+    for search, target in zip(study.pending, searches):  # a damaged best.json is remade
+        force = " FORCE" if search.best_path.exists() else ""
+        lines += [f"{target}:{force}", f"\t{dmlbench} tune --study {study_path} --search {search.search_id}", ""]
     after = "$(firstword $(MAKEFILE_LIST)).tuned"
     lines += ["tuned: $(SEARCHES)", f"\t{dmlbench} study {study_path} --emit-make {after}",
               f"\t$(MAKE) --no-print-directory -f {after} cells", ""]

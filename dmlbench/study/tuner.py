@@ -113,6 +113,8 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
             break
         if splits is None:
             splits = tuning_splits(search)
+        elif not isinstance(splits, TuningSplits):  # whatever is passed in, a trial sees no test split
+            splits = TuningSplits(splits)
         trial = study.ask()
         if _earlier_taken(study, trial.number) >= search.spec.trials:  # another tuner took the last one meanwhile
             _give_up(study, trial, "the budget was taken by another tuner")
