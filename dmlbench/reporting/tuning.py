@@ -142,7 +142,7 @@ def summary_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 def tuning_summary(ctx) -> dict[str, Any] | None:
     """summary.json's "tuning": per dataset its rows and verdict, the budget, and the study's time."""
-    if not ctx.study.searches:
+    if not getattr(ctx.study, "searches", None):  # no tuning block (or no study: a context made by hand)
         return None
     spec, out = ctx.study.tuning, {}
     for dataset in ctx.datasets:

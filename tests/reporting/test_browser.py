@@ -53,3 +53,12 @@ def test_a_missing_browser_is_named(monkeypatch):
     monkeypatch.setattr(browser.shutil, "which", lambda name: None)
     with pytest.raises(browser.BrowserError, match="apt-get install chromium"):
         browser.check_page(REPORT)
+
+
+def test_the_committed_tuned_report_shows_its_tuning_section():
+    tuned = REPO_ROOT / "results" / "tuned" / "report.html"
+    record = check_page(tuned)
+    assert record["broken_images"] == [] and record["hidden_images"] == [] and record["broken_links"] == []
+    html = tuned.read_text(encoding="utf-8")
+    section = html[html.index("Tuning: every loss at its defaults"):html.index("Can the study tell its cells apart")]
+    assert "rank default → tuned" in section and "In short, tuning" in section and "<img" in section

@@ -291,3 +291,21 @@ def test_a_study_runs_its_searches_then_its_default_and_tuned_cells(isolated, tm
     assert len(paths) == 2
     tuned = json.loads(study.cells[1].metrics_path.read_text())["config"]
     assert tuned["lr"] == json.loads(search.best_path.read_text())["values"]["lr"] and 2e-3 <= tuned["lr"] <= 5e-3
+
+
+def test_the_shipped_tuned_study_is_finished_and_its_cells_are_its_searches_best(monkeypatch):
+    results = REPO_ROOT / "results" / "tuned"
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(results))
+    study = load_study(REPO_ROOT / "studies" / "tuned.yaml", check_networks=False)
+    assert len(study.searches) == 13 and not study.pending and all(cell.is_done() for cell in study.cells)
+    for search in study.searches:
+        best = json.loads(search.best_path.read_text())
+        finished = [json.loads(p.read_text()) for p in sorted((search.folder / "trials").glob("*.json"))]
+        finished = [r for r in finished if r["state"] in ("COMPLETE", "PRUNED")]
+        assert len(finished) == 8 and best["value"] == max(r["value"] for r in finished if r["state"] == "COMPLETE")
+        tuned = [c for c in study.cells if c.search == search.search_id and c.role == "tuned"]
+        assert all(c.config == search.apply(best["values"], seed=c.config.seed) for c in tuned)
+        assert len(tuned) in (0, 3) and all(json.loads(c.metrics_path.read_text())["config_hash"] == c.config.config_hash()
+                                            for c in tuned)
+    summary = json.loads((results / "summary.json").read_text())
+    assert len(summary["tuning"]["datasets"]["han-typefaces"]["rows"]) == 13
