@@ -220,7 +220,7 @@ def search_figure(trials: pd.DataFrame, objective: str = "map@r", columns: int =
         ax.plot(done["trial"][complete], done["value"][complete] * 100, "o", color="tab:blue", ms=4)
         ax.plot(done["trial"][~complete], done["value"][~complete] * 100, "o", mfc="none", color="tab:gray", ms=4)
         ax.plot(done["trial"][done["defaults"]], done["value"][done["defaults"]] * 100, "*", color="tab:orange", ms=9)
-        best = done["value"].where(complete).cummax() * 100
+        best = done["value"].where(complete).cummax().ffill() * 100  # pruned trials leave the best as it was
         ax.step(done["trial"], best, where="post", color="tab:blue", lw=1)
         ax.set_title(f"{loss} + {miner}" if miner != "none" else loss, fontsize=8)
         ax.tick_params(labelsize=7)
