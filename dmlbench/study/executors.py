@@ -62,6 +62,15 @@ POLL_S = 1.0  # how often the running jobs are looked at
 LOCAL_TIMEOUT_MIN = 60 * 24 * 365
 
 
+def _set_environ(environ: dict[str, str | None]) -> None:
+    """A job's variables, set in the job before anything else (None: unset)."""
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 class CellJob(Checkpointable):
     """One cell as a submitit job: reloads the study in the job and runs that cell.
 
@@ -79,11 +88,7 @@ class CellJob(Checkpointable):
     def __call__(self) -> str:
         from .cells import CellBusy, load_study, run_config
 
-        for name, value in self.environ.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environ(self.environ)
         cell = load_study(self.study_path).cell(self.run_id)
         try:
             run_config(cell.config)
@@ -275,11 +280,7 @@ class TuneJob(Checkpointable):
         from .cells import load_study
         from .tuner import tune
 
-        for name, value in self.environ.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environ(self.environ)
         tune(load_study(self.study_path).search(self.search_id), max_trials=self.max_trials)
         return DONE
 
