@@ -118,18 +118,23 @@ def test_bad_input(args, kwargs, message):
         kmeans(*args, **kwargs)
 
 
-@pytest.mark.parametrize("tile", [4096, 64])
-def test_near_ties_are_settled_by_faiss_on_its_own_tiles(tile):
-    """Points planted half-way between two centroids (up to float32 rounding) get faiss's answer."""
-    rng = np.random.default_rng(7)
-    k, dim = 40, 48
+def near_tie_points(k: int = 40, dim: int = 48, seed: int = 7):
+    """k initial centroids, points near them, and points planted half-way between two of them (up to
+    float32 rounding): (k, init, midpoints, all points)."""
+    rng = np.random.default_rng(seed)
     init = rng.normal(size=(k, dim)).astype(np.float32)
     pairs = rng.integers(0, k, size=(300, 2))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     midpoints = ((init[pairs[:, 0]] + init[pairs[:, 1]]) / 2).astype(np.float32)
     midpoints += rng.normal(size=midpoints.shape).astype(np.float32) * np.float32(1e-7)
-    x = np.concatenate([init + rng.normal(size=(k, dim)).astype(np.float32) * 0.3,
-                        midpoints]).astype(np.float32)
+    x = np.concatenate([init + rng.normal(size=(k, dim)).astype(np.float32) * 0.3, midpoints]).astype(np.float32)
+    return k, init, midpoints, x
+
+
+@pytest.mark.parametrize("tile", [4096, 64])
+def test_near_ties_are_settled_by_faiss_on_its_own_tiles(tile):
+    """Points planted half-way between two centroids (up to float32 rounding) get faiss's answer."""
+    k, init, midpoints, x = near_tie_points()
     previous = faiss.cvar.distance_compute_blas_query_bs
     faiss.cvar.distance_compute_blas_query_bs = tile
     try:
@@ -196,14 +201,7 @@ def test_a_fixed_point_ends_with_the_last_assignment():
 
 @pytest.mark.parametrize("tile", [4096, 64])
 def test_our_own_search_settles_near_ties_on_faiss_tiles(tile):
-    rng = np.random.default_rng(7)
-    k, dim = 40, 48
-    init = rng.normal(size=(k, dim)).astype(np.float32)
-    pairs = rng.integers(0, k, size=(300, 2))
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    midpoints = ((init[pairs[:, 0]] + init[pairs[:, 1]]) / 2).astype(np.float32)
-    midpoints += rng.normal(size=midpoints.shape).astype(np.float32) * np.float32(1e-7)
-    x = np.concatenate([init + rng.normal(size=(k, dim)).astype(np.float32) * 0.3, midpoints]).astype(np.float32)
+    k, init, midpoints, x = near_tie_points()
     previous = faiss.cvar.distance_compute_blas_query_bs
     faiss.cvar.distance_compute_blas_query_bs = tile
     try:
