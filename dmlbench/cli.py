@@ -7,11 +7,13 @@
     dmlbench study studies/default.yaml --emit-make build/cells.mk | --status
     dmlbench tune --study studies/tuned.yaml [--search ID] [--trials N]   a study's hyperparameter searches
     dmlbench report --study studies/default.yaml
+    dmlbench indexes --study studies/default.yaml   every finished run's embeddings under the study's indexes
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
     dmlbench readme [--check]                   refresh the generated blocks of README.md and docs/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
     dmlbench bench train [...]                  training images/s: data pipeline, model step, both
+    dmlbench bench indexes [--n 1000000]        similarity-search indexes on 1M x 128 vectors
 """
 
 from __future__ import annotations
@@ -161,6 +163,15 @@ def cmd_tune(args) -> int:
         print(f"{search.search_id}: {search_state(search)}"
               + (f"; best {search.spec.objective} {best['value']:.4f} with {best['values']}" if best else ""))
     return 0
+
+
+def cmd_indexes(args) -> int:
+    from .study.cells import load_study
+    from .study.indexes import run_indexes
+
+    study = load_study(args.study, check_networks=False)
+    counts = run_indexes(study, log=print)
+    return 0 if counts["computed"] or counts["done"] else 1
 
 
 def _cells_at_once(value: str) -> int:
@@ -324,8 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a Slurm array task: 1); default until the budget is spent")
     p.set_defaults(func=cmd_tune)
 
+    p = sub.add_parser("indexes", help="serve every finished run's test embeddings by similarity-search indexes "
+                       "(the study's indexes: block), measuring recall, speed and memory")
+    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
+    p.set_defaults(func=cmd_indexes)
+
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
-    p.add_argument("what", choices=["losses", "miners", "eval", "train"])
+    from .bench.cli import BENCHMARKS
+
+    p.add_argument("what", choices=BENCHMARKS)
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
     p.set_defaults(func=cmd_bench)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval", "train")
+BENCHMARKS = ("losses", "miners", "eval", "train", "indexes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         from .miners import main as run
     elif what == "eval":
         from .eval import main as run
+    elif what == "indexes":
+        from .indexes import main as run
     else:
         from .train import main as run
 

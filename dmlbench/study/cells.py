@@ -65,7 +65,8 @@ from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_conf
 
 log = logging.getLogger("dmlbench")
 
-STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning")
+STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning",
+              "indexes")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
 DATASET_KEYS = ("seeds", "settings", "grid")  # what a study's datasets mapping may give per dataset
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
@@ -123,6 +124,7 @@ class Study:
     slurm: dict[str, Any] = field(default_factory=dict)  # checked Slurm settings (dmlbench.study.executors)
     tuning: Any = None  # the tuning block (dmlbench.study.tuning.TuningSpec), or None
     searches: list = field(default_factory=list)  # one dmlbench.study.tuning.Search per searched cell
+    indexes: Any = None  # the indexes block (dmlbench.study.indexes.IndexPlan), or None
 
     @property
     def pending(self) -> list:
@@ -185,7 +187,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     shared = raw.get("settings") or {}
     _check_names(path, list(per_dataset), grid + extra)
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
-                  slurm=slurm)
+                  slurm=slurm, indexes=_index_plan(path, raw))
     seeds_of = {}
     for dataset, own in per_dataset.items():
         if not isinstance(shared, dict):
@@ -201,6 +203,15 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     if check_networks:  # a study to run, not one to list, prepare data for, estimate or report on
         check_study_data(study)  # P, K and the sampler against each dataset's training split (dmlbench.study.preflight)
     return study
+
+
+def _index_plan(path: Path, raw: dict[str, Any]):
+    """The study's indexes block (dmlbench.study.indexes), or None without one."""
+    if "indexes" not in raw:
+        return None
+    from .indexes import parse_plan
+
+    return parse_plan(path, {} if raw["indexes"] is None else raw["indexes"])
 
 
 Pair = tuple[str, dict[str, Any], str, dict[str, Any]]  # loss, its keyword arguments, miner, its keyword arguments
@@ -498,8 +509,22 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
         lines = _pending_searches(study, lines, dmlbench, study_path)
         lines += [f"report: tuned", f"\t{dmlbench} report --study {study_path}", ""]
     else:
-        lines += [f"{report_target}: $(RUNS) {sources}", f"\t{dmlbench} report --study {study_path}", ""]
+        indexes = _index_targets(study, lines, dmlbench, study_path)
+        lines += [f"{report_target}: $(RUNS) {indexes}{sources}", f"\t{dmlbench} report --study {study_path}", ""]
     return "\n".join(lines)
+
+
+def _index_targets(study: Study, lines: list[str], dmlbench: str, study_path: str) -> str:
+    """A study with an indexes block: its runs' index evaluations, one grouped target made after every
+    cell (so no training shares the cores the evaluation times); '$(INDEXES) ' for the report, or ''."""
+    if study.indexes is None:
+        return ""
+    paths = [study.indexes.result_path(cell.run_id) for cell in study.cells]
+    shown = [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in paths]
+    lines[lines.index(".PHONY: cells report FORCE")] = ".PHONY: cells report indexes FORCE"
+    lines += [f"INDEXES := {' '.join(shown)}", "indexes: $(INDEXES)",
+              "$(INDEXES) &: $(RUNS)", f"\t{dmlbench} indexes --study {study_path}", ""]
+    return "$(INDEXES) "
 
 
 def _pending_searches(study: Study, lines: list[str], dmlbench: str, study_path: str) -> list[str]:

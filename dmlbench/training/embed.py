@@ -3,7 +3,8 @@
 embeds it (the evaluation transform and the network's normalisation for photos, the split's mean and
 standard deviation for the small greyscale datasets).
 
-The report uses it for the t-SNE maps and retrieval grids of its best and worst cells.
+The report uses it for the t-SNE maps and retrieval grids of its best and worst cells, the index
+evaluation (:mod:`dmlbench.study.indexes`) for the embeddings it indexes.
 """
 
 from __future__ import annotations
@@ -30,22 +31,27 @@ def load_network(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch
     return model.to(device).eval(), config
 
 
-def batches_of_test_split(splits, model: torch.nn.Module, config: RunConfig, dev: torch.device):
-    """The test split's images, batch by batch, as the network is evaluated on them."""
-    if hasattr(splits.test, "cache"):  # photos: the evaluation transform, the network's normalisation
+def batches_of_test_split(splits, model: torch.nn.Module, config: RunConfig, dev: torch.device, part: str = "test"):
+    """The test split's images (or the gallery's: ``part="gallery"``), batch by batch, as the network
+    is evaluated on them."""
+    images = getattr(splits, part)
+    if hasattr(images, "cache"):  # photos: the evaluation transform, the network's normalisation
         from ..datasets.transforms import eval_transform, normalize_batch
 
         transform = eval_transform(config.image_size or DEFAULT_IMAGE_SIZE, normalize=False)
         mean, std = getattr(model, "normalization", (splits.mean, splits.std))
-        rows = splits.test.rows
-        return (normalize_batch(torch.stack([transform(splits.test.cache[int(r)]) for r in rows[i:i + PHOTO_BATCH]]),
-                                mean, std).to(dev) for i in range(0, len(splits.test), PHOTO_BATCH))
-    x = image_tensor(splits.test.images, splits.mean, splits.std, dev)
+        rows = images.rows
+        return (normalize_batch(torch.stack([transform(images.cache[int(r)]) for r in rows[i:i + PHOTO_BATCH]]),
+                                mean, std).to(dev) for i in range(0, len(images), PHOTO_BATCH))
+    x = image_tensor(images.images, splits.mean, splits.std, dev)
     return (x[i:i + config.eval_batch_size] for i in range(0, len(x), config.eval_batch_size))
 
 
-def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu"):
-    """The test embeddings (and labels) of a finished run, recomputed from its checkpoint."""
+def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu", parts: tuple[str, ...] = ("test",)):
+    """The test embeddings (and labels) of a finished run, recomputed from its checkpoint; with
+    ``parts=("test", "gallery")``, a (embeddings, labels) pair per part, the network loaded once."""
     model, config = load_network(run_dir, device)
     dev = torch.device(device)
-    return forward_embed(model, batches_of_test_split(splits, model, config, dev), dev).cpu(), torch.from_numpy(splits.test.labels)
+    out = [(forward_embed(model, batches_of_test_split(splits, model, config, dev, part), dev).cpu(),
+            torch.from_numpy(getattr(splits, part).labels)) for part in parts]
+    return out[0] if parts == ("test",) else out

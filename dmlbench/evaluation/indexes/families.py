@@ -1,0 +1,318 @@
+"""The index families, their settings, and one interface to build and search them.
+
+    spec = IndexSpec.make("hnsw", M=16)               # build settings; the family's search sweep by default
+    index = build_index(spec, vectors)                 # (N, d) float32, L2-normalised
+    scores, ids, computed = index.search(queries, k=10, setting={"ef_search": 64}, threads=1, exclude=query_ids)
+
+``scores`` are cosine similarities (Q, k), best first; ``ids`` item indices (-1 where an approximate
+index found fewer than k); ``computed`` the distance computations per query for the exact metric
+indexes (ball tree, pivots), else None. ``exclude`` names one item per query that it may not return
+(the query itself, when the queries are items of the index).
+
+| family | library | build settings | search sweep |
+|---|---|---|---|
+| flat | faiss ``IndexFlatIP`` (exact, the reference) | | |
+| hnsw | faiss ``IndexHNSWFlat`` | M, ef_construction | ef_search |
+| ivf-flat | faiss ``IndexIVFFlat`` | nlist (default 2^round(log2 sqrt N)) | nprobe |
+| ivf-pq | faiss ``IndexIVFPQ`` | nlist, m (bytes per code), nbits | nprobe |
+| pq | faiss ``IndexPQ`` (exhaustive, asymmetric distances) | m (bytes per code), nbits | |
+| sq8 | faiss ``IndexScalarQuantizer`` (8 bits per dimension) | | |
+| ball-tree | scikit-learn ``BallTree`` (exact) | leaf_size | |
+| pivots | :class:`.pivots.PivotTable` (LAESA, exact) | pivots | |
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ConfigError
+from .pivots import PivotTable
+
+
+@dataclass(frozen=True)
+class Family:
+    library: str
+    exact: bool
+    build: dict[str, Any]  # build settings and their defaults (None: a rule of the family)
+    sweep_key: str | None = None  # the search setting swept, if any
+    sweep: tuple[int, ...] = ()
+    counts_distances: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "flat": Family("faiss", True, {}),
+    "hnsw": Family("faiss", False, {"M": 16, "ef_construction": 40}, "ef_search", (16, 32, 64, 128, 256)),
+    "ivf-flat": Family("faiss", False, {"nlist": None}, "nprobe", (1, 2, 4, 8, 16, 32)),
+    "ivf-pq": Family("faiss", False, {"nlist": None, "m": 16, "nbits": 8}, "nprobe", (1, 4, 16, 64)),
+    "pq": Family("faiss", False, {"m": 8, "nbits": 8}),
+    "sq8": Family("faiss", False, {}),
+    "ball-tree": Family("scikit-learn", True, {"leaf_size": 40}, counts_distances=True),
+    "pivots": Family("dmlbench", True, {"pivots": 16}, counts_distances=True),
+}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One family with its build settings and the search settings swept over one build."""
+    family: str
+    build: tuple[tuple[str, Any], ...]
+    sweep: tuple[int, ...]
+
+    @classmethod
+    def make(cls, family: str, sweep: tuple[int, ...] | list[int] | None = None, **build) -> "IndexSpec":
+        if family not in FAMILIES:
+            raise ConfigError(f"unknown index family {family!r}; choose from {', '.join(FAMILIES)}")
+        fam = FAMILIES[family]
+        unknown = sorted(set(build) - set(fam.build))
+        if unknown:
+            raise ConfigError(f"index {family}: unknown build setting(s) {', '.join(unknown)}; "
+                              f"{family} takes {', '.join(fam.build) or 'none'}")
+        for key, value in build.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"index {family}: {key} must be a positive integer, got {value!r}")
+        if sweep is not None and fam.sweep_key is None:
+            raise ConfigError(f"index {family}: has no search setting to sweep")
+        sweep = tuple(fam.sweep if sweep is None else sweep)
+        if fam.sweep_key and (not sweep or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in sweep)):
+            raise ConfigError(f"index {family}: its {fam.sweep_key} sweep must be positive integers, got {list(sweep)}")
+        return cls(family, tuple(sorted({**fam.build, **build}.items())), sweep)
+
+    @property
+    def name(self) -> str:
+        """e.g. ``hnsw M=16`` or ``pq m=8``: the family and the build settings that differ between specs."""
+        shown = [f"{k}={v}" for k, v in self.build if v is not None and k not in ("ef_construction", "nbits")]
+        return " ".join([self.family, *shown])
+
+    @property
+    def settings(self) -> list[dict[str, int]]:
+        """The search settings of the sweep ([{}] for a family without one)."""
+        key = FAMILIES[self.family].sweep_key
+        return [{key: v} for v in self.sweep] if key else [{}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "build": dict(self.build), "sweep": list(self.sweep)}
+
+
+def default_specs() -> list[IndexSpec]:
+    """The study's indexes: every family at its defaults but IVF-PQ (whose coarse lists pay off only for
+    large galleries: the 1M benchmark has it), PQ at 4, 8 and 16 bytes per vector."""
+    return [IndexSpec.make("flat"), IndexSpec.make("hnsw"), IndexSpec.make("ivf-flat"),
+            *[IndexSpec.make("pq", m=m) for m in (4, 8, 16)], IndexSpec.make("sq8"), IndexSpec.make("ball-tree"),
+            IndexSpec.make("pivots")]
+
+
+def parse_specs(entries: list[dict[str, Any]], where: str = "indexes") -> list[IndexSpec]:
+    """Specs from a study file's list: ``- {family: hnsw, M: 32, sweep: [16, 64]}``."""
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: a non-empty list of indexes, each {{family: ..., <build setting>: ...}}")
+    specs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "family" not in entry:
+            raise ConfigError(f"{where}[{i}]: each index is a mapping with a 'family' ({', '.join(FAMILIES)})")
+        entry = dict(entry)
+        try:
+            specs.append(IndexSpec.make(entry.pop("family"), entry.pop("sweep", None), **entry))
+        except ConfigError as error:
+            raise ConfigError(f"{where}[{i}]: {error}") from None
+    return specs
+
+
+def auto_nlist(n: int) -> int:
+    """The inverted lists of an IVF index over n vectors: the power of two nearest sqrt(n)."""
+    return max(1, 2 ** round(math.log2(max(1.0, math.sqrt(n)))))
+
+
+class BuiltIndex:
+    """A built index: what it costs (build time, bytes per vector) and how to search it."""
+
+    def __init__(self, spec: IndexSpec, n: int, dim: int, searcher: Callable, nbytes: int, build_s: float,
+                 apply: Callable[[dict], None] | None = None):
+        self.spec, self.n, self.dim, self.build_s = spec, n, dim, build_s
+        self.bytes_per_vector = nbytes / n
+        self.exact = FAMILIES[spec.family].exact
+        self._searcher, self._apply = searcher, apply
+
+    def search(self, queries, k: int, setting: dict | None = None, threads: int = 1, exclude=None):
+        """(cosine similarities (Q, k), ids (Q, k), distance computations (Q,) or None), best first."""
+        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        limit = self.n - (exclude is not None)
+        if not 1 <= k <= limit:
+            raise ValueError(f"k={k} must be between 1 and the {limit} items each query can retrieve")
+        if self._apply is not None:
+            self._apply(setting or {})
+        depth = k + (exclude is not None)
+        scores, ids, computed = self._searcher(queries, depth, threads)
+        if exclude is not None:
+            scores, ids = _drop(scores, ids, np.asarray(exclude, dtype=np.int64), k)
+        return scores, ids, computed
+
+
+def _drop(scores: np.ndarray, ids: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row without its excluded id, cut to k (the row's first k others)."""
+    keep = ids != exclude[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _complete_ties(fetch: Callable, queries: np.ndarray, k: int, n: int):
+    """Exact top k with ties broken by the lower id, from a search whose order among equal scores is
+    arbitrary: rows whose k-th score equals their last fetched score are fetched deeper until the tie
+    is whole (or every item is fetched), then each row is sorted by (score descending, id)."""
+    depth = min(n, k + 1)
+    scores, ids, computed = fetch(queries, depth)
+    rows = np.arange(len(queries))
+    while depth < n:
+        cut = rows[scores[rows, k - 1] == scores[rows, depth - 1]]
+        if len(cut) == 0:
+            break
+        depth = min(n, depth * 2)
+        more_s, more_i, more_c = fetch(queries[cut], depth)
+        scores = np.concatenate([scores, np.full((len(scores), depth - scores.shape[1]), -np.inf)], 1)
+        ids = np.concatenate([ids, np.full((len(ids), depth - ids.shape[1]), -1)], 1)
+        scores[cut], ids[cut] = more_s, more_i
+        if computed is not None:
+            computed[cut] += more_c
+        rows = cut
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1), computed
+
+
+def _in_threads(search_rows: Callable, queries: np.ndarray, threads: int):
+    """A per-query search run on ``threads`` threads over chunks of queries (results in query order)."""
+    if threads <= 1 or len(queries) < 2 * threads:
+        return search_rows(queries)
+    chunks = np.array_split(np.arange(len(queries)), threads)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda rows: search_rows(queries[rows]), chunks))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def build_index(spec: IndexSpec, vectors, threads: int | None = None) -> BuiltIndex:
+    """Build ``spec`` over ``vectors`` (N, d), L2-normalised float32. faiss builds on ``threads``
+    (default: every core); the build time is wall time."""
+    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"index {spec.family}: needs an (N, d) array of at least 2 vectors, got shape {x.shape}")
+    build = dict(spec.build)
+    if spec.family == "ball-tree":
+        return _ball_tree(spec, x, build)
+    if spec.family == "pivots":
+        return _pivot_table(spec, x, build)
+    return _faiss_index(spec, x, build, threads)
+
+
+def _ball_tree(spec: IndexSpec, x: np.ndarray, build: dict) -> BuiltIndex:
+    from sklearn.neighbors import BallTree
+
+    start = time.perf_counter()
+    tree = BallTree(x.astype(np.float64), leaf_size=build["leaf_size"], metric="euclidean")
+    build_s = time.perf_counter() - start
+
+    def counted(q, depth):  # the tree counts its distance calls: only the batch's mean per query is known
+        tree.reset_n_calls()
+        d, i = tree.query(q.astype(np.float64), k=depth)
+        return 1.0 - d * d / 2.0, i.astype(np.int64), np.full(len(q), tree.get_n_calls() / len(q))
+
+    def searcher(q, depth, threads):
+        if threads <= 1:
+            return _complete_ties(counted, q, depth, len(x))
+        # the tree's counter is shared by the threads: on several, the computations are not counted
+        s, i, _ = _in_threads(lambda qq: _complete_ties(counted, qq, depth, len(x)), q, threads)
+        return s, i, None
+
+    return BuiltIndex(spec, len(x), x.shape[1], searcher, sum(a.nbytes for a in tree.get_arrays()), build_s)
+
+
+def _pivot_table(spec: IndexSpec, x: np.ndarray, build: dict) -> BuiltIndex:
+    start = time.perf_counter()
+    table = PivotTable(x, num_pivots=min(build["pivots"], len(x)))
+    build_s = time.perf_counter() - start
+
+    def searcher(q, depth, threads):
+        def rows(qq):
+            d, i, c = table.search(qq, depth)
+            return 1.0 - d * d / 2.0, i, c.astype(np.float64)
+        return _in_threads(rows, q, threads)
+
+    return BuiltIndex(spec, len(x), x.shape[1], searcher, table.nbytes, build_s)
+
+
+def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | None) -> BuiltIndex:
+    import faiss
+
+    n, d = x.shape
+    before = faiss.omp_get_max_threads()
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        index, apply = _make_faiss(spec.family, build, n, d)
+        _quiet_training(index)
+        if not index.is_trained:
+            index.train(x)
+        index.add(x)
+        build_s = time.perf_counter() - start
+    finally:
+        faiss.omp_set_num_threads(before)
+
+    def fetch(q, depth):
+        scores, ids = index.search(q, depth)
+        return scores.astype(np.float64), ids.astype(np.int64), None
+
+    def searcher(q, depth, threads):
+        faiss.omp_set_num_threads(threads)
+        try:
+            if spec.family == "flat":
+                return _complete_ties(fetch, q, depth, n)
+            scores, ids, _ = fetch(q, depth)
+            return np.where(ids < 0, -np.inf, scores), ids, None
+        finally:
+            faiss.omp_set_num_threads(before)
+
+    return BuiltIndex(spec, n, d, searcher, int(faiss.serialize_index(index).nbytes), build_s, apply)
+
+
+def _quiet_training(index) -> None:
+    """No warning per codebook when fewer than 39 training vectors per centroid are given (test sets
+    of a few thousand images): the codebooks are trained on what there is, and the report says so."""
+    import faiss
+
+    for owner in (index, getattr(index, "pq", None)):
+        cp = getattr(owner, "cp", None)
+        if isinstance(cp, faiss.ClusteringParameters):
+            cp.min_points_per_centroid = 1
+
+
+def _make_faiss(family: str, build: dict, n: int, d: int):
+    """(an untrained faiss index, a function applying a search setting to it)."""
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    if family in ("pq", "ivf-pq") and d % build["m"]:
+        raise ConfigError(f"index {family}: m={build['m']} bytes per code must divide the embedding dimension {d}")
+    if family in ("pq", "ivf-pq") and n < 2 ** build["nbits"]:
+        raise ConfigError(f"index {family}: nbits={build['nbits']} needs at least {2 ** build['nbits']} vectors "
+                          f"to train its codebooks, got {n}")
+    if family == "flat":
+        return faiss.IndexFlatIP(d), None
+    if family == "sq8":
+        return faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip), None
+    if family == "pq":
+        return faiss.IndexPQ(d, build["m"], build["nbits"], ip), None
+    if family == "hnsw":
+        index = faiss.IndexHNSWFlat(d, build["M"], ip)
+        index.hnsw.efConstruction = build["ef_construction"]
+        return index, lambda s: setattr(index.hnsw, "efSearch", s.get("ef_search", index.hnsw.efSearch))
+    nlist = min(build["nlist"] or auto_nlist(n), n)
+    quantizer = faiss.IndexFlatIP(d)
+    if family == "ivf-flat":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, build["m"], build["nbits"], ip)
+    return index, lambda s: setattr(index, "nprobe", min(s.get("nprobe", index.nprobe), nlist))

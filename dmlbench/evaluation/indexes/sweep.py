@@ -1,0 +1,137 @@
+"""Every index of a list over one set of embeddings: build each, search each setting of its sweep on
+one thread and on every core, and score the answers against the exact neighbours.
+
+    result = evaluate_indexes(items, item_labels, queries, default_specs())
+    result["exact"]     # the exact evaluation of the same queries: recall@1, map@r (when R fits the depth)
+    result["rows"]      # one per index and search setting (the keys are ROW_KEYS)
+
+``queries`` is a :class:`Queries`: vectors with their labels, and for queries that are items of the
+index (no gallery: every test image queries the others) the item each must not retrieve. The exact
+metric indexes (ball tree, pivots) answer the first ``exact_queries`` queries only: they are slow in
+Python and in high dimension, and exact by construction; their rows carry the exact evaluation of
+that subset for comparison. Queries per second are batch throughput, the best of up to ``repeats``
+timed searches (ann-benchmarks also keeps the best run).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..neighbours import knn
+from .families import FAMILIES, IndexSpec, build_index
+from .measure import knn_recall, label_metrics, relative_distance_error, search_depth
+
+ROW_KEYS = ("index", "family", "setting", "exact", "queries", "k", "knn_recall", "relative_distance_error",
+            "recall@1", "map@r", "exact_recall@1", "exact_map@r", "qps_1", "qps_all", "threads_all", "build_s",
+            "bytes_per_vector", "distance_fraction")
+TIMING_BUDGET_S = 1.0  # a search quicker than a third of this is timed again, up to `repeats` times
+
+
+@dataclass
+class Queries:
+    vectors: np.ndarray  # (Q, d) float32, L2-normalised
+    labels: np.ndarray | None = None  # (Q,) class ids; None: no label metrics (synthetic data)
+    exclude: np.ndarray | None = None  # (Q,) the item each query may not retrieve (itself), or None
+
+    def head(self, n: int) -> "Queries":
+        return Queries(self.vectors[:n], None if self.labels is None else self.labels[:n],
+                       None if self.exclude is None else self.exclude[:n])
+
+
+def normalized(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+
+
+def exact_answers(items: np.ndarray, queries: Queries, k: int) -> np.ndarray:
+    """The exact k nearest items of each query (float64 scores, ties by the lower index), (Q, k)."""
+    exclude = None if queries.exclude is None else torch.from_numpy(queries.exclude.astype(np.int64))
+    _, ids = knn(torch.from_numpy(queries.vectors), torch.from_numpy(items), k, exclude=exclude, scores=False)
+    return ids.numpy()
+
+
+def relevant_counts(item_labels: np.ndarray, queries: Queries) -> np.ndarray:
+    """R of each query: the items of its class, itself excluded when it is one of them."""
+    classes, counts = np.unique(item_labels, return_counts=True)
+    position = np.clip(np.searchsorted(classes, queries.labels), 0, len(classes) - 1)
+    r = np.where(classes[position] == queries.labels, counts[position], 0)
+    return r - (queries.exclude is not None)
+
+
+def timed(search: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """(the shortest wall time of up to ``repeats`` calls, the first call's result)."""
+    start = time.perf_counter()
+    result = search()
+    best = time.perf_counter() - start
+    for _ in range(repeats - 1):
+        if best > TIMING_BUDGET_S / 3:
+            break
+        start = time.perf_counter()
+        search()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def evaluate_indexes(items, item_labels, queries: Queries, specs: list[IndexSpec], *, exact_queries: int = 500,
+                     threads_all: int | None = None, repeats: int = 3, log: Callable[[str], None] | None = None) -> dict:
+    """Build every spec over ``items`` and measure every search setting (see the module docstring)."""
+    items = normalized(items)
+    threads_all = threads_all or os.cpu_count() or 1
+    labelled = queries.labels is not None and item_labels is not None
+    relevant = relevant_counts(np.asarray(item_labels), queries) if labelled else None
+    if labelled and (relevant < 1).any():
+        raise ValueError(f"{int((relevant < 1).sum())} queries have no other item of their class: choose queries "
+                         f"that do (the evaluation leaves such queries out)")
+    k, with_map = search_depth(int(relevant.max())) if labelled else search_depth(0)
+    true = exact_answers(items, queries, k)
+    reference = {"queries": len(true), "k": k, "map_at_r_measured": with_map}
+    if labelled:
+        reference |= label_metrics(true, item_labels, queries.labels, relevant, with_map=with_map)
+    context = dict(items=items, item_labels=item_labels, queries=queries, relevant=relevant, true=true, k=k,
+                   with_map=with_map, threads_all=threads_all, repeats=repeats, exact_queries=exact_queries)
+    rows = []
+    for spec in specs:
+        rows += _measure_spec(spec, context, log)
+    return {"exact": reference, "rows": rows}
+
+
+def _measure_spec(spec: IndexSpec, c: dict, log: Callable[[str], None] | None) -> list[dict]:
+    """One index built, then each search setting of its sweep measured."""
+    family = FAMILIES[spec.family]
+    built = build_index(spec, c["items"], threads=c["threads_all"])
+    n_q = min(c["exact_queries"], len(c["true"])) if family.counts_distances else len(c["true"])
+    queries, true = c["queries"].head(n_q), c["true"][:n_q]
+    labelled = c["relevant"] is not None
+    exact = label_metrics(true, c["item_labels"], queries.labels, c["relevant"][:n_q],
+                          with_map=c["with_map"]) if labelled else {}
+    rows = []
+    for setting in spec.settings:
+        def search(threads: int):
+            return built.search(queries.vectors, c["k"], setting, threads=threads, exclude=queries.exclude)
+        one_s, (_, found, computed) = timed(lambda: search(1), c["repeats"])
+        all_s, _ = timed(lambda: search(c["threads_all"]), c["repeats"])
+        row = {"index": spec.name, "family": spec.family, "setting": setting, "exact": family.exact,
+               "queries": n_q, "k": c["k"], "knn_recall": knn_recall(found, true, queries.vectors, c["items"]),
+               "relative_distance_error": relative_distance_error(found, true, queries.vectors, c["items"]),
+               "qps_1": n_q / one_s, "qps_all": n_q / all_s, "threads_all": c["threads_all"],
+               "build_s": built.build_s, "bytes_per_vector": built.bytes_per_vector,
+               "distance_fraction": None if computed is None else float(np.mean(computed)) / built.n}
+        if labelled:
+            got = label_metrics(found, c["item_labels"], queries.labels, c["relevant"][:n_q], with_map=c["with_map"])
+            row |= {"recall@1": got["recall@1"], "map@r": got["map@r"], "exact_recall@1": exact["recall@1"],
+                    "exact_map@r": exact["map@r"]}
+        rows.append({key: row.get(key) for key in ROW_KEYS})
+        if log:
+            log(f"  {spec.name:<22} {_setting_text(setting):<14} knn-recall {row['knn_recall']:.4f}  "
+                f"{row['qps_1']:>10.0f} q/s (1 thread)  {row['qps_all']:>10.0f} q/s ({c['threads_all']})")
+    return rows
+
+
+def _setting_text(setting: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in setting.items()) or "-"

@@ -1,0 +1,209 @@
+"""A study's index evaluation: each finished run's test embeddings served by similarity-search
+indexes (:mod:`dmlbench.evaluation.indexes`), and what each index costs and loses.
+
+A study file opts in with an ``indexes:`` block (``indexes: {}`` takes every default):
+
+    indexes:
+      queries: 1000        # queries per run, drawn once per dataset (seed), the same for every run
+      exact_queries: 200   # of them, those the ball tree and the pivot table answer
+      seed: 0
+      families:            # default: dmlbench.evaluation.indexes.default_specs()
+        - {family: hnsw, M: 16, sweep: [16, 32, 64, 128, 256]}
+        - {family: pq, m: 8}
+
+For each finished run the network is reloaded from its checkpoint and the test split embedded again
+(the evaluation's own embeddings). Without a gallery every test image is an item of the index and
+the queries are a sample of them, each excluding itself; with one (In-Shop) the gallery is indexed
+and the queries are a sample of the query split. Queries without another item of their class are
+never drawn. The results go to ``<results>/indexes/<plan id>/<run id>.json``, written atomically;
+the plan id hashes the block, ``INDEX_EVAL_VERSION`` and the faiss and scikit-learn versions, so a
+changed plan or library makes new files and a finished file is never computed again. One process
+at a time measures (a lock in the plan's folder), so no two evaluations share the cores they time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..evaluation.indexes import IndexSpec, default_specs, parse_specs
+from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
+from ..fileio import atomic_write_json, read_json
+from ..paths import results_dir
+
+INDEX_EVAL_VERSION = 1  # bumped when what the evaluation computes changes: its files are then new ones
+PLAN_KEYS = ("queries", "exact_queries", "seed", "families")
+RESULT_KEYS = ("run_id", "plan_id", "dataset", "loss", "miner", "seed", "exact", "rows")
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    specs: tuple[IndexSpec, ...] = field(default_factory=lambda: tuple(default_specs()))
+    queries: int = 1000
+    exact_queries: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queries": self.queries, "exact_queries": self.exact_queries, "seed": self.seed,
+                "families": [spec.to_dict() for spec in self.specs]}
+
+    @property
+    def plan_id(self) -> str:
+        identity = self.to_dict() | {"version": INDEX_EVAL_VERSION, "faiss": _version("faiss-cpu"),
+                                     "scikit-learn": _version("scikit-learn")}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+    def folder(self, results: Path | None = None) -> Path:
+        return (results or results_dir()) / "indexes" / self.plan_id
+
+    def result_path(self, run_id: str, results: Path | None = None) -> Path:
+        return self.folder(results) / f"{run_id}.json"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def parse_plan(path: Path, raw: Any) -> IndexPlan:
+    """The study file's ``indexes:`` block, checked: one error per bad key, naming the valid ones."""
+    where = f"{path}: indexes"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping with keys {', '.join(PLAN_KEYS)} (indexes: {{}} takes the defaults)")
+    unknown = sorted(set(raw) - set(PLAN_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(PLAN_KEYS)}")
+    numbers = {}
+    for key, low in (("queries", 1), ("exact_queries", 1), ("seed", 0)):
+        value = raw.get(key, getattr(IndexPlan, key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{where}: {key} must be a whole number >= {low}, got {value!r}")
+        numbers[key] = value
+    specs = parse_specs(raw["families"], f"{where}: families") if "families" in raw else default_specs()
+    return IndexPlan(specs=tuple(specs), **numbers)
+
+
+def query_sample(labels: np.ndarray, count: int, seed: int, *, items: np.ndarray | None = None) -> np.ndarray:
+    """``count`` query positions drawn without replacement (numpy's PCG64 with ``seed``) among those with
+    another item of their class: the other test images (``items=None``) or the gallery's ``items`` labels."""
+    classes, sizes = np.unique(labels if items is None else items, return_counts=True)
+    position = np.clip(np.searchsorted(classes, labels), 0, len(classes) - 1)
+    have = np.where(classes[position] == labels, sizes[position], 0) - (1 if items is None else 0)
+    eligible = np.flatnonzero(have > 0)
+    if len(eligible) == 0:
+        raise ValueError("no query has another item of its class: nothing to retrieve")
+    rng = np.random.default_rng(seed)
+    return eligible[rng.permutation(len(eligible))[:count]]
+
+
+def evaluate_run(cell, splits, plan: IndexPlan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """One finished run's indexes measured (the file's contents; see the module docstring)."""
+    from ..training.embed import embed_test_split
+
+    started = time.perf_counter()
+    gallery = splits.gallery is not None
+    parts = ("test", "gallery") if gallery else ("test",)
+    embedded = embed_test_split(cell.run_dir, splits, parts=parts)
+    (test, test_labels), *rest = embedded if gallery else [embedded]
+    test, test_labels = normalized(test.numpy()), test_labels.numpy()
+    embed_s = time.perf_counter() - started
+    if gallery:
+        items, item_labels = normalized(rest[0][0].numpy()), rest[0][1].numpy()
+        chosen = query_sample(test_labels, plan.queries, plan.seed, items=item_labels)
+        queries = Queries(test[chosen], test_labels[chosen])
+    else:
+        items, item_labels = test, test_labels
+        chosen = query_sample(test_labels, plan.queries, plan.seed)
+        queries = Queries(test[chosen], test_labels[chosen], exclude=chosen)
+    measured = evaluate_indexes(items, item_labels, queries, list(plan.specs), exact_queries=plan.exact_queries,
+                                threads_all=_cores(), log=log)
+    config = cell.config
+    return {"run_id": cell.run_id, "plan_id": plan.plan_id, "plan": plan.to_dict(), "dataset": config.dataset,
+            "loss": config.loss, "miner": config.miner, "seed": config.seed, "role": cell.role,
+            "items": len(items), "dim": int(items.shape[1]), "gallery": gallery, **measured,
+            "embed_s": embed_s, "total_s": time.perf_counter() - started, "threads_all": _cores(),
+            "versions": {name: _version(name) for name in ("faiss-cpu", "scikit-learn", "numpy", "torch")}}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def _measuring(folder: Path) -> Iterator[None]:
+    """Held while one process measures: others wait, so no two evaluations time on shared cores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def result_problem(path: Path) -> str | None:
+    """Why ``path`` is not a finished index evaluation (absent, unreadable, incomplete), or None."""
+    if not path.is_file():
+        return "not written"
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as error:
+        return f"unreadable ({error})"
+    if not isinstance(data, dict) or any(key not in data for key in RESULT_KEYS):
+        return f"incomplete: an index evaluation holds {', '.join(RESULT_KEYS)}"
+    return None
+
+
+def run_indexes(study, *, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Every finished run of ``study`` evaluated under its ``indexes:`` plan, unless already done.
+    Returns the counts: computed, already done, runs not finished (left for a later pass)."""
+    plan = study.indexes
+    if plan is None:
+        raise ConfigError(f"{study.path}: has no indexes: block; add 'indexes: {{}}' to evaluate its runs' indexes")
+    counts = {"computed": 0, "done": 0, "unfinished": 0}
+    splits_of: dict[tuple, Any] = {}
+    with _measuring(plan.folder()):
+        atomic_write_json(plan.folder() / "plan.json", plan.to_dict() | {"plan_id": plan.plan_id,
+                                                                          "version": INDEX_EVAL_VERSION})
+        for cell in study.cells:
+            path = plan.result_path(cell.run_id)
+            if not cell.is_done():
+                counts["unfinished"] += 1
+                continue
+            if result_problem(path) is None:
+                counts["done"] += 1
+                continue
+            key = (cell.config.dataset, cell.config.data_root, cell.config.image_size)
+            if key not in splits_of:
+                from ..datasets import load_dataset
+
+                splits_of[key] = load_dataset(key[0], root=key[1], image_size=key[2])
+            log(f"indexes: {cell.run_id}")
+            atomic_write_json(path, evaluate_run(cell, splits_of[key], plan, log=log))
+            counts["computed"] += 1
+    log(f"indexes: {counts['computed']} runs evaluated, {counts['done']} already done, "
+        f"{counts['unfinished']} runs not finished yet ({plan.folder()})")
+    return counts
+
+
+def read_results(plan: IndexPlan, run_ids: list[str], results: Path | None = None) -> list[dict[str, Any]]:
+    """The finished index evaluations of these runs (the others are left out)."""
+    out = []
+    for run_id in run_ids:
+        path = plan.result_path(run_id, results)
+        if result_problem(path) is None:
+            out.append(read_json(path))
+    return out
