@@ -38,7 +38,7 @@ EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin J
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data browser study report cells cells-makefile test readme list clean distclean \
+.PHONY: all setup data browser study report cells indexes cells-makefile test readme list clean distclean \
 	gpu-prepare gpu-dry gpu-check gpu-results
 
 all: report
@@ -102,6 +102,11 @@ else
 endif
 
 study: cells
+
+# A study with an indexes: block (studies/default.yaml has one): every finished run's embeddings served by
+# similarity-search indexes (docs/indexes.md); the report depends on it, after every cell has finished.
+indexes: cells
+	$(PY) -m dmlbench indexes --study $(STUDY)
 
 report: cells browser
 	$(MAKE) --no-print-directory -f $(CELLS_MK) report

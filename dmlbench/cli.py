@@ -8,6 +8,7 @@
     dmlbench tune --study studies/tuned.yaml [--search ID] [--trials N]   a study's hyperparameter searches
     dmlbench report --study studies/default.yaml
     dmlbench indexes --study studies/default.yaml   every finished run's embeddings under the study's indexes
+    dmlbench search build RUN [--images DIR]   index images with a run's network; search query RUN --image F
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
     dmlbench readme [--check]                   refresh the generated blocks of README.md and docs/
@@ -172,6 +173,27 @@ def cmd_indexes(args) -> int:
     study = load_study(args.study, check_networks=False)
     counts = run_indexes(study, log=print)
     return 0 if counts["computed"] or counts["done"] else 1
+
+
+def cmd_search(args) -> int:
+    from .study import search
+
+    if args.action == "build":
+        if args.id is not None or args.image is not None:
+            raise ConfigError("'search build' indexes --images FOLDER or --split; --id and --image are for 'search query'")
+        out = search.build(args.run, images=args.images, split=args.split or "test", family=args.index,
+                           name=args.name, checkpoint=args.checkpoint)
+        manifest = search.read_json(out / "manifest.json")
+        print(f"indexed {len(manifest['items'])} images with run {manifest['run_id']} ({args.index}): {out}")
+        return 0
+    answer = search.query(args.run, image=args.image, item=args.id, k=args.k, name=args.name or "test",
+                          grid=args.grid, checkpoint=args.checkpoint)
+    print(f"query: {answer['query']}  index: {answer['index']}")
+    for n in answer["neighbours"]:
+        print(f"{n['rank']:>3}  id {n['id']:<6} similarity {n['similarity']:.4f}  distance {n['distance']:.4f}  "
+              f"label {n['label']}  {n['source']}")
+    print(f"retrieval grid: {answer['grid']}")
+    return 0
 
 
 def _cells_at_once(value: str) -> int:
@@ -340,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
     p.set_defaults(func=cmd_indexes)
 
+    _add_search_command(sub)
+
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
     from .bench.cli import BENCHMARKS
 
@@ -387,6 +411,25 @@ def _add_study_command(sub) -> None:
                    help="print the study's run time at this full-step throughput (dmlbench bench train) and stop; "
                         "without a number, at the CUDA throughput the GPU check measured (results/bench/train-cuda.csv)")
     p.set_defaults(func=cmd_study)
+
+
+def _add_search_command(sub) -> None:
+    from .study.search import SAVED_FAMILIES
+
+    p = sub.add_parser("search", help="index images with a trained run's network, and query the index")
+    p.add_argument("action", choices=["build", "query"])
+    p.add_argument("run", help="a run folder, or a run id under the results folder's runs/")
+    p.add_argument("--images", type=Path, help="build: index every image under this folder")
+    p.add_argument("--split", choices=["test", "gallery"], help="build: index this split of the run's dataset "
+                   "(default test)")
+    p.add_argument("--index", choices=SAVED_FAMILIES, default="hnsw", help="build: the faiss index (default hnsw)")
+    p.add_argument("--name", help="the index's name beside the run (default: the folder's name, or the split)")
+    p.add_argument("--image", help="query: an image file")
+    p.add_argument("--id", type=int, help="query: an item of the index (it is left out of its own answers)")
+    p.add_argument("-k", type=_positive(int, "a whole number of neighbours"), default=8)
+    p.add_argument("--grid", help="query: where to write the retrieval grid (default beside the index)")
+    p.add_argument("--checkpoint", help="a checkpoint file to use instead of the run's (same settings only)")
+    p.set_defaults(func=cmd_search)
 
 
 def _add_data_command(sub) -> None:

@@ -50,6 +50,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from ..fileio import sha256_file
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "gpu"
 BENCH_RESULTS = ROOT / "results" / "bench"
@@ -139,14 +141,6 @@ def shown(path: Path) -> Path:
 
 def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data) -> None:

@@ -26,7 +26,6 @@ coarse quantiser in common (``faiss.contrib.ivf_tools``).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import pandas as pd
 
 from ..evaluation.indexes import IndexSpec
 from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_json
 from ..paths import results_dir
 from .timing import machine_line, save_table
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors indexed (default 1,000,000)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--spread", type=float, default=0.5, help="scale of a cluster's own 16-dimensional spread")
+    parser.add_argument("--spread", type=float, default=0.06, help="scale of a cluster's own 16-dimensional spread")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--exact-queries", type=int, default=50, help="queries of the ball tree and the pivots")
     parser.add_argument("--out", type=Path, default=None, help="folder of the tables (default results/bench)")
@@ -128,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or results_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = save_table(_rounded(table), "indexes-cpu", header, out)
-    atomic_write_bytes(out / "indexes-cpu.json", json.dumps({"header": header, "rows": table.to_dict("records"),
-                                                              "total_s": time.perf_counter() - started},
-                                                             indent=1, default=float).encode())
+    atomic_write_json(out / "indexes-cpu.json", {"header": header, "rows": table.to_dict("records"),
+                                                 "total_s": time.perf_counter() - started})
     print(path.read_text())
     return 0
 

@@ -706,3 +706,22 @@ def tuning_method(spec, confidence: float) -> str:
             f"those cells' test scores, beside the default cells', each with its {confidence:.0%} t-interval over "
             f"seeds; the gain is tuned minus default, paired by seed. Ranks are among the searched cells by mean "
             f"test MAP@R (1: best).")
+
+
+def cell_name(loss: str, miner: str) -> str:
+    return f"{loss} + {miner}"
+
+
+def indexes_method(plan, evaluated: int, runs: int) -> str:
+    """How the runs' embeddings were indexed and measured, from the study's indexes block."""
+    families = ", ".join(dict.fromkeys(spec.name for spec in plan.specs))
+    return (f"{evaluated} of {runs} finished runs were served by similarity-search indexes ({families}). Each run's "
+            f"network was reloaded from its checkpoint and its test split embedded again; the L2-normalised test "
+            f"embeddings are the index's items, and {plan.queries:,} of them (the same ones for every run of a "
+            f"dataset, drawn with seed {plan.seed}) query it, each excluding itself; the ball tree and the pivot "
+            f"table answer the first {plan.exact_queries:,}. Recall@1 and MAP@R are computed from each index's "
+            f"answers as the evaluation computes them, and compared with the exact answers for the same queries; "
+            f"k-NN recall@10 is the share of an index's ten answers at least as close as the true tenth neighbour. "
+            f"Speed is batch throughput on one thread and on every core, the best of up to three searches. "
+            f"'At matched speed', HNSW and IVF count at their most accurate setting that is at least as fast on one "
+            f"thread as brute force (the flat index); an index that cannot be is shown as missing.")

@@ -339,3 +339,39 @@ def tuning(ctx) -> None:
         save_table(table, f"{dataset}__tuning", ctx.tables, index=False)
         _show(tn.tuning_verdict(table, ctx.named(dataset)), html_table(tn.shown_table(table), scroll=True))
         fg.save_figure(tn.search_figure(trials, spec.objective), f"tuning_{dataset}", ctx.figures)
+
+
+# ---- similarity-search indexes ---------------------------------------------------------------------
+
+def indexes(ctx) -> None:
+    """Per dataset of a study with an indexes block: each cell's Recall@1 under every index at matched
+    speed (tables/<dataset>__indexes.csv), every index's costs (<dataset>__index_costs.csv), the
+    Recall@1 lost under compression against the diagnostics (<dataset>__index_correlations.csv),
+    recall-against-speed curves (figures/indexes_<dataset>.png) and the compression scatter
+    (figures/index_compression_<dataset>.png), with the sentences."""
+    from . import indexes as ix
+
+    plan = ctx.study.indexes
+    if plan is None:
+        _show("This study has no indexes block: its runs' embeddings were not served by any index "
+              "(`studies/default.yaml` has one; `dmlbench indexes --study FILE` computes it).")
+        return
+    frame = ix.index_frame(ctx)
+    _show(narrative.indexes_method(plan, frame["run_id"].nunique() if not frame.empty else 0, len(ctx.runs)))
+    for dataset in ctx.datasets:
+        part = frame[frame["dataset"] == dataset] if not frame.empty else frame
+        if part.empty:
+            continue
+        matched, costs, correlations = ix.matched_speed(part), ix.costs(part), ix.compression_correlations(part)
+        save_table(matched, f"{dataset}__indexes", ctx.tables, index=False)
+        save_table(costs, f"{dataset}__index_costs", ctx.tables, index=False)
+        save_table(correlations, f"{dataset}__index_correlations", ctx.tables, index=False)
+        _show(" ".join(ix.index_lines(part, dataset, matched, correlations, narrative.cell_name)),
+              html_table(matched, scroll=True))
+        _show(html=html_table(costs, digits=4, scroll=True))
+        own_cells = list(matched.drop_duplicates("loss")[["loss", "miner"]].itertuples(index=False, name=None))
+        fg.save_figure(ix.curves_figure(part, dataset, cells=own_cells), f"indexes_{dataset}", ctx.figures)
+        strongest = [name for name in costs["index"].unique() if name.startswith("pq")]
+        if strongest:
+            fg.save_figure(ix.compression_figure(part, dataset, strongest[len(strongest) // 2]),
+                           f"index_compression_{dataset}", ctx.figures)

@@ -57,6 +57,9 @@ indent 2, a newline at the end):
         timing        object trials and trials_s (their time), the cells' timing as above over default
                              and tuned cells, study_span_s: first cell's or trial's start to the last
                              one's end, summed over sessions
+    indexes       object only for a study with an indexes block (dmlbench.reporting.indexes.index_summary):
+        dataset -> {runs: runs evaluated, lines: the report's sentences, matched: one row per cell with its
+                    seeds, exact Recall@1 and Recall@1 under each index at matched speed (means over seeds)}
     report_wall_s float  seconds the report build took that produced these numbers; absent until
                          build_report adds it, and kept as long as the numbers stay the same
 
@@ -75,6 +78,7 @@ import pandas as pd
 from ..fileio import read_json, write_if_changed
 from .labels import METRICS
 from .runs import execution_timing, run_machine
+from .indexes import index_summary
 from .tuning import tuning_summary
 from .tables import rounded
 
@@ -179,7 +183,8 @@ def study_summary(ctx) -> dict[str, Any]:
         "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
         "table": tables[dataset], "tables": tables, "adequacy": adequacy_summary(ctx),
         "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
-    } | ({"tuning": tuning} if (tuning := tuning_summary(ctx)) is not None else {})
+    } | ({"tuning": tuning} if (tuning := tuning_summary(ctx)) is not None else {}) \
+      | ({"indexes": indexes} if (indexes := index_summary(ctx)) is not None else {})
 
 
 def write_study_summary(ctx) -> bool:

@@ -98,3 +98,26 @@ def test_a_study_without_the_block_has_no_index_step(tmp_path):
     with pytest.raises(ConfigError, match="has no indexes: block; add 'indexes: {}'"):
         run_indexes(study)
     assert IndexPlan().plan_id == parse_plan(path, {}).plan_id  # `indexes: {}` is the defaults
+
+
+def test_the_report_has_the_index_section_with_its_tables_and_figures(at_study):
+    from dmlbench.reporting.report import build_report
+
+    path, study, root = at_study
+    run_indexes(study, log=lambda line: None)
+    html = build_report(path).read_text()
+    results = root / "results"
+    section = html[html.index('id="Serving-the-embeddings:-similarity-search-indexes"'):]
+    section = section[:section.index('id="What-the-numbers-say"')]
+    assert "2 of 2 finished runs were served by similarity-search indexes" in section
+    matched = (results / "tables" / "fashion-mnist__indexes.csv").read_text().splitlines()
+    header = matched[0].split(",")
+    assert header[:4] == ["loss", "miner", "seeds", "exact"] and len(matched) == 3  # two cells
+    assert "hnsw M=8" in header and "pq m=4" in header and "flat" not in header  # flat is the exact column
+    assert "brute force (faiss" in section
+    costs = (results / "tables" / "fashion-mnist__index_costs.csv").read_text()
+    assert "pivots pivots=4" in costs and "ef_search=64" in costs
+    for name in ("indexes_fashion-mnist.png", "index_compression_fashion-mnist.png"):
+        assert (results / "figures" / name).stat().st_size > 10_000
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["indexes"]["fashion-mnist"]["runs"] == 2

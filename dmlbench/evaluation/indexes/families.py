@@ -137,6 +137,7 @@ class BuiltIndex:
         self.bytes_per_vector = nbytes / n
         self.exact = FAMILIES[spec.family].exact
         self._searcher, self._apply = searcher, apply
+        self.native = None  # the library's own index object, where it can be saved (faiss)
 
     def search(self, queries, k: int, setting: dict | None = None, threads: int = 1, exclude=None):
         """(cosine similarities (Q, k), ids (Q, k), distance computations (Q,) or None), best first."""
@@ -252,7 +253,7 @@ def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | Non
         faiss.omp_set_num_threads(threads)
     try:
         start = time.perf_counter()
-        index, apply = _make_faiss(spec.family, build, n, d)
+        index = _make_faiss(spec.family, build, n, d)
         _quiet_training(index)
         if not index.is_trained:
             index.train(x)
@@ -260,6 +261,16 @@ def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | Non
         build_s = time.perf_counter() - start
     finally:
         faiss.omp_set_num_threads(before)
+    return wrap_faiss(spec, index, build_s)
+
+
+def wrap_faiss(spec: IndexSpec, index, build_s: float = 0.0) -> BuiltIndex:
+    """A built (or read: ``faiss.read_index``) faiss index of ``spec`` behind the common interface;
+    its ``native`` attribute is the faiss index, for ``faiss.write_index``."""
+    import faiss
+
+    n, d = index.ntotal, index.d
+    before = faiss.omp_get_max_threads()
 
     def fetch(q, depth):
         scores, ids = index.search(q, depth)
@@ -275,7 +286,18 @@ def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | Non
         finally:
             faiss.omp_set_num_threads(before)
 
-    return BuiltIndex(spec, n, d, searcher, int(faiss.serialize_index(index).nbytes), build_s, apply)
+    built = BuiltIndex(spec, n, d, searcher, int(faiss.serialize_index(index).nbytes), build_s, _setter(spec, index))
+    built.native = index
+    return built
+
+
+def _setter(spec: IndexSpec, index):
+    """The function applying a search setting to a faiss index of ``spec`` (None: nothing to set)."""
+    if spec.family == "hnsw":
+        return lambda s: setattr(index.hnsw, "efSearch", s.get("ef_search", index.hnsw.efSearch))
+    if spec.family in ("ivf-flat", "ivf-pq"):
+        return lambda s: setattr(index, "nprobe", min(s.get("nprobe", index.nprobe), index.nlist))
+    return None
 
 
 def _quiet_training(index) -> None:
@@ -290,7 +312,7 @@ def _quiet_training(index) -> None:
 
 
 def _make_faiss(family: str, build: dict, n: int, d: int):
-    """(an untrained faiss index, a function applying a search setting to it)."""
+    """An untrained, empty faiss index of ``family`` ranking by inner product."""
     import faiss
 
     ip = faiss.METRIC_INNER_PRODUCT
@@ -300,19 +322,17 @@ def _make_faiss(family: str, build: dict, n: int, d: int):
         raise ConfigError(f"index {family}: nbits={build['nbits']} needs at least {2 ** build['nbits']} vectors "
                           f"to train its codebooks, got {n}")
     if family == "flat":
-        return faiss.IndexFlatIP(d), None
+        return faiss.IndexFlatIP(d)
     if family == "sq8":
-        return faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip), None
+        return faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip)
     if family == "pq":
-        return faiss.IndexPQ(d, build["m"], build["nbits"], ip), None
+        return faiss.IndexPQ(d, build["m"], build["nbits"], ip)
     if family == "hnsw":
         index = faiss.IndexHNSWFlat(d, build["M"], ip)
         index.hnsw.efConstruction = build["ef_construction"]
-        return index, lambda s: setattr(index.hnsw, "efSearch", s.get("ef_search", index.hnsw.efSearch))
+        return index
     nlist = min(build["nlist"] or auto_nlist(n), n)
     quantizer = faiss.IndexFlatIP(d)
     if family == "ivf-flat":
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
-    else:
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, build["m"], build["nbits"], ip)
-    return index, lambda s: setattr(index, "nprobe", min(s.get("nprobe", index.nprobe), nlist))
+        return faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+    return faiss.IndexIVFPQ(quantizer, d, nlist, build["m"], build["nbits"], ip)

@@ -1,0 +1,313 @@
+"""Search with a trained run, as a user would: index a folder of images (or a dataset split) with the
+run's network, keep the index beside the run, and answer queries with their nearest images.
+
+    dmlbench search build RUN [--images FOLDER | --split test] [--index hnsw] [--name NAME]
+    dmlbench search query RUN (--image PATH | --id N) [-k 8] [--name NAME] [--grid OUT.png]
+
+RUN is a run folder or a run id under ``<results>/runs``. ``build`` embeds every image with the
+run's checkpoint (the evaluation's preprocessing: for photo datasets the evaluation transform and the
+network's normalisation; for the small greyscale ones a greyscale image resized to the dataset's size,
+normalised by its training statistics), indexes the L2-normalised embeddings with a faiss family
+(:mod:`dmlbench.evaluation.indexes`), and writes ``<run>/search/<name>/``: ``index.faiss``,
+``embeddings.npy`` and ``manifest.json`` (the run, its configuration hash, the checkpoint's SHA-256,
+the index, the preprocessing, every item's source and label). ``query`` refuses an index built with
+another checkpoint, prints the top k with cosine similarity and Euclidean distance on the unit
+sphere, and draws the query and its neighbours (``queries/<query>.png`` by default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..evaluation.indexes import FAMILIES, IndexSpec, build_index
+from ..evaluation.indexes.families import wrap_faiss
+from ..evaluation.indexes.sweep import normalized
+from ..fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from ..paths import runs_dir
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SAVED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.library == "faiss")
+SEARCH_FOLDER = "search"
+
+
+class SearchError(ConfigError):
+    """Bad input to the search command: the message names the problem and what would do."""
+
+
+def resolve_run(run: str | os.PathLike) -> Path:
+    """A run folder given as a path or as a run id under <results>/runs; it must hold a finished run."""
+    from ..training.rundir import RunDir
+
+    path = Path(run)
+    folder = path if path.is_dir() else runs_dir() / str(run)
+    if not folder.is_dir():
+        raise SearchError(f"unknown run {str(run)!r}: neither a folder nor a run id under {runs_dir()} "
+                          f"('dmlbench study FILE --status' lists a study's run ids)")
+    if not RunDir(folder).is_done():
+        raise SearchError(f"{folder} holds no finished run (no readable metrics.json): nothing to search with")
+    return folder
+
+
+@dataclass
+class Network:
+    """A run's network with its settings, checked against the run's record, and its preprocessing."""
+    folder: Path
+    model: Any
+    config: Any
+    checkpoint: Path
+    digest: str
+    preprocess: dict[str, Any]
+
+    def embed(self, batch) -> np.ndarray:
+        import torch
+
+        from ..training.feeds import forward_embed
+
+        return normalized(forward_embed(self.model, [batch], torch.device("cpu")).numpy())
+
+
+def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) -> Network:
+    """The run's network from its checkpoint (or ``checkpoint``, which must come from the same settings)."""
+    import torch
+
+    from ..config import RunConfig
+    from ..training.loop import build_model
+    from ..training.rundir import RunDir, read_record
+
+    record = read_record(RunDir(folder).metrics)
+    path = Path(checkpoint) if checkpoint else RunDir(folder).checkpoint
+    if not path.is_file():
+        raise SearchError(f"no checkpoint at {path}: the run kept no network to search with")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        config = RunConfig.from_dict(saved["config"], where=str(path))
+    except Exception as error:
+        raise SearchError(f"{path} is not a dmlbench checkpoint ({type(error).__name__}: {error})") from None
+    if config.config_hash() != record["config_hash"]:
+        raise SearchError(f"{path} comes from another configuration (hash {config.config_hash()}) than run "
+                          f"{record['run_id']} (hash {record['config_hash']}): use that run's own checkpoint")
+    model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
+    model.load_state_dict(saved["model"])
+    return Network(folder, model.eval(), config, path, sha256_file(path), {})
+
+
+def _preprocessing(network: Network, splits=None) -> dict[str, Any]:
+    """How an image becomes the network's input, as the evaluation prepares the run's dataset."""
+    from ..datasets import PHOTO_DATASETS, load_dataset
+    from ..training.feeds import DEFAULT_IMAGE_SIZE
+
+    config = network.config
+    if config.dataset in PHOTO_DATASETS:
+        mean, std = getattr(network.model, "normalization", (None, None))
+        if mean is None:
+            splits = splits or load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+            mean, std = splits.mean, splits.std
+        return {"kind": "photo", "size": config.image_size or DEFAULT_IMAGE_SIZE, "mean": list(mean), "std": list(std)}
+    splits = splits or load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+    height, width = splits.test.images.shape[-2:]
+    return {"kind": "grey", "height": int(height), "width": int(width), "mean": float(splits.mean),
+            "std": float(splits.std)}
+
+
+def read_image(path: Path):
+    """A PIL image, fully decoded; an unreadable file fails naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise SearchError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise SearchError(f"cannot read image {path}: {error}") from None
+
+
+def image_batch(images: list, preprocess: dict[str, Any]):
+    """PIL images -> the network's input batch, by the run's preprocessing."""
+    import torch
+
+    if preprocess["kind"] == "photo":
+        from ..datasets.transforms import eval_transform, normalize_batch
+
+        transform = eval_transform(preprocess["size"], normalize=False)
+        crops = [transform(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous())
+                 for im in images]
+        return normalize_batch(torch.stack(crops), preprocess["mean"], preprocess["std"])
+    from PIL import Image
+
+    from ..training.feeds import image_tensor
+
+    size = (preprocess["width"], preprocess["height"])
+    grey = np.stack([np.asarray(im.convert("L").resize(size, Image.BILINEAR)) for im in images])
+    return image_tensor(grey, preprocess["mean"], preprocess["std"], torch.device("cpu"))
+
+
+def folder_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SearchError(f"image folder {folder} does not exist")
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise SearchError(f"image folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def _split_items(network: Network, split: str) -> tuple[np.ndarray, list[dict[str, Any]], Any]:
+    """The embeddings and items of the run's dataset split (``test`` or ``gallery``)."""
+    import torch
+
+    from ..datasets import load_dataset
+    from ..training.embed import batches_of_test_split
+    from ..training.feeds import forward_embed
+
+    config = network.config
+    splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+    if split not in ("test", "gallery") or getattr(splits, split) is None:
+        have = "test, gallery" if splits.gallery is not None else "test"
+        raise SearchError(f"split {split!r}: {config.dataset} has {have}")
+    cpu = torch.device("cpu")
+    vectors = forward_embed(network.model, batches_of_test_split(splits, network.model, config, cpu, split), cpu)
+    labels = getattr(splits, split).labels
+    items = [{"id": i, "source": f"{config.dataset}:{split}:{i}", "label": int(label)} for i, label in enumerate(labels)]
+    return normalized(vectors.numpy()), items, splits
+
+
+def build(run: str | os.PathLike, *, images: Path | None = None, split: str = "test", family: str = "hnsw",
+          name: str | None = None, checkpoint: str | None = None, batch: int = 256) -> Path:
+    """Index the images (or the split) with the run's network; returns the index folder."""
+    if family not in SAVED_FAMILIES:
+        raise SearchError(f"index {family!r} cannot be saved; choose from {', '.join(SAVED_FAMILIES)}")
+    network = load_run_network(resolve_run(run), checkpoint)
+    if images is not None:
+        paths = folder_images(Path(images))
+        network.preprocess = _preprocessing(network)
+        vectors = np.concatenate([network.embed(image_batch([read_image(p) for p in paths[i:i + batch]],
+                                                            network.preprocess)) for i in range(0, len(paths), batch)])
+        items = [{"id": i, "source": str(p.resolve()), "label": p.parent.name} for i, p in enumerate(paths)]
+    else:
+        vectors, items, splits = _split_items(network, split)
+        network.preprocess = _preprocessing(network, splits)
+    built = build_index(IndexSpec.make(family), vectors)
+    out = network.folder / SEARCH_FOLDER / (name or (Path(images).name if images is not None else split))
+    out.mkdir(parents=True, exist_ok=True)
+    import faiss
+
+    atomic_write_bytes(out / "index.faiss", faiss.serialize_index(built.native).tobytes())
+    buffer = _npy_bytes(vectors)
+    atomic_write_bytes(out / "embeddings.npy", buffer)
+    atomic_write_json(out / "manifest.json", {
+        "run_id": network.folder.name, "config_hash": network.config.config_hash(), "checkpoint": str(network.checkpoint),
+        "checkpoint_sha256": network.digest, "index": IndexSpec.make(family).to_dict(), "dim": int(vectors.shape[1]),
+        "preprocess": network.preprocess, "items": items})
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _search_setting(family: str, k: int) -> dict[str, int]:
+    """The search setting of a query: HNSW explores max(64, 4k) candidates, IVF scans 16 lists."""
+    return {"hnsw": {"ef_search": max(64, 4 * k)}, "ivf-flat": {"nprobe": 16}, "ivf-pq": {"nprobe": 16}}.get(family, {})
+
+
+def open_index(run: str | os.PathLike, name: str = "test", checkpoint: str | None = None):
+    """(the run's network, the index's manifest, the index, its embeddings); the index must have been
+    built with the checkpoint the run has now."""
+    import faiss
+
+    folder = resolve_run(run)
+    where = folder / SEARCH_FOLDER / name
+    if not (where / "manifest.json").is_file():
+        built = sorted(p.parent.name for p in (folder / SEARCH_FOLDER).glob("*/manifest.json"))
+        raise SearchError(f"run {folder.name} has no index named {name!r} (built: {', '.join(built) or 'none'}); "
+                          f"make one with 'dmlbench search build {folder}'")
+    manifest = read_json(where / "manifest.json")
+    network = load_run_network(folder, checkpoint)
+    if manifest["checkpoint_sha256"] != network.digest:
+        raise SearchError(f"index {name!r} of run {folder.name} was built with another checkpoint "
+                          f"({manifest['checkpoint']}, SHA-256 {manifest['checkpoint_sha256'][:12]}...) than "
+                          f"{network.checkpoint} ({network.digest[:12]}...); build it again")
+    network.preprocess = manifest["preprocess"]
+    spec = IndexSpec.make(manifest["index"]["family"], **manifest["index"]["build"])
+    index = wrap_faiss(spec, faiss.read_index(str(where / "index.faiss")))
+    return network, manifest, index, np.load(where / "embeddings.npy")
+
+
+def query(run: str | os.PathLike, *, image: str | os.PathLike | None = None, item: int | None = None, k: int = 8,
+          name: str = "test", grid: str | os.PathLike | None = None, checkpoint: str | None = None) -> dict[str, Any]:
+    """The k nearest items of an image (``image``) or of an item of the index (``item``, itself
+    excluded), with the retrieval grid written; returns what is printed."""
+    if (image is None) == (item is None):
+        raise SearchError("give exactly one query: an image path (--image) or an item id of the index (--id)")
+    network, manifest, index, vectors = open_index(run, name, checkpoint)
+    items = manifest["items"]
+    if item is not None:
+        if not 0 <= item < len(items):
+            raise SearchError(f"id {item} is not an item of index {name!r}: its ids run from 0 to {len(items) - 1}")
+        vector, exclude, label = vectors[item][None], np.array([item]), f"item {item} ({items[item]['source']})"
+    else:
+        vector = network.embed(image_batch([read_image(Path(image))], network.preprocess))
+        exclude, label = None, str(image)
+    limit = len(items) - (exclude is not None)
+    if not 1 <= k <= limit:
+        raise SearchError(f"k={k}: the index {name!r} can return 1 to {limit} images for this query")
+    scores, ids, _ = index.search(vector, k, _search_setting(index.spec.family, k), exclude=exclude)
+    found = [{"rank": r + 1, **items[i], "similarity": float(s), "distance": float(np.sqrt(max(0.0, 2 - 2 * s)))}
+             for r, (i, s) in enumerate(zip(ids[0], scores[0])) if i >= 0]
+    stem = f"id{item}" if item is not None else Path(image).stem
+    path = Path(grid) if grid else network.folder / SEARCH_FOLDER / name / "queries" / f"{stem}.png"
+    draw_grid(path, label, image if item is None else None, items[item] if item is not None else None, found,
+              network.config)
+    return {"query": label, "index": index.spec.name, "neighbours": found, "grid": str(path)}
+
+
+def _thumbnail(item: dict[str, Any] | None, image: str | os.PathLike | None, config, cache: dict) -> np.ndarray:
+    """What the grid shows of a query or an answer: the image file, or the dataset split's image."""
+    if image is not None:
+        return np.asarray(read_image(Path(image)).convert("RGB"))
+    source = item["source"]
+    if os.path.isabs(source):
+        return np.asarray(read_image(Path(source)).convert("RGB"))
+    _, split, position = source.rsplit(":", 2)
+    if "splits" not in cache:
+        from ..datasets import load_dataset
+
+        cache["splits"] = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+    part = getattr(cache["splits"], split)
+    if hasattr(part, "cache"):
+        return part.cache[int(part.rows[int(position)])].permute(1, 2, 0).numpy()
+    return part.images[int(position)]
+
+
+def draw_grid(path: Path, label: str, image, item, found: list[dict[str, Any]], config) -> Path:
+    """The query and its answers in one row, each answer with its rank, label and distance (PNG)."""
+    import io
+
+    from matplotlib import pyplot as plt
+
+    cache: dict = {}
+    fig, axes = plt.subplots(1, len(found) + 1, figsize=(1.6 * (len(found) + 1), 2.0), squeeze=False)
+    pictures = [(_thumbnail(item, image, config, cache), "query")]
+    pictures += [(_thumbnail(f, None, config, cache), f"#{f['rank']} {f['label']}\nd={f['distance']:.3f}") for f in found]
+    for axis, (picture, title) in zip(axes[0], pictures):
+        axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+        axis.set_title(title, fontsize=7)
+        axis.axis("off")
+    fig.suptitle(label[-80:], fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
