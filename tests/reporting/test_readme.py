@@ -315,3 +315,18 @@ def test_no_function_of_the_readme_module_is_over_60_lines():
     long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
     assert not long, long
+
+
+def test_the_index_block_says_which_losses_index_well_from_the_summary_lines():
+    from dmlbench.reporting.readme import render_index_block, render_index_study
+
+    lines = ["**d** (4 runs; ...): brute force answers 10 queries per second on one thread.",
+             "Under pq m=4, a + b loses least (0.1000 of its 0.9000) and c + d most (0.5000 of 0.8000).",
+             "Across runs, the Recall@1 lost under pq m=8 follows the spectral decay (rho) most closely (Spearman +0.10).",
+             "Across runs, the Recall@1 lost under pq m=4 follows the spectral decay (rho) most closely (Spearman +0.70)."]
+    indexes = {"d": {"runs": 4, "lines": lines, "matched": [{"loss": "a", "miner": "b", "seeds": 2, "exact": 0.9}]}}
+    block = render_index_block(None, indexes)
+    assert "On d's runs, under pq m=4, a + b loses least (0.1000 of its 0.9000)" in block
+    assert "(Spearman +0.70)" in block and "+0.10" not in block and "brute force answers 10" not in block
+    study = render_index_study(indexes)
+    assert "brute force answers 10 queries" in study and "| a | b | 2 | 0.9000 |" in study
