@@ -231,7 +231,7 @@ def index_summary(ctx) -> dict | None:
     from .narrative import cell_name
     from .tables import rounded
 
-    if ctx.study.indexes is None:
+    if getattr(ctx.study, "indexes", None) is None:
         return None
     frame = index_frame(ctx)
     out = {}

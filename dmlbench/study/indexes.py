@@ -42,7 +42,9 @@ from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
 from ..fileio import atomic_write_json, read_json
 from ..paths import results_dir
 
-INDEX_EVAL_VERSION = 1  # bumped when what the evaluation computes changes: its files are then new ones
+# Bumped when what the evaluation computes changes: its files are then new ones. 2: a missing answer
+# counts the sphere's diameter in the relative distance error (it counted as infinite).
+INDEX_EVAL_VERSION = 2
 PLAN_KEYS = ("queries", "exact_queries", "seed", "families")
 RESULT_KEYS = ("run_id", "plan_id", "dataset", "loss", "miner", "seed", "exact", "rows")
 

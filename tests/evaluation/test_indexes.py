@@ -115,6 +115,9 @@ def test_knn_recall_counts_an_answer_tied_with_the_kth_as_found():
     expected = np.sqrt(2.0) / np.sqrt(0.4) - 1.0
     assert relative_distance_error(np.array([[0, 3]]), true, queries, items) == pytest.approx(expected)
     assert relative_distance_error(true, true, queries, items) == 0.0
+    # a missing answer counts the sphere's diameter: (0 + 2) / (0 + sqrt(0.4)) - 1
+    missing = relative_distance_error(np.array([[0, -1]]), true, queries, items)
+    assert missing == pytest.approx(2.0 / np.sqrt(0.4) - 1.0)
 
 
 def test_label_metrics_of_ranked_answers_follow_the_evaluation():

@@ -52,8 +52,8 @@ def knn_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: 
 
 def relative_distance_error(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> float:
     """Mean over queries of sum(d(q, found)) / sum(d(q, true)) - 1, Euclidean on the unit sphere."""
-    def distances(ids):
-        return np.sqrt(np.maximum(2.0 - 2.0 * _similarities(ids, queries, items), 0.0))  # -inf -> 2 (diameter)
+    def distances(ids):  # a missing answer (similarity -inf) at the sphere's diameter, 2
+        return np.sqrt(np.clip(2.0 - 2.0 * np.maximum(_similarities(ids, queries, items), -1.0), 0.0, 4.0))
 
     got, best = distances(np.asarray(found)).sum(1), distances(np.asarray(true)).sum(1)
     ratio = np.where(best > 0, got / np.where(best > 0, best, 1.0), np.where(got > 0, np.inf, 1.0))
