@@ -11,10 +11,12 @@
     dmlbench search build RUN [--images DIR]   index images with a run's network; search query RUN --image F
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
+    dmlbench data prepare cub --check           verify a prepared dataset: counts, images, cache
     dmlbench readme [--check]                   refresh the generated blocks of README.md and docs/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
     dmlbench bench train [...]                  training images/s: data pipeline, model step, both
     dmlbench bench indexes [--n 1000000]        similarity-search indexes on 1M x 128 vectors
+    dmlbench bench cache [--images 1200]        the image cache's decode rate on 1 and on every core
 """
 
 from __future__ import annotations
@@ -306,8 +308,14 @@ def _data_benchmark(args) -> int:
         folder, where = locate_layout(args.name, args.root)
         print(f"{folder} ({where})")
         return 0
+    if args.check:
+        from .datasets.check import check_prepared
+
+        summary, ok = check_prepared(args.name, args.root, image_size=args.image_size, workers=args.workers)
+        print(summary)
+        return 0 if ok else 1
     print(prepare_benchmark(args.name, args.root, image_size=args.image_size, download=not args.no_download,
-                            url=args.url))
+                            url=args.url, subset=args.subset, workers=args.workers))
     return 0
 
 
@@ -440,6 +448,12 @@ def _add_data_command(sub) -> None:
     p.add_argument("--image-size", type=_positive(int, "a whole number of pixels"), default=224, help="benchmarks: the crop size the cache is decoded for")
     p.add_argument("--no-download", action="store_true", help="benchmarks: fail instead of downloading")
     p.add_argument("--url", help="benchmarks: a mirror's base URL for the official archives")
+    p.add_argument("--check", action="store_true", help="benchmarks: verify a prepared dataset (counts, every image "
+                   "decodable, the cache against the lists) and print a summary; exit 1 if a check fails")
+    p.add_argument("--subset", action="store_true", help="benchmarks: accept a layout whose counts differ from the "
+                   "published ones (a deliberate subset; a run needs the setting data_subset: true)")
+    p.add_argument("--workers", type=_positive(int, "a whole number of processes"),
+                   help="benchmarks: processes that decode the images (default: one per core)")
     p.set_defaults(func=cmd_data)
 
 

@@ -87,6 +87,8 @@ class RunConfig:
     eval_batch_size: int = 1000
     # Photo datasets (cub, cars196, sop, inshop) only:
     image_size: int | None = None  # crop size in pixels; None = 224
+    data_subset: bool | None = None  # true: train on a layout whose counts differ from the published ones
+    #                                  (a deliberate subset; hashed, and the run records the counts found)
     num_workers: int | None = None  # image loader processes; None = enough for a GPU, 0 on a CPU (not hashed:
     #                                 each image's augmentation has its own seed, so the count changes no number)
     torch_compile: bool | None = None  # torch.compile the model (speed only; not hashed)
@@ -128,6 +130,8 @@ class RunConfig:
         # settings that train exactly as if unset are hashed as unset: one training, one id
         if settings.get("lr_schedule") == "constant":
             del settings["lr_schedule"]
+        if settings.get("data_subset") is False:
+            del settings["data_subset"]
         if settings.get("augment") == {} or (settings.get("augment") and not any(settings["augment"].values())):
             del settings["augment"]
         effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
@@ -245,6 +249,8 @@ class RunConfig:
             if self.dataset not in PHOTO_DATASETS:
                 raise ConfigError(f"image_size={self.image_size} applies to the photo datasets "
                                   f"({', '.join(PHOTO_DATASETS)}), not to {self.dataset!r}; leave it None")
+        if self.data_subset is not None:
+            self._check_data_subset()
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
                                              or self.num_workers < 0):
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
@@ -318,6 +324,22 @@ class RunConfig:
                               f"(the data's labels, and the settings P, K and iters_per_epoch), not in sampler_kwargs")
         with _field("sampler_kwargs"):
             SAMPLERS.check_kwargs(self.sampler_name, self.sampler_kwargs or {})
+
+    def _check_data_subset(self) -> None:
+        from .datasets.benchmarks import PHOTO_DATASETS
+
+        if not isinstance(self.data_subset, bool):
+            raise ConfigError(f"data_subset must be true, false or None, got {self.data_subset!r}")
+        if self.data_subset and self.dataset not in PHOTO_DATASETS:
+            raise ConfigError(f"data_subset applies to the photo datasets ({', '.join(PHOTO_DATASETS)}), whose "
+                              f"published counts are checked; not to {self.dataset!r}")
+
+    def load_splits(self):
+        """The run's dataset splits (dmlbench.datasets.load_dataset with the run's data settings)."""
+        from .datasets import load_dataset
+
+        subset = {"subset": True} if self.data_subset else {}
+        return load_dataset(self.dataset, root=self.data_root, image_size=self.image_size, **subset)
 
     def _check_data_root(self) -> None:
         if self.data_root is None:

@@ -16,7 +16,6 @@ from PIL import Image
 from scipy.io import savemat
 
 from dmlbench.datasets.idx import write_idx
-from dmlbench.datasets.layouts import read_layout
 from dmlbench.geometry.tuples import Pairs, Triplets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,28 +53,41 @@ def tiny_settings(**overrides):
     return settings
 
 
+# Each writer writes a miniature's lists in the official form and returns (path, label) of every image
+# it lists, where the official archive puts it (write_miniature then writes the images there).
+
 def write_cub(root, per_class=2):
     (root / "images").mkdir(parents=True)
-    images, labels, classes = [], [], []
+    images, labels, classes, listed = [], [], [], []
     image_id = 1
     for c in range(1, 201):
         classes.append(f"{c} {c:03d}.Bird_{c}")
         for j in range(per_class):
             images.append(f"{image_id} {c:03d}.Bird_{c}/bird_{c}_{j}.jpg")
             labels.append(f"{image_id} {c}")
+            listed.append((f"images/{c:03d}.Bird_{c}/bird_{c}_{j}.jpg", c))
             image_id += 1
     (root / "images.txt").write_text("\n".join(images) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return listed
+
+
+def cars_records(fields, rows):
+    """A MATLAB struct array as scipy.io.savemat writes the official files' (one record per row)."""
+    records = np.zeros(len(rows), dtype=[(f, "O") for f in fields])
+    for i, row in enumerate(rows):
+        records[i] = row
+    return records
 
 
 def write_cars(root):
     root.mkdir(parents=True, exist_ok=True)
-    records = np.zeros(196 * 2, dtype=[("relative_im_path", "O"), ("bbox_x1", "O"), ("class", "O"), ("test", "O")])
-    for i in range(len(records)):
-        records[i] = (f"car_ims/{i + 1:06d}.jpg", 0, i // 2 + 1, i % 2)
+    rows = [(f"car_ims/{i + 1:06d}.jpg", 0, 0, 0, 0, i // 2 + 1, i % 2) for i in range(196 * 2)]
+    fields = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test")
     names = np.array([f"Make {c} 2012" for c in range(1, 197)], dtype=object)
-    savemat(root / "cars_annos.mat", {"annotations": records, "class_names": names})
+    savemat(root / "cars_annos.mat", {"annotations": cars_records(fields, rows), "class_names": names})
+    return [(row[0], row[5]) for row in rows]
 
 
 def write_sop(root):
@@ -85,19 +97,34 @@ def write_sop(root):
     test = [f"{i + 1} {i // 2 + 11} {i // 4 + 5} chair_final/{i}_0.JPG" for i in range(10)]  # classes 11-15
     (root / "Ebay_train.txt").write_text(header + "\n".join(train) + "\n")
     (root / "Ebay_test.txt").write_text(header + "\n".join(test) + "\n")
+    return [(line.split()[3], int(line.split()[1])) for line in train + test]
 
 
-def write_inshop(root):
-    (root / "Eval").mkdir(parents=True)
+def inshop_lines():
+    """(image as listed, item, status) of the In-Shop miniature: 12 items of three views each."""
     lines = []
     for item in range(1, 13):
         category = "WOMEN/Dresses" if item % 2 else "MEN/Denim"
         for view in ("front", "side", "back"):
-            image = f"img/{category}/id_{item:08d}/01_1_{view}.jpg"
             status = "train" if item <= 8 else ("query" if view == "front" else "gallery")
-            lines.append(f"{image} id_{item:08d} {status}")
+            lines.append((f"img/{category}/id_{item:08d}/01_1_{view}.jpg", f"id_{item:08d}", status))
+    return lines
+
+
+def write_inshop(root):
+    (root / "Eval").mkdir(parents=True)
+    lines = inshop_lines()
     (root / "Eval" / "list_eval_partition.txt").write_text(f"{len(lines)}\nimage_name item_id evaluation_status\n"
-                                                           + "\n".join(lines) + "\n")
+                                                           + "\n".join(" ".join(line) for line in lines) + "\n")
+    return [(image, int(item[3:])) for image, item, _ in lines]
+
+
+def miniature_counts():
+    """Each miniature's own image and class counts, carried as the dataset classes carry the published ones."""
+    from dmlbench.datasets.counts import Counts
+
+    return {"cub": Counts(400, 200, 200, 100, 100), "cars196": Counts(392, 196, 196, 98, 98),
+            "sop": Counts(40, 30, 10, 10, 5), "inshop": Counts(36, 24, 4, 8, 4, 8, 4)}
 
 
 def user_module(tmp_path, monkeypatch, filename, source):
@@ -245,9 +272,6 @@ def write_images(root, paths, labels, seed: int = 0) -> None:
 def write_miniature(name: str, parent) -> "Path":  # noqa: F821
     """Write dataset ``name``'s miniature layout and images under ``parent / FOLDERS[name]``."""
     root = parent / FOLDERS[name]
-    WRITERS[name](root)
-    layout = read_layout(name, root)
-    for part in (layout.train, layout.val, layout.test, layout.gallery):
-        if part is not None:
-            write_images(root, part.paths, part.labels)
+    listed = WRITERS[name](root)
+    write_images(root, [p for p, _ in listed], [label for _, label in listed])
     return root

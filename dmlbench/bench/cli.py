@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval", "train", "indexes")
+BENCHMARKS = ("losses", "miners", "eval", "train", "indexes", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         from .eval import main as run
     elif what == "indexes":
         from .indexes import main as run
+    elif what == "cache":
+        from .cache import main as run
     else:
         from .train import main as run
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .base import (DATASETS, DEFAULT_IMAGE_SIZE, Dataset, DatasetNames, LabelledSet, Splits, cache_dir,
                    data_roots)
+from .counts import Counts, check_counts
 from .download import Archive, DownloadError, download_dataset
 from .image_cache import ImageCache, build_cache
 from .layouts import FETCH_COMMAND, ImageList, Layout, LayoutError, origin, read_layout
@@ -62,6 +63,10 @@ class PhotoDataset(Dataset):
     download_subfolder: ClassVar[str] = ""  # where the archives' layout lands, relative to the download root
     download_needs: ClassVar[tuple[str, ...]] = ()  # further paths (relative to that root) a finished download has
     manual_steps: ClassVar[str | None] = None  # where nothing can be downloaded: how to fetch the files by hand
+    missing_hint: ClassVar[str | None] = None  # where a variant's images may be, when listed ones are missing
+    download_alternatives: ClassVar[str | None] = None  # a failed download's message: other copies and layouts
+    counts: ClassVar["Counts | None"] = None  # the published image and class counts, checked on every load (.counts)
+    variants: ClassVar[tuple[str, ...]] = ("official",)  # the layouts its reader accepts, for messages and docs
 
     @classmethod
     def read_layout(cls, root: Path, *, val_fraction: float = 0.2, seed: int = 0) -> Layout:
@@ -70,9 +75,10 @@ class PhotoDataset(Dataset):
         raise NotImplementedError(f"{cls.__name__} must implement read_layout(root, *, val_fraction, seed)")
 
     @classmethod
-    def load(cls, root: str | os.PathLike | None = None, cache: bool = True, image_size: int | None = None) -> Splits:
+    def load(cls, root: str | os.PathLike | None = None, cache: bool = True, image_size: int | None = None,
+             subset: bool = False) -> Splits:
         # The decoded cache is what makes training on photos fast; it is always used.
-        return load_benchmark(cls.name, root, image_size=image_size)
+        return load_benchmark(cls.name, root, image_size=image_size, subset=subset)
 
     @classmethod
     def fetch_by_hand(cls, root: Path) -> Path:
@@ -189,25 +195,49 @@ def cache_side(image_size: int | None) -> int:
     return round((image_size or DEFAULT_IMAGE_SIZE) * 8 / 7)
 
 
-def image_cache(name: str, layout: Layout, *, shorter_side: int) -> ImageCache:
-    """The layout's decoded cache, built (under a lock) when it does not exist yet."""
+def image_cache(name: str, layout: Layout, *, shorter_side: int, workers: int | None = None) -> ImageCache:
+    """The layout's decoded cache, built (under a lock; resumed after an interruption) when it does not
+    exist yet, on ``workers`` processes (default: one per core)."""
     images = _all_images(layout)
     folder = cache_folder(name, layout, images, shorter_side)
     with _file_lock(folder.with_name(folder.name + ".lock")):
         if not (folder / "index.npz").is_file():
             log.info("%s: decoding %d images into %s (once)", name, len(images), folder)
-        return build_cache(layout.root, images, folder, shorter_side=shorter_side)
+        return build_cache(layout.root, images, folder, shorter_side=shorter_side, workers=workers)
 
 
-def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None) -> Splits:
-    """The class splits of benchmark ``name``, served from its decoded image cache for ``image_size`` crops."""
-    shorter_side = cache_side(image_size or photo_dataset(name).default_image_size)
+def checked_layout(name: str, root: str | os.PathLike | None = None, *, subset: bool = False) -> tuple[Layout, str, dict]:
+    """(the layout of benchmark ``name``, where it was found, its counts record): no split empty, the
+    published counts met (unless ``subset``), every listed image present."""
     folder, where = locate_layout(name, root)
     layout = read_layout(name, folder, val_fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED)
     for part, images in (("train", layout.train), ("validation", layout.val), ("test", layout.test)):
         if len(images) == 0:
             raise LayoutError(f"{name}: the {part} split of {folder} is empty")
-    store = image_cache(name, layout, shorter_side=shorter_side)
+    counts = check_counts(name, layout, photo_dataset(name).counts, variant=layout.variant, subset=subset)
+    missing_images(name, layout)
+    return layout, where, counts
+
+
+def missing_images(name: str, layout: Layout) -> None:
+    """LayoutError before any decoding when a listed image is not on disk: how many, the first few."""
+    images = _all_images(layout)
+    missing = [p for p in images.paths if not (layout.root / p).is_file()]
+    if missing:
+        hint = photo_dataset(name).missing_hint
+        raise LayoutError(f"{name} ({layout.variant} layout in {layout.root}): {len(missing):,} of {len(images):,} "
+                          f"listed images are missing, e.g. {', '.join(missing[:3])}. Likely cause: the image folder "
+                          f"is elsewhere or not unpacked (the list names them relative to {layout.root}"
+                          + (f"; {hint}" if hint else "") + ").")
+
+
+def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
+                   subset: bool = False, workers: int | None = None) -> Splits:
+    """The class splits of benchmark ``name``, served from its decoded image cache for ``image_size`` crops."""
+    shorter_side = cache_side(image_size or photo_dataset(name).default_image_size)
+    layout, where, counts = checked_layout(name, root, subset=subset)
+    folder = layout.root
+    store = image_cache(name, layout, shorter_side=shorter_side, workers=workers)
     row_of = {path: row for row, path in enumerate(store.paths)}
 
     def photos(images: ImageList | None) -> PhotoSet | None:
@@ -220,13 +250,15 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, *, image_si
         name=name, train=photos(layout.train), val=photos(layout.val), test=photos(layout.test),
         gallery=photos(layout.gallery), class_names=dict(layout.class_names or {}),
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        source={"where": where, "root": str(folder), "cache": str(store.folder),
+        source={"where": where, "root": str(folder), "cache": str(store.folder), "variant": layout.variant,
+                "count_check": counts,
                 "validation": f"{VALIDATION_FRACTION:.0%} of the train classes, seed {VALIDATION_SEED}"},
     )
 
 
 def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image_size: int | None = None,
-                      download: bool = True, url: str | None = None) -> str:
+                      download: bool = True, url: str | None = None, subset: bool = False,
+                      workers: int | None = None) -> str:
     """Find benchmark ``name``'s layout (or download, verify and unpack it into ``root``, or the
     download folder, where the network allows), decode its images into the cache for ``image_size``
     crops, and describe the result."""
@@ -238,10 +270,11 @@ def prepare_benchmark(name: str, root: str | os.PathLike | None = None, *, image
         target = Path(root) if root else download_folder(name)
         log.warning("%s: not found; downloading into %s", name, target)
         folder, where = download_dataset(name, target, base_url=url), f"downloaded into {target}"
-    splits = load_benchmark(name, folder, image_size=image_size)
+    splits = load_benchmark(name, folder, image_size=image_size, subset=subset, workers=workers)
     parts = [("train", splits.train), ("validation", splits.val), ("test", splits.test), ("gallery", splits.gallery)]
     counts = ", ".join(f"{label} {len(part)} images / {len(part.classes)} classes" for label, part in parts if part)
     cache = Path(splits.source["cache"])
     size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
-    return (f"{name}: layout in {folder} ({where}); {counts}; images decoded for "
+    return (f"{name}: {splits.source['variant']} layout in {folder} ({where}); {counts}"
+            f"{' (a deliberate subset: the published counts differ)' if subset else ''}; images decoded for "
             f"{image_size or photo_dataset(name).default_image_size}-pixel crops in {cache} ({size / 1e6:,.1f} MB)")

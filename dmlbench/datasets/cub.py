@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import register_dataset
 from .benchmarks import PhotoDataset
+from .counts import OFFICIAL
 from .download import Archive
 from .layouts import ImageList, Layout, LayoutError, integer, need, rows, split_by_class
 
@@ -20,6 +21,7 @@ from .layouts import ImageList, Layout, LayoutError, integer, need, rows, split_
 class CUB(PhotoDataset):
     name = "cub"
     description = "CUB-200-2011 (Wah et al. 2011): 200 bird species; train classes 1-100, test 101-200"
+    counts = OFFICIAL["cub"]
     split_sizes = (5864, 5924, 0)
     num_classes = (100, 100)
     recall_ks = (1, 2, 4, 8)

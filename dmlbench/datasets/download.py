@@ -66,6 +66,7 @@ class Archive:
     filename: str  # its name on disk (in root/downloads for archives, in root for plain files)
     md5: str | None  # the published MD5 sum; None where none could be confirmed
     contains: str  # what it holds, for messages
+    mirrors: tuple[str, ...] = ()  # the same file (the same MD5 sum) at other URLs, tried in order when url fails
 
     @property
     def is_archive(self) -> bool:
@@ -106,6 +107,7 @@ def source_urls(name: str, base_url: str | None = None) -> list[tuple[Archive, s
     base = base_url if base_url is not None else os.environ.get(mirror_env(name)) or None
     if base is None:
         return [(archive, archive.url) for archive in ARCHIVES[name]]
+    # a mirror named by the user replaces every URL, the archives' own mirrors included
     return [(archive, base.rstrip("/") + "/" + archive.filename) for archive in ARCHIVES[name]]
 
 
@@ -385,6 +387,25 @@ def _layout_present(name: str, root: Path) -> bool:
     return all(p.exists() for p in _layout_paths(name, root))
 
 
+def _fetch_any(name: str, urls: list[str], destination: Path, md5: str | None, root: Path) -> Path:
+    """``destination`` fetched from the first of ``urls`` that serves it with its MD5 sum; else one
+    DownloadError naming every URL tried and why, and the dataset's alternatives."""
+    failures = []
+    for url in urls:
+        try:
+            return fetch(url, destination, md5)
+        except DownloadError as error:
+            failures.append(str(error).split(". Download it by hand")[0])
+            if len(urls) > 1:
+                log.warning("%s", failures[-1])
+    alternatives = getattr(DATASETS.get(name), "download_alternatives", None)
+    tried = " Also tried: " + "; ".join(failures[1:]) + "." if len(failures) > 1 else ""
+    raise DownloadError(f"{failures[0]}.{tried} Download it by hand (a browser, wget or curl) and put it at "
+                        f"{destination}; it is then used as it is (after the MD5 check). A mirror can be named with "
+                        f"the environment variable {mirror_env(name)}."
+                        + (f" {alternatives.replace('ROOT', str(root))}" if alternatives else ""))
+
+
 def download_dataset(name: str, root: str | os.PathLike, *, base_url: str | None = None) -> Path:
     """Download, check and unpack dataset ``name`` under ``root``; returns its layout folder.
 
@@ -404,14 +425,15 @@ def download_dataset(name: str, root: str | os.PathLike, *, base_url: str | None
         return folder
     downloads = root / DOWNLOADS
     for archive, url in source_urls(name, base_url):
+        urls = [url] + ([] if base_url or os.environ.get(mirror_env(name)) else list(archive.mirrors))
         if archive.is_archive:
             path = downloads / archive.filename
             if unpacked_entries(path, root) is not None:
                 log.info("%s: %s was downloaded and unpacked already", name, archive.filename)
                 continue
-            unpack(fetch(url, path, archive.md5), root)
+            unpack(_fetch_any(name, urls, path, archive.md5, root), root)
         else:
-            fetch(url, root / archive.filename, archive.md5)
+            _fetch_any(name, urls, root / archive.filename, archive.md5, root)
     if not _layout_present(name, root):
         missing = [str(p) for p in _layout_paths(name, root) if not p.exists()]
         raise DownloadError(f"{name}: the files were downloaded and unpacked into {root}, but "

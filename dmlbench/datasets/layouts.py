@@ -57,6 +57,7 @@ class Layout:
     test: ImageList  # the queries, for In-Shop
     gallery: ImageList | None = None  # In-Shop's gallery; None means the test set is its own reference
     class_names: dict[int, str] | None = None
+    variant: str = "official"  # which of the dataset's known layouts this is (Cars196: annos, devkit, csv)
 
 
 def origin(dataset: str) -> str:
@@ -110,12 +111,12 @@ def carve_validation(train: ImageList, val_fraction: float, seed: int) -> tuple[
 
 
 def split_by_class(images: ImageList, train_classes, test_classes, name: str, root: Path,
-                   val_fraction: float, seed: int, class_names=None) -> Layout:
+                   val_fraction: float, seed: int, class_names=None, variant: str = "official") -> Layout:
     """The layout of ``images`` split into train (and validation carved from it) and test by class id."""
     train_all = images.subset(np.isin(images.labels, list(train_classes)))
     test = images.subset(np.isin(images.labels, list(test_classes)))
     train, val = carve_validation(train_all, val_fraction, seed)
-    return Layout(name, root, train, val, test, None, class_names)
+    return Layout(name, root, train, val, test, None, class_names, variant)
 
 
 def readers() -> dict[str, object]:

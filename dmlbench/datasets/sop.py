@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import register_dataset
 from .benchmarks import PhotoDataset
+from .counts import OFFICIAL
 from .download import Archive
 from .layouts import ImageList, Layout, LayoutError, carve_validation, integer, need, rows
 
@@ -27,6 +28,7 @@ def _read_ebay(path: Path) -> ImageList:
 class SOP(PhotoDataset):
     name = "sop"
     description = "Stanford Online Products (Song et al. 2016): 22,634 products; Ebay_train / Ebay_test"
+    counts = OFFICIAL["sop"]
     split_sizes = (59551, 60502, 0)
     num_classes = (11318, 11316)
     super_labels = True
@@ -38,10 +40,11 @@ class SOP(PhotoDataset):
     # KevinMusgrave/powerful-benchmarker (src/powerful_benchmarker/datasets/stanford_online_products.py)
     # checks it, fetched from the same cs.stanford.edu FTP address used here.
     archives = [
+        # FTP often fails behind proxies: the same host serves the same file over HTTP (same MD5 sum)
         Archive("ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip", "Stanford_Online_Products.zip",
                 "7f73d41a2f44250d4779881525aea32e",
                 "Stanford Online Products: Stanford_Online_Products/ with Ebay_train.txt, Ebay_test.txt and "
-                "the images"),
+                "the images", mirrors=("http://ftp.cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip",)),
     ]
     download_subfolder = "Stanford_Online_Products"
 

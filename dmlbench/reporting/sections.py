@@ -165,11 +165,9 @@ def recall_curves(ctx, dataset: str) -> None:
 def _test_splits(ctx, dataset: str):
     """The splits of ``dataset`` as the study's first cell on it loads them; None (and why, shown)
     when they cannot be loaded here."""
-    from ..datasets import load_dataset
-
     first = ctx.study.cells[[c.config.dataset for c in ctx.study.cells].index(dataset)].config
     try:
-        return load_dataset(dataset, root=first.data_root, image_size=first.image_size)
+        return first.load_splits()
     except Exception as error:  # the report stands without these pictures
         _show(f"**{dataset}**: the test images cannot be loaded here ({type(error).__name__}: {error}), "
               "so no t-SNE map or retrieval grid.")

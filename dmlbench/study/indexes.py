@@ -188,11 +188,10 @@ def run_indexes(study, *, log: Callable[[str], None] = print) -> dict[str, int]:
             if result_problem(path) is None:
                 counts["done"] += 1
                 continue
-            key = (cell.config.dataset, cell.config.data_root, cell.config.image_size)
+            config = cell.config
+            key = (config.dataset, config.data_root, config.image_size, config.data_subset)
             if key not in splits_of:
-                from ..datasets import load_dataset
-
-                splits_of[key] = load_dataset(key[0], root=key[1], image_size=key[2])
+                splits_of[key] = config.load_splits()
             log(f"indexes: {cell.run_id}")
             atomic_write_json(path, evaluate_run(cell, splits_of[key], plan, log=log))
             counts["computed"] += 1

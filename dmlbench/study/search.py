@@ -99,17 +99,17 @@ def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) 
 
 def _preprocessing(network: Network, splits=None) -> dict[str, Any]:
     """How an image becomes the network's input, as the evaluation prepares the run's dataset."""
-    from ..datasets import PHOTO_DATASETS, load_dataset
+    from ..datasets import PHOTO_DATASETS
     from ..training.feeds import DEFAULT_IMAGE_SIZE
 
     config = network.config
     if config.dataset in PHOTO_DATASETS:
         mean, std = getattr(network.model, "normalization", (None, None))
         if mean is None:
-            splits = splits or load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+            splits = splits or config.load_splits()
             mean, std = splits.mean, splits.std
         return {"kind": "photo", "size": config.image_size or DEFAULT_IMAGE_SIZE, "mean": list(mean), "std": list(std)}
-    splits = splits or load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+    splits = splits or config.load_splits()
     height, width = splits.test.images.shape[-2:]
     return {"kind": "grey", "height": int(height), "width": int(width), "mean": float(splits.mean),
             "std": float(splits.std)}
@@ -162,12 +162,11 @@ def _split_items(network: Network, split: str) -> tuple[np.ndarray, list[dict[st
     """The embeddings and items of the run's dataset split (``test`` or ``gallery``)."""
     import torch
 
-    from ..datasets import load_dataset
     from ..training.embed import batches_of_test_split
     from ..training.feeds import forward_embed
 
     config = network.config
-    splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+    splits = config.load_splits()
     if split not in ("test", "gallery") or getattr(splits, split) is None:
         have = "test, gallery" if splits.gallery is not None else "test"
         raise SearchError(f"split {split!r}: {config.dataset} has {have}")
@@ -281,9 +280,7 @@ def _thumbnail(item: dict[str, Any] | None, image: str | os.PathLike | None, con
         return np.asarray(read_image(Path(source)).convert("RGB"))
     _, split, position = source.rsplit(":", 2)
     if "splits" not in cache:
-        from ..datasets import load_dataset
-
-        cache["splits"] = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+        cache["splits"] = config.load_splits()
     part = getattr(cache["splits"], split)
     if hasattr(part, "cache"):
         return part.cache[int(part.rows[int(position)])].permute(1, 2, 0).numpy()

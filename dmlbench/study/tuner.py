@@ -82,11 +82,10 @@ def open_study(search: Search, backend=None, *, finished: int = 0):
 def tuning_splits(search: Search) -> TuningSplits:
     """The search's dataset with its test split sealed; fails before any trial when there is no
     validation split to score on."""
-    from ..datasets import load_dataset
     from ..errors import ConfigError
 
     config = search.base
-    splits = TuningSplits(load_dataset(config.dataset, root=config.data_root, image_size=config.image_size))
+    splits = TuningSplits(config.load_splits())
     if len(splits.val) == 0 or len(splits.val.classes) < 2:
         raise ConfigError(f"{search.search_id}: {config.dataset} has no validation split of two classes or more to "
                           f"score trials on ({len(splits.val)} images); tuning needs one")

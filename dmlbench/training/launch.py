@@ -42,7 +42,6 @@ def _result_state(result) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..datasets import load_dataset
     from .loop import train
 
     config_file, run_dir = (argv if argv is not None else sys.argv[1:])[:2]
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"{dist.get_world_size()}")
         if not cuda:  # the processes share the CPU's cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
-        splits = load_dataset(config.dataset, root=config.data_root, image_size=config.image_size)
+        splits = config.load_splits()
         result = train(config, splits, progress=dist.get_rank() == 0, checkpoint=folder.resume)
         if result is not None:
             atomic_torch_save(folder.launch_result, _result_state(result))

@@ -161,3 +161,15 @@ def test_index_benchmark_writes_its_tables_and_the_readme_blocks_read_them(isola
     same = (labels[:, None] == labels[None, :]) & ~np.eye(2000, dtype=bool)
     sims = x @ x.T
     assert sims[same].mean() > sims[~same].mean() + 0.3
+
+
+def test_cache_benchmark_decodes_on_one_and_every_core_into_the_same_bytes(isolated):
+    import os
+
+    from dmlbench.cli import main
+
+    assert main(["bench", "cache", "--images", "60", "--size", "120"]) == 0
+    text = (isolated / "results" / "bench" / "cache-cpu.txt").read_text()
+    rows = (isolated / "results" / "bench" / "cache-cpu.csv").read_text().splitlines()
+    assert "generated JPEGs of 120 px" in text and len(rows) == 1 + len({1, os.cpu_count()})
+    assert all(row.endswith(("True," + row.split(",")[-1])) for row in rows[1:])  # same_bytes_as_1_worker

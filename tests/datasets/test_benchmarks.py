@@ -131,10 +131,13 @@ def test_one_epoch_through_the_experiment_notebook(name, miniatures, isolated):
 
     from dmlbench.study.cells import run_config
 
+    # the kernel is another process: the miniature is a deliberate subset of the published counts there
     config = photo_config(name, data_root=str(miniatures[name]), P=3 if name == "inshop" else 4, num_workers=1,
-                          loss="contrastive", miner="none")  # every pair counts: the loss is positive
+                          loss="contrastive", miner="none", data_subset=True)  # every pair counts: the loss is positive
     metrics = run_config(config, run_dir=isolated / "run")
     record = json.loads(metrics.read_text())
+    counts = record["dataset"]["source"]["count_check"]
+    assert counts["subset"] is True and counts["found"]["test"] == EXPECTED[name][3]  # the run records what it got
     assert record["config"]["dataset"] == name and record["config"]["model"] == "resnet18"
     assert len(record["history"]) == 2 and record["history"][1]["loss"] > 0
     assert record["dataset"]["num_test"] == EXPECTED[name][3]
@@ -208,7 +211,8 @@ def test_a_cub_study_on_a_preset_reports_beside_the_published_numbers(miniatures
         "name": "cub-tiny", "datasets": ["cub"], "losses": {"triplet": {"margin": 0.2}}, "miners": ["semi-hard"],
         "seeds": [0], "settings": {"preset": "roth2020", "model": "resnet18", "model_kwargs": {"pretrained": False},
                                    "embedding_dim": 16, "P": 4, "image_size": 32, "epochs": 1, "iters_per_epoch": 2,
-                                   "eval_batch_size": 64, "device": "cpu", "num_workers": 0}}))
+                                   "eval_batch_size": 64, "device": "cpu", "num_workers": 0,
+                                   "data_subset": True}}))  # the notebooks' kernels check the published counts
     study = load_study(study_path)
     assert study.cells[0].config.lr == 1e-5 and study.cells[0].config.K == 2  # from the preset
     run_study(study)
@@ -231,4 +235,4 @@ def test_study_lists_and_prepares_its_datasets(miniatures, isolated, tmp_path, c
     monkeypatch.setenv("DMLBENCH_DATA", os.pathsep.join([str(miniatures["sop"].parent), os.environ["DMLBENCH_DATA"]]))
     assert main(["study", str(study), "--prepare-data"]) == 0
     out = capsys.readouterr().out
-    assert "sop: layout in" in out and "224-pixel crops" in out and "fashion-mnist: train" in out
+    assert "sop: official layout in" in out and "224-pixel crops" in out and "fashion-mnist: train" in out

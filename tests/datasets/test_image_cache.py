@@ -48,3 +48,49 @@ def test_a_corrupt_image_is_named_and_leaves_no_index(tmp_path):
         build_cache(tmp_path / "data", images, tmp_path / "cache", shorter_side=8)
     with pytest.raises(Exception, match="index.npz is missing"):
         ImageCache(tmp_path / "cache")
+
+
+def test_parallel_decoding_writes_the_same_cache_as_one_process(tmp_path):
+    from dmlbench.datasets.image_cache import BLOCK
+
+    sizes = [(20 + i % 7, 18 + i % 5) for i in range(2 * BLOCK + 40)]  # three blocks
+    images = write_images(tmp_path / "data", sizes)
+    one = build_cache(tmp_path / "data", images, tmp_path / "one", shorter_side=12, workers=1, progress=False)
+    two = build_cache(tmp_path / "data", images, tmp_path / "two", shorter_side=12, workers=2, progress=False)
+    assert (tmp_path / "one" / "pixels.u8").read_bytes() == (tmp_path / "two" / "pixels.u8").read_bytes()
+    assert one.paths == two.paths and np.array_equal(one.offsets, two.offsets)
+    assert not any((tmp_path / "two" / name).exists() for name in ("pixels.u8.partial", "blocks.done", "plan.json"))
+
+
+def test_too_little_free_space_stops_before_decoding_and_says_how_much_is_needed(tmp_path):
+    from dmlbench.datasets.image_cache import CacheSpaceError
+
+    images = write_images(tmp_path / "data", [(400, 300), (300, 400)])  # 341x256 + 256x341 pixels
+    needed = 2 * 341 * 256 * 3 * 1.02
+    with pytest.raises(CacheSpaceError) as error:
+        build_cache(tmp_path / "data", images, tmp_path / "cache", shorter_side=256, free_bytes=lambda folder: 100_000)
+    assert f"needs {needed / 1e6:,.1f} MB more on the disk of {tmp_path / 'cache'}, which has 0.1 MB free" in str(error.value)
+    assert not (tmp_path / "cache" / "index.npz").exists()
+    build_cache(tmp_path / "data", images, tmp_path / "cache", shorter_side=256, free_bytes=lambda folder: 10**9)
+
+
+def test_an_interrupted_build_resumes_without_decoding_its_finished_blocks_again(tmp_path):
+    from dmlbench.datasets.image_cache import BLOCK
+
+    images = write_images(tmp_path / "data", [(24, 20)] * (BLOCK + 10))
+    data = tmp_path / "data"
+    late = data / images.paths[BLOCK + 3]  # in the second block
+    whole = late.read_bytes()
+    late.write_bytes(whole[: len(whole) - 100])  # truncated: its header reads, its pixels do not
+    with pytest.raises(ImageReadError, match=images.paths[BLOCK + 3]):
+        build_cache(data, images, tmp_path / "cache", shorter_side=16, workers=1, progress=False)
+    assert (tmp_path / "cache" / "blocks.done").read_text().split() == ["0"]
+    first = data / images.paths[0]
+    before = first.read_bytes()
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(first)  # same size, other pixels
+    late.write_bytes(whole)
+    cache = build_cache(data, images, tmp_path / "cache", shorter_side=16, workers=1, progress=False)
+    first.write_bytes(before)
+    fresh = build_cache(data, images, tmp_path / "fresh", shorter_side=16, workers=1, progress=False)
+    assert torch.equal(cache[0], fresh[0]) and cache[0].max() > 0  # block 0 came from the first attempt
+    assert all(torch.equal(cache[i], fresh[i]) for i in range(len(cache)))
