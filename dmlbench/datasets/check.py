@@ -13,7 +13,6 @@ Three checks, each a line of a one-screen summary:
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from .benchmarks import _all_images, cache_folder, cache_side, locate_layout, photo_dataset, read_layout
 from .benchmarks import VALIDATION_FRACTION, VALIDATION_SEED
 from .counts import LABELS, check_counts
-from .image_cache import BLOCK, ImageCache
+from .image_cache import ImageCache, in_blocks
 
 SHOWN_FAILURES = 5  # unreadable images named in the summary
 
@@ -41,12 +40,7 @@ def _unreadable(paths: list[Path]) -> list[str]:
 
 
 def unreadable_images(root: Path, paths: list[str], workers: int) -> list[str]:
-    files = [root / p for p in paths]
-    chunks = [files[i:i + BLOCK] for i in range(0, len(files), BLOCK)]
-    if workers <= 1 or len(chunks) <= 1:
-        return [b for chunk in chunks for b in _unreadable(chunk)]
-    with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
-        return [b for part in pool.map(_unreadable, chunks) for b in part]
+    return in_blocks(_unreadable, [root / p for p in paths], workers)
 
 
 def _counts_line(record: dict) -> tuple[str, bool]:

@@ -102,7 +102,7 @@ def build_cache(root, images: ImageList, folder, *, shorter_side: int = 256, wor
     workers = max(1, workers or os.cpu_count() or 1)
     folder.mkdir(parents=True, exist_ok=True)
     files = [root / relative for relative in images.paths]
-    shapes = np.array(_parallel(_header_sizes, files, shorter_side, workers), dtype=np.int64).reshape(-1, 2)
+    shapes = np.array(in_blocks(_header_sizes, files, workers, shorter_side), dtype=np.int64).reshape(-1, 2)
     sizes = shapes[:, 0] * shapes[:, 1] * 3
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     total = int(sizes.sum())
@@ -137,13 +137,14 @@ def _decode_block(paths: list[Path], shapes: np.ndarray, offsets: np.ndarray, sh
     return len(paths)
 
 
-def _parallel(task, items: list, shorter_side: int, workers: int) -> list:
-    """``task(chunk, shorter_side)`` over chunks of ``items`` on ``workers`` processes, results in order."""
+def in_blocks(task, items: list, workers: int, *extra) -> list:
+    """``task(block, *extra)`` over blocks of BLOCK ``items`` on ``workers`` processes; the lists it
+    returns joined, in order."""
     chunks = [items[i:i + BLOCK] for i in range(0, len(items), BLOCK)]
-    if workers == 1 or len(chunks) == 1:
-        return [r for chunk in chunks for r in task(chunk, shorter_side)]
+    if workers <= 1 or len(chunks) <= 1:
+        return [r for chunk in chunks for r in task(chunk, *extra)]
     with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
-        return [r for part in pool.map(task, chunks, [shorter_side] * len(chunks)) for r in part]
+        return [r for part in pool.map(task, chunks, *[[e] * len(chunks) for e in extra]) for r in part]
 
 
 def _plan_key(images: ImageList, shorter_side: int, offsets: np.ndarray) -> str:
