@@ -74,10 +74,7 @@ class Network:
 
 def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) -> Network:
     """The run's network from its checkpoint (or ``checkpoint``, which must come from the same settings)."""
-    import torch
-
-    from ..config import RunConfig
-    from ..training.loop import build_model
+    from ..training.embed import load_network
     from ..training.rundir import RunDir, read_record
 
     record = read_record(RunDir(folder).metrics)
@@ -85,16 +82,13 @@ def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) 
     if not path.is_file():
         raise SearchError(f"no checkpoint at {path}: the run kept no network to search with")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        config = RunConfig.from_dict(saved["config"], where=str(path))
+        model, config = load_network(folder, checkpoint=path)
     except Exception as error:
         raise SearchError(f"{path} is not a dmlbench checkpoint ({type(error).__name__}: {error})") from None
     if config.config_hash() != record["config_hash"]:
         raise SearchError(f"{path} comes from another configuration (hash {config.config_hash()}) than run "
                           f"{record['run_id']} (hash {record['config_hash']}): use that run's own checkpoint")
-    model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
-    model.load_state_dict(saved["model"])
-    return Network(folder, model.eval(), config, path, sha256_file(path), {})
+    return Network(folder, model, config, path, sha256_file(path), {})
 
 
 def _preprocessing(network: Network, splits=None) -> dict[str, Any]:

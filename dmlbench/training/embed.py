@@ -21,10 +21,13 @@ from .rundir import RunDir
 PHOTO_BATCH = 256  # photos are decoded and transformed this many at a time
 
 
-def load_network(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
-    """The selected epoch's network of a finished run (in eval mode, on ``device``) and its settings."""
-    checkpoint = torch.load(RunDir(run_dir).checkpoint, map_location=device, weights_only=False)
-    config = RunConfig.from_dict(checkpoint["config"], where=str(run_dir))
+def load_network(run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None
+                 ) -> tuple[torch.nn.Module, RunConfig]:
+    """The selected epoch's network of a finished run (in eval mode, on ``device``) and its settings,
+    from the run folder's checkpoint or from the file ``checkpoint``."""
+    path = checkpoint if checkpoint is not None else RunDir(run_dir).checkpoint
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    config = RunConfig.from_dict(checkpoint["config"], where=str(path))
     # the weights come from the checkpoint: no pretrained file is read
     model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
     model.load_state_dict(checkpoint["model"])
