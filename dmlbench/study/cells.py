@@ -29,9 +29,11 @@ Every cell runs on every dataset and seed (a dataset's own seeds, settings and g
 one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
 cell is listed as skipped with the reason. A pair given twice runs once.
 
-Each cell runs in ``results/runs/<run id>/``: the executed notebook and the metrics.json it writes.
-The run id embeds the configuration hash, so a finished cell (its metrics.json exists) is never run
-again and a changed configuration never overwrites an old one.
+Each cell runs in ``<results>/runs/<run id>/`` (the study's own results folder: dmlbench.paths): the
+executed notebook and the metrics.json it writes. The run id embeds the configuration hash, so a
+finished cell (its metrics.json exists) is never run again and a changed configuration never
+overwrites an old one; a finished run of the same id in a shipped results folder is the same run,
+reused where it lies (:func:`resolve_run`). A results folder belongs to one study (:func:`claim_results`).
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ import yaml
 
 from ..config import RunConfig
 from ..errors import ConfigError, IncompatibleError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, atomic_write_text, read_json
 from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
-from ..paths import REPO_ROOT, notebook, results_dir, runs_dir
+from ..paths import REPO_ROOT, notebook, results_dir, reuse_folders, runs_dir
 from .preflight import check_run, check_study_data
 from ..training.record import set_aside
 from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_config's error for a locked run folder)
@@ -84,7 +86,8 @@ class Cell:
 
     @property
     def run_dir(self) -> Path:
-        return runs_dir() / self.run_id
+        """Its folder in the study's runs/, or a shipped folder's finished run of the same id (resolve_run)."""
+        return resolve_run(self.run_id)
 
     @property
     def folder(self) -> RunDir:
@@ -394,6 +397,90 @@ class RunFailed(RuntimeError):
     pass
 
 
+def resolve_run(run_id: str, runs: Path | None = None) -> Path:
+    """The folder of run ``run_id``: in ``runs`` (default the study's runs/) when it is there in any state;
+    else a finished run of that id in a reuse folder's runs/ (dmlbench.paths.reuse_folders: the same
+    content hash is the same run), read there and never written; else ``runs``/<run id>, to run."""
+    own = (runs or runs_dir()) / run_id
+    if own.exists() or own.is_symlink():
+        return own
+    for folder in reuse_folders():
+        found = folder / "runs" / run_id
+        if found.resolve() != own.resolve() and RunDir(found).is_done(run_id):
+            return found
+    return own
+
+
+def link_reused_runs(study: Study) -> int:
+    """A link in the study's runs/ to each finished run it reuses from another folder, so that its report
+    (which reads its runs/) finds them; the reused folders are not touched. Returns the links made."""
+    made = 0
+    for cell in study.cells:
+        own, found = runs_dir() / cell.run_id, cell.run_dir
+        if found != own:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            inside = own.resolve().is_relative_to(REPO_ROOT) and found.resolve().is_relative_to(REPO_ROOT)
+            own.symlink_to(os.path.relpath(found.resolve(), own.parent.resolve()) if inside else found.resolve())
+            made += 1
+    return made
+
+
+OWNER_FILE = ".study"  # a results folder's owner before its first report writes summary.json
+
+
+def results_owner(folder: Path) -> tuple[str, str] | None:
+    """(the study name, the file that says so) of a results folder: its summary.json's study, else its
+    .study file; None for a folder no study has written."""
+    try:
+        return str(read_json(folder / "summary.json")["study"]), "summary.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    marker = folder / OWNER_FILE
+    return (marker.read_text(encoding="utf-8").strip(), OWNER_FILE) if marker.is_file() else None
+
+
+def claim_results(study: Study) -> Path:
+    """The results folder this process writes (dmlbench.paths.results_dir), checked to be ``study``'s own:
+    a folder that holds another study's results is refused, naming both studies and the way out; a new
+    one is marked as the study's. Returns the folder."""
+    from ..paths import study_results_dir
+
+    folder = results_dir()
+    owner = results_owner(folder)
+    if owner is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / OWNER_FILE, study.name + "\n")
+    elif owner[0] != study.name:
+        raise ConfigError(f"{folder} holds the results of study {owner[0]!r} (its {owner[1]}); study {study.name!r} "
+                          f"({study.path}) would write its runs and report there and replace them. Leave RESULTS and "
+                          f"DMLBENCH_RESULTS unset to write to its own folder (results/{study.name}/), or name an "
+                          f"empty one: make all RESULTS=DIR, DMLBENCH_RESULTS=DIR")
+    return folder
+
+
+def study_name(path: str | os.PathLike) -> str:
+    """The name a study file gives itself (its 'name:' key, else the file's stem), read without
+    loading the study: its results folder follows from it (dmlbench.paths.study_results_dir)."""
+    path = Path(path)
+    return str(_read_study_file(path).get("name") or path.stem)
+
+
+def protocol(path: str | os.PathLike, dataset: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(dataset, settings): the settings a study gives its cells of ``dataset`` (default its first
+    dataset), with the dataset's first seed: what an ad-hoc run of a loss uses to be comparable."""
+    path = Path(path)
+    raw = _read_study_file(path)
+    per_dataset = _datasets(path, raw.get("datasets"))
+    dataset = dataset or next(iter(per_dataset))
+    if dataset not in per_dataset:
+        raise ConfigError(f"{path}: study {study_name(path)!r} has no protocol for dataset {dataset!r}; its "
+                          f"datasets: {', '.join(per_dataset)} (or give --study FILE of a study with {dataset})")
+    own = per_dataset[dataset]
+    settings = _settings(path, {**(raw.get("settings") or {}), **own.get("settings", {})})
+    seeds = _seeds(path, own["seeds"] if "seeds" in own else raw.get("seeds", [0]))
+    return dataset, {**settings, "dataset": dataset, "seed": seeds[0]}
+
+
 def notebook_parameters(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """The notebook's parameters; the run folder relative to the repository (the kernel's working
     directory) when it lies inside it, so executed notebooks carry no machine-specific paths."""
@@ -411,7 +498,7 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     locked meanwhile: a second process running the same cell gets CellBusy (RunDir.lock).
     """
     config.validate()
-    folder = RunDir(run_dir if run_dir else runs_dir() / config.run_id())
+    folder = RunDir(run_dir if run_dir else resolve_run(config.run_id()))
     metrics = folder.metrics
     if folder.is_done(config.run_id()):
         log.info("%s: finished already, not run again", folder.path)
@@ -555,7 +642,8 @@ def describe(study: Study) -> str:
         kind = "resumable" if kind.startswith("resumable") else kind
         counts[kind] = counts.get(kind, 0) + 1
     tally = ", ".join(f"{n} {kind}" for kind, n in counts.items())
-    rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells ({tally}), {len(study.skipped)} skipped"]
+    rows = [f"study {study.name!r} ({study.path}): {len(study.cells)} cells ({tally}), {len(study.skipped)} skipped"
+            + _work_left(study, counts.get("to run", 0) + counts.get("resumable", 0) + counts.get("failed", 0))]
     for cell, state in zip(study.cells, states):
         rows.append(f"  {cell.run_id}  [{state}]")
     for search in study.searches:
@@ -565,14 +653,30 @@ def describe(study: Study) -> str:
     return "\n".join(rows)
 
 
+def _work_left(study: Study, cells_left: int) -> str:
+    """What a study with unfinished searches still has to run: their trials, and the tuned cells that
+    follow them (not cells yet: their settings are what the searches find)."""
+    if not study.pending:
+        return ""
+    trials = sum(search.spec.trials - min(search.spec.trials, _trials_started(search)) for search in study.pending)
+    tuned = sum(1 for cell in study.cells for search in study.pending if cell.search == search.search_id)
+    return (f"; {len(study.pending)} searches to finish ({trials} trials to run), then up to {tuned} tuned cells: "
+            f"{cells_left + tuned} runs and {trials} trials to run in all")
+
+
+def _trials_started(search) -> int:
+    trials = search.folder / "trials"
+    return len(list(trials.glob("*.json"))) if trials.is_dir() else 0
+
+
 def search_state(search) -> str:
     """'done (best trial N)', 'K of B trials finished' or 'to run'."""
     if search.is_done():
         from ..fileio import read_json
 
         return f"done (best trial {read_json(search.best_path)['best_trial']})"
-    trials = list((search.folder / "trials").glob("*.json")) if (search.folder / "trials").is_dir() else []
-    return f"{len(trials)} trials started of {search.spec.trials}" if trials else "to run"
+    started = _trials_started(search)
+    return f"{started} trials started of {search.spec.trials}" if started else "to run"
 
 
 def study_manifest(study: Study) -> dict[str, Any]:

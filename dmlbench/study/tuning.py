@@ -42,7 +42,7 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..fileio import read_json
-from ..paths import results_dir
+from ..paths import results_dir, reuse_folders
 
 TUNING_KEYS = ("objective", "trials", "seed", "startup_trials", "pruner", "storage", "stale_after_min", "space")
 SPACE_KEYS = ("settings", "losses", "miners")
@@ -276,7 +276,16 @@ class Search:
 
     @property
     def folder(self) -> Path:
-        return results_dir() / "tuning" / self.search_id
+        """Its folder in the study's tuning/ when it is there; else a finished search of the same id in a
+        reuse folder (dmlbench.paths.reuse_folders), read there and never written; else the study's, to run."""
+        own = results_dir() / "tuning" / self.search_id
+        if own.exists():
+            return own
+        for root in reuse_folders():
+            found = root / "tuning" / self.search_id
+            if found.resolve() != own.resolve() and _finished(found / "best.json", self.search_id):
+                return found
+        return own
 
     @property
     def best_path(self) -> Path:
@@ -284,10 +293,7 @@ class Search:
 
     def is_done(self) -> bool:
         """Its budget is spent and best.json written (a damaged best.json is not done)."""
-        try:
-            return read_json(self.best_path)["search_id"] == self.search_id
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
+        return _finished(self.best_path, self.search_id)
 
     def best_values(self) -> dict[str, Any]:
         return dict(read_json(self.best_path)["values"])
@@ -331,6 +337,14 @@ class Search:
                 "params": [p.describe() for p in self.params], "defaults": self.current_values(),
                 "trial_0": self.default_values(),
                 "spec": self.spec.identity() | {"storage": self.spec.storage, "stale_after_min": self.spec.stale_after_min}}
+
+
+def _finished(best: Path, search_id: str) -> bool:
+    """``best`` is a readable best.json of search ``search_id``."""
+    try:
+        return read_json(best)["search_id"] == search_id
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def searches_for(spec: TuningSpec, configs: list[RunConfig]) -> list[Search]:
