@@ -50,6 +50,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -88,6 +89,15 @@ RENDER_PX = 64  # the size glyphs are drawn at before they are fitted into image
 # A build carried to a machine without the font packages (see the module's docstring), and what it must hold.
 BUILD_VARIABLE = "DMLBENCH_HAN_TYPEFACES_BUILD"
 BUILD_ARRAYS = tuple(f"{part}_{what}" for part in ("train", "val", "test") for what in ("images", "labels", "faces"))
+
+
+def progress(total: int, what: str, unit: str):
+    """A text progress bar on stderr for one step of the build ("han-typefaces: <what>"), shown on a
+    terminal only (tqdm's text bar, as the image cache's: an executed notebook stays clean)."""
+    from tqdm.std import tqdm
+
+    return tqdm(total=total, desc=f"han-typefaces: {what}", unit=unit, file=sys.stderr, disable=None,
+                mininterval=1.0, dynamic_ncols=False, ncols=100)
 
 
 def install_command(packages) -> str:
@@ -224,31 +234,42 @@ class _Faces:
 
 def usable_faces(spec: BuildSpec, faces: list[Face]) -> _Faces:
     """Faces FreeType can scale that cover at least ``min_coverage`` characters of the range."""
+    kept = _Faces([], [], [])
+    with progress(len(faces), "reading the faces' character maps", "face") as bar:
+        for face in faces:
+            _read_face(spec, face, kept)
+            bar.update()
+    return kept
+
+
+def _read_face(spec: BuildSpec, face: Face, kept: _Faces) -> None:
+    """Adds ``face`` to ``kept`` when FreeType can scale it and it covers enough of the range, else
+    records why it is left out."""
     from PIL import ImageFont
 
-    kept = _Faces([], [], [])
-    for face in faces:
-        try:
-            name, covered = han_coverage(face, *spec.characters)
-            font = ImageFont.truetype(face.file, RENDER_PX, index=face.index)
-        except Exception as error:  # noqa: BLE001 - a face fontTools or FreeType cannot read is left out, said why
-            kept.left_out[face.key] = f"unreadable: {error}"
-            continue
-        if len(covered) < spec.min_coverage:
-            kept.left_out[face.key] = f"covers {len(covered)} characters of the range, fewer than {spec.min_coverage}"
-            continue
-        kept.faces.append(Face(face.package, face.version, face.file, face.index, name))
-        kept.fonts.append(font)
-        kept.coverage.append(covered)
-    return kept
+    try:
+        name, covered = han_coverage(face, *spec.characters)
+        font = ImageFont.truetype(face.file, RENDER_PX, index=face.index)
+    except Exception as error:  # noqa: BLE001 - a face fontTools or FreeType cannot read is left out, said why
+        kept.left_out[face.key] = f"unreadable: {error}"
+        return
+    if len(covered) < spec.min_coverage:
+        kept.left_out[face.key] = f"covers {len(covered)} characters of the range, fewer than {spec.min_coverage}"
+        return
+    kept.faces.append(Face(face.package, face.version, face.file, face.index, name))
+    kept.fonts.append(font)
+    kept.coverage.append(covered)
 
 
 def remove_duplicate_faces(spec: BuildSpec, usable: _Faces) -> _Faces:
     """Faces whose renderings of the probe characters repeat an earlier kept face's are removed."""
     counts = Counter(c for covered in usable.coverage for c in covered)
     probe = [c for c, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:spec.probe]]
-    renders = [[render_glyph(font, chr(c), spec.image_size) if c in covered else None for c in probe]
-               for font, covered in zip(usable.fonts, usable.coverage)]
+    renders = []
+    with progress(len(usable.faces), f"rendering {len(probe)} probe characters per face", "face") as bar:
+        for font, covered in zip(usable.fonts, usable.coverage):
+            renders.append([render_glyph(font, chr(c), spec.image_size) if c in covered else None for c in probe])
+            bar.update()
     kept = _Faces([], [], [], dict(usable.left_out))
     kept_renders: list[list] = []
     for face, font, covered, mine in zip(usable.faces, usable.fonts, usable.coverage, renders):
@@ -305,15 +326,17 @@ def choose_characters(spec: BuildSpec, faces: _Faces, held: set[int]) -> tuple[l
     order = np.random.default_rng(spec.seed).permutation(len(candidates))
     wanted = sum(spec.split_characters)
     chars, images, owners = [], [], []
-    for position in order:
-        char = candidates[int(position)]
-        rendered, who = distinct_renderings(spec, faces, char)
-        if len(rendered) >= spec.min_typefaces and (not held or sum(w in held for w in who) >= spec.min_held_out):
-            chars.append(char)
-            images.append(np.stack(rendered))
-            owners.append(who)
-        if len(chars) == wanted:
-            break
+    with progress(wanted, f"rendering characters in {len(faces.faces)} typefaces", "character") as bar:
+        for position in order:
+            char = candidates[int(position)]
+            rendered, who = distinct_renderings(spec, faces, char)
+            if len(rendered) >= spec.min_typefaces and (not held or sum(w in held for w in who) >= spec.min_held_out):
+                chars.append(char)
+                images.append(np.stack(rendered))
+                owners.append(who)
+                bar.update()
+            if len(chars) == wanted:
+                break
     if len(chars) < wanted:
         raise DatasetNotFoundError(
             f"han-typefaces: only {len(chars)} characters have {spec.min_typefaces} distinct typefaces among "
@@ -381,7 +404,7 @@ def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
             return read_build(path), key
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("ignoring unreadable cache %s", path)
-    log.info("rendering han-typefaces from %d faces (once; cached in %s)", len(faces), path.parent)
+    log.info("rendering han-typefaces from %d faces: once, a few minutes (cached in %s)", len(faces), path.parent)
     built = build(spec, faces)
     if cache:
         buffer = io.BytesIO()
