@@ -48,61 +48,96 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from .criterion import compatible_miners
-    from .datasets import DATASETS
-    from .losses import LOSSES
-    from .miners import MINERS
-    from .models import MODELS
-    from .samplers import SAMPLERS
+    """Read from the component modules' source (no torch to load), or from the imported registries
+    where the source does not tell (dmlbench.catalogue)."""
+    from .catalogue import SECTIONS, feeds, read_section
 
-    sections = {"losses": LOSSES, "miners": MINERS, "samplers": SAMPLERS, "datasets": DATASETS, "models": MODELS}
-    for title, registry in sections.items():
+    sections = {title: read_section(title) or _imported_section(title) for title in SECTIONS}
+    for title, entries in sections.items():
         if args.what and args.what != title:
             continue
         print(f"{title}:")
-        for name, doc in registry.describe():
+        for entry in entries:
             extra = ""
-            if title == "losses":
-                extra = f"  [consumes {registry.get(name).consumes}; miners: {', '.join(compatible_miners(name))}]"
-            print(f"  {name:19s} {doc}{extra}")
+            if entry.consumes is not None:
+                miners = [m.name for m in sections["miners"] if feeds(m.name, m.produces, entry.consumes)]
+                extra = f"  [consumes {entry.consumes}; miners: {', '.join(miners)}]"
+            print(f"  {entry.name:19s} {entry.doc}{extra}")
     return 0
+
+
+def _imported_section(title: str) -> list:
+    """A section of 'dmlbench list' as its registry (LOSSES, ..., MODELS) describes it once imported."""
+    import importlib
+
+    from .catalogue import FACTS, Entry
+
+    registry = getattr(importlib.import_module(f".{title}", __package__), title.upper())
+    entries = []
+    for name, doc in registry.describe():
+        fact = FACTS.get(title)
+        value = getattr(registry.get(name), fact) if fact else None
+        entries.append(Entry(name, doc, **({fact: tuple(value) if fact == "produces" else value} if fact else {})))
+    return entries
 
 
 def cmd_run(args) -> int:
-    from .config import RunConfig
-    from .paths import runs_dir
+    from .paths import REPO_ROOT, adhoc_runs_dir, use_study_results
     from .training.rundir import RunDir
-    from .study.cells import load_study, run_config
+    from .study.cells import claim_results, load_study, resolve_run, run_config, study_name
 
-    def config_run_dir(config):
-        return runs_dir() / config.run_id()
-
-    if args.study:
-        if not args.cell:
-            raise ConfigError("--study needs --cell <run id> ('dmlbench study FILE --status' lists them)")
-        if args.set or args.loss or args.miner:
+    values = _parse_set(args.set) | {k: v for k, v in (("loss", args.loss), ("miner", args.miner)) if v}
+    if args.cell:  # a study's cell, in the study's results folder
+        if not args.study:
+            raise ConfigError("--cell needs --study FILE, the study the cell belongs to")
+        if values:
             raise ConfigError("--study/--cell take their settings from the study file; drop --set/--loss/--miner")
-        config = load_study(args.study).cell(args.cell).config
-    else:
-        values = _parse_set(args.set)
-        if args.loss:
-            values["loss"] = args.loss
-        if args.miner:
-            values["miner"] = args.miner
-        config = RunConfig.from_dict(values, where="--set").validate()
-    folder = RunDir(args.run_dir if args.run_dir else config_run_dir(config))
-    done = folder.metrics
+        use_study_results(study_name(args.study))
+        study = load_study(args.study)
+        claim_results(study)
+        config, note, runs = study.cell(args.cell).config, None, None
+    elif args.study and not values:
+        raise ConfigError("--study needs --cell <run id> ('dmlbench study FILE --status' lists them), or --loss "
+                          "(a run of that loss at the study's protocol)")
+    else:  # ad hoc: at a study's protocol, outside every study's folder
+        from .study.cells import adhoc_config
+
+        config, note = adhoc_config(args.study or REPO_ROOT / "studies" / "default.yaml", values)
+        runs = adhoc_runs_dir()
+    folder = RunDir(args.run_dir if args.run_dir else resolve_run(config.run_id(), runs))
+    if note:
+        print(f"{config.run_id()}: {note}")
     if folder.is_done(config.run_id()):
-        print(f"{done}: finished already, not run again")
+        print(f"{folder.metrics}: finished already, not run again")
         return 0
-    print(run_config(config, run_dir=args.run_dir, log_output=args.verbose))
+    print(_run_with_progress(config, folder, log_output=args.verbose))
     return 0
 
 
+def _run_with_progress(config, folder, *, log_output: bool) -> Path:
+    """run_config with a bar of the run's epochs on the terminal (none while the notebook's output streams)."""
+    import contextlib
+
+    from .study.cells import epoch_progress, run_config
+
+    shown = contextlib.nullcontext() if log_output else epoch_progress(folder, config.epochs, config.run_id()[:48])
+    with shown:
+        return run_config(config, run_dir=folder.path, log_output=log_output)
+
+
+def _enter_study(path) -> None:
+    """This process (and those it starts) writes to the study's own results folder (dmlbench.paths)."""
+    from .paths import use_study_results
+    from .study.cells import study_name
+
+    use_study_results(study_name(path))
+
+
 def cmd_study(args) -> int:
-    from .study.cells import describe, emit_makefile, load_study
+    from .study.cells import claim_results, describe, emit_makefile, load_study
     from .study.executors import run_study
 
+    _enter_study(args.study)
     if args.datasets or args.prepare_data:  # before any network is built: weights need not be there yet
         study = load_study(args.study, check_networks=False)
         if args.datasets:
@@ -127,6 +162,7 @@ def cmd_study(args) -> int:
     if args.emit_make:
         from .fileio import atomic_write_text
 
+        claim_results(study)
         atomic_write_text(args.emit_make, emit_makefile(study))
         return 0
     if args.status:
@@ -143,6 +179,7 @@ def cmd_study(args) -> int:
 
     if args.executor != "slurm":  # the cells run on this machine: its device and memory must do for them
         check_study_machine(study)
+    claim_results(study)
     try:
         run_study(study, jobs=args.jobs, executor=args.executor)
     except RunFailed as failed:  # the report still covers every cell, the failed ones marked
@@ -154,15 +191,17 @@ def cmd_study(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .study.cells import load_study, search_state
+    from .study.cells import claim_results, load_study, search_state
     from .study.tuner import tune
 
+    _enter_study(args.study)
     study = load_study(args.study)
     if not study.searches:
         raise ConfigError(f"{args.study}: no tuning block, so no search to run")
+    claim_results(study)
     searches = [study.search(args.search)] if args.search else study.searches
     for search in searches:
-        best = tune(search, max_trials=args.trials)
+        best = None if search.is_done() else tune(search, max_trials=args.trials)  # a reused one is read only
         print(f"{search.search_id}: {search_state(search)}"
               + (f"; best {search.spec.objective} {best['value']:.4f} with {best['values']}" if best else ""))
     return 0
@@ -172,6 +211,7 @@ def cmd_indexes(args) -> int:
     from .study.cells import load_study
     from .study.indexes import run_indexes
 
+    _enter_study(args.study)
     study = load_study(args.study, check_networks=False)
     counts = run_indexes(study, log=print)
     return 0 if counts["computed"] or counts["done"] else 1
@@ -237,11 +277,19 @@ def _describe_splits(name: str, splits) -> str:
 
 
 def report_and_readme(study: Path, readme: bool = True) -> int:
+    """The study's report in its own results folder (with links to the runs it reuses); the README's
+    results blocks are refreshed from the default study's results in results/ only."""
+    from .paths import DEFAULT_STUDY
     from .reporting.readme import describes_repo_results, update_readme
     from .reporting.report import build_report
+    from .study.cells import claim_results, link_reused_runs, load_study
 
+    _enter_study(study)
+    loaded = load_study(study, check_networks=False)
+    claim_results(loaded)
+    link_reused_runs(loaded)
     print(build_report(study))
-    if readme and describes_repo_results():  # a rerun elsewhere leaves the README's numbers alone
+    if readme and loaded.name == DEFAULT_STUDY and describes_repo_results():  # a rerun elsewhere leaves them alone
         update_readme()
     return 0
 
@@ -249,6 +297,7 @@ def report_and_readme(study: Path, readme: bool = True) -> int:
 def cmd_report(args) -> int:
     from .study.cells import load_study
 
+    _enter_study(args.study)
     load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
     return report_and_readme(args.study, readme=not args.no_readme)
 
@@ -341,25 +390,28 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmlbench", description="A reproducible deep metric learning study.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress, and stream notebook output")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the installed dmlbench version and stop")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list losses, miners, samplers, datasets and models")
-    p.add_argument("what", nargs="?", choices=["losses", "miners", "samplers", "datasets", "models"])
+    p.add_argument("what", nargs="?", choices=["losses", "miners", "samplers", "datasets", "models"],
+                   help="one section only (default all five)")
     p.set_defaults(func=cmd_list)
 
     _add_run_command(sub)
     _add_study_command(sub)
 
     p = sub.add_parser("report", help="build results/report.html from the finished runs")
-    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
+    _add_study_option(p, default=DEFAULT_STUDY)
     p.add_argument("--no-readme", action="store_true", help="leave the README's results block alone")
     p.set_defaults(func=cmd_report)
 
     _add_data_command(sub)
 
     p = sub.add_parser("tune", help="run a study's hyperparameter searches (its tuning block), trials until each budget is spent")
-    p.add_argument("--study", type=Path, required=True)
+    _add_study_option(p, required=True)
     p.add_argument("--search", help="one search's id ('dmlbench study FILE --status' lists them); default every one")
     p.add_argument("--trials", type=_positive(int, "a whole number of trials"), help="at most this many trials here "
                    "(a Slurm array task: 1); default until the budget is spent")
@@ -367,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("indexes", help="serve every finished run's test embeddings by similarity-search indexes "
                        "(the study's indexes: block), measuring recall, speed and memory")
-    p.add_argument("--study", type=Path, default=Path("studies/default.yaml"))
+    _add_study_option(p, default=DEFAULT_STUDY)
     p.set_defaults(func=cmd_indexes)
 
     _add_search_command(sub)
@@ -375,19 +427,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
     from .bench.cli import BENCHMARKS
 
-    p.add_argument("what", choices=BENCHMARKS)
+    p.add_argument("what", choices=BENCHMARKS, help="which benchmark")
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark (see --help after its name)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("readme", help="refresh (or --check) the generated blocks of README.md and docs/ from results/")
-    p.add_argument("--check", action="store_true")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming the first block that is "
+                   "out of date")
     p.set_defaults(func=cmd_readme)
+    for command in sub.choices.values():  # -v after the command's name as well as before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+VERBOSE_HELP = "log progress, and stream notebook output"
+DEFAULT_STUDY = Path("studies/default.yaml")
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own where it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dmlbench")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _add_study_option(p: argparse.ArgumentParser, *, default: Path | None = None, required: bool = False,
+                      what: str = "the study file") -> None:
+    """--study FILE, spelt the same in every command that reads a study."""
+    shown = f" (default {default})" if default else ""
+    p.add_argument("--study", type=Path, default=default, required=required, metavar="FILE", help=what + shown)
 
 
 def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="run one cell through the experiment notebook (papermill)")
-    p.add_argument("--study", help="study file whose cell to run")
+    _add_study_option(p, what="the study file whose cell to run (with --cell)")
     p.add_argument("--cell", help="run id of the cell (with --study)")
     p.add_argument("--loss", help="loss name or package.module:Class")
     p.add_argument("--miner", help="miner name or package.module:Class")
@@ -401,7 +479,9 @@ def _add_study_command(sub) -> None:
     from .study.cluster import EXECUTORS
 
     p = sub.add_parser("study", help="run every unfinished cell of a study, then the report")
-    p.add_argument("study", type=Path)
+    _add_study_option(p)
+    p.add_argument("study_file", nargs="?", type=Path, metavar="FILE", help="the study file, as --study FILE "
+                   "(the older spelling)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="where the cells run: here (local), as submitit jobs here (submitit-local), or as a Slurm "
                         "job array with the study file's slurm: settings (slurm); default local")
@@ -422,19 +502,19 @@ def _add_study_command(sub) -> None:
 
 
 def _add_search_command(sub) -> None:
-    from .study.search import SAVED_FAMILIES
-
     p = sub.add_parser("search", help="index images with a trained run's network, and query the index")
-    p.add_argument("action", choices=["build", "query"])
+    p.add_argument("action", choices=["build", "query"], help="build an index, or query one")
     p.add_argument("run", help="a run folder, or a run id under the results folder's runs/")
     p.add_argument("--images", type=Path, help="build: index every image under this folder")
     p.add_argument("--split", choices=["test", "gallery"], help="build: index this split of the run's dataset "
                    "(default test)")
-    p.add_argument("--index", choices=SAVED_FAMILIES, default="hnsw", help="build: the faiss index (default hnsw)")
+    p.add_argument("--index", default="hnsw", help="build: the faiss index family (default hnsw; another name "
+                   "fails, listing the families an index beside a run can use)")
     p.add_argument("--name", help="the index's name beside the run (default: the folder's name, or the split)")
     p.add_argument("--image", help="query: an image file")
     p.add_argument("--id", type=int, help="query: an item of the index (it is left out of its own answers)")
-    p.add_argument("-k", type=_positive(int, "a whole number of neighbours"), default=8)
+    p.add_argument("-k", type=_positive(int, "a whole number of neighbours"), default=8,
+                   help="query: how many neighbours to print and draw (default 8)")
     p.add_argument("--grid", help="query: where to write the retrieval grid (default beside the index)")
     p.add_argument("--checkpoint", help="a checkpoint file to use instead of the run's (same settings only)")
     p.set_defaults(func=cmd_search)
@@ -442,8 +522,9 @@ def _add_search_command(sub) -> None:
 
 def _add_data_command(sub) -> None:
     p = sub.add_parser("data", help="find (or download) a dataset's files and build its cache")
-    p.add_argument("action", choices=["locate", "prepare"])
-    p.add_argument("name")
+    p.add_argument("action", choices=["locate", "prepare"], help="locate: say where the files are; prepare: "
+                   "find or download them and build the cache")
+    p.add_argument("name", help="a dataset's name ('dmlbench list datasets')")
     p.add_argument("--root", help="look only here (a benchmark missing there is downloaded into it)")
     p.add_argument("--image-size", type=_positive(int, "a whole number of pixels"), default=224, help="benchmarks: the crop size the cache is decoded for")
     p.add_argument("--no-download", action="store_true", help="benchmarks: fail instead of downloading")
@@ -472,12 +553,26 @@ def _search_working_directory() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
 
 
+def _one_study_argument(parser: argparse.ArgumentParser, args) -> None:
+    """``study FILE`` (the older spelling) and ``study --study FILE`` are the same argument."""
+    if args.command != "study":
+        return
+    if args.study and args.study_file and args.study != args.study_file:
+        parser.error(f"study: two study files, {args.study_file} and --study {args.study}; give one")
+    args.study = args.study or args.study_file
+    if args.study is None:
+        parser.error("study: the study file is missing; give it as --study FILE")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _one_study_argument(parser, args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.verbose:
         logging.getLogger("dmlbench").setLevel(logging.INFO)
     _search_working_directory()
+    given_results = os.environ.get("DMLBENCH_RESULTS")
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -496,6 +591,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"dmlbench: {error}", file=sys.stderr)
         return BUSY_EXIT if isinstance(error, CellBusy) else 1
+    finally:  # a command points the environment at its study's results folder: the caller's comes back
+        _restore_results(given_results)
+
+
+def _restore_results(given: str | None) -> None:
+    if given is None:
+        os.environ.pop("DMLBENCH_RESULTS", None)
+    else:
+        os.environ["DMLBENCH_RESULTS"] = given
 
 
 if __name__ == "__main__":

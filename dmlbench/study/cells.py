@@ -38,6 +38,7 @@ reused where it lies (:func:`resolve_run`). A results folder belongs to one stud
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -47,6 +48,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
 from ..paths import REPO_ROOT, notebook, results_dir, reuse_folders, runs_dir
 from .preflight import check_run, check_study_data
+from .footprint import compact_notebook
 from ..training.record import set_aside
 from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_config's error for a locked run folder)
 
@@ -534,6 +537,7 @@ def _execute(config: RunConfig, folder: RunDir, *, log_output: bool) -> None:
             raise
         message = _record_failure(config, folder, error, started)
         raise RunFailed(f"{config.run_id()} failed: {message} (executed notebook: {folder.failed_notebook})") from None
+    compact_notebook(running)  # indexed-colour figures: the shipped runs' footprint (dmlbench.study.footprint)
     os.replace(running, folder.notebook)
     for stale in (folder.failed_notebook, folder.failure, folder.kernel_log):  # an earlier attempt's
         stale.unlink(missing_ok=True)
@@ -694,3 +698,48 @@ def study_manifest(study: Study) -> dict[str, Any]:
 
 def dump_manifest(study: Study) -> str:
     return json.dumps(study_manifest(study), indent=2)
+
+
+def adhoc_config(study_path: str | os.PathLike, values: dict[str, Any]) -> tuple[RunConfig, str]:
+    """An ad-hoc run ('dmlbench run --loss ...'): the study's protocol for the run's dataset (``values``'
+    'dataset', else the study's first: :func:`protocol`) with ``values`` over it; and a sentence saying
+    how it relates to the study's cells."""
+    dataset, settings = protocol(study_path, values.get("dataset"))
+    config = RunConfig.from_dict({**settings, **values}, where="--set").validate()
+    cell = RunConfig.from_dict({**settings, **{k: v for k, v in values.items() if k in AXES}}, where="--set")
+    changed = [f"{name}={getattr(config, name)!r} (the study's: {getattr(cell, name)!r})"
+               for name in RunConfig.field_names() if name not in AXES and getattr(config, name) != getattr(cell, name)]
+    where = f"the protocol of study {study_name(study_path)!r} ({study_path}) for {dataset}"
+    if changed:
+        return config, f"{where}, changed here: {', '.join(changed)}; its numbers are not comparable with the study's"
+    return config, f"{where}: comparable with the study's {dataset} cells"
+
+
+@contextlib.contextmanager
+def epoch_progress(folder: RunDir, epochs: int, desc: str, every_s: float = 2.0):
+    """A tqdm bar of a run's epochs while its notebook trains in the kernel, read from the state the run
+    saves after each epoch (its resume.pt)."""
+    from tqdm.auto import tqdm
+
+    bar, stop = tqdm(total=epochs, desc=desc, unit="epoch"), threading.Event()
+
+    def follow() -> None:
+        seen = None
+        while not stop.wait(every_s):
+            try:
+                stamp = folder.resume.stat().st_mtime
+            except OSError:
+                continue
+            epoch = folder.saved_epoch() if stamp != seen else None
+            seen = stamp
+            if epoch is not None:
+                bar.update(min(epoch, epochs) - bar.n)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
