@@ -4,7 +4,9 @@ A run's work is its training images (epochs x one pass over the train split, or 
 batch) and its evaluation images (the validation split after every epoch and before the first, the
 test split and gallery once). The split sizes are the official ones (../shared/PROTOCOL.md section 1,
 the validation split being 20% of the train classes, counted here as 20% of their images), so a
-study can be estimated on a machine without the dataset. Evaluation runs forward passes only,
+study can be estimated on a machine without the dataset. A dataset without published sizes (han-typefaces,
+Fashion-MNIST's zero-shot split) is counted at the sizes a finished run of it recorded, in the results
+folder or a shipped one (:func:`recorded_sizes`). Evaluation runs forward passes only,
 counted as ``eval_speedup`` (3) times faster per image than a training step.
 
     dmlbench study studies/cub.yaml --estimate 1500     # images/s of the full step ('dmlbench bench train')
@@ -44,21 +46,48 @@ def measured_rate(results=None) -> tuple[float, str]:
                                         f"{row['image_size']} px, batch {row['batch']}")
 
 
+def split_sizes(dataset: str) -> tuple[int, int, int, int] | None:
+    """(train, validation, test, gallery) images of ``dataset``: published, else recorded by a run; None
+    when neither is known."""
+    if dataset in SPLIT_SIZES:
+        train_all, test, gallery = SPLIT_SIZES[dataset]
+        val = round(VALIDATION_FRACTION * train_all)
+        return train_all - val, val, test, gallery
+    return recorded_sizes(dataset)
+
+
+def recorded_sizes(dataset: str) -> tuple[int, int, int, int] | None:
+    """The split sizes the first finished run of ``dataset`` recorded (its metrics.json's "dataset"), in
+    the results folder's runs/ or a reuse folder's (dmlbench.paths.reuse_folders); None without one."""
+    from ..fileio import read_json
+    from ..paths import reuse_folders, runs_dir
+
+    for runs in [runs_dir(), *(folder / "runs" for folder in reuse_folders())]:
+        for path in sorted(runs.glob(f"{dataset}__*/metrics.json")):
+            try:
+                facts = read_json(path)["dataset"]
+                return (int(facts["num_train"]), int(facts["num_val"]), int(facts["num_test"]),
+                        int(facts.get("num_gallery") or 0))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return None
+
+
 def run_work(config) -> tuple[int, int]:
-    """(training images, evaluation images) of one run of ``config`` on a photo dataset."""
-    train_all, test, gallery = SPLIT_SIZES[config.dataset]
-    val = round(VALIDATION_FRACTION * train_all)
-    per_epoch = config.iters_per_epoch * config.P * config.K if config.iters_per_epoch else train_all - val
+    """(training images, evaluation images) of one run of ``config``."""
+    train, val, test, gallery = split_sizes(config.dataset)
+    per_epoch = config.iters_per_epoch * config.P * config.K if config.iters_per_epoch else train
     return config.epochs * per_epoch, (config.epochs + 1) * val + test + gallery
 
 
 def estimate(study, images_per_s: float, *, eval_speedup: float = EVAL_SPEEDUP) -> pd.DataFrame:
-    """One row per dataset of ``study`` with a published split size: runs, images, hours."""
+    """One row per dataset of ``study`` with known split sizes (:func:`split_sizes`): runs, images, hours."""
     if not images_per_s > 0:
         raise ValueError(f"images_per_s must be a positive number, got {images_per_s!r}")
     rows: dict[str, dict] = {}
+    known = {dataset: split_sizes(dataset) is not None for dataset in {cell.config.dataset for cell in study.cells}}
     for cell in study.cells:
-        if cell.config.dataset not in SPLIT_SIZES:
+        if not known[cell.config.dataset]:
             continue
         train, evaluation = run_work(cell.config)
         row = rows.setdefault(cell.config.dataset, {"dataset": cell.config.dataset, "runs": 0, "train_images": 0,
