@@ -190,6 +190,44 @@ def cmd_study(args) -> int:
     return 0 if args.no_report else report_and_readme(study.path)
 
 
+def cmd_compare(args) -> int:
+    import tempfile
+
+    from .paths import use_study_results
+    from .study.cells import claim_folder, load_study
+    from .study.compare import STUDY_FILE, comparison_study, plan_lines, ranking_lines, write_study
+    from .study.executors import run_study
+
+    derived = comparison_study(args.loss, miner=args.miner, loss_kwargs=_yaml_mapping(args.loss_kwargs, "--loss-kwargs"),
+                               space=_yaml_mapping(args.space, "--space") if args.space else None, base=args.study,
+                               seeds=args.seeds)
+    if args.out:
+        os.environ["DMLBENCH_RESULTS"] = str(args.out.absolute())
+    folder = use_study_results(derived["name"])
+    if args.estimate:  # nothing written: the derived study is read from a temporary folder
+        with tempfile.TemporaryDirectory() as scratch:
+            print("\n".join(plan_lines(load_study(write_study(derived, Path(scratch)), check_networks=False))))
+        return 0
+    claim_folder(derived["name"], args.study)  # before anything is written there
+    study = load_study(write_study(derived, folder))
+    print("\n".join(plan_lines(study)), flush=True)
+    run_study(study, jobs=args.jobs)
+    report_and_readme(folder / STUDY_FILE, readme=False)
+    print("\n".join(ranking_lines(folder, args.loss)))
+    return 0
+
+
+def _yaml_mapping(text: str, option: str) -> dict:
+    """An option's YAML mapping, or an error naming the option."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{option}: cannot parse {text!r}: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: expected a mapping such as '{{margin: 0.1}}', got {text!r}")
+    return value
+
+
 def cmd_tune(args) -> int:
     from .study.cells import claim_results, load_study, search_state
     from .study.tuner import tune
@@ -402,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run_command(sub)
     _add_study_command(sub)
+    _add_compare_command(sub)
 
     p = sub.add_parser("report", help="build results/report.html from the finished runs")
     _add_study_option(p, default=DEFAULT_STUDY)
@@ -499,6 +538,23 @@ def _add_study_command(sub) -> None:
                    help="print the study's run time at this full-step throughput (dmlbench bench train) and stop; "
                         "without a number, at the CUDA throughput the GPU check measured (results/bench/train-cuda.csv)")
     p.set_defaults(func=cmd_study)
+
+
+def _add_compare_command(sub) -> None:
+    p = sub.add_parser("compare", help="rank a new loss among the shipped ones: its cells, its search and its tuned "
+                       "cells run at the tuned study's settings and budget; every shipped run and search is reused")
+    p.add_argument("loss", help="the loss: package.module:Class (e.g. my_losses:SquaredTripletLoss) or a registered name")
+    p.add_argument("--miner", help="its miner (default: its paper's, else none: every tuple)")
+    p.add_argument("--loss-kwargs", default="{}", metavar="YAML", help="its keyword arguments, e.g. '{margin: 0.1}'")
+    p.add_argument("--space", metavar="YAML", help="ranges of its own arguments to search beside the shared settings, "
+                   "e.g. '{margin: {low: 0.05, high: 0.5}}' (default: the shared settings only)")
+    _add_study_option(p, default=Path("studies/tuned.yaml"), what="the study to compare against")
+    p.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], metavar="0,1,2",
+                   help="these seeds only (default the study's)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="the comparison's results folder (default results/compare-<loss>/)")
+    p.add_argument("--jobs", type=_cells_at_once, metavar="N", help="cells (and searches) at once (default 1)")
+    p.add_argument("--estimate", action="store_true", help="print what would run and how long it should take, and stop")
+    p.set_defaults(func=cmd_compare)
 
 
 def _add_search_command(sub) -> None:

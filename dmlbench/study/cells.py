@@ -446,17 +446,20 @@ def claim_results(study: Study) -> Path:
     """The results folder this process writes (dmlbench.paths.results_dir), checked to be ``study``'s own:
     a folder that holds another study's results is refused, naming both studies and the way out; a new
     one is marked as the study's. Returns the folder."""
-    from ..paths import study_results_dir
+    return claim_folder(study.name, study.path)
 
+
+def claim_folder(name: str, path: str | os.PathLike) -> Path:
+    """claim_results for the study ``name`` of file ``path``."""
     folder = results_dir()
     owner = results_owner(folder)
     if owner is None:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / OWNER_FILE, study.name + "\n")
-    elif owner[0] != study.name:
-        raise ConfigError(f"{folder} holds the results of study {owner[0]!r} (its {owner[1]}); study {study.name!r} "
-                          f"({study.path}) would write its runs and report there and replace them. Leave RESULTS and "
-                          f"DMLBENCH_RESULTS unset to write to its own folder (results/{study.name}/), or name an "
+        atomic_write_text(folder / OWNER_FILE, name + "\n")
+    elif owner[0] != name:
+        raise ConfigError(f"{folder} holds the results of study {owner[0]!r} (its {owner[1]}); study {name!r} "
+                          f"({path}) would write its runs and report there and replace them. Leave RESULTS and "
+                          f"DMLBENCH_RESULTS unset to write to its own folder (results/{name}/), or name an "
                           f"empty one: make all RESULTS=DIR, DMLBENCH_RESULTS=DIR")
     return folder
 
