@@ -43,8 +43,9 @@ from ..fileio import atomic_write_json, read_json
 from ..paths import results_dir
 
 # Bumped when what the evaluation computes changes: its files are then new ones. 2: a missing answer
-# counts the sphere's diameter in the relative distance error (it counted as infinite).
-INDEX_EVAL_VERSION = 2
+# counts the sphere's diameter in the relative distance error (it counted as infinite). 3: PQ, IVF-PQ,
+# IVF-Flat and SQ8 rank by L2, the embeddings' own metric (they ranked by inner product).
+INDEX_EVAL_VERSION = 3
 PLAN_KEYS = ("queries", "exact_queries", "seed", "families")
 RESULT_KEYS = ("run_id", "plan_id", "dataset", "loss", "miner", "seed", "exact", "rows")
 

@@ -8,8 +8,10 @@
 - :mod:`.measure`: k-NN recall against the exact neighbours, relative distance error, the label
   metrics an index's neighbours give, queries per second on one thread and on every core.
 
-Every index ranks L2-normalised embeddings: by inner product (faiss) or by Euclidean distance
-(ball tree, pivots), the same order on the unit sphere, since ``|a - b|^2 = 2 - 2 a.b``. An exact
+Every index ranks L2-normalised embeddings by their Euclidean distance: the faiss indexes that compare
+the stored vectors (flat, HNSW) by inner product, the same order on the unit sphere since
+``|a - b|^2 = 2 - 2 a.b``; those that compare codes or centroids (PQ, IVF, SQ8) by L2 itself, since a
+decoded code is not a unit vector (``families.METRICS``). An exact
 index returns the exact neighbours with ties broken by the lower item index, as the evaluation does.
 """
 
