@@ -708,6 +708,7 @@ def adhoc_config(study_path: str | os.PathLike, values: dict[str, Any]) -> tuple
     'dataset', else the study's first: :func:`protocol`) with ``values`` over it; and a sentence saying
     how it relates to the study's cells."""
     dataset, settings = protocol(study_path, values.get("dataset"))
+    values = {**_study_kwargs(Path(study_path), values.get("loss"), values.get("miner")), **values}
     config = RunConfig.from_dict({**settings, **values}, where="--set").validate()
     cell = RunConfig.from_dict({**settings, **{k: v for k, v in values.items() if k in AXES}}, where="--set")
     changed = [f"{name}={getattr(config, name)!r} (the study's: {getattr(cell, name)!r})"
@@ -716,6 +717,18 @@ def adhoc_config(study_path: str | os.PathLike, values: dict[str, Any]) -> tuple
     if changed:
         return config, f"{where}, changed here: {', '.join(changed)}; its numbers are not comparable with the study's"
     return config, f"{where}: comparable with the study's {dataset} cells"
+
+
+def _study_kwargs(path: Path, loss: str | None, miner: str | None) -> dict[str, Any]:
+    """The keyword arguments the study gives ``loss`` and ``miner``: a 'cells' entry of that pair's, else
+    its losses and miners mappings'."""
+    raw = _read_study_file(path)
+    for entry in _extra_pairs(path, raw.get("cells") or []):
+        if (entry[0], entry[2]) == (loss, miner):
+            return {"loss_kwargs": dict(entry[1]), "miner_kwargs": dict(entry[3])}
+    losses = _named_kwargs(path, "losses", raw["losses"]) if raw.get("losses") else {}
+    miners = _named_kwargs(path, "miners", raw["miners"]) if raw.get("miners") else {}
+    return {"loss_kwargs": dict(losses.get(loss, {})), "miner_kwargs": dict(miners.get(miner, {}))}
 
 
 @contextlib.contextmanager
