@@ -108,7 +108,10 @@ study: cells
 indexes: cells
 	$(PY) -m dmlbench indexes --study $(STUDY)
 
+# Executed notebooks with indexed-colour figures (dmlbench/study/footprint.py): runs compact their own
+# when they finish; this compacts any older ones, and leaves compact ones byte for byte.
 report: cells browser
+	$(PY) -m dmlbench bench footprint --compact
 	$(MAKE) --no-print-directory -f $(CELLS_MK) report
 
 test: $(STAMP) data browser

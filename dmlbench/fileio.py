@@ -112,3 +112,29 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+PNG_COLOURS = 64  # a palette of this many colours keeps a plot's lines, markers and glyphs apart
+
+
+def compact_png(data: bytes, colours: int = PNG_COLOURS) -> bytes:
+    """A PNG as an indexed-colour image of at most ``colours`` colours (median cut, no dithering, on
+    white where it was transparent): plots and glyph grids look the same at about 40% of the bytes.
+    Deterministic, and the identity on an image that is indexed already, so compacting twice is
+    compacting once (an executed notebook may be compacted again safely)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    if image.mode == "P":
+        return data
+    if image.mode in ("RGBA", "LA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
+    palette = image.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT,
+                                            dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return out.getvalue() if out.tell() < len(data) else data

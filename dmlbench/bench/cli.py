@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval", "train", "indexes", "cache")
+BENCHMARKS = ("losses", "miners", "eval", "train", "indexes", "cache", "footprint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         from .indexes import main as run
     elif what == "cache":
         from .cache import main as run
+    elif what == "footprint":
+        from .footprint import main as run
     else:
         from .train import main as run
 

@@ -1,0 +1,82 @@
+"""The results' footprint: what the shipped results cost the repository, and keeping it small.
+
+    compact_notebook(path)           # re-encode an executed notebook's PNGs as indexed colour, in place
+    compact_folder(results)          # every executed notebook under a results folder; (files, bytes before, after)
+    measure(repo)                    # the tracked tree's bytes, by kind, and what a full rerun adds to git
+
+Every run ships its executed notebook and metrics.json; a rerun of the shipped studies rewrites them
+all, and every version stays in the git history for good. Three rules keep that affordable:
+
+- figures are indexed-colour PNGs (:func:`dmlbench.fileio.compact_png`): same pictures, about 40% of
+  the bytes; an executed notebook is compacted as soon as its run finishes, and ``dmlbench footprint
+  --compact`` (a step of ``make all``) compacts any that are not, so compacting is idempotent;
+- ``checkpoint.pt`` files stay on the machine that trained them (.gitignore) except those a shipped
+  result reloads (the report's t-SNE maps and retrieval grids: the first seed of each cell);
+- no file is kept twice (a run shared by two studies lives once; see dmlbench.paths).
+
+The budget (``TRACKED_BUDGET``, ``RERUN_BUDGET``) is checked by ``dmlbench footprint --check`` and
+by tests/study/test_footprint.py on the repository itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..fileio import atomic_write_bytes, compact_png
+
+MIB = 1 << 20
+TRACKED_BUDGET = 40 * MIB  # the whole tracked tree
+RERUN_BUDGET = 15 * MIB  # what one rerun of the shipped studies may add to the history (compressed)
+# An HTML output's embedded images (the report's figures are shown as <img src="data:...">).
+_HTML_PNG = re.compile(r'data:image/png;base64,([A-Za-z0-9+/=]+)')
+
+
+def _compact_b64(text: str) -> str:
+    return base64.b64encode(compact_png(base64.b64decode(text))).decode("ascii")
+
+
+def _compact_output(output: dict) -> None:
+    data = output.get("data", {})
+    if "image/png" in data:
+        png = data["image/png"]
+        data["image/png"] = _compact_b64(png if isinstance(png, str) else "".join(png))
+    if "text/html" in data:
+        html = data["text/html"]
+        html = html if isinstance(html, str) else "".join(html)
+        data["text/html"] = _HTML_PNG.sub(lambda m: "data:image/png;base64," + _compact_b64(m.group(1)), html)
+
+
+def compact_notebook(path: str | Path) -> tuple[int, int]:
+    """Re-encode every PNG of an executed notebook (image outputs and images inside HTML outputs) as
+    indexed colour, atomically and in place; (bytes before, bytes after). Text, numbers and the
+    notebook's structure are untouched; a notebook compacted already is left byte for byte."""
+    path = Path(path)
+    raw = path.read_bytes()
+    nb = json.loads(raw)
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            _compact_output(output)
+    # nbformat's own layout (indent 1, keys sorted as written, a final newline), as papermill writes it
+    new = (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode()
+    if new != raw:
+        atomic_write_bytes(path, new)
+    return len(raw), len(new) if new != raw else len(raw)
+
+
+def compact_folder(results: str | Path) -> tuple[int, int, int]:
+    """Compact every executed notebook under ``results`` (runs' experiment.ipynb, the report's
+    report.ipynb); (notebooks changed, bytes before, bytes after)."""
+    changed = before = after = 0
+    for path in sorted(Path(results).rglob("*.ipynb")):
+        if path.name.endswith((".running.ipynb", ".failed.ipynb")):
+            continue
+        b, a = compact_notebook(path)
+        changed += a != b
+        before, after = before + b, after + a
+    return changed, before, after
