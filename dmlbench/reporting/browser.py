@@ -2,7 +2,8 @@
 
 ``check_page(html)`` loads the page in Chromium with a small script added at its end. After the
 page has loaded, the script records what the browser displays: every image (whether it decoded,
-and its size on screen), every table, and every in-page link (whether its target exists). The
+and its size on screen), every table (its size, whether it fits the page's width or scrolls sideways
+in a box of its own), and every in-page link (whether its target exists). The
 browser writes the finished DOM out (``--dump-dom``), and the record is read back from it. Links to
 local files are checked on disk. ``screenshot(html, png)`` saves the first screen as a PNG.
 
@@ -37,9 +38,18 @@ window.addEventListener("load", function () {
             natural_width: img.naturalWidth, natural_height: img.naturalHeight,
             shown_width: box.width, shown_height: box.height};
   });
+  var page = document.documentElement.clientWidth;
   var tables = Array.from(document.querySelectorAll("table")).map(function (t) {
-    var box = t.getBoundingClientRect();
-    return {rows: t.rows.length, shown_height: box.height, shown_width: box.width};
+    var box = t.getBoundingClientRect(), scrolls = false, limit = page;
+    for (var el = t.parentElement; el && el !== document.documentElement; el = el.parentElement) {
+      var x = getComputedStyle(el).overflowX;
+      if (x === "visible") continue;
+      limit = Math.min(limit, el.getBoundingClientRect().right);
+      if ((x === "auto" || x === "scroll") && el.scrollWidth > el.clientWidth + 1) { scrolls = true; }
+    }
+    return {rows: t.rows.length, shown_height: box.height, shown_width: box.width, right: box.right,
+            fits: box.right <= limit + 0.5, scrolls_sideways: scrolls,
+            header: Array.from(t.querySelectorAll("th")).slice(0, 3).map(function (h) { return h.textContent; })};
   });
   var anchors = Array.from(document.querySelectorAll("a[href]")).map(function (a) {
     var href = a.getAttribute("href");
@@ -48,7 +58,8 @@ window.addEventListener("load", function () {
   });
   var out = document.createElement("pre");
   out.id = "%s";
-  out.textContent = JSON.stringify({images: images, tables: tables, anchors: anchors, title: document.title});
+  out.textContent = JSON.stringify({images: images, tables: tables, anchors: anchors, title: document.title,
+                                    page_width: page});
   document.body.appendChild(out);
 });
 </script>
@@ -79,15 +90,19 @@ def _run(arguments: list[str], timeout: float) -> subprocess.CompletedProcess:
     return done
 
 
-def check_page(html_path: str | os.PathLike, *, timeout: float = 120.0) -> dict:
-    """What Chromium displays of the page: images, tables, links (see the module docstring)."""
+def check_page(html_path: str | os.PathLike, *, width: int | None = None, timeout: float = 120.0) -> dict:
+    """What Chromium displays of the page: images, tables, links (see the module docstring), in a
+    window ``width`` pixels wide (Chromium's default without). Each table records whether it ``fits``
+    the page's width and whether it ``scrolls_sideways`` in a box of its own; ``cut_tables`` lists the
+    first headers of those that do neither (part of them out of reach)."""
     html_path = Path(html_path).resolve()
     text = html_path.read_text(encoding="utf-8")
     probe_path = html_path.with_name(f".{html_path.stem}.browser-check.html")  # beside it: relative links still resolve
     probed = text.replace("</body>", _PROBE + "</body>", 1) if "</body>" in text else text + _PROBE
     probe_path.write_text(probed, encoding="utf-8")
     try:
-        done = _run(["--virtual-time-budget=15000", "--dump-dom", probe_path.as_uri()], timeout)
+        size = [f"--window-size={width},900"] if width else []
+        done = _run([*size, "--virtual-time-budget=15000", "--dump-dom", probe_path.as_uri()], timeout)
     finally:
         probe_path.unlink(missing_ok=True)
     match = re.search(rf'<pre id="{MARKER}">(.*?)</pre>', done.stdout, re.S)
@@ -105,6 +120,7 @@ def check_page(html_path: str | os.PathLike, *, timeout: float = 120.0) -> dict:
     record["broken_images"] = [i["src"] for i in record["images"] if not i["complete"] or i["natural_width"] == 0]
     record["hidden_images"] = [i["src"] for i in record["images"] if i["shown_width"] == 0 or i["shown_height"] == 0]
     record["broken_links"] = [a["href"] for a in record["anchors"] if a["local_target_found"] is False] + missing_files
+    record["cut_tables"] = [t["header"] for t in record["tables"] if not t["fits"] and not t["scrolls_sideways"]]
     return record
 
 

@@ -34,9 +34,15 @@ class ReportContext:
     comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline (identical cells once)
     rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking (identical cells once)
     identical: dict  # dataset -> groups of cells that trained identically (runs.IdenticalGroup, kept cell first)
-    tuned_runs: pd.DataFrame | None = None  # a study with a tuning block: its tuned cells' runs (the rest of
-    # the report reads the default cells alone: runs, summary and every table above are theirs)
+    untuned_runs: pd.DataFrame | None = None  # a study with a tuning block: its cells at their default settings.
+    # Such a study is about its tuned cells: ``runs`` (and every table above) hold each search's best settings
+    # (the tuned cells, or the default ones where the search kept the defaults), and these are shown as untuned
     _adequacy: dict | None = None  # the tables of adequacy(), once computed
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the study has a tuning block: its runs are then each search's best settings."""
+        return self.untuned_runs is not None
 
     @property
     def tables(self) -> Path:
@@ -88,6 +94,23 @@ class ReportContext:
         """``dataset`` where sentences must name it (the study has several), else None."""
         return dataset if len(self.datasets) > 1 else None
 
+    def untuned_seeds(self, dataset: str) -> pd.DataFrame | None:
+        """In a study with a tuning block, the cells of ``dataset`` at their default settings with their
+        t-intervals, best first (None in a study without one)."""
+        from .stats import seed_summary
+        from .tables import by_result
+
+        if self.untuned_runs is None:
+            return None
+        part = self.untuned_runs[self.untuned_runs["dataset"] == dataset]
+        return by_result(seed_summary(part, ("map@r", "recall@1"), self.confidence)) if len(part) else part
+
+    def unranked_searches(self, dataset: str) -> list[str]:
+        """In a study with a tuning block, the cells ('loss + miner') of ``dataset`` whose search has not
+        finished, so that they have no best settings to rank yet."""
+        return [f"{s.base.loss} + {s.base.miner}" for s in getattr(self.study, "searches", [])
+                if s.base.dataset == dataset and not s.is_done()] if self.tuned else []
+
     def runs_of(self, dataset: str) -> pd.DataFrame:
         return self.runs[self.runs["dataset"] == dataset]
 
@@ -133,6 +156,41 @@ class ReportContext:
         return {dataset: dataset_summary(self.runs_dir, dataset) for dataset in self.datasets}
 
 
+def defaults_kept(study) -> set[str]:
+    """The finished searches of ``study`` whose best values are the cell's defaults."""
+    from ..fileio import read_json
+
+    kept = set()
+    for search in study.searches:
+        if search.is_done():
+            best = read_json(search.best_path)
+            if best["values"] == best["default_values"]:
+                kept.add(search.search_id)
+    return kept
+
+
+def role_ids(manifest: dict[str, Any], role: str) -> set[str]:
+    """The run ids of the study's cells of ``role`` ("default" or "tuned" in a study with a tuning block)."""
+    return {c["run_id"] for c in manifest["cells"] if c.get("role") == role}
+
+
+def best_settings_ids(manifest: dict[str, Any], kept: set[str] = frozenset()) -> set[str]:
+    """The run ids of each finished search's best settings in a study with a tuning block: its tuned
+    cells, or its default cells where the search kept the defaults (the study adds no tuned cell then, or
+    adds cells at the very same values); cells without a search count as their own best. A cell whose
+    search is unfinished has no best settings yet. ``kept``: the searches whose best values are the defaults."""
+    done = {s["search_id"] for s in manifest.get("searches", []) if s.get("done")}
+    with_tuned = {c["search"] for c in manifest["cells"] if c.get("role") == "tuned"}
+
+    def is_best(cell) -> bool:
+        search = cell.get("search")
+        if cell.get("role") == "tuned":
+            return search not in kept
+        return search is None or (search in done and (search in kept or search not in with_tuned))
+
+    return {c["run_id"] for c in manifest["cells"] if c.get("role") in ("default", "tuned") and is_best(c)}
+
+
 def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: tuple[str, str],
            confidence: float) -> ReportContext:
     """Read the study file and every run folder of ``results`` once: the cells' states, the finished
@@ -145,9 +203,10 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     status = cell_status(manifest, results / "runs")  # done, failed, unreadable, missing, skipped
     runs = load_runs(results / "runs")
     runs = runs[runs["run_id"].isin(status.loc[status["state"] == "done", "run_id"])].reset_index(drop=True)
-    tuned_ids = {c["run_id"] for c in manifest["cells"] if c.get("role") == "tuned"}
-    tuned_runs = runs[runs["run_id"].isin(tuned_ids)].reset_index(drop=True)
-    runs = runs[~runs["run_id"].isin(tuned_ids)].reset_index(drop=True)
+    untuned = None
+    if any(c.get("role") == "default" for c in manifest["cells"]):  # a tuning block: the best settings ranked
+        untuned = runs[runs["run_id"].isin(role_ids(manifest, "default"))].reset_index(drop=True)
+        runs = runs[runs["run_id"].isin(best_settings_ids(manifest, defaults_kept(study)))].reset_index(drop=True)
     histories = load_histories(results / "runs")
     histories = histories[histories["run_id"].isin(runs["run_id"])]
     datasets = list(dict.fromkeys(c["dataset"] for c in manifest["cells"]))
@@ -160,4 +219,4 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     return ReportContext(results=results, study=study, manifest=manifest, baseline=tuple(baseline),
                          confidence=confidence, status=status, runs=runs, histories=histories,
                          summary=summarise(runs), seed_tables=seed_tables, comparisons=comparisons,
-                         rankings=rankings, identical=identical, tuned_runs=tuned_runs)
+                         rankings=rankings, identical=identical, untuned_runs=untuned)

@@ -18,6 +18,28 @@ from ..fileio import write_if_changed
 from .labels import DIAGNOSTIC_LABELS, DIAGNOSTICS, METRIC_LABELS, cell_label, recall_columns
 from .tables import correlations
 
+# One colour per loss, the same in every figure of every report: the project's losses have fixed ones
+# (no two alike, none pale on white); a loss added later takes the next unused one, in the order of
+# its name, so adding it never recolours the others.
+LOSS_COLOURS = {
+    "angular": "#1f77b4", "arcface": "#ff7f0e", "center": "#2ca02c", "contrastive": "#d62728",
+    "f-statistic": "#9467bd", "lifted-structure": "#8c564b", "margin": "#e377c2", "multi-similarity": "#7f7f7f",
+    "n-pairs": "#bcbd22", "normalized-softmax": "#17becf", "proxy-anchor": "#000075", "proxy-nca": "#800000",
+    "triplet": "#000000",
+}
+SPARE_COLOURS = ("#469990", "#f032e6", "#e6b400", "#4363d8", "#9a6324", "#3cb44b", "#ff6f91")
+
+
+def loss_colours(losses) -> dict[str, str]:
+    """loss -> its colour (:data:`LOSS_COLOURS`; a loss not listed there: a spare one, then evenly spaced
+    hues, in the order of the names), distinct for every loss given."""
+    from matplotlib.colors import hsv_to_rgb, to_hex
+
+    others = sorted(set(losses) - set(LOSS_COLOURS))
+    spare = list(SPARE_COLOURS) + [to_hex(hsv_to_rgb((i / max(1, len(others)), 0.8, 0.75)))
+                                   for i in range(max(0, len(others) - len(SPARE_COLOURS)))]
+    return {**LOSS_COLOURS, **dict(zip(others, spare))}
+
 
 def heatmap(table: pd.DataFrame, title: str, skipped: set[tuple[str, str]] = frozenset()):
     """A compact loss x miner heatmap with the values written in the cells; (loss, miner) pairs in
@@ -43,11 +65,14 @@ def heatmap(table: pd.DataFrame, title: str, skipped: set[tuple[str, str]] = fro
 
 
 def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: int = 4,
-                  order: list[str] | None = None, ylabel: str | None = None):
-    """Validation curves: one panel per loss (wrapped into rows, in ``order``), one line per miner,
-    mean over seeds."""
+                  order: list[str] | None = None, ylabel: str | None = None, title: str = ""):
+    """Validation curves of one dataset: one panel per loss (wrapped into rows, in ``order``), one line
+    per miner, mean over seeds. Runs of several datasets are refused: their epochs differ in number and
+    length, and a mean over them draws jumps where the shorter runs end."""
     from matplotlib import pyplot as plt
 
+    if "dataset" in histories and histories["dataset"].nunique() > 1:
+        raise ValueError(f"curves_figure draws one dataset at a time, got {sorted(histories['dataset'].unique())}")
     present = set(histories["loss_name"])
     losses = [l for l in order if l in present] if order else sorted(present)
     rows = -(-len(losses) // columns)
@@ -65,6 +90,8 @@ def curves_figure(histories: pd.DataFrame, key: str = "val_recall@1", columns: i
         ax.legend(fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel or f"validation {METRIC_LABELS.get(key[4:], key)}")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -189,10 +216,10 @@ def diagnostics_figure(runs: pd.DataFrame, metric: str = "recall@1", title: str 
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4.0 * len(DIAGNOSTICS), 3.6), sharey=True)
-    table = correlations(runs, metric)
+    table, colours = correlations(runs, metric), loss_colours(runs["loss"])
     for ax, name in zip(axes, DIAGNOSTICS):
         for loss, part in runs.groupby("loss"):
-            ax.scatter(part[name], part[metric], s=14, alpha=0.8, label=loss)
+            ax.scatter(part[name], part[metric], s=14, alpha=0.8, label=loss, color=colours[loss])
         r = table.loc[table["diagnostic"] == name, "pearson_r"]
         shown = f"r = {r.iloc[0]:.2f}" if len(r) and np.isfinite(r.iloc[0]) else "r undefined"
         ax.set(xlabel=DIAGNOSTIC_LABELS[name], title=shown)

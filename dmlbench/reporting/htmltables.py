@@ -18,35 +18,61 @@ class Html(str):
     """A table cell already written in HTML (not escaped again)."""
 
 
+# Every table fits a 1400 px wide page: headers wrap, long text (settings, notes, run ids) wraps, and a
+# table wider than the page all the same scrolls sideways in its own box instead of being cut off.
 TABLE_STYLE = """<style>
-table.dml { border-collapse: collapse; font-size: 12px; margin: 0.2em 0 0.5em 0; }
+table.dml { border-collapse: collapse; font-size: 12px; margin: 0; }
 table.dml th, table.dml td { padding: 1px 8px; line-height: 1.3; text-align: right; white-space: nowrap;
   border: none; }
+table.dml thead th { white-space: normal; min-width: 3.5em; max-width: 11em; overflow-wrap: break-word; }
 table.dml sup { line-height: 0; font-size: 75%; }
 table.dml thead th { border-bottom: 1px solid #888; font-weight: 600; vertical-align: bottom; }
 table.dml td.text, table.dml th.text { text-align: left; }
 table.dml tbody tr:nth-child(odd) { background: #f3f3f3; }
 table.dml tr.marked td { font-weight: 600; }
-table.dml td.wrap { white-space: normal; min-width: 22em; text-align: left; }
+table.dml td.wrap { white-space: normal; min-width: 12em; max-width: 28em; text-align: left; }
+table.dml td.id { white-space: normal; min-width: 14em; max-width: 22em; text-align: left; overflow-wrap: anywhere; }
+div.dml-wide { max-width: 100%; overflow-x: auto; margin: 0.2em 0 0.5em 0; }
 div.dml-scroll { max-height: 24em; max-width: 100%; overflow: auto; display: inline-block; border: 1px solid #ddd; }
 </style>"""
+
+ID_COLUMNS = ("run_id",)  # long identifiers: broken at their '__' separators when the page is narrow
+
+
+def number_text(value, digits: int = 4) -> str:
+    """A number as a reader reads it: thousands separated ('177,611'), large ones without decimals,
+    hundreds with one, the rest with ``digits``; NaN and None as an en dash."""
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return "\u2013"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    size = abs(float(value))
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:,.1f}"
+    if 0 < size < 0.5 * 10 ** -digits:  # would show as 0.0000
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
 
 
 def html_table(frame: pd.DataFrame, *, digits: int = 4, marked: set[int] = frozenset(), scroll: bool = False,
                wrap: tuple[str, ...] = ()) -> str:
-    """``frame`` as a compact HTML table, every row shown (``scroll``: in a box that scrolls), columns
-    named by :func:`column_label`; floats to ``digits`` decimals, NaN as an en dash; rows whose
-    position is in ``marked`` in bold."""
+    """``frame`` as a compact HTML table that fits the page or scrolls sideways (every row shown;
+    ``scroll``: in a box that also scrolls down), columns named by :func:`column_label`; numbers by
+    :func:`number_text`; text columns in ``wrap`` wrapped, run ids broken at their separators; rows
+    whose position is in ``marked`` in bold."""
     import html
 
-    def cell(value) -> str:
+    def cell(value, column) -> str:
         if isinstance(value, Html):
             return str(value)
-        if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
-            return "&ndash;"
-        if isinstance(value, (float, np.floating)):
-            return f"{value:.{digits}f}"
-        return html.escape(str(value))
+        if value is None or isinstance(value, (int, float, np.integer, np.floating, np.bool_)):
+            return html.escape(number_text(value, digits))
+        text = html.escape(str(value))
+        return text.replace("__", "__<wbr>") if column in ID_COLUMNS else text
 
     def is_text(value) -> bool:  # "0.3885 ± 0.0120" and "+0.0183" are numbers to the eye: right-aligned
         return isinstance(value, str) and not re.match(r"[+-]?\d", value)
@@ -58,12 +84,14 @@ def html_table(frame: pd.DataFrame, *, digits: int = 4, marked: set[int] = froze
     for position, row in enumerate(frame.itertuples(index=False)):
         cells = []
         for column, value in zip(frame.columns, row):
-            kind = "wrap" if column in wrap else ("text" if column in text_columns else "num")
-            cells.append(f'<td class="{kind}">{cell(value)}</td>')
+            kind = ("wrap" if column in wrap else "id" if column in ID_COLUMNS else
+                    "text" if column in text_columns else "num")
+            cells.append(f'<td class="{kind}">{cell(value, column)}</td>')
         opening = '<tr class="marked">' if position in marked else "<tr>"
         body.append(opening + "".join(cells) + "</tr>")
     table = f'<table class="dml"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    return TABLE_STYLE + (f'<div class="dml-scroll">{table}</div>' if scroll else table)
+    return TABLE_STYLE + (f'<div class="dml-wide"><div class="dml-scroll">{table}</div></div>' if scroll
+                          else f'<div class="dml-wide">{table}</div>')
 
 
 def with_interval(table: pd.DataFrame, metric: str) -> list[str]:

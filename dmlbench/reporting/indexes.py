@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .figures import loss_colours
 from .labels import DIAGNOSTIC_LABELS, DIAGNOSTICS
 
 SWEPT = ("hnsw", "ivf-flat", "ivf-pq")
@@ -106,7 +107,7 @@ def compression_correlations(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def _colour(position: int):
-    """Twenty distinct colours (matplotlib's tab20), so that no two of the losses share one."""
+    """Twenty distinct colours (matplotlib's tab20), so that no two indexes share one."""
     from matplotlib import colormaps
 
     return colormaps["tab20"](position % 20)
@@ -129,12 +130,12 @@ def curves_figure(part: pd.DataFrame, dataset: str, *, cells: list[tuple[str, st
     left.set_ylabel("k-NN recall@10 (median over runs)")
     left.set_title(f"{dataset}: every index (dashed: brute-force speed)")
     left.legend(fontsize=7, ncol=2)
-    hnsw = part[part["family"] == "hnsw"]
+    hnsw, colours = part[part["family"] == "hnsw"], loss_colours([loss for loss, _ in cells])
     for position, (loss, miner) in enumerate(cells):
         rows = hnsw[(hnsw["loss"] == loss) & (hnsw["miner"] == miner)]
         curve = rows.groupby("setting", sort=False)[["qps_1", "recall@1"]].mean()
-        right.plot(curve["qps_1"], curve["recall@1"], marker=".", lw=1, label=f"{loss} + {miner}",
-                   color=_colour(position))
+        right.plot(curve["qps_1"], curve["recall@1"], marker="os^vD"[position % 5], ms=4, lw=1,
+                   label=f"{loss} + {miner}", color=colours[loss])
     right.set_ylabel("Recall@1 under HNSW (mean over seeds)")
     right.set_title(f"{dataset}: each loss's own cell along the HNSW sweep")
     right.legend(fontsize=6, ncol=2)
@@ -147,10 +148,11 @@ def compression_figure(part: pd.DataFrame, dataset: str, index: str):
     from matplotlib import pyplot as plt
 
     runs = part[part["index"] == index]
+    colours = loss_colours(runs["loss"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, name in zip(axes, ("spectral_decay", "intra_over_inter")):
         for position, (loss, rows) in enumerate(runs.groupby("loss", sort=False)):
-            axis.scatter(rows[name], rows["recall@1_lost"], s=14, label=loss, color=_colour(position),
+            axis.scatter(rows[name], rows["recall@1_lost"], s=14, label=loss, color=colours[loss],
                          marker="os^vD"[position % 5])
         axis.set_xlabel(DIAGNOSTIC_LABELS[name])
         axis.set_ylabel(f"Recall@1 lost under {index}")

@@ -36,20 +36,33 @@ COLUMN_LABELS = {
     "roth_sign": "Roth et al.'s sign", "same_sign_as_roth": "same sign", "best_epoch": "selected epoch",
     "val_at_best": "validation score there", "wall_time_s": "wall time (s)", "train_time_s": "training time (s)",
     "images_per_s": "images/s", "excluded_queries": "excluded queries",
+    "knn_recall": "k-NN recall@10", "qps_1": "queries/s, 1 thread", "qps_all": "queries/s, all cores",
+    "build_s": "build time (s)", "distance_fraction": "share of distances computed",
+    "median_half_width_pts": "median half-width (points)", "max_half_width_pts": "largest half-width (points)",
+    "paired_sd_pts": "SD of paired differences (points)", "converged_share": "share converged",
+    "training_share_of_summed_wall": "training share of summed wall time",
+    "median_gain_last_3_epochs": "median gain over the last 3 epochs", "wall_s": "wall time (s)",
 }
+SUFFIX_WORDS = {"low": "low", "high": "high", "std": "SD", "lost": "lost"}  # after a metric's name
 VERDICTS = {"better than the baseline": "better", "worse than the baseline": "worse",
             "within seed noise": "noise", "too few seeds": "too few seeds"}
 
 
 def column_label(name: str) -> str:
-    """A table column as the reader sees it: 'map@r' -> 'MAP@R', 'map@r_low' -> 'MAP@R low'."""
+    """A table column as the reader sees it: 'map@r' -> 'MAP@R', 'map@r_low' -> 'MAP@R low',
+    'recall@1_lost' -> 'Recall@1 lost', 'training_s' -> 'training (s)', 'seeds_for_1_pts' -> 'seeds for
+    a 1-point difference': no underscore and no bare key left."""
     if name in COLUMN_LABELS:
         return COLUMN_LABELS[name]
     base, _, suffix = name.rpartition("_")
-    if base in METRIC_LABELS and suffix in ("low", "high", "std"):
-        return f"{METRIC_LABELS[base]} {suffix}"
+    if (base in METRIC_LABELS or base.startswith("recall@")) and suffix in SUFFIX_WORDS:
+        return f"{column_label(base)} {SUFFIX_WORDS[suffix]}"
     if name.startswith("recall@"):
         return "Recall@" + name.split("@", 1)[1]
+    if name.startswith("seeds_for_") and suffix == "pts":
+        return f"seeds for a {base[len('seeds_for_'):]}-point difference"
+    if base and suffix in ("s", "pts"):
+        return f"{column_label(base)} ({'s' if suffix == 's' else 'points'})"
     return name.replace("_", " ")
 
 

@@ -1,4 +1,4 @@
-"""Published reference numbers (../shared/PROTOCOL.md section 4) and their comparison with our runs.
+"""Published reference numbers (the project's protocol, docs/protocol.md) and their comparison with our runs.
 
 Each published row names the dataset, the method as the paper describes it, the (loss, miner) cell
 of this project that implements it, the protocol it was trained under and its numbers (percent).

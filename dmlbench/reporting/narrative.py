@@ -40,14 +40,26 @@ def pct(x: float) -> str:
 
 # ---- the study's first lines -------------------------------------------------------------------
 
+def _cells_text(n: dict[str, Any]) -> str:
+    """The cells of one dataset: loss x miner cells, and in a study with a tuning block, at which settings."""
+    roles, d = n.get("roles", {}), max(1, len(n["datasets"]))
+    if "default" not in roles:
+        return plural(n["cells_per_dataset"], "loss x miner cell")
+    default, tuned = roles["default"] // d, roles.get("tuned", 0) // d
+    others = "" if tuned >= default else "; the others have no tuned settings"
+    return (f"{plural(n['cells_per_dataset'], 'cell')} ({default} loss x miner cells at their default settings, "
+            f"{tuned} at their tuned settings{others})")
+
+
 def _study_shape(n: dict[str, Any]) -> str:
     """How the runs multiply up: cells x seeds on the datasets."""
     d = len(n["datasets"])
     if len(n["seeds"]) == 1 and n["same_cells_per_dataset"]:
-        return (f"{plural(n['cells_per_dataset'], 'loss x miner cell')} x {plural(n['seeds'][0], 'seed')}"
+        return (f"{_cells_text(n)} x {plural(n['seeds'][0], 'seed')}"
                 + (f" on 1 dataset ({n['datasets'][0]})" if d == 1 else f" x {d} datasets"))
     low, high = min(n["seeds"], default=0), max(n["seeds"], default=0)
-    return f"{plural(n['cells'], 'cell')} (dataset x loss x miner), {low} to {high} seeds each, on {plural(d, 'dataset')}"
+    axes = "dataset x loss x miner" + (" x settings" if "default" in n.get("roles", {}) else "")
+    return f"{plural(n['cells'], 'cell')} ({axes}), {low} to {high} seeds each, on {plural(d, 'dataset')}"
 
 
 def study_header(manifest: dict[str, Any], status: pd.DataFrame) -> str:
@@ -95,12 +107,13 @@ def state_counts(counts: dict[str, int], rows: int) -> str:
 
 # ---- the findings ------------------------------------------------------------------------------
 
-def _best_line(seeds: pd.DataFrame, confidence: float) -> str:
+def _best_line(seeds: pd.DataFrame, confidence: float, tuned: bool = False) -> str:
     best = by_result(seeds).iloc[0]
     n_seeds = int(best["seeds"])
     spread = (f" ± {(best['map@r_high'] - best['map@r_low']) / 2:.4f} ({confidence:.0%} t-interval, "
               f"{plural(n_seeds, 'seed')})" if np.isfinite(best["map@r_low"]) else f" ({plural(n_seeds, 'seed')}, no interval)")
-    line = f"Best by test MAP@R: **{cell_label(best['loss'], best['miner'])}**, {best['map@r']:.4f}{spread}"
+    line = (f"Best by test MAP@R{' at tuned settings' if tuned else ''}: **{cell_label(best['loss'], best['miner'])}**, "
+            f"{best['map@r']:.4f}{spread}")
     by_r1 = by_result(seeds, "recall@1").iloc[0]
     if (by_r1["loss"], by_r1["miner"]) != (best["loss"], best["miner"]):
         line += f"; by Recall@1: **{cell_label(by_r1['loss'], by_r1['miner'])}** ({by_r1['recall@1']:.1%})"
@@ -165,13 +178,34 @@ def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int) 
     return "Caveats: " + "; ".join(caveats) + "." if caveats else None
 
 
+def tuned_line(untuned: pd.DataFrame | None, unranked: list[str] = ()) -> str | None:
+    """In a study with a tuning block (``untuned``: its cells at their default settings, a seed table):
+    that the ranking is of the tuned cells, and who leads untuned; the cells whose search has not
+    finished (``unranked``) named. None in a study without a tuning block."""
+    if untuned is None:
+        return None
+    line = ("Every cell below runs at the settings its search found best (its defaults where the search kept "
+            "them): the study ranks the tuned losses")
+    if len(untuned):
+        lead = by_result(untuned).iloc[0]
+        line += (f"; at their default settings (untuned) **{cell_label(lead['loss'], lead['miner'])}** led "
+                 f"({pct(lead['map@r'])} MAP@R), and the tuning section compares every loss before and after")
+    if unranked:
+        line += f"; not ranked yet, their search unfinished: {', '.join(unranked)}"
+    return line + "."
+
+
 def headline(dataset: str, seeds: pd.DataFrame, comparison: pd.DataFrame, rankings: dict, runs: pd.DataFrame,
-             baseline: tuple[str, str], confidence: float, identical: list[list[str]]) -> list[str]:
+             baseline: tuple[str, str], confidence: float, identical: list[list[str]],
+             untuned: pd.DataFrame | None = None, unranked: list[str] = ()) -> list[str]:
     """The findings a first reader needs, one short sentence each, made from the numbers: the best
     cell with its interval, the comparisons with the baseline that seed noise cannot explain, whether
-    the ranking singles out a first loss, what moves the results more (miner or loss), the caveats."""
+    the ranking singles out a first loss, what moves the results more (miner or loss), the caveats; in
+    a study with a tuning block (``untuned``, the default cells' seed table) first that the cells are
+    the tuned ones (:func:`tuned_line`, after the best cell)."""
     n_seeds = int(by_result(seeds).iloc[0]["seeds"])
-    lines = [_best_line(seeds, confidence), _baseline_line(comparison, baseline),
+    lines = [_best_line(seeds, confidence, untuned is not None), tuned_line(untuned, unranked),
+             _baseline_line(comparison, baseline),
              _loss_ranking_line(rankings.get((dataset, "loss"))), _grid_line(seeds, dataset),
              _caveats_line(runs, identical, n_seeds)]
     return [line for line in lines if line is not None]
@@ -187,13 +221,16 @@ def findings(lines: list[str], dataset: str | None = None) -> str:
             + "\n".join(f"- {l}" for l in lines))
 
 
-def results_caption(seeds: pd.DataFrame, confidence: float, dataset: str | None = None) -> str:
-    """What the table of every cell shows; ``dataset`` named when the study has several."""
+def results_caption(seeds: pd.DataFrame, confidence: float, dataset: str | None = None, tuned: bool = False) -> str:
+    """What the table of every cell shows; ``dataset`` named when the study has several; ``tuned``: a
+    study with a tuning block, whose table holds each cell at its tuned settings beside its defaults."""
     n_seeds = sorted(set(seeds["seeds"]))
-    return (f"Every cell{f' on {dataset}' if dataset else ''}, best first by test MAP@R: mean over "
-            f"{' to '.join(map(str, n_seeds))} seed{'s' if n_seeds != [1] else ''} ± the half-width of its "
-            f"{confidence:.0%} t-interval. Bold: the baseline; *vs baseline*: the paired difference in MAP@R, and "
-            "whether it exceeds seed noise.")
+    spread = (f"± the half-width of its {confidence:.0%} t-interval" if n_seeds != [1] else
+              "(one seed: no interval)")
+    return (f"Every cell{f' on {dataset}' if dataset else ''}{' at its tuned settings' if tuned else ''}, best first "
+            f"by test MAP@R: mean over {' to '.join(map(str, n_seeds))} seed{'s' if n_seeds != [1] else ''} {spread}. "
+            + ("*MAP@R at default settings*: the same loss untuned. " if tuned else "")
+            + "Bold: the baseline; *vs baseline*: the paired difference in MAP@R, and whether it exceeds seed noise.")
 
 
 def _group_labels(group) -> list[str]:
@@ -503,7 +540,8 @@ def correlation_lines(dataset: str, table: pd.DataFrame, confidence: float) -> l
             f"Spearman {row.spearman:.2f}, {row.runs} runs): "
             + ("the same sign" if row.same_sign_as_roth == "yes" else "the opposite sign")
             + (", and the interval excludes zero." if clear else ", but the interval includes zero.")
-            + " Roth et al.'s coefficients are not recorded in PROTOCOL.md, so only the sign is compared.")
+            + " Roth et al.'s coefficients are not recorded in the project's protocol (docs/protocol.md), so only "
+              "the sign is compared.")
     return lines
 
 
@@ -645,10 +683,13 @@ def power_lines(table: pd.DataFrame, confidence: float) -> list[str]:
             wanted = "; ".join(f"{c[len('seeds_for_'):-len('_pts')]} points: "
                                f"{'more than 1000' if n is None or n != n else int(n)} seeds" for c, n in need.items())
             if unknown:
-                wanted = "any size: unknown (no cell shares seeds with the baseline yet)"
-            bits.append(f"{METRIC_NAMES.get(row['metric'], row['metric'])}: median half-width "
-                        f"{row['median_half_width_pts']:.2f} points (largest {row['max_half_width_pts']:.2f}) with "
-                        f"{row['seeds']} seeds; a paired difference of {wanted}")
+                wanted = ("any size: unknown (one seed: paired differences have no spread)" if row["seeds"] < 2
+                          else "any size: unknown (no cell shares seeds with the baseline yet)")
+            width = (f"median half-width {row['median_half_width_pts']:.2f} points (largest "
+                     f"{row['max_half_width_pts']:.2f}) with {row['seeds']} seeds"
+                     if row["median_half_width_pts"] == row["median_half_width_pts"] else
+                     f"no interval with {plural(int(row['seeds']), 'seed')}")
+            bits.append(f"{METRIC_NAMES.get(row['metric'], row['metric'])}: {width}; a paired difference of {wanted}")
         lines.append(f"**{dataset}** ({int(part['cells'].iloc[0])} cells, {confidence:.0%} intervals). " + ". ".join(bits) + ".")
     return lines
 
@@ -677,7 +718,8 @@ def metric_line(dataset: str, verdicts: dict[str, int], seeds: pd.DataFrame, cel
         spread[metric] = float((seeds[metric].max() - seeds[metric].min()) / half) if half and half == half else float("nan")
     best = max(verdicts, key=lambda m: (verdicts[m], spread[m] if spread[m] == spread[m] else -1))
     parts = [f"{METRIC_NAMES.get(m, m)}: {verdicts[m]} of {cells - 1} cells differ from the baseline beyond seed noise, "
-             f"cell means spread over {spread[m]:.1f} median half-widths" for m in verdicts]
+             + (f"cell means spread over {spread[m]:.1f} median half-widths" if spread[m] == spread[m] else
+                "no interval to measure the spread of cell means by (one seed)") for m in verdicts]
     return (f"**{dataset}**: {METRIC_NAMES.get(best, best)} carries the findings. " + "; ".join(parts) + ".")
 
 

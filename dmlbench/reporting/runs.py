@@ -69,13 +69,15 @@ def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_histories(runs: str | os.PathLike) -> pd.DataFrame:
-    """Per-epoch history of every finished run, long format."""
+    """Per-epoch history of every finished run, long format, with its dataset (datasets train for
+    different numbers of epochs: their curves are never averaged together)."""
     rows = []
     for record in _records(runs):
         for h in record["history"]:
-            rows.append({"run_id": record["run_id"], "loss_name": record["config"]["loss"],
-                         "miner": record["config"]["miner"], "seed": record["config"]["seed"], **h})
-    return pd.DataFrame(rows, columns=None if rows else ["run_id", "loss_name", "miner", "seed", "epoch"])
+            rows.append({"run_id": record["run_id"], "dataset": record["config"]["dataset"],
+                         "loss_name": record["config"]["loss"], "miner": record["config"]["miner"],
+                         "seed": record["config"]["seed"], **h})
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "dataset", "loss_name", "miner", "seed", "epoch"])
 
 
 def dataset_summary(runs: str | os.PathLike, dataset: str) -> dict[str, Any]:

@@ -35,13 +35,45 @@ def results_table_html(ctx, dataset: str) -> str:
     marks = narrative.identical_marks(ctx.identical[dataset])
     table, baseline_row = results_table(ctx.seed_tables[dataset], ctx.comparisons[(dataset, "map@r")], ctx.baseline,
                                         marks)
-    return html_table(table, marked=baseline_row)
+    if ctx.tuned:
+        table = with_untuned(ctx, dataset, table)
+    return html_table(table, marked=baseline_row, scroll=True)
+
+
+def with_untuned(ctx, dataset: str, table: pd.DataFrame) -> pd.DataFrame:
+    """The table of every cell of a study with a tuning block, with each cell's tuned settings and its
+    MAP@R at the default settings beside the tuned one (rows as :func:`results_table` orders them)."""
+    from .tables import by_result
+    from .tuning import best_settings
+
+    cells = list(zip(*(by_result(ctx.seed_tables[dataset])[k] for k in ("loss", "miner"))))
+    settings = best_settings([s for s in ctx.study.searches if s.base.dataset == dataset])
+    untuned = ctx.untuned_seeds(dataset)
+    at_defaults = dict(zip(zip(untuned["loss"], untuned["miner"]), with_interval(untuned, "map@r"))) \
+        if len(untuned) else {}
+    table.insert(list(table.columns).index("miner") + 1, "tuned settings",
+                 [settings.get(cell, "not searched") for cell in cells])
+    table.insert(list(table.columns).index("map@r") + 1, "MAP@R at default settings",
+                 [at_defaults.get(cell, "") for cell in cells])
+    return table
 
 
 def cell_states(ctx) -> pd.DataFrame:
     """Writes tables/cells.csv (every cell and its state); returns the columns the report shows."""
-    save_table(ctx.status, "cells", ctx.tables, index=False)
-    return ctx.status[["dataset", "loss", "miner", "seed", "state", "note", "run_id"]]
+    status = with_settings(ctx, ctx.status)
+    save_table(status, "cells", ctx.tables, index=False)
+    return status[["dataset", "loss", "miner", *(["settings"] if ctx.tuned else []), "seed", "state", "note", "run_id"]]
+
+
+def with_settings(ctx, table: pd.DataFrame) -> pd.DataFrame:
+    """In a study with a tuning block, ``table`` (one row per run) with the settings each run trained
+    at: 'tuned', or 'defaults' (the cells as the study file writes them); unchanged otherwise."""
+    if not ctx.tuned:
+        return table
+    from .context import role_ids
+
+    tuned = role_ids(ctx.manifest, "tuned")
+    return table.assign(settings=["tuned" if run in tuned else "defaults" if run else "" for run in table["run_id"]])
 
 
 # ---- loss x miner ----------------------------------------------------------------------------------
@@ -136,16 +168,20 @@ def ranking(ctx, dataset: str, by: str) -> pd.DataFrame | None:
 # ---- curves ---------------------------------------------------------------------------------------
 
 def training_curves(ctx) -> None:
-    """Validation Recall@1 and the training loss per epoch, one panel per loss."""
+    """Per dataset (never averaged over datasets: their runs train for different numbers of epochs),
+    validation Recall@1 and the training loss per epoch, one panel per loss."""
     if ctx.histories.empty:
         _show("No finished run, so no training curves.")
         return
-    figure = fg.curves_figure(ctx.histories, "val_recall@1", order=ctx.losses)
-    fg.save_figure(figure, "training_curves", ctx.figures,
-                   alt="validation Recall@1 per epoch, one panel per loss, one line per miner")
-    figure = fg.curves_figure(ctx.histories, "loss", order=ctx.losses, ylabel="training loss (mean over the epoch)")
-    fg.save_figure(figure, "training_loss", ctx.figures,
-                   alt="mean training loss per epoch, one panel per loss, one line per miner")
+    for dataset, part in ctx.histories.groupby("dataset", sort=False):
+        figure = fg.curves_figure(part, "val_recall@1", order=ctx.losses,
+                                  title=f"{dataset}: validation Recall@1 per epoch, mean over seeds")
+        fg.save_figure(figure, f"training_curves_{dataset}", ctx.figures,
+                       alt=f"{dataset}: validation Recall@1 per epoch, one panel per loss, one line per miner")
+        figure = fg.curves_figure(part, "loss", order=ctx.losses, ylabel="training loss (mean over the epoch)",
+                                  title=f"{dataset}: mean training loss per epoch, mean over seeds")
+        fg.save_figure(figure, f"training_loss_{dataset}", ctx.figures,
+                       alt=f"{dataset}: mean training loss per epoch, one panel per loss, one line per miner")
 
 
 def recall_curves(ctx, dataset: str) -> None:
@@ -301,14 +337,19 @@ def literature(ctx, dataset: str) -> None:
 
 
 def runs_table(ctx) -> None:
-    """One row per finished run, cells best first: epochs, the selected epoch, time, throughput."""
+    """One row per finished run, cells best first: epochs, the selected epoch, time, throughput (in a
+    study with a tuning block, each cell's runs at its tuned settings, then at its defaults)."""
     if ctx.runs.empty:
         _show("No run has finished.")
         return
-    shown = in_result_order(ctx.runs, ctx.seed_tables)
+    runs = ctx.runs if not ctx.tuned else pd.concat([ctx.runs, ctx.untuned_runs]).drop_duplicates("run_id")
+    shown = with_settings(ctx, in_result_order(runs, ctx.seed_tables))
+    if ctx.tuned:  # each cell's tuned runs, then its untuned ones
+        shown = shown.sort_values(["_order", "settings", "seed"], ascending=[True, False, True], kind="stable")
     select = ctx.settings.select_metric
-    _show(html=html_table(shown[["loss", "miner", "seed", "map@r", "epochs", "best_epoch", "val_at_best", "wall_time_s",
-                                 "train_time_s", "images_per_s", "device", "run_id"]].rename(
+    _show(html=html_table(shown[["loss", "miner", *(["settings"] if ctx.tuned else []), "seed", "map@r", "epochs",
+                                 "best_epoch", "val_at_best", "wall_time_s", "train_time_s", "images_per_s", "device",
+                                 "run_id"]].rename(
         columns={"val_at_best": f"validation {METRIC_LABELS.get(select, select)} there"}), digits=3, scroll=True))
 
 
@@ -335,7 +376,8 @@ def tuning(ctx) -> None:
                   f"nothing to compare yet.")
             continue
         save_table(table, f"{dataset}__tuning", ctx.tables, index=False)
-        _show(tn.tuning_verdict(table, ctx.named(dataset)), html_table(tn.shown_table(table), scroll=True))
+        _show(tn.tuning_verdict(table, ctx.named(dataset)), html_table(tn.shown_table(table), scroll=True,
+                                                                  wrap=("default settings", "tuned settings")))
         fg.save_figure(tn.search_figure(trials, spec.objective), f"tuning_{dataset}", ctx.figures)
 
 

@@ -17,7 +17,8 @@ indent 2, a newline at the end):
     seeds         int    distinct seeds in the study
     confidence    float  the level of the t-intervals (0.95)
     table         list   one object per finished loss x miner cell of ``dataset``, in the study file's order
-                         of losses, then miners:
+                         of losses, then miners (in a study with a tuning block: each cell at the settings
+                         its search found best, the defaults where it kept them; ``tuning`` has both):
         loss, miner                                  str
         recall@1, recall@2, recall@4, recall@8,
         r_precision, map@r, nmi, ami                 float  the test metric's mean over seeds

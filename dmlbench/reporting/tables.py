@@ -153,20 +153,22 @@ def correlations(runs: pd.DataFrame, metric: str = "recall@1", confidence: float
 
 
 def study_counts(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a study is made of: runs, cells (dataset x loss x miner), seeds per cell, the axes."""
+    """What a study is made of: runs, cells (dataset x loss x miner, and in a study with a tuning block
+    x settings: the defaults or tuned), seeds per cell, the axes; ``roles``: the cells per settings."""
     cells = manifest["cells"]
     seeds_per_cell: dict[tuple, set] = {}
     for c in cells:
-        seeds_per_cell.setdefault((c["dataset"], c["loss"], c["miner"]), set()).add(c["seed"])
+        seeds_per_cell.setdefault((c["dataset"], c["loss"], c["miner"], c.get("role", "study")), set()).add(c["seed"])
     datasets = list(dict.fromkeys(c["dataset"] for c in cells))
-    per_dataset = {d: {(l, m) for (dd, l, m) in seeds_per_cell if dd == d} for d in datasets}
+    per_dataset = {d: {(l, m, r) for (dd, l, m, r) in seeds_per_cell if dd == d} for d in datasets}
+    roles = pd.Series([key[3] for key in seeds_per_cell], dtype=object).value_counts().to_dict()
     skipped = list(dict.fromkeys((s["dataset"], s["loss"], s["miner"]) for s in manifest["skipped"]))
     return {"runs": len(cells), "cells": len(seeds_per_cell), "datasets": datasets,
             "losses": list(dict.fromkeys(c["loss"] for c in cells)),
             "miners": list(dict.fromkeys(c["miner"] for c in cells)),
             "seeds": sorted({len(s) for s in seeds_per_cell.values()}),
             "same_cells_per_dataset": len({frozenset(p) for p in per_dataset.values()}) <= 1,
-            "cells_per_dataset": len(next(iter(per_dataset.values()), ())), "skipped": skipped}
+            "cells_per_dataset": len(next(iter(per_dataset.values()), ())), "skipped": skipped, "roles": roles}
 
 
 def in_result_order(runs: pd.DataFrame, seed_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

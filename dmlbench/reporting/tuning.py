@@ -59,6 +59,18 @@ def settings_text(values: dict[str, Any]) -> str:
                      f"{name.split('.', 1)[-1]} {value}" for name, value in values.items())
 
 
+def best_settings(searches: list) -> dict[tuple[str, str], str]:
+    """(loss, miner) -> the settings each finished search found best, as text ('its defaults' where
+    they are the defaults)."""
+    out = {}
+    for search in searches:
+        if search.is_done():
+            best = read_json(search.best_path)
+            out[(search.base.loss, search.base.miner)] = ("its defaults" if best["values"] == best["default_values"]
+                                                          else settings_text(best["values"]))
+    return out
+
+
 def _cell_runs(runs: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
     return runs[runs["run_id"].isin(run_ids)]
 
@@ -93,7 +105,8 @@ def _search_row(search, manifest_cells: list[dict], runs: pd.DataFrame, confiden
 
 def tuning_table(ctx, dataset: str) -> pd.DataFrame:
     """One row per finished search of ``dataset``, best tuned MAP@R first, with both ranks (1: best)."""
-    runs = pd.concat([ctx.runs, ctx.tuned_runs]) if not ctx.tuned_runs.empty else ctx.runs
+    runs = ctx.runs if ctx.untuned_runs is None else \
+        pd.concat([ctx.runs, ctx.untuned_runs]).drop_duplicates("run_id")  # the defaults kept: in both
     rows = [_search_row(s, ctx.manifest["cells"], runs, ctx.confidence) for s in ctx.study.searches
             if s.base.dataset == dataset]
     table = pd.DataFrame([r for r in rows if r is not None])
@@ -106,28 +119,30 @@ def tuning_table(ctx, dataset: str) -> pd.DataFrame:
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as the report shows it: settings, scores with their intervals in percent, ranks."""
+    """The table as the report shows it: settings, scores in percent with the half-width of their
+    interval (mean ± half-width: the t-intervals are symmetric), ranks; narrow enough for the page."""
     def interval(row, key):
         mean, low, high = row[key], row[f"{key}_low"], row[f"{key}_high"]
-        return f"{pct(mean)} [{pct(low)}, {pct(high)}]" if np.isfinite(low) else pct(mean)
+        return f"{pct(mean)} ± {(high - low) * 50:.1f}" if np.isfinite(low) else pct(mean)
 
     shown = pd.DataFrame({
         "loss": table["loss"], "miner": table["miner"], "default settings": table["default"],
         "tuned settings": table["tuned"],
-        "val MAP@R default → tuned": [f"{pct(a)} → {pct(b)}" if a is not None and np.isfinite(a) else f"– → {pct(b)}"
-                                      for a, b in zip(table["val_default"], table["val_tuned"])]})
-    for metric, label in (("recall@1", "R@1"), ("map@r", "MAP@R")):
-        shown[f"test {label} default"] = [interval(r, f"default_{metric}") for _, r in table.iterrows()]
-        shown[f"test {label} tuned"] = [interval(r, f"tuned_{metric}") for _, r in table.iterrows()]
-    shown["MAP@R gain, points (paired)"] = [points(r, "gain_map@r") for _, r in table.iterrows()]
-    shown["rank default → tuned"] = [f"{a} → {b}" for a, b in zip(table["rank_default"], table["rank_tuned"])]
+        "validation MAP@R, default → tuned": [f"{pct(a)} → {pct(b)}" if a is not None and np.isfinite(a)
+                                              else f"– → {pct(b)}" for a, b in zip(table["val_default"],
+                                                                                     table["val_tuned"])]})
+    for metric, label in (("recall@1", "Recall@1"), ("map@r", "MAP@R")):
+        shown[f"test {label}, default"] = [interval(r, f"default_{metric}") for _, r in table.iterrows()]
+        shown[f"test {label}, tuned"] = [interval(r, f"tuned_{metric}") for _, r in table.iterrows()]
+    shown["MAP@R gain (points, paired)"] = [points(r, "gain_map@r") for _, r in table.iterrows()]
+    shown["rank, default → tuned"] = [f"{a} → {b}" for a, b in zip(table["rank_default"], table["rank_tuned"])]
     return shown
 
 
 def points(row, key: str) -> str:
-    """A difference in points of percent, signed, with its interval where there is one."""
+    """A difference in points of percent, signed, with the half-width of its interval where there is one."""
     mean, low, high = (row[key] * 100, row[f"{key}_low"] * 100, row[f"{key}_high"] * 100)
-    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]" if np.isfinite(low) else f"{mean:+.1f}"
+    return f"{mean:+.1f} ± {(high - low) / 2:.1f}" if np.isfinite(low) else f"{mean:+.1f}"
 
 
 def summary_rows(table: pd.DataFrame) -> list[dict[str, Any]]:

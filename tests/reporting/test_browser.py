@@ -61,4 +61,4 @@ def test_the_committed_tuned_report_shows_its_tuning_section():
     assert record["broken_images"] == [] and record["hidden_images"] == [] and record["broken_links"] == []
     html = tuned.read_text(encoding="utf-8")
     section = html[html.index("Tuning: every loss at its defaults"):html.index("Can the study tell its cells apart")]
-    assert "rank default → tuned" in section and "In short, tuning" in section and "<img" in section
+    assert "default → tuned" in section and "In short, tuning" in section and "<img" in section

@@ -181,7 +181,7 @@ def test_correlations_captions_and_counts_are_told_with_their_numbers():
     assert narrative.correlation_lines("d", table, 0.95) == [
         "**d**, spectral decay (rho): Roth et al. report that Recall@1 falls as it grows; here Pearson's r = -0.50 "
         "(95% interval [-0.80, -0.10], Spearman -0.40, 12 runs): the same sign, and the interval excludes zero. "
-        "Roth et al.'s coefficients are not recorded in PROTOCOL.md, so only the sign is compared.",
+        "Roth et al.'s coefficients are not recorded in the project's protocol (docs/protocol.md), so only the sign is compared.",
         "**d**, intra / inter (pi ratio): no correlation can be computed."]
     assert narrative.state_counts({"skipped": 3, "done": 87, "failed": 2}, 92) == "87 done, 2 failed, 3 skipped (92 rows)."
     caption = narrative.results_caption(seed_table(), 0.95)

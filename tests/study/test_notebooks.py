@@ -151,7 +151,8 @@ def test_study_then_report(isolated, tmp_path, monkeypatch):
     assert "import pandas" not in text  # code hidden
     for name in ("cells.csv", "summary.csv", "runs.csv", "fashion-mnist__recall@1.csv", "fashion-mnist__map@r.csv"):
         assert (results / "tables" / name).is_file(), name
-    for name in ("heatmap_fashion-mnist__recall@1.png", "heatmap_fashion-mnist__map@r.png", "training_curves.png"):
+    for name in ("heatmap_fashion-mnist__recall@1.png", "heatmap_fashion-mnist__map@r.png",
+                 "training_curves_fashion-mnist.png"):
         assert (results / "figures" / name).stat().st_size > 1000, name
     cells = (results / "tables" / "cells.csv").read_text()
     assert cells.count(",done,") == 2 and cells.count(",skipped,") == 1
@@ -225,7 +226,8 @@ def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(i
                                                "intra_over_inter"} and (correlations["runs"] == 8).all()
     for name in ("bars_fashion-mnist__map@r", "vs_baseline_fashion-mnist__map@r", "ranking_fashion-mnist__miners",
                  "recall_at_k_fashion-mnist", "tsne_fashion-mnist__best", "tsne_fashion-mnist__worst",
-                 "retrieval_fashion-mnist__best", "diagnostics_fashion-mnist", "training_loss"):
+                 "retrieval_fashion-mnist__best", "diagnostics_fashion-mnist",
+                 "training_loss_fashion-mnist"):
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000, name
     assert "paired seeds" in html and "Roth et al. report that Recall@1" in html
 
