@@ -62,3 +62,18 @@ def test_the_committed_tuned_report_shows_its_tuning_section():
     html = tuned.read_text(encoding="utf-8")
     section = html[html.index("Tuning: every loss at its defaults"):html.index("Can the study tell its cells apart")]
     assert "default → tuned" in section and "In short, tuning" in section and "<img" in section
+
+
+def test_the_committed_reports_rank_what_their_study_is_about_and_their_tables_fit_1400_px():
+    import json
+
+    tuned = REPO_ROOT / "results" / "tuned"
+    rows = json.loads((tuned / "summary.json").read_text())["tuning"]["datasets"]["han-typefaces"]["rows"]
+    leader = max(rows, key=lambda row: row["tuned_map@r"])
+    html = (tuned / "report.html").read_text(encoding="utf-8")
+    first = html[:html.index('id="Protocol"')]
+    assert f"Best by test MAP@R at tuned settings: <strong>{leader['loss']} + {leader['miner']}</strong>" in first
+    assert "26 cells (13 loss x miner cells at their default settings, 13 at their tuned settings)" in first
+    for report in (REPORT, tuned / "report.html"):
+        record = check_page(report, width=1400)
+        assert [t["header"] for t in record["tables"] if not t["fits"]] == [], report
