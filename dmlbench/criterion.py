@@ -23,19 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalogue import feeds
 from .errors import IncompatibleError
 from .losses import LOSSES, Loss
 from .miners import MINERS, Miner
 
 
 def is_compatible(loss_cls: type[Loss], miner_cls: type[Miner]) -> bool:
-    if miner_cls.registry_name == "none":
-        return True
-    consumes = loss_cls.consumes
-    produces = miner_cls.produces
-    if consumes == "any":
-        return True
-    return consumes in produces or (consumes == "pairs" and "triplets" in produces)
+    return feeds(miner_cls.registry_name, miner_cls.produces, loss_cls.consumes)
 
 
 def mined_kind(loss: Loss, miner: Miner) -> str | None:
