@@ -103,9 +103,12 @@ def figure_description(fig, fallback: str = "") -> str:
     return "; ".join(list(dict.fromkeys(titles))[:4]) or fallback
 
 
-def save_figure(fig, name: str, figures: Path, *, show: bool = True, alt: str | None = None) -> Path:
+def save_figure(fig, name: str, figures: Path, *, show: bool = True, alt: str | None = None,
+                drawn_from: str | None = None) -> Path:
     """Save as PNG under results/figures/ (rewritten only when its bytes change: no date or software
-    version in it), show the same picture in the notebook with alternative text, and close the figure."""
+    version in it), show the same picture in the notebook with alternative text, and close the figure.
+    With ``drawn_from`` (a digest of what the figure shows, :func:`.plots.tsne_source`) the PNG records
+    it, and a saved PNG recording the same is kept and shown as it is (:func:`.plots.kept_or_marked`)."""
     import base64
     import html
     import io as _io
@@ -115,12 +118,17 @@ def save_figure(fig, name: str, figures: Path, *, show: bool = True, alt: str | 
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     path = figures / f"{name}.png"
-    write_if_changed(path, buffer.getvalue())
+    png = buffer.getvalue()
+    if drawn_from is not None:
+        from .plots import kept_or_marked
+
+        png = kept_or_marked(path, png, drawn_from)
+    write_if_changed(path, png)
     if show:
         from IPython.display import HTML, display
 
         text = html.escape(alt or figure_description(fig, name.replace("_", " ")), quote=True)
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        data = base64.b64encode(png).decode("ascii")
         display(HTML(f'<img src="data:image/png;base64,{data}" alt="{text}" style="max-width: 100%">'))
     plt.close(fig)
     return path

@@ -1,10 +1,22 @@
 """Figures of a run: training curves, t-SNE of test embeddings, retrieval grids.
 
-Each function returns a matplotlib Figure and leaves saving and showing to the caller.
+Each drawing function returns a matplotlib Figure and leaves saving and showing to the caller.
+
+A t-SNE map magnifies the last bits of its input: the same checkpoint embedded on another processor
+(other vector instructions, another BLAS kernel) gives embeddings that differ by rounding, and a map
+whose points have visibly moved. So a saved map records what it was drawn from (:func:`tsne_source`:
+the run's checkpoint, the test split, the drawing settings and the versions of scikit-learn and
+matplotlib) in a PNG text chunk, and a rebuild keeps a map that records the same source
+(:func:`kept_or_marked`): the picture changes when what it shows changes, not with the machine.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import struct
+import zlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +25,11 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
 from ..evaluation.neighbours import knn
+from ..training.rundir import RunDir
+
+# Bump when what tsne_figure draws changes: maps recording an older source are then drawn again.
+TSNE_DRAWING = 1
+SOURCE_CHUNK = b"dmlbench-source"  # the PNG tEXt keyword under which a figure records what it was drawn from
 
 
 def training_curves(history: Sequence[dict], title: str = "") -> Figure:
@@ -112,3 +129,59 @@ def retrieval_grid(images, labels: torch.Tensor, embeddings: torch.Tensor, *, nu
     fig.suptitle(title or f"top-{k} retrievals (green: same class, red: other class{note})")
     fig.tight_layout()
     return fig
+
+
+def tsne_source(run_dir: str | os.PathLike, split, **drawing) -> str:
+    """What a run's t-SNE map is drawn from, as a digest: the bytes of the run's checkpoint, the test
+    split's images (or cache rows) and labels, ``drawing`` (the map's settings and title), the
+    versions of scikit-learn and matplotlib and :data:`TSNE_DRAWING`."""
+    import matplotlib
+    import sklearn
+
+    digest = hashlib.sha256(RunDir(run_dir).checkpoint.read_bytes())
+    images = split.images if isinstance(split.images, np.ndarray) else np.asarray(split.rows)
+    for array in (images, np.asarray(split.labels)):
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    settings = sorted(drawing.items()) + [("sklearn", sklearn.__version__), ("matplotlib", matplotlib.__version__),
+                                          ("drawing", TSNE_DRAWING)]
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()[:32]
+
+
+def _chunks(png: bytes):
+    """(type, data, start, end) of each chunk of a PNG."""
+    at = 8
+    while at + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        yield kind, png[at + 8:at + 8 + length], at, at + 12 + length
+        at += 12 + length
+
+
+def png_source(png: bytes) -> str | None:
+    """The source a PNG records under :data:`SOURCE_CHUNK` (None: it records none)."""
+    for kind, data, _, _ in _chunks(png):
+        if kind == b"tEXt" and data.startswith(SOURCE_CHUNK + b"\0"):
+            return data[len(SOURCE_CHUNK) + 1:].decode("latin-1")
+    return None
+
+
+def with_source(png: bytes, source: str) -> bytes:
+    """The PNG with a text chunk recording ``source`` just before its end chunk (one it had is replaced)."""
+    kept = b"".join(png[start:end] for kind, data, start, end in _chunks(png)
+                    if kind != b"IEND" and not (kind == b"tEXt" and data.startswith(SOURCE_CHUNK + b"\0")))
+    body = b"tEXt" + SOURCE_CHUNK + b"\0" + source.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = b"IEND"
+    return png[:8] + kept + chunk + struct.pack(">I", 0) + end + struct.pack(">I", zlib.crc32(end))
+
+
+def kept_or_marked(path: str | os.PathLike, png: bytes, source: str) -> bytes:
+    """The bytes to save at ``path`` for a figure drawn from ``source``: the saved file when it records
+    the same source (a redrawing differs only by floating-point noise), else ``png`` recording it."""
+    path = Path(path)
+    if path.is_file():
+        saved = path.read_bytes()
+        if png_source(saved) == source:
+            return saved
+    return with_source(png, source)

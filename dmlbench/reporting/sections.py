@@ -213,7 +213,7 @@ def _test_splits(ctx, dataset: str):
 def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
     """The t-SNE map and retrieval grid of the first seed of one cell (``row`` of the seed table)."""
     from ..training.embed import embed_test_split
-    from .plots import retrieval_grid, tsne_figure
+    from .plots import retrieval_grid, tsne_figure, tsne_source
 
     part = ctx.runs_of(dataset)
     run = part[(part["loss"] == row["loss"]) & (part["miner"] == row["miner"])].sort_values("seed").iloc[0]
@@ -223,9 +223,10 @@ def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
         _show(f"**{dataset}**, {which} cell: its network cannot be reloaded ({type(error).__name__}: {error}).")
         return
     name = f"{row['loss']} + {row['miner']}, seed {run['seed']}"
-    figure = tsne_figure(embeddings, labels, splits.class_names, max_points=1000, seed=0,
-                         title=f"{dataset}, {which} cell: {name} (test MAP@R {run['map@r']:.4f})")
-    fg.save_figure(figure, f"tsne_{dataset}__{which}", ctx.figures)
+    drawing = {"max_points": 1000, "seed": 0, "title": f"{dataset}, {which} cell: {name} (test MAP@R {run['map@r']:.4f})"}
+    figure = tsne_figure(embeddings, labels, splits.class_names, **drawing)
+    fg.save_figure(figure, f"tsne_{dataset}__{which}", ctx.figures,  # kept while its source is the same: see plots
+                   drawn_from=tsne_source(ctx.runs_dir / run["run_id"], splits.test, **drawing))
     if splits.gallery is None:
         figure = retrieval_grid(splits.test.images, labels, embeddings, num_queries=6, k=8, seed=0,
                                 title=f"{dataset}, {which} cell: {name}")
