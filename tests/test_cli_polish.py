@@ -4,6 +4,7 @@ spelling of the study argument, -v anywhere, progress on long commands."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -172,3 +173,48 @@ def test_verbose_before_or_after_the_command(args):
     if args[0] != "bench":  # after a benchmark's name, every option is the benchmark's own
         assert parser.parse_args([*args, "-v"]).verbose is True
     assert all(any("-v" in a.option_strings for a in sub._actions) for sub in commands().values())
+
+
+def test_study_counts_its_cells_and_the_report_its_notebook_cells_on_stderr(isolated, tmp_path, capsys):
+    """A study was minutes of silence: its cells and the report's notebook cells are counted on bars
+    (stderr, beside the terminal's output), and the last line says what was written where."""
+    from .support import tiny_settings
+
+    study = tmp_path / "counted.yaml"
+    study.write_text(yaml.safe_dump({"name": "counted", "datasets": ["fashion-mnist"], "seeds": [0],
+                                     "cells": [{"loss": "contrastive", "miner": "none"}],
+                                     "settings": tiny_settings(epochs=1)}))
+    assert main(["study", "--study", str(study)]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"counted: cells: 100%.*1/1", captured.err), captured.err
+    assert re.search(r"report: 100%.*\b(\d+)/\1 ", captured.err), captured.err
+    assert captured.out.splitlines()[-1].endswith("report.html")
+    executed = (Path(captured.out.splitlines()[-1].split()[-1]).parent / "report.ipynb").read_text()
+    assert "report: " not in executed and "cell/s" not in executed and "it/s" not in executed
+
+
+def test_fashion_mnist_download_counts_its_bytes_on_stderr(isolated, tiny_fmnist, tmp_path, monkeypatch, capsys):
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    import dmlbench.datasets.fashion_mnist as fm
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_fmnist))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DMLBENCH_DATA", str(tmp_path / "empty"))
+        monkeypatch.setenv("DMLBENCH_DOWNLOAD", "1")
+        monkeypatch.setenv("DMLBENCH_FASHION_MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        monkeypatch.setattr(fm, "_debian_dirs", lambda: [])
+        monkeypatch.setattr(fm, "OFFICIAL_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest()
+                                                 for p in tiny_fmnist.iterdir()})
+        assert main(["data", "prepare", "fashion-mnist"]) == 0
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    for path in tiny_fmnist.iterdir():
+        assert re.search(rf"fashion-mnist {path.name}: 100%", err), err

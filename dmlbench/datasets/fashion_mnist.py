@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -111,8 +112,7 @@ def download(url: str | None = None, checksums: dict[str, str] | None = None, ti
             continue
         source = url.rstrip("/") + "/" + name
         log.info("downloading %s", source)
-        with urllib.request.urlopen(source, timeout=timeout) as response:
-            data = response.read()
+        data = _fetch(source, timeout)
         digest = hashlib.md5(data).hexdigest()
         if name in checksums and digest != checksums[name]:
             raise OSError(f"{source}: MD5 {digest} differs from the published {checksums[name]}; file discarded")
@@ -120,6 +120,21 @@ def download(url: str | None = None, checksums: dict[str, str] | None = None, ti
     found = _files_in(target)
     assert found is not None
     return found
+
+
+def _fetch(source: str, timeout: float) -> bytes:
+    """The file at ``source``, its bytes counted on a bar on stderr as they arrive."""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    with urllib.request.urlopen(source, timeout=timeout) as response:
+        length = (response.headers.get("Content-Length") or "") if response.headers else ""
+        with tqdm(total=int(length) if length.isdigit() else None, unit="B", unit_scale=True, file=sys.stderr,
+                  desc=f"fashion-mnist {source.rsplit('/', 1)[-1]}") as bar:
+            while chunk := response.read(1 << 20):
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    return b"".join(chunks)
 
 
 def locate(root: str | os.PathLike | None = None, *, allow_download: bool | None = None) -> tuple[dict[str, Path], str]:

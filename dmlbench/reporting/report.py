@@ -86,7 +86,7 @@ def _execute(study_path, results: Path, shown: str) -> Path:
     running = results / "report.running.ipynb"
     try:
         execute_notebook(notebook(REPORT_NOTEBOOK), running, parameters={"study": str(study_path), "results": shown},
-                         cwd=REPO_ROOT, kernel_log=results / REPORT_KERNEL_LOG)
+                         cwd=REPO_ROOT, kernel_log=results / REPORT_KERNEL_LOG, progress="report")
     except BaseException:
         if running.exists():
             os.replace(running, results / "report.failed.ipynb")

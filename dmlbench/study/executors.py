@@ -238,6 +238,17 @@ def _failure_line(cell: Cell, detail: str) -> str:
     return detail if detail.startswith(cell.run_id) else f"{cell.run_id}: {detail}"
 
 
+def _with_bar(outcomes: Iterator[Outcome], total: int, label: str) -> Iterator[Outcome]:
+    """The cells' outcomes as they come, counted on a bar on stderr: cells finished of those to run,
+    and an estimate of the time left."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=f"{label}: cells", unit="cell", file=sys.stderr) as bar:
+        for outcome in outcomes:
+            bar.update()
+            yield outcome
+
+
 def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None) -> list[Path]:
     """Run every unfinished cell of ``study`` with ``executor`` (one of EXECUTORS); ``jobs``: cells at
     once (local and submitit-local: default 1; slurm: default the study's array_parallelism).
@@ -252,7 +263,7 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
     log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible; executor %s", study.name,
              len(study.cells), len(study.cells) - len(todo), len(todo), len(study.skipped), executor)
     failures, busy = [], []
-    for cell, outcome, detail in RUNNERS[executor](study, todo, jobs) if todo else ():
+    for cell, outcome, detail in _with_bar(RUNNERS[executor](study, todo, jobs), len(todo), study.name) if todo else ():
         if outcome == BUSY:
             busy.append(cell)
         elif outcome == FAILED or not cell.is_done():

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -66,8 +67,10 @@ def kernel_manager_class(stderr=None) -> type[AsyncKernelManager]:
 
 
 def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, parameters: dict[str, Any],
-                     cwd: str | os.PathLike, log_output: bool = False, kernel_log: str | os.PathLike | None = None) -> None:
-    """papermill's execution of ``template`` into ``output`` with ``parameters``, quietly.
+                     cwd: str | os.PathLike, log_output: bool = False, kernel_log: str | os.PathLike | None = None,
+                     progress: str | None = None) -> None:
+    """papermill's execution of ``template`` into ``output`` with ``parameters``, quietly; with
+    ``progress``, a bar of the cells executed on stderr labelled with it (never in the notebook).
 
     The kernel process's own output (not the cells': those are in the executed notebook) is kept in
     ``kernel_log`` when the execution fails, and dropped otherwise; a Ctrl-C drops it too, so the
@@ -76,7 +79,8 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
 
     def run(manager: type[AsyncKernelManager]) -> None:
         papermill.execute_notebook(str(template), str(output), parameters=parameters, kernel_name=KERNEL,
-                                   cwd=str(Path(cwd)), progress_bar=False, log_output=log_output,
+                                   cwd=str(Path(cwd)), log_output=log_output,
+                                   progress_bar={"desc": progress, "file": sys.stderr} if progress else False,
                                    kernel_manager_class=manager)
 
     with _quiet_interrupt():
