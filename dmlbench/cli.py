@@ -3,8 +3,8 @@
     dmlbench list                               losses, miners, samplers, datasets, models
     dmlbench run --loss triplet --miner semi-hard --set epochs=2 --set loss_kwargs='{margin: 0.1}'
     dmlbench run --study studies/default.yaml --cell <run id>
-    dmlbench study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
-    dmlbench study studies/default.yaml --emit-make build/cells.mk | --status
+    dmlbench study --study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
+    dmlbench study --study studies/default.yaml --emit-make build/cells.mk | --status
     dmlbench tune --study studies/tuned.yaml [--search ID] [--trials N]   a study's hyperparameter searches
     dmlbench report --study studies/default.yaml
     dmlbench indexes --study studies/default.yaml   every finished run's embeddings under the study's indexes
@@ -417,6 +417,7 @@ def cmd_readme(args) -> int:
         print("the generated blocks of README.md and docs/ are current")
         return 0
     update_readme()
+    print("refreshed the generated blocks of README.md and docs/ from the results files")
     return 0
 
 
