@@ -529,7 +529,7 @@ def _add_study_command(sub) -> None:
                    help="cells run at once (local, submitit-local: default 1; slurm: default the study's "
                         "array_parallelism)")
     p.add_argument("--no-report", action="store_true", help="run the cells only; build no report")
-    p.add_argument("--emit-make", type=Path, help="write a makefile with one target per cell instead of running")
+    p.add_argument("--emit-make", type=Path, metavar="MAKEFILE", help="write a makefile with one target per cell instead of running")
     p.add_argument("--status", action="store_true", help="list the cells and whether they are done")
     p.add_argument("--datasets", action="store_true", help="print the study's datasets and stop")
     p.add_argument("--prepare-data", action="store_true",
