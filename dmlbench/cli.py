@@ -195,12 +195,12 @@ def cmd_compare(args) -> int:
 
     from .paths import use_study_results
     from .study.cells import claim_folder, load_study
-    from .study.compare import STUDY_FILE, comparison_study, plan_lines, ranking_lines, write_study
+    from .study.compare import BASE_STUDY, STUDY_FILE, comparison_study, plan_lines, ranking_lines, write_study
     from .study.executors import run_study
 
     derived = comparison_study(args.loss, miner=args.miner, loss_kwargs=_yaml_mapping(args.loss_kwargs, "--loss-kwargs"),
-                               space=_yaml_mapping(args.space, "--space") if args.space else None, base=args.study,
-                               seeds=args.seeds)
+                               space=_yaml_mapping(args.space, "--space") if args.space else None,
+                               base=args.study or BASE_STUDY, seeds=args.seeds)
     if args.out:
         os.environ["DMLBENCH_RESULTS"] = str(args.out.absolute())
     folder = use_study_results(derived["name"])
@@ -208,7 +208,7 @@ def cmd_compare(args) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             print("\n".join(plan_lines(load_study(write_study(derived, Path(scratch)), check_networks=False))))
         return 0
-    claim_folder(derived["name"], args.study)  # before anything is written there
+    claim_folder(derived["name"], args.study or BASE_STUDY)  # before anything is written there
     study = load_study(write_study(derived, folder))
     print("\n".join(plan_lines(study)), flush=True)
     run_study(study, jobs=args.jobs)
@@ -549,7 +549,7 @@ def _add_compare_command(sub) -> None:
     p.add_argument("--loss-kwargs", default="{}", metavar="YAML", help="its keyword arguments, e.g. '{margin: 0.1}'")
     p.add_argument("--space", metavar="YAML", help="ranges of its own arguments to search beside the shared settings, "
                    "e.g. '{margin: {low: 0.05, high: 0.5}}' (default: the shared settings only)")
-    _add_study_option(p, default=Path("studies/tuned.yaml"), what="the study to compare against")
+    _add_study_option(p, what="the study to compare against (default the repository's studies/tuned.yaml)")
     p.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], metavar="0,1,2",
                    help="these seeds only (default the study's)")
     p.add_argument("--out", type=Path, metavar="DIR", help="the comparison's results folder (default results/compare-<loss>/)")
