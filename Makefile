@@ -11,10 +11,16 @@ PY := $(VENV)/bin/python
 # changes (or the venv is removed), so the 4-minute torch install happens once.
 STAMP := $(VENV)/.dmlbench-installed
 STUDY ?= studies/default.yaml
-# Where runs, tables, figures and the report go. The repository keeps the default study's results;
-# `make all RESULTS=/some/empty/dir` reruns the whole study from scratch without touching them.
-RESULTS ?= results
+# Where runs, tables, figures and the report go: by default the study's own folder, results/ for the
+# default study and results/<its name>/ for any other (dmlbench/paths.py decides); RESULTS=DIR names
+# another. A study reuses the finished runs and searches of the shipped folders; `make all
+# RESULTS=/some/empty/dir REUSE=none` reruns the whole study from scratch without touching them.
+ifneq ($(RESULTS),)
 export DMLBENCH_RESULTS := $(abspath $(RESULTS))
+endif
+ifneq ($(REUSE),)
+export DMLBENCH_REUSE := $(REUSE)
+endif
 # The generated makefile of this study and results folder: one per pair, so two makes of different
 # studies (or of one study into two results folders) in one checkout never read each other's cells.
 STUDY_KEY := $(shell printf '%s\n%s' "$(abspath $(STUDY))" "$(DMLBENCH_RESULTS)" | sha256sum | cut -c1-12)
