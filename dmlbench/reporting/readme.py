@@ -1,6 +1,8 @@
 """The generated blocks of README.md and docs/*.md (never typed by hand).
 
-- the results block, from results/summary.json;
+- the results block, from results/summary.json: the answer in words first (the leading cell of the
+  main dataset and of the tuned study, the cells tied with it, what the findings rest on, from the
+  study file), then the tables;
 - the tuned-study blocks (README.md's lines, docs/tuning.md's table), from results/tuned/summary.json;
 - the evaluation-benchmark block, from results/bench/eval-<device>.csv (``dmlbench bench eval``);
 - the training-throughput block, from results/bench/train-<device>.csv (``dmlbench bench train``),
@@ -116,16 +118,123 @@ def _adequacy_line(dataset: str, facts: dict) -> str | None:
     return f"*{dataset}*: " + "; ".join(parts) + "."
 
 
-def render_block(summary: dict) -> str:
+def _interval(row: dict, metric: str, prefix: str = "") -> tuple[float, float] | None:
+    """(low, high) of a row's interval, or None where it has none (one seed)."""
+    low, high = row.get(f"{prefix}{metric}_low"), row.get(f"{prefix}{metric}_high")
+    return None if low is None or high is None or low != low or high != high else (low, high)
+
+
+def leader_and_ties(rows: list[dict], metric: str = "map@r", prefix: str = "") -> tuple[dict, list[dict]] | None:
+    """The cell with the highest mean ``metric`` (a cell merged into an identical one counted once) and
+    the cells the seeds cannot separate from it: those whose interval overlaps the leader's, and any
+    without an interval when the leader has one or none. None for no rows."""
+    kept = [row for row in rows if not row.get("identical_to") and row.get(f"{prefix}{metric}") is not None]
+    if not kept:
+        return None
+    leader = max(kept, key=lambda row: row[f"{prefix}{metric}"])
+    best = _interval(leader, metric, prefix)
+    tied = []
+    for row in sorted(kept, key=lambda row: -row[f"{prefix}{metric}"]):
+        mine = _interval(row, metric, prefix)
+        if row is not leader and (best is None or mine is None or mine[1] >= best[0]):
+            tied.append(row)
+    return leader, tied
+
+
+def _cell_names(rows: list[dict]) -> str:
+    names = [f"{row['loss']} + {row['miner']}" for row in rows]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _lead_sentence(rows: list[dict], where: str, seeds: str, metric: str = "map@r", prefix: str = "") -> str:
+    """Which cell leads ``rows`` on test MAP@R and which cells are tied with it, in words."""
+    leader, tied = leader_and_ties(rows, metric, prefix)
+    value, bounds = leader[f"{prefix}{metric}"], _interval(leader, metric, prefix)
+    shown = f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+    text = (f"{where}, **{leader['loss']}** loss with the **{leader['miner']}** miner has the highest test MAP@R "
+            f"({shown}, {seeds} seeds per cell)")
+    if not tied:
+        return text + "; no other cell's interval reaches it."
+    many = len(tied) > 1
+    return (text + f", tied with {len(tied)} other cell{'s' if many else ''} whose 95% interval{'s' if many else ''} "
+            f"overlap{'' if many else 's'} its own, so these seeds cannot order them: {_cell_names(tied[:6])}"
+            + (f" and {len(tied) - 6} more" if len(tied) > 6 else "") + ".")
+
+
+def render_answer(summary: dict, tuned: dict | None = None, basis: str | None = None) -> list[str]:
+    """The results block's opening lines: which loss and miner lead, how sure (cells whose intervals
+    overlap the leader's are called tied, not ranked), and what the findings rest on (``basis``)."""
+    tables = summary.get("tables") or {summary["dataset"]: summary["table"]}
+    main = summary["dataset"]
+    if not tables.get(main) or leader_and_ties(tables[main]) is None:
+        return []
+    seeds = _seed_counts(tables[main], str(summary.get("seeds", "?")))
+    text = [_lead_sentence(tables[main], f"In the study's {len(tables[main])} cells on {main} at default settings", seeds)]
+    tuning = (tuned or {}).get("tuning", {}).get("datasets", {}).get(main)
+    if tuning and any(row.get("tuned_map@r") is not None for row in tuning["rows"]):
+        text.append(_lead_sentence(tuning["rows"], f"With every loss's settings searched at the same budget "
+                                   f"(`studies/tuned.yaml`)", _seed_counts(tuning["rows"]), prefix="tuned_"))
+    for other, rows in tables.items():
+        found = leader_and_ties(rows) if other != main else None
+        if found:
+            text.append(f"{other} ({_seed_counts(rows, str(summary.get('seeds', '?')))} seeds per cell) separates little: {len(found[1])} of its "
+                        f"{len(found[1]) + 1} distinct cells are tied with its leader, {found[0]['loss']} + "
+                        f"{found[0]['miner']}.")
+    return ["**The answer.** " + " ".join(text + ([basis] if basis else []))]
+
+
+def _network(config) -> str:
+    """A run's network in words: the small CNN's layers and widths, or the backbone and its start."""
+    if config.model == "convnet":
+        from ..models.convnet import ConvEmbedder
+        import inspect
+
+        channels = config.model_kwargs.get("channels") or inspect.signature(ConvEmbedder).parameters["channels"].default
+        return (f"a {len(channels)}-layer CNN ({'/'.join(map(str, channels))} channels, {config.embedding_dim}-d "
+                f"embedding) trained from scratch")
+    start = "pretrained" if config.model_kwargs.get("pretrained", True) else "trained from scratch"
+    return f"{config.model} ({start}, {config.embedding_dim}-d embedding)"
+
+
+def study_basis(summary: dict) -> str | None:
+    """What a study's findings rest on, read from its study file (studies/<study>.yaml): each dataset's
+    image size and colour, the network, and the photo benchmarks supported but not in the study."""
+    path = REPO_ROOT / "studies" / f"{summary['study']}.yaml"
+    if not path.is_file():
+        return None
+    from ..datasets.base import DATASETS
+    from ..study.cells import load_study
+
+    configs = {cell.config.dataset: cell.config for cell in load_study(path, check_networks=False).cells}
+    images = " and ".join(f"{'grey' if DATASETS.get(name).channels == 1 else 'colour'} {name} images at "
+                          f"{config.image_size or DATASETS.get(name).default_image_size} px" for name, config in configs.items())
+    networks = " and ".join(sorted({_network(config) for config in configs.values()}))
+    text = f"It rests on {images}, embedded by {networks}"
+    photos = [name for name in PHOTO_DATASETS if name not in configs]
+    if photos:
+        text += (f"; the photo benchmarks ({', '.join(photos)}) are supported ([benchmarks](docs/benchmarks.md), "
+                 f"`studies/<name>.yaml`) but not run here, so these results do not say how the losses rank on "
+                 f"photos with a pretrained backbone")
+    return text + "."
+
+
+def render_block(summary: dict, tuned: dict | None = None, basis: str | None = None) -> str:
     lines = [BEGIN, ""]
+    answer = render_answer(summary, tuned, basis)
+    if answer:
+        lines += answer + [""]
     tables = summary.get("tables") or {summary["dataset"]: summary["table"]}
     intervals = any("map@r_low" in row for rows in tables.values() for row in rows)
     lines.append(f"Study `{summary['study']}` on {', '.join(tables)}: {summary['done']} of {summary['cells']} cells "
                  f"finished; test split, best validation epoch; means over seeds"
                  + (f", with {summary.get('confidence', 0.95):.0%} t-intervals in brackets." if intervals else "."))
-    for dataset, rows in tables.items():
+    for dataset, rows in tables.items():  # the main dataset's table in full; the others' in the report
         seeds = sorted({row["seeds"] for row in rows if "seeds" in row}) or [summary.get("seeds", "?")]
-        lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows)
+        if dataset == summary["dataset"]:
+            lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows)
+        else:
+            lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell): its {len(rows)} cells' table is in "
+                          f"the report and `results/summary.json`."]
     adequacy = [_adequacy_line(d, summary.get("adequacy", {}).get(d, {})) for d in tables]
     if any(adequacy):
         lines += [""] + [f"- {line}" for line in adequacy if line]
@@ -190,8 +299,8 @@ def _prefixed(row: dict, prefix: str) -> dict:
     return {key[len(prefix) + 1:]: value for key, value in row.items() if key.startswith(prefix + "_")}
 
 
-def _seed_counts(rows: list[dict]) -> str:
-    return "/".join(map(str, sorted({row["seeds"] for row in rows}))) or "0"
+def _seed_counts(rows: list[dict], default: str = "0") -> str:
+    return "/".join(map(str, sorted({row["seeds"] for row in rows if "seeds" in row}))) or default
 
 
 def _sessions(timing: dict) -> str:
@@ -504,7 +613,8 @@ def current_block(text: str, begin: str = BEGIN, end: str = END) -> str | None:
 
 def expected_block(results: Path | None = None) -> str:
     """The block for the repository's results (the README describes those, wherever a rerun went)."""
-    return render_block(read_json((results or REPO_RESULTS) / "summary.json"))
+    summary = read_json((results or REPO_RESULTS) / "summary.json")
+    return render_block(summary, _tuned_summary(results), study_basis(summary))
 
 
 def _blocks(results: Path | None) -> list[tuple[str, str, str, str]]:

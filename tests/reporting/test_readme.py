@@ -330,3 +330,45 @@ def test_the_index_block_says_which_losses_index_well_from_the_summary_lines():
     assert "(Spearman +0.70)" in block and "+0.10" not in block and "brute force answers 10" not in block
     study = render_index_study(indexes)
     assert "brute force answers 10 queries" in study and "| a | b | 2 | 0.9000 |" in study
+
+
+def _cell(loss, miner, value, low, high, **extra):
+    return {"loss": loss, "miner": miner, "map@r": value, "map@r_low": low, "map@r_high": high, "seeds": 4} | extra
+
+
+def test_the_answer_names_the_leader_and_calls_overlapping_cells_tied():
+    from dmlbench.reporting.readme import leader_and_ties, render_answer
+
+    rows = [_cell("a", "x", 0.80, 0.78, 0.82), _cell("b", "y", 0.85, 0.84, 0.86), _cell("c", "z", 0.83, 0.80, 0.845),
+            _cell("c", "w", 0.83, 0.80, 0.845, identical_to="c + z")]
+    leader, tied = leader_and_ties(rows)
+    assert leader["loss"] == "b" and [r["miner"] for r in tied] == ["z"]  # a's interval ends below b's; w merged
+    summary = {"study": "s", "dataset": "d", "tables": {"d": rows, "e": [_cell("a", "x", 0.5, 0.1, 0.9),
+                                                                         _cell("b", "y", 0.4, 0.2, 0.6)]}}
+    tuned = {"tuning": {"datasets": {"d": {"rows": [
+        {"loss": "b", "miner": "y", "seeds": 3, "tuned_map@r": 0.9, "tuned_map@r_low": 0.89, "tuned_map@r_high": 0.91},
+        {"loss": "a", "miner": "x", "seeds": 3, "tuned_map@r": 0.8, "tuned_map@r_low": 0.7, "tuned_map@r_high": 0.88}]}}}}
+    answer = render_answer(summary, tuned, "It rests on glyphs.")[0]
+    assert "**b** loss with the **y** miner has the highest test MAP@R (0.850 [0.840, 0.860], 4 seeds per cell)" in answer
+    assert "tied with 1 other cell whose 95% interval overlaps its own" in answer and "c + z" in answer
+    assert "c + w" not in answer and "a + x" not in answer.split("studies/tuned.yaml")[0]
+    assert "(0.900 [0.890, 0.910], 3 seeds per cell); no other cell's interval reaches it." in answer
+    assert "e (4 seeds per cell) separates little: 1 of its 2 distinct cells are tied with its leader, a + x." in answer
+    assert answer.endswith("It rests on glyphs.")
+    assert render_answer({"study": "s", "dataset": "d", "tables": {"d": []}}) == []
+
+
+def test_the_answer_says_what_the_findings_rest_on_from_the_study_file():
+    from dmlbench.reporting.readme import study_basis
+
+    basis = study_basis({"study": "default"})
+    assert "grey han-typefaces images at 24 px and grey fashion-mnist images at 28 px" in basis
+    assert "a 3-layer CNN (16/32/64 channels, 64-d embedding) trained from scratch" in basis
+    assert "(cub, cars196, sop, inshop) are supported" in basis and "not run here" in basis
+    assert study_basis({"study": "no-such-study"}) is None
+
+
+def test_the_readme_opens_its_results_with_the_answer():
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(BEGIN):text.index(END)]
+    assert block.split("\n")[2].startswith("**The answer.** ") and "It rests on " in block.split("\n")[2]
