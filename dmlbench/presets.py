@@ -6,7 +6,7 @@ run still carries the preset's name; the report lists where its settings depart 
 compares its numbers with the published ones only where they do not, see :func:`deviations`).
 
 - ``roth2020``: Roth, Milbich, Sinha, Gupta, Ommer & Cohen, "Revisiting Training Strategies and
-  Generalization Performance in Deep Metric Learning", ICML 2020 (../shared/PROTOCOL.md section 3):
+  Generalization Performance in Deep Metric Learning", ICML 2020 (docs/protocol.md, Published protocols):
   ImageNet ResNet-50 with frozen BatchNorm, global average pooling, 128-d normalised embedding,
   Adam lr 1e-5 with weight decay 4e-4, batches of 112 = 56 classes x 2 images, 224-pixel crops,
   150 epochs. The loss's own parameters get no weight decay (their code builds Adam's parameter

@@ -4,7 +4,7 @@ Each benchmark (CUB-200-2011, Cars196, SOP, In-Shop) is a :class:`PhotoDataset` 
 module (``cub``, ``cars196``, ``sop``, ``inshop``) holding its facts (layout markers, sub-folders,
 archives and checksums, split sizes, Recall@K) and its layout reader. ``load(root=None)`` finds the
 dataset's official layout (its ``read_layout``, helpers in :mod:`.layouts`), splits it by class as
-../shared/PROTOCOL.md prescribes (validation = 20% of the train classes, drawn with seed 0, the same
+docs/protocol.md prescribes (validation = 20% of the train classes, drawn with seed 0, the same
 for every run), and serves the images from a decoded cache (:mod:`.image_cache`): every image of the
 layout decoded once, its shorter side resized to the evaluation size (256 pixels for 224-pixel crops). The cache is built on first use (or
 ahead of time by ``dmlbench data prepare <name>``) under ``$DMLBENCH_CACHE/images/<name>/<key>``,

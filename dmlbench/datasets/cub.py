@@ -1,7 +1,7 @@
 """CUB-200-2011 (Wah et al. 2011): 200 bird species, every fact of the dataset and its layout reader.
 
 Layout: ``images.txt`` (id, path under ``images/``), ``image_class_labels.txt`` (id, class 1-200),
-``classes.txt`` (class, name). Train classes 1-100, test 101-200 (../shared/PROTOCOL.md section 1).
+``classes.txt`` (class, name). Train classes 1-100, test 101-200 (docs/protocol.md, Splits).
 """
 
 from __future__ import annotations

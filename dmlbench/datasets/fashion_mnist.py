@@ -1,6 +1,6 @@
 """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) as a zero-shot retrieval benchmark.
 
-Split (../shared/PROTOCOL.md section 1): train = official train file, labels 0-4 (30,000 images);
+Split (docs/protocol.md, Splits): train = official train file, labels 0-4 (30,000 images);
 test = official test file, labels 5-9 (5,000); validation = official test file, labels 0-4 (5,000),
 since five train classes are too few to carve a class-disjoint validation split.
 

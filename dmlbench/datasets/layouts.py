@@ -2,7 +2,7 @@
 
 Each photo dataset's module (``cub``, ``cars196``, ``sop``, ``inshop``) holds its own reader, the
 classmethod ``read_layout(root, *, val_fraction, seed) -> Layout`` of its class: image paths
-(relative to the root) with their class ids, split by class as ../shared/PROTOCOL.md section 1
+(relative to the root) with their class ids, split by class as docs/protocol.md, Splits
 prescribes, plus a validation split carved out of the train classes (class-disjoint:
 ``val_fraction`` of them, drawn with ``seed``). Nothing here opens an image; decoding and caching are
 a separate step. This module holds what the readers share: :class:`ImageList`, :class:`Layout`,

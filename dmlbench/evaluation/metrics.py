@@ -1,4 +1,4 @@
-"""Retrieval and clustering metrics of the study (../shared/PROTOCOL.md, section 2).
+"""Retrieval and clustering metrics of the study (docs/protocol.md, Metrics).
 
 For every query q, with its own index removed from its ranking and R_q the number of other
 reference items sharing its label:

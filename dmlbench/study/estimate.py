@@ -2,7 +2,7 @@
 
 A run's work is its training images (epochs x one pass over the train split, or x iters_per_epoch x
 batch) and its evaluation images (the validation split after every epoch and before the first, the
-test split and gallery once). The split sizes are the official ones (../shared/PROTOCOL.md section 1,
+test split and gallery once). The split sizes are the official ones (docs/protocol.md, Splits,
 the validation split being 20% of the train classes, counted here as 20% of their images), so a
 study can be estimated on a machine without the dataset. A dataset without published sizes (han-typefaces,
 Fashion-MNIST's zero-shot split) is counted at the sizes a finished run of it recorded, in the results

@@ -53,7 +53,7 @@ from ..models import MODELS
 from ..paths import data_root_folder
 
 # The datasets' facts are their classes' (dmlbench/datasets/<name>.py): num_classes[0] is the published
-# train classes, before the validation classes are carved out of them (../shared/PROTOCOL.md section 1),
+# train classes, before the validation classes are carved out of them (docs/protocol.md, Splits),
 # what P is checked against when a benchmark's files are absent; super_labels, whether the images carry
 # super-class labels; channels and default_image_size, the (C, H, W) of an image.
 PUBLISHED_CLASSES = DatasetFacts("num_classes")

@@ -1,6 +1,6 @@
 """The training loop: dataset -> PK batches -> model -> criterion -> optimiser, validated each epoch.
 
-Model selection follows ../shared/PROTOCOL.md: after every epoch the model embeds the validation
+Model selection follows docs/protocol.md: after every epoch the model embeds the validation
 split (never the test split) and the epoch with the best validation ``select_metric`` is kept; the
 test split is embedded and evaluated once, on that model. On the CPU a seed fixes every number
 (sampler, miner and initialisation draw from seeded generators); on CUDA the forward pass runs under

@@ -28,7 +28,7 @@ def clustered(n=300, dim=16, classes=20, noise=1.0, seed=0, singletons=0, duplic
 
 
 def brute_force(x, labels, ks, gallery=None, gallery_labels=None):
-    """Every definition of PROTOCOL.md section 2 in plain numpy: each query ranks every reference
+    """Every definition of docs/protocol.md (metrics) in plain numpy: each query ranks every reference
     item by a full sort on (float64 cosine, descending; index, ascending)."""
     q = np.asarray(x, dtype=np.float64)
     q_labels = np.asarray(labels)
