@@ -143,6 +143,18 @@ def mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def repo_relative(data, root: Path = ROOT):
+    """``data`` (a report: dicts, lists, strings) with every path inside the repository ``root`` written
+    relative to it, so a report names no folder of the machine it ran on."""
+    if isinstance(data, dict):
+        return {key: repo_relative(value, root) for key, value in data.items()}
+    if isinstance(data, list):
+        return [repo_relative(value, root) for value in data]
+    if isinstance(data, str):
+        return re.sub(rf"{re.escape(str(root))}(?![\w.-])", ".", data.replace(f"{root}/", ""))
+    return data
+
+
 def write_json(path: Path, data) -> None:
     """Whole or not at all: a temporary file renamed over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -836,7 +848,7 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
 
     def deliver_now() -> None:
         report["seconds"] = round(time.monotonic() - started, 1)
-        write_json(out_bench / f"{name}.json", report)
+        write_json(out_bench / f"{name}.json", repo_relative(report))
         deliver(out, name)
 
     site, env = _dry_environment(report) if dry else _device_environment(report, parts)
@@ -962,7 +974,7 @@ def collect(archive: Path, dest: Path = BENCH_RESULTS) -> list[Path]:
                 report = json.loads(data)
                 for step in report.get("steps", {}).values():
                     step["tail"] = step["tail"][-1500:]
-                data = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+                data = (json.dumps(repo_relative(report), indent=2, sort_keys=True) + "\n").encode()
             dest.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(data)

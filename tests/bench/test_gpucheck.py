@@ -667,3 +667,17 @@ def test_main_collect_of_a_folder_without_archives(tmp_path, capsys):
         gpucheck.main(["collect", str(tmp_path)])
     assert raised.value.code == 2
     assert "no gpu-check-part*.tar.gz" in capsys.readouterr().err
+
+
+def test_a_report_names_repository_paths_relative_to_it(tmp_path):
+    from dmlbench.bench.gpucheck import ROOT, repo_relative
+
+    report = {"facts": {"executable": f"{ROOT}/.venv/bin/python"},
+              "imports": {"dmlbench": {"from": f"{ROOT}/dmlbench"}},
+              "steps": {"tests": {"command": [f"{ROOT}/.venv/bin/python", "-m", "pytest", str(ROOT)],
+                                  "tail": f"cd {ROOT} && ls {ROOT}/build/gpu; {ROOT}x/other", "rc": 0}}}
+    shown = repo_relative(report)
+    assert shown["facts"]["executable"] == ".venv/bin/python" and shown["imports"]["dmlbench"]["from"] == "dmlbench"
+    assert shown["steps"]["tests"]["command"] == [".venv/bin/python", "-m", "pytest", "."]
+    assert shown["steps"]["tests"]["tail"] == f"cd . && ls build/gpu; {ROOT}x/other" and shown["steps"]["tests"]["rc"] == 0
+    assert str(ROOT) + "/" not in json.dumps(shown)
