@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fileio import write_if_changed
+from ..fileio import compact_png, write_if_changed
 from .labels import DIAGNOSTIC_LABELS, DIAGNOSTICS, METRIC_LABELS, cell_label, recall_columns
 from .tables import correlations
 
@@ -117,8 +117,8 @@ def save_figure(fig, name: str, figures: Path, *, show: bool = True, alt: str | 
 
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    png = compact_png(buffer.getvalue())  # indexed colour: the same picture in about 40% of the bytes
     path = figures / f"{name}.png"
-    png = buffer.getvalue()
     if drawn_from is not None:
         from .plots import kept_or_marked
 

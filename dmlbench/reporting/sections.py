@@ -210,8 +210,9 @@ def _test_splits(ctx, dataset: str):
         return None
 
 
-def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
-    """The t-SNE map and retrieval grid of the first seed of one cell (``row`` of the seed table)."""
+def _up_close(ctx, dataset: str, which: str, row, splits) -> str | None:
+    """The t-SNE map and retrieval grid of the first seed of one cell (``row`` of the seed table); the
+    run id whose checkpoint was reloaded, or None when it could not be."""
     from ..training.embed import embed_test_split
     from .plots import retrieval_grid, tsne_figure, tsne_source
 
@@ -221,7 +222,7 @@ def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
         embeddings, labels = embed_test_split(ctx.runs_dir / run["run_id"], splits)
     except Exception as error:  # a missing or damaged checkpoint: say so, go on
         _show(f"**{dataset}**, {which} cell: its network cannot be reloaded ({type(error).__name__}: {error}).")
-        return
+        return None
     name = f"{row['loss']} + {row['miner']}, seed {run['seed']}"
     drawing = {"max_points": 1000, "seed": 0, "title": f"{dataset}, {which} cell: {name} (test MAP@R {run['map@r']:.4f})"}
     figure = tsne_figure(embeddings, labels, splits.class_names, **drawing)
@@ -233,6 +234,7 @@ def _up_close(ctx, dataset: str, which: str, row, splits) -> None:
         fg.save_figure(figure, f"retrieval_{dataset}__{which}", ctx.figures)
         if which == "best":  # the hard negatives even the best cell falls for
             _confusions(ctx, dataset, name, embeddings, labels, splits)
+    return run["run_id"]
 
 
 def nearest_confusions(embeddings, labels, class_names: dict, top: int = 12) -> pd.DataFrame:
@@ -277,8 +279,18 @@ def best_and_worst(ctx, dataset: str) -> None:
     splits = _test_splits(ctx, dataset)
     if splits is None:
         return
-    for which, row in (("best", table.iloc[0]), ("worst", table.iloc[-1])):
-        _up_close(ctx, dataset, which, row, splits)
+    reloaded = [(dataset, which, _up_close(ctx, dataset, which, row, splits))
+                for which, row in (("best", table.iloc[0]), ("worst", table.iloc[-1]))]
+    _record_reloaded(ctx, dataset, [row for row in reloaded if row[2] is not None])
+
+
+def _record_reloaded(ctx, dataset: str, rows: list[tuple[str, str, str]]) -> None:
+    """tables/reloaded_runs.csv: the runs whose checkpoints the report reloaded (dataset, which, run_id),
+    the only checkpoints the repository ships (dmlbench.study.footprint)."""
+    path = ctx.tables / "reloaded_runs.csv"
+    kept = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["dataset", "which", "run_id"])
+    table = pd.concat([kept[kept["dataset"] != dataset], pd.DataFrame(rows, columns=["dataset", "which", "run_id"])])
+    save_table(table.sort_values(["dataset", "which"]), "reloaded_runs", ctx.tables, index=False)
 
 
 # ---- can the study tell cells apart -------------------------------------------------------------------------

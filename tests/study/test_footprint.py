@@ -124,3 +124,14 @@ def test_checkpoints_are_ignored_by_git_unless_added_on_purpose():
                               "results/runs/some-new-run/checkpoint.pt"])
     assert ignored.returncode == 0
     assert kind_of(__import__("pathlib").Path("results/tuned/runs/x/checkpoint.pt")) == "checkpoints"
+
+
+def test_the_gpu_check_travels_in_at_most_two_calls():
+    """With today's tree and the parts the last prepared check measured (results/bench/gpu-dry.json),
+    the GPU check's plan fits in one or two device calls of 64 MiB."""
+    from dmlbench.bench.gpucheck import plan_calls
+
+    recorded = json.loads((REPO_ROOT / "results" / "bench" / "gpu-dry.json").read_text())["plan"]
+    tree = tracked_sizes()["total"]
+    calls = plan_calls(tree, recorded["part_bytes"], limit=recorded["limit_bytes"])
+    assert 1 <= len(calls) <= 2 and all(call["bytes"] <= recorded["limit_bytes"] for call in calls)
