@@ -511,7 +511,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--miner", help="miner name or package.module:Class")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any RunConfig setting, value in YAML (repeatable)")
-    p.add_argument("--run-dir", help="where to write the run (default results/runs/<run id>)")
+    p.add_argument("--run-dir", help="where to write the run (default: the results folder's adhoc/<run id>)")
     p.set_defaults(func=cmd_run)
 
 

@@ -89,9 +89,10 @@ def plan_lines(study) -> list[str]:
     elsewhere = sorted({str(cell.run_dir.parent.parent) for cell in done if cell.run_dir.parent.parent.resolve() != own})
     run_s, trial_s = typical_run_s(done), typical_trial_s(study)
     seconds = (len(todo) + tuned) * (run_s or 0) + trials * (trial_s or 0)
-    lines = [f"{study.name}: {len(todo)} runs to make now, {len(pending)} searches to finish ({trials} trials), "
-             f"then up to {tuned} tuned runs; reused: {len(done)} finished runs and "
-             f"{len(study.searches) - len(pending)} finished searches ({', '.join(elsewhere) or 'none elsewhere'})"]
+    lines = [f"{study.name}: {_n(len(todo), 'run')} to make now, {_n(len(pending), 'search', 'searches')} to finish "
+             f"({_n(trials, 'trial')}), then up to {_n(tuned, 'tuned run')}; reused: {_n(len(done), 'finished run')} "
+             f"and {_n(len(study.searches) - len(pending), 'finished search', 'finished searches')} "
+             f"({', '.join(elsewhere) or 'none elsewhere'})"]
     if run_s is None:
         lines.append("estimated time: unknown (no finished run to time it by)")
     else:
@@ -143,3 +144,8 @@ def ranking_lines(results: Path, loss: str) -> list[str]:
         lines += [f"  {i}. {row['loss']} + {row['miner']}: MAP@R {row['map@r']:.4f}"
                   + ("   <- new" if row["loss"] == loss else "") for i, row in enumerate(rows, 1)]
     return lines
+
+
+def _n(count: int, word: str, words: str | None = None) -> str:
+    """'1 run', '3 runs'."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"

@@ -100,7 +100,7 @@ def test_compare_runs_only_the_new_loss_and_ranks_it_among_the_shipped_baselines
     new_runs = {cell.run_id for cell in study.cells if cell.config.loss == NEW}
     assert set(executed) == new_runs and len(executed) == len(new_runs) >= 1, (executed, new_runs)
     assert {cell.run_id for cell in study.cells} == baseline_runs | new_runs
-    assert "1 runs to make now, 1 searches to finish (1 trials)" in out and "2 finished searches" in out, out
+    assert "1 run to make now, 1 search to finish (1 trial)" in out and "2 finished searches" in out, out
     assert str(shipped) in out and out.index("estimated time: about") < out.index("ranked by test MAP@R"), out
     assert [p.name for p in (folder / "tuning").iterdir() if p.is_dir()] == [s.search_id for s in study.searches
                                                                              if s.base.loss == NEW]
