@@ -54,3 +54,32 @@ def test_the_split_sizes_the_docs_state_are_the_datasets():
             assert f"{count:,}" in text, (page, count)
     evaluation = re.sub(r"\s+", " ", (REPO_ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8"))
     assert f"{train:,} for training, {val} for validation and {test} for the test" in evaluation
+
+
+def _hand_written(text: str) -> str:
+    """A docs page without its generated blocks (their wording is the generator's, dmlbench/reporting/readme.py)."""
+    return re.sub(r"<!-- ([\w-]+):begin.*?<!-- \1:end -->", "", text, flags=re.S)
+
+
+def test_the_gpu_check_page_speaks_to_a_user_with_a_gpu_machine():
+    from dmlbench.bench import gpucheck
+    from dmlbench.reporting.readme import CUDA_FILES
+
+    text = _hand_written((REPO_ROOT / "docs" / "gpu-check.md").read_text(encoding="utf-8"))
+    flat = re.sub(r"\s+", " ", text)
+    for command in ("make setup", "make gpu-check", "make gpu-results FROM=", "make gpu-prepare", "make gpu-dry"):
+        assert command in flat, command
+    # the files the check's steps write, as the README's generator reads them, and where they go
+    for name in CUDA_FILES:
+        assert f"`{name}.csv`" in flat, name
+    assert "results/bench/" in flat and "gpu-check-part" in flat
+    # each step of the check with the time limit the code gives it, and the whole check's limit
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `")}
+    for step, limit in gpucheck.STEP_LIMITS.items():
+        assert rows[step].rstrip().endswith(f"| {limit} s |"), (step, limit)
+    assert f"{gpucheck.CALL_BUDGET_S} s" in flat
+    for dataset, loss, miner, seed in gpucheck.CELLS:
+        assert all(word in flat.lower() for word in (dataset, loss, miner if miner != "none" else "no miner")), loss
+        assert f"seed {seed}" in flat
+    # written for a user with a GPU machine, not about the machines the project happened to use
+    assert re.findall(r"\b(sessions?|device calls?|lent|build machines?)\b", text, flags=re.I) == []
