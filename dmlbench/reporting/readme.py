@@ -472,8 +472,9 @@ def _dry_run_lines(dry: dict, cells: dict) -> list[str]:
         f"downloaded {plan.get('wheels', '?')} CPython 3.12 wheels ({plan.get('wheel_bytes', 0) / 2**20:.1f} MiB, "
         f"{plan.get('part_bytes', {}).get('part1', 0) / 2**20:.1f} MiB bundled) and bundled the data "
         f"({plan.get('data_bytes', 0) / 2**20:.1f} MiB); with the repository's {plan.get('tree_bytes', 0) / 2**20:.1f} MiB "
-        + (f"that makes {len(calls)} device call(s) of {sizes} MiB (at most {plan.get('limit_bytes', 0) / 2**20:.0f}). "
-           if calls else f"that is more than the device calls can carry, so the check cannot travel as it stands "
+        + (f"that makes {len(calls)} transfer{'s' if len(calls) != 1 else ''} to the GPU machine of {sizes} MiB "
+           f"(at most {plan.get('limit_bytes', 0) / 2**20:.0f} each). "
+           if calls else f"that is more than one transfer to the GPU machine can carry, so the check cannot travel as it stands "
                          f"({plan.get('error', 'no call planned').removeprefix('gpu-check: ')}). ") +
         f"It installed the wheels for CPython 3.12 and, for this Python, the same versions, imported the "
         f"project and {len(dry.get('imports', {}))} modules from there, and ran the steps that need no GPU "

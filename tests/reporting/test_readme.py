@@ -110,7 +110,7 @@ def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
 
     block = render_gpu_block({"gpu-dry": _dry_report()}, {"cpu": _cells("cpu", 0.0)}, {"train-cpu", "cells-cpu"})
     assert block.startswith(GPU_BEGIN) and block.endswith(GPU_END)
-    assert "prepared, not yet measured" in block and "2 device call(s) of 55.2 and 58.4 MiB (at most 64)" in block
+    assert "prepared, not yet measured" in block and "2 transfers to the GPU machine of 55.2 and 58.4 MiB (at most 64 each)" in block
     assert "the tests: 78 passed, 79 skipped, 782 deselected" in block
     assert "reproduced their Recall@1, MAP@R and NMI exactly" in block
     assert all(f"(`{name}`)" in block for name in CUDA_FILES)
@@ -122,7 +122,7 @@ def test_gpu_block_says_what_is_prepared_and_what_is_not_measured():
                                             "leave 8.0 MiB ..."}
     block = render_gpu_block({"gpu-dry": stuck}, {"cpu": _cells("cpu", 0.0)}, set())
     assert "the check cannot travel as it stands (the repository's files (56.0 MiB" in block
-    assert "device call(s)" not in block
+    assert "transfers to the GPU machine of" not in block and "transfer to the GPU machine of" not in block
 
 
 def test_gpu_block_shows_the_measured_check_and_the_cuda_cells():
