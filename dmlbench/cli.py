@@ -93,9 +93,12 @@ def cmd_run(args) -> int:
         if values:
             raise ConfigError("--study/--cell take their settings from the study file; drop --set/--loss/--miner")
         use_study_results(study_name(args.study))
+        from .study.preflight import check_run
+
         study = load_study(args.study)
-        claim_results(study)
         config, note, runs = study.cell(args.cell).config, None, None
+        check_run(config)  # a cell this machine cannot run is refused before the study's folder is claimed
+        claim_results(study)
     elif args.study and not values:
         raise ConfigError("--study needs --cell <run id> ('dmlbench study FILE --status' lists them), or --loss "
                           "(a run of that loss at the study's protocol)")
@@ -115,11 +118,14 @@ def cmd_run(args) -> int:
 
 
 def _run_with_progress(config, folder, *, log_output: bool) -> Path:
-    """run_config with a bar of the run's epochs on the terminal (none while the notebook's output streams)."""
+    """run_config with a bar of the run's epochs on the terminal (none while the notebook's output streams),
+    shown once the run's checks have passed: a refused run says only why."""
     import contextlib
 
     from .study.cells import epoch_progress, run_config
+    from .study.preflight import check_run
 
+    check_run(config)
     shown = contextlib.nullcontext() if log_output else epoch_progress(folder, config.epochs, config.run_id()[:48])
     with shown:
         return run_config(config, run_dir=folder.path, log_output=log_output)
@@ -162,7 +168,7 @@ def cmd_study(args) -> int:
     if args.emit_make:
         from .fileio import atomic_write_text
 
-        claim_results(study)
+        claim_results(study, mark=False)  # only checked: the cells mark the folder when they run
         atomic_write_text(args.emit_make, emit_makefile(study))
         return 0
     if args.status:

@@ -442,21 +442,22 @@ def results_owner(folder: Path) -> tuple[str, str] | None:
     return (marker.read_text(encoding="utf-8").strip(), OWNER_FILE) if marker.is_file() else None
 
 
-def claim_results(study: Study) -> Path:
+def claim_results(study: Study, *, mark: bool = True) -> Path:
     """The results folder this process writes (dmlbench.paths.results_dir), checked to be ``study``'s own:
     a folder that holds another study's results is refused, naming both studies and the way out; a new
-    one is marked as the study's. Returns the folder."""
-    return claim_folder(study.name, study.path)
+    one is marked as the study's (``mark``; not by a command that only plans, such as --emit-make).
+    Returns the folder."""
+    return claim_folder(study.name, study.path, mark=mark)
 
 
-def claim_folder(name: str, path: str | os.PathLike) -> Path:
+def claim_folder(name: str, path: str | os.PathLike, *, mark: bool = True) -> Path:
     """claim_results for the study ``name`` of file ``path``."""
     folder = results_dir()
     owner = results_owner(folder)
-    if owner is None:
+    if owner is None and mark:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / OWNER_FILE, name + "\n")
-    elif owner[0] != name:
+    elif owner is not None and owner[0] != name:
         raise ConfigError(f"{folder} holds the results of study {owner[0]!r} (its {owner[1]}); study {name!r} "
                           f"({path}) would write its runs and report there and replace them. Leave RESULTS and "
                           f"DMLBENCH_RESULTS unset to write to its own folder (results/{name}/), or name an "

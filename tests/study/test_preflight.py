@@ -26,7 +26,9 @@ from ..support import write_sop
 
 
 def set_options(settings: dict) -> list[str]:
-    """``--set key=value`` options for ``dmlbench run`` (JSON is YAML)."""
+    """``--set key=value`` options for ``dmlbench run`` (JSON is YAML), on Fashion-MNIST unless told: an
+    ad-hoc run otherwise takes the default study's first dataset."""
+    settings = {"dataset": "fashion-mnist", **settings}
     return [option for key, value in settings.items() for option in ("--set", f"{key}={json.dumps(value)}")]
 
 

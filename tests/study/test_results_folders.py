@@ -13,7 +13,7 @@ import yaml
 from dmlbench import paths
 from dmlbench.cli import main
 from dmlbench.paths import REPO_ROOT
-from dmlbench.study.cells import adhoc_config, describe, emit_makefile, link_reused_runs, load_study
+from dmlbench.study.cells import adhoc_config, claim_results, describe, emit_makefile, link_reused_runs, load_study
 from dmlbench.training.record import REQUIRED_KEYS
 
 from ..support import tiny_settings
@@ -53,7 +53,7 @@ def test_a_study_defaults_to_its_own_folder_under_results(tmp_path, monkeypatch,
     assert main(["study", str(study), "--emit-make", str(makefile)]) == 0
     assert f"export DMLBENCH_RESULTS := {shipped / 'mine'}\n" in makefile.read_text()
     assert "DMLBENCH_RESULTS" not in os.environ  # main() leaves the caller's environment as it was
-    assert sorted(p.name for p in shipped.iterdir()) == ["mine", "summary.json"]
+    assert sorted(p.name for p in shipped.iterdir()) == ["summary.json"]  # planning writes nothing there
     with pytest.raises(Exception, match="'runs' cannot name its results folder"):
         paths.study_results_dir("runs")
 
@@ -71,9 +71,12 @@ def test_writing_into_another_studys_folder_is_refused(tmp_path, monkeypatch, is
         assert "holds the results of study 'default'" in error and "study 'mine'" in error, error
         assert "RESULTS" in error and "results/mine/" in error
     assert snapshot(owned) == before and not (tmp_path / "x.mk").exists()
-    # a new folder is marked as its first study's, and a second study is refused there before its report too
+    # a new folder is marked as its first study's when that study writes there (a cell runs: claim_results;
+    # planning with --emit-make only checks), and a second study is refused there before its report too
     monkeypatch.setenv("DMLBENCH_RESULTS", str(tmp_path / "fresh"))
     assert main(["study", str(study), "--emit-make", str(tmp_path / "a.mk")]) == 0
+    assert not (tmp_path / "fresh").exists()
+    claim_results(load_study(study))
     assert main(["study", str(write_study(tmp_path, "other")), "--emit-make", str(tmp_path / "b.mk")]) == 2
     assert "holds the results of study 'mine' (its .study)" in capsys.readouterr().err
 
