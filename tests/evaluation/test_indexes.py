@@ -214,7 +214,8 @@ def test_a_coding_index_ranks_by_the_l2_distance_to_its_decoded_vectors(family, 
     native = index.native
     if family == "ivf-pq":
         native.make_direct_map()
-    decoded = native.reconstruct_n(0, native.ntotal).astype(np.float64)
+    # np.asarray: pytorch-metric-learning, once imported, makes faiss return torch tensors here
+    decoded = np.asarray(native.reconstruct_n(0, native.ntotal), dtype=np.float64)
     queries = x[:100]
     scores, ids, _ = index.search(queries, 5, setting=setting, exclude=np.arange(100))
     d2 = ((queries[:, None, :].astype(np.float64) - decoded[None]) ** 2).sum(-1)
