@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from ..fileio import write_if_changed
+from ..fileio import compact_png, write_if_changed
 from ..paths import REPO_ROOT, notebook, results_dir
 from ..study.kernel import execute_notebook
 from .labels import shown_path
@@ -99,7 +99,9 @@ def _screenshot(results: Path) -> None:
     try:
         from .browser import screenshot
 
-        screenshot(results / "report.html", results / "figures" / SCREENSHOT)
+        shot = results / "figures" / SCREENSHOT
+        screenshot(results / "report.html", shot)
+        write_if_changed(shot, compact_png(shot.read_bytes()))  # indexed colour, as every shipped figure
     except Exception as error:  # noqa: BLE001 - no browser here: the report stands without its screenshot
         log.warning("no screenshot of the report: %s", error)
 

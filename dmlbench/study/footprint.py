@@ -23,9 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes, compact_png
@@ -41,32 +38,44 @@ def _compact_b64(text: str) -> str:
     return base64.b64encode(compact_png(base64.b64decode(text))).decode("ascii")
 
 
-def _compact_output(output: dict) -> None:
-    data = output.get("data", {})
+def _joined(value) -> str:
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _as_stored(text: str, like):
+    """``text`` in the form nbformat stored the value it replaces: one string, or a list of lines."""
+    return text if isinstance(like, str) else text.splitlines(keepends=True)
+
+
+def _compact_output(output: dict) -> bool:
+    """Compacts an output's PNGs in place, the stored form of each value kept; whether any changed."""
+    data, changed = output.get("data", {}), False
     if "image/png" in data:
-        png = data["image/png"]
-        data["image/png"] = _compact_b64(png if isinstance(png, str) else "".join(png))
+        new = _compact_b64(_joined(data["image/png"]))
+        if new != _joined(data["image/png"]):
+            data["image/png"], changed = _as_stored(new, data["image/png"]), True
     if "text/html" in data:
-        html = data["text/html"]
-        html = html if isinstance(html, str) else "".join(html)
-        data["text/html"] = _HTML_PNG.sub(lambda m: "data:image/png;base64," + _compact_b64(m.group(1)), html)
+        html = _joined(data["text/html"])
+        new = _HTML_PNG.sub(lambda m: "data:image/png;base64," + _compact_b64(m.group(1)), html)
+        if new != html:
+            data["text/html"], changed = _as_stored(new, data["text/html"]), True
+    return changed
 
 
 def compact_notebook(path: str | Path) -> tuple[int, int]:
     """Re-encode every PNG of an executed notebook (image outputs and images inside HTML outputs) as
     indexed colour, atomically and in place; (bytes before, bytes after). Text, numbers and the
-    notebook's structure are untouched; a notebook compacted already is left byte for byte."""
+    notebook's layout are untouched; a notebook with nothing to compact is not rewritten at all."""
     path = Path(path)
     raw = path.read_bytes()
     nb = json.loads(raw)
-    for cell in nb.get("cells", []):
-        for output in cell.get("outputs", []):
-            _compact_output(output)
-    # nbformat's own layout (indent 1, keys sorted as written, a final newline), as papermill writes it
-    new = (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode()
-    if new != raw:
-        atomic_write_bytes(path, new)
-    return len(raw), len(new) if new != raw else len(raw)
+    changed = [_compact_output(output) for cell in nb.get("cells", []) for output in cell.get("outputs", [])]
+    if not any(changed):
+        return len(raw), len(raw)
+    # nbformat's own layout (indent 1, sorted keys, a final newline), as papermill and the report write it
+    new = (json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    atomic_write_bytes(path, new)
+    return len(raw), len(new)
 
 
 def compact_folder(results: str | Path) -> tuple[int, int, int]:

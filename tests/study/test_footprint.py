@@ -64,8 +64,23 @@ def test_compact_notebook_rewrites_images_only_and_once(tmp_path):
     outputs = json.loads(once)["cells"][0]["outputs"]
     assert Image.open(io.BytesIO(base64.b64decode(outputs[0]["data"]["image/png"]))).mode == "P"
     assert outputs[0]["data"]["text/plain"] == ["<Figure>"] and outputs[2]["text"] == ["MAP@R 0.8123\n"]
-    assert outputs[1]["data"]["text/html"].startswith("<p>t</p><img src=\"data:image/png;base64,")
+    html = outputs[1]["data"]["text/html"]
+    assert isinstance(html, list) and html[0].startswith("<p>t</p><img src=\"data:image/png;base64,")  # its form kept
     assert compact_folder(tmp_path)[0] == 0  # nothing left to compact
+
+
+def test_a_compact_notebook_written_by_nbformat_is_left_byte_for_byte(tmp_path):
+    """A notebook with nothing to compact is not rewritten: make all's compaction step must not change
+    the layout of a report notebook that the report build wrote (HTML kept as a list of lines)."""
+    import nbformat
+
+    png = base64.b64encode(compact_png(plot_png())).decode()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/html": f'<table>\n<tr><td>1</td></tr>\n</table><img src="data:image/png;base64,{png}">\n'})])])
+    path = tmp_path / "report.ipynb"
+    path.write_text(nbformat.writes(nb) + "\n")
+    before = path.read_bytes()
+    assert compact_notebook(path) == (len(before), len(before)) and path.read_bytes() == before
 
 
 def test_the_tracked_tree_is_within_its_budget():
