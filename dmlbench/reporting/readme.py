@@ -267,7 +267,7 @@ def render_tuned_block(summary: dict | None) -> str:
     timing = tuning["timing"]
     verdicts = " ".join(facts["verdict"] for facts in tuning["datasets"].values())
     lines = [TUNED_BEGIN, "", f"**Tuned** (`studies/tuned.yaml`, [table](docs/tuning.md)): {verdicts} "
-             f"Its `make all` took {_minutes(timing['study_span_s'])} on {machine['cpu']} ({machine['cpu_count']} cores) "
+             f"Its runs and trials took {_minutes(timing['study_span_s'])} on {machine['cpu']} ({machine['cpu_count']} cores) "
              f"from the first cell's or trial's start to the last one's end{_sessions(timing)}: "
              f"{timing['trials']} trials ({_minutes(timing['trials_s'])}) and {timing['cells_timed']} cells "
              f"({_minutes(timing['cells_wall_s'])} of papermill time), plus {_report_time(summary)}.", "", TUNED_END]
@@ -306,7 +306,8 @@ def _seed_counts(rows: list[dict], default: str = "0") -> str:
 def _sessions(timing: dict) -> str:
     """'' for a study run at one go; else how many sessions the span is summed over."""
     count = timing.get("sessions", 1)
-    return f" (summed over the {count} sessions the cells were run in)" if count > 1 else ""
+    return (f" (summed over the {count} sessions they were made in: a study reuses the finished runs other studies "
+            f"made, such as the default study's)") if count > 1 else ""
 
 
 def render_eval_block(tables: dict) -> str:
