@@ -715,7 +715,8 @@ def part2(steps: Steps, cells: int, *, dry: bool = False) -> None:
     for stale in (folder, BUILD / "cell-results"):  # a rerun on a warm machine runs the cells again
         if stale.exists():
             shutil.rmtree(stale)
-    env = dict(steps.env) | {"DMLBENCH_RESULTS": str(BUILD / "cell-results")}
+    # the cells train here: a shipped run with the same id must not be reused in their place
+    env = dict(steps.env) | {"DMLBENCH_RESULTS": str(BUILD / "cell-results"), "DMLBENCH_REUSE": "none"}
     command = _python("-m", "dmlbench.bench.gpucheck", "cells", "--count", str(cells), "--out",
                       str(BUILD / "out" / "bench"))
     if data.is_file() and manifest_path.is_file():
@@ -852,7 +853,7 @@ def run_check(parts: list[int], *, dry: bool = False, cells: int = len(CELLS)) -
         deliver(out, name)
 
     site, env = _dry_environment(report) if dry else _device_environment(report, parts)
-    env |= {"PYTHONUNBUFFERED": "1", "DMLBENCH_RESULTS": str(out), "DMLBENCH_DOWNLOAD": "0"}
+    env |= {"PYTHONUNBUFFERED": "1", "DMLBENCH_RESULTS": str(out), "DMLBENCH_DOWNLOAD": "0", "DMLBENCH_REUSE": "none"}
     broken = _check_imports(report, env, out / "imports.json", site if dry else None)
     if broken and site is None:
         report["error"] = ("packages are missing here and no carried wheels were installed: carry build/gpu/part1 "

@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import optuna
 import pytest
 import yaml
 
@@ -158,6 +157,8 @@ def tuner(study_path, results, *extra) -> subprocess.Popen:
 
 
 def trials_of(search, results, monkeypatch):
+    import optuna  # here, not at the top: the GPU check collects this file where optuna is not installed
+
     monkeypatch.setenv("DMLBENCH_RESULTS", str(results))
     return optuna.load_study(study_name=search.search_id, storage=storage(search)).get_trials()
 
