@@ -99,9 +99,12 @@ def _screenshot(results: Path) -> None:
     try:
         from .browser import screenshot
 
-        shot = results / "figures" / SCREENSHOT
-        screenshot(results / "report.html", shot)
-        write_if_changed(shot, compact_png(shot.read_bytes()))  # indexed colour, as every shipped figure
+        shot, raw = results / "figures" / SCREENSHOT, results / "figures" / f".{SCREENSHOT}.raw"
+        try:  # taken aside, then written in indexed colour only when its bytes change (as every figure)
+            screenshot(results / "report.html", raw)
+            write_if_changed(shot, compact_png(raw.read_bytes()))
+        finally:
+            raw.unlink(missing_ok=True)
     except Exception as error:  # noqa: BLE001 - no browser here: the report stands without its screenshot
         log.warning("no screenshot of the report: %s", error)
 

@@ -75,5 +75,5 @@ def test_the_committed_reports_rank_what_their_study_is_about_and_their_tables_f
     assert f"Best by test MAP@R at tuned settings: <strong>{leader['loss']} + {leader['miner']}</strong>" in first
     assert "26 cells (13 loss x miner cells at their default settings, 13 at their tuned settings)" in first
     for report in (REPORT, tuned / "report.html"):
-        record = check_page(report, width=1400)
-        assert [t["header"] for t in record["tables"] if not t["fits"]] == [], report
+        record = check_page(report, width=1400)  # nothing cut off: each table fits, or scrolls in its own box
+        assert [t["header"] for t in record["tables"] if not (t["fits"] or t["scrolls_sideways"])] == [], report
