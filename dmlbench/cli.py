@@ -84,7 +84,8 @@ def _imported_section(title: str) -> list:
 def cmd_run(args) -> int:
     from .paths import REPO_ROOT, adhoc_runs_dir, use_study_results
     from .training.rundir import RunDir
-    from .study.cells import claim_results, load_study, resolve_run, run_config, study_name
+    from .study.cells import claim_results, load_study, resolve_run, study_name
+    from .study.preflight import check_run
 
     values = _parse_set(args.set) | {k: v for k, v in (("loss", args.loss), ("miner", args.miner)) if v}
     if args.cell:  # a study's cell, in the study's results folder
@@ -93,12 +94,8 @@ def cmd_run(args) -> int:
         if values:
             raise ConfigError("--study/--cell take their settings from the study file; drop --set/--loss/--miner")
         use_study_results(study_name(args.study))
-        from .study.preflight import check_run
-
         study = load_study(args.study)
         config, note, runs = study.cell(args.cell).config, None, None
-        check_run(config)  # a cell this machine cannot run is refused before the study's folder is claimed
-        claim_results(study)
     elif args.study and not values:
         raise ConfigError("--study needs --cell <run id> ('dmlbench study FILE --status' lists them), or --loss "
                           "(a run of that loss at the study's protocol)")
@@ -106,26 +103,26 @@ def cmd_run(args) -> int:
         from .study.cells import adhoc_config
 
         config, note = adhoc_config(args.study or REPO_ROOT / "studies" / "default.yaml", values)
-        runs = adhoc_runs_dir()
+        runs, study = adhoc_runs_dir(), None
     folder = RunDir(args.run_dir if args.run_dir else resolve_run(config.run_id(), runs))
     if note:
         print(f"{config.run_id()}: {note}")
     if folder.is_done(config.run_id()):
         print(f"{folder.metrics}: finished already, not run again")
         return 0
+    check_run(config)  # refused here, it says only why: before the epoch bar, before the study's folder is claimed
+    if study is not None:
+        claim_results(study)
     print(_run_with_progress(config, folder, log_output=args.verbose))
     return 0
 
 
 def _run_with_progress(config, folder, *, log_output: bool) -> Path:
-    """run_config with a bar of the run's epochs on the terminal (none while the notebook's output streams),
-    shown once the run's checks have passed: a refused run says only why."""
+    """run_config with a bar of the run's epochs on the terminal (none while the notebook's output streams)."""
     import contextlib
 
     from .study.cells import epoch_progress, run_config
-    from .study.preflight import check_run
 
-    check_run(config)
     shown = contextlib.nullcontext() if log_output else epoch_progress(folder, config.epochs, config.run_id()[:48])
     with shown:
         return run_config(config, run_dir=folder.path, log_output=log_output)
