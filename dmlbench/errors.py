@@ -22,3 +22,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class SealedSplitError(PermissionError):
     """The test split was asked for where it is sealed: while tuning, only train and validation exist."""
+
+
+class DamagedFileError(ConfigError):
+    """A file dmlbench wrote (a checkpoint, a search index) is truncated, damaged or holds what it
+    should not; the message names the file and how to get a good one back."""
+
+
+class MissingCheckpointError(ConfigError, FileNotFoundError):
+    """A finished run folder without its checkpoint.pt (the repository ships few of them); the
+    message names the file."""
