@@ -29,7 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from .config import load_yaml
 from .errors import ConfigError, DatasetNotFoundError
+from .registry import USER_PATH_ENV
 
 log = logging.getLogger("dmlbench")
 
@@ -41,7 +43,7 @@ def _parse_set(items: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            values[key.strip()] = yaml.safe_load(raw)
+            values[key.strip()] = load_yaml(raw)  # numbers as YAML 1.2 spells them: lr=1e-3
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {key}: cannot parse {raw!r}: {error}") from None
     return values
@@ -104,7 +106,7 @@ def cmd_run(args) -> int:
 
         config, note = adhoc_config(args.study or REPO_ROOT / "studies" / "default.yaml", values)
         runs, study = adhoc_runs_dir(), None
-    folder = RunDir(args.run_dir if args.run_dir else resolve_run(config.run_id(), runs))
+    folder = RunDir(args.run_dir if args.run_dir else resolve_run(config.run_id(), runs)).require_folder()
     if note:
         print(f"{config.run_id()}: {note}")
     if folder.is_done(config.run_id()):
@@ -223,7 +225,7 @@ def cmd_compare(args) -> int:
 def _yaml_mapping(text: str, option: str) -> dict:
     """An option's YAML mapping, or an error naming the option."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{option}: cannot parse {text!r}: {error}") from None
     if not isinstance(value, dict):
@@ -269,7 +271,7 @@ def cmd_search(args) -> int:
         manifest = search.read_json(out / "manifest.json")
         print(f"indexed {len(manifest['items'])} images with run {manifest['run_id']} ({args.index}): {out}")
         return 0
-    answer = search.query(args.run, image=args.image, item=args.id, k=args.k, name=args.name or "test",
+    answer = search.query(args.run, image=args.image, item=args.id, k=args.k, name=args.name,
                           grid=args.grid, checkpoint=args.checkpoint)
     print(f"query: {answer['query']}  index: {answer['index']}")
     for n in answer["neighbours"]:
@@ -599,18 +601,33 @@ def _add_data_command(sub) -> None:
 
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+INTERRUPTED = {  # what a Ctrl-C keeps, by command (any other: "run")
+    "run": "Finished cells are kept; a cell that was training resumes after its last saved epoch when the same "
+           "command runs again.",
+    "tune": "Finished trials are kept in the search's storage; the trial that was running is marked failed, and the "
+            "same command runs a trial in its place and goes on with the search.",
+    "study": "Finished cells and search trials are kept; when the same command runs again, a cell that was training "
+             "resumes after its last saved epoch, and a search's trial that was running is run anew.",
+}
+INTERRUPTED["compare"] = INTERRUPTED["study"]
 
 
 def _search_working_directory() -> None:
-    """Import ``module:Class`` components from the working directory, as ``python -m dmlbench`` does:
-    the console script's own folder (.venv/bin) is all Python puts on sys.path for it. The notebook
-    kernels get the same folder through PYTHONPATH."""
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    """Let ``module:Class`` components come from the working directory, as ``python -m dmlbench`` lets
+    them, without a file there shadowing a package of the environment (a ``faiss.py`` beside a study
+    must not replace faiss): the folder is searched after the environment's packages, here and in the
+    notebook kernels (``DMLBENCH_USER_PATH``, read by :func:`dmlbench.registry.import_object`)."""
+    here = os.path.realpath(os.getcwd())
+    # `python -m dmlbench` put the working directory first; the package itself is imported already
+    sys.path[:] = [p for p in sys.path if p != "" and os.path.realpath(p) != here or _holds_dmlbench(p)]
+    paths = [p for p in os.environ.get(USER_PATH_ENV, "").split(os.pathsep) if p]
     if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+        os.environ[USER_PATH_ENV] = os.pathsep.join([*paths, here])
+
+
+def _holds_dmlbench(folder: str) -> bool:
+    """Whether ``folder`` is where this package was imported from (a checkout run in place)."""
+    return os.path.realpath(folder or ".") == os.path.realpath(Path(__file__).resolve().parents[1])
 
 
 def _one_study_argument(parser: argparse.ArgumentParser, args) -> None:
@@ -637,8 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         logging.disable(logging.CRITICAL)  # the kernel's shutdown is not news: the line below says what happened
-        print("\ndmlbench: interrupted. Finished cells are kept; a cell that was training resumes after its "
-              "last saved epoch when the same command runs again.", file=sys.stderr)
+        print(f"\ndmlbench: interrupted. {INTERRUPTED.get(args.command, INTERRUPTED['run'])}", file=sys.stderr)
         return INTERRUPTED_EXIT
     except BrokenPipeError:  # output piped into a reader that stopped (head, less)
         sys.stderr.close()

@@ -106,6 +106,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown setting {', '.join(map(repr, unknown))}; "
                               f"valid settings: {', '.join(cls.field_names())}")
+        check_setting_types(values, where)
         return cls(**values)
 
     @property
@@ -166,17 +167,19 @@ class RunConfig:
         return _has_trainable_parameters(self.loss, json.dumps(self.loss_kwargs, sort_keys=True, default=str),
                                          self.embedding_dim)
 
-    def component_versions(self) -> dict[str, int]:
-        """The version of each component the run uses (dataset, loss, miner, sampler, model)."""
+    def component_versions(self) -> dict[str, int | str]:
+        """The version of each component the run uses (dataset, loss, miner, sampler, model), with its
+        source digest appended where its code differs from the code recorded for that version
+        (:mod:`dmlbench.sources`)."""
         from .datasets import DATASETS
         from .losses import LOSSES
         from .miners import MINERS
         from .models import MODELS
         from .samplers import SAMPLERS
 
-        return {"dataset": DATASETS.version(self.dataset), "loss": LOSSES.version(self.loss),
-                "miner": MINERS.version(self.miner), "sampler": SAMPLERS.version(self.sampler),
-                "model": MODELS.version(self.model)}
+        named = {"dataset": (DATASETS, self.dataset), "loss": (LOSSES, self.loss), "miner": (MINERS, self.miner),
+                 "sampler": (SAMPLERS, self.sampler), "model": (MODELS, self.model)}
+        return {kind: registry.identity(name) for kind, (registry, name) in named.items()}
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"), default=str)
@@ -377,10 +380,28 @@ class RunConfig:
             raise ConfigError(f"loss {self.loss!r} needs two or more images per class in a batch (positives), "
                               f"but K={self.K}; set K >= 2")
         # A stand-in class count: the real one (the dataset's training classes) comes at training time.
+        _check_number_arguments(LOSSES, self.loss, self.loss_kwargs, "loss_kwargs")
+        _check_number_arguments(MINERS, self.miner, self.miner_kwargs, "miner_kwargs")
         with _field("loss_kwargs"):
             LOSSES.create(self.loss, **(class_kwargs(loss_cls, 2, self.embedding_dim) | self.loss_kwargs))
         with _field("miner_kwargs"):
             MINERS.create(self.miner, **self.miner_kwargs)
+
+
+def _check_number_arguments(registry, name: str, kwargs: dict[str, Any], setting: str) -> None:
+    """A component's argument whose default is a number given text or true/false (``margin: fast``):
+    one line naming the setting, the argument and its default, before the component sees it."""
+    import inspect
+
+    parameters = inspect.signature(registry.get(name).__init__).parameters
+    for key, value in kwargs.items():
+        default = parameters[key].default if key in parameters else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (str, bool)):
+            shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
+            defaults = ", ".join(f"{p}={v.default!r}" for p, v in parameters.items()
+                                 if p != "self" and v.default is not inspect.Parameter.empty)
+            raise ConfigError(f"{setting}: {registry.kind} {name!r} rejects its arguments {kwargs!r}: {key} expects "
+                              f"a number, got {shown}; its arguments and their defaults: {defaults}")
 
 
 def _paper_lr_scale(loss: str) -> float:
@@ -423,6 +444,61 @@ def _field(name: str):
         raise type(error)(f"{name}: {error}") from None
 
 
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with numbers read as numbers however YAML spells them.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``1e-3``, ``1E-3``,
+    ``1.0e3`` and ``+.5`` come back as text, and a learning rate written ``1e-3`` would reach the run
+    as the string '1e-3'. This loader adds YAML 1.2's float form (``[-+]? (.digits | digits[.digits])
+    ([eE][-+]?digits)?``), tried after the integer form, so ``10`` stays an integer. Underscores
+    between digits are kept as YAML 1.1 and Python read them (``1_000`` is 1000, ``1_000.5`` 1000.5),
+    and text that spells no number (``fast``) stays text for the settings' checks to refuse."""
+
+
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as YAML with :class:`SettingsLoader`: what every study file, settings override
+    and tuning space of dmlbench is read with (raises yaml.YAMLError as yaml.safe_load does)."""
+    return yaml.load(text, Loader=SettingsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# What a value of each kind of setting is, in the one-line error for a value of another kind.
+KIND_WORDS = {bool: "true or false", int: "a whole number (digits only, e.g. 300)", float: "a number (e.g. 0.001 or 1e-3)",
+              str: "a text", dict: "a mapping of names to values"}
+
+
+def check_setting_types(values: dict[str, Any], where: str) -> None:
+    """No known RunConfig setting of ``values`` holds text where a number, true/false or a mapping
+    belongs (``lr: fast``, or a spelling of a number the reader took for text): one ConfigError line
+    naming ``where`` (the file or option), the setting, the expected type and the text. Other values
+    of a wrong type, unknown names and ranges are :meth:`RunConfig.validate`'s to refuse."""
+    hints = typing.get_type_hints(RunConfig)
+    for name, value in values.items():
+        if name not in hints or not isinstance(value, str):
+            continue
+        hint = hints[name]
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = [typing.get_origin(option) or option for option in options if option is not type(None)]
+        if (value is None and len(kinds) < len(options)) or any(_is_kind(value, kind) for kind in kinds):
+            continue
+        expected = " or ".join(KIND_WORDS.get(kind, kind.__name__) for kind in kinds)
+        raise ConfigError(f"{where}: {name}: expected {expected}"
+                          f"{' or null (unset)' if len(kinds) < len(options) else ''}, got the text {value!r}")
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return kind is Any or isinstance(value, kind)
+
+
 # The experiment notebook's parameters beyond RunConfig's fields.
 NOTEBOOK_PARAMETERS = ("run_dir", "tsne_points")
 
@@ -463,7 +539,7 @@ def settings_from_text(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = None
         elif dict in kinds:
             try:
-                parsed = yaml.safe_load(text)
+                parsed = load_yaml(text)
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 reason = (f"{error.problem} at column {mark.column + 1}" if getattr(error, "problem", None) and mark
@@ -486,3 +562,16 @@ def settings_from_text(values: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 pass
     return out
+
+
+def write_source_lock(force: bool = False) -> list[str]:
+    """Record every registered component's version and source digest (``make lock``); see
+    :mod:`dmlbench.sources`. Returns the components recorded with ``force`` despite an unchanged version."""
+    from .datasets import DATASETS
+    from .losses import LOSSES
+    from .miners import MINERS
+    from .models import MODELS
+    from .samplers import SAMPLERS
+    from .sources import write_lock
+
+    return write_lock([DATASETS, LOSSES, MINERS, MODELS, SAMPLERS], force=force)

@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig
+from ..config import RunConfig, check_setting_types, load_yaml
 from ..errors import ConfigError, IncompatibleError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from .cluster import slurm_settings
@@ -228,9 +228,9 @@ def _read_study_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))  # numbers as YAML 1.2 spells them (1e-3)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping with keys {', '.join(STUDY_KEYS)}")
     unknown = sorted(set(raw) - set(STUDY_KEYS))
@@ -314,6 +314,7 @@ def _settings(path: Path, settings: Any) -> dict[str, Any]:
     bad = sorted(set(settings) - set(allowed))
     if bad:
         raise ConfigError(f"{path}: settings: unknown setting {', '.join(map(repr, bad))}; valid settings: {', '.join(allowed)}")
+    check_setting_types(settings, f"{path}: settings")
     if settings.get("preset") is not None:  # the protocol's settings, overridden by those written beside it
         from ..presets import apply_preset
 
@@ -346,10 +347,11 @@ def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_ne
     for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in combinations:
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
                            miner_kwargs=dict(miner_kwargs), seed=seed)
-        if config.run_id() in seen:
-            continue
-        seen.add(config.run_id())
         try:
+            config.check_settings()  # before the run id, which computes with the settings' values
+            if config.run_id() in seen:
+                continue
+            seen.add(config.run_id())
             config.validate(checked_models)
         except IncompatibleError as error:
             study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))

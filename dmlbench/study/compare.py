@@ -51,7 +51,12 @@ def comparison_study(loss: str, *, miner: str | None = None, loss_kwargs: dict |
     base = Path(base)
     if not base.is_file():
         raise ConfigError(f"study file {base} does not exist (the study to compare against; default {BASE_STUDY})")
-    raw = yaml.safe_load(base.read_text(encoding="utf-8"))
+    from ..config import load_yaml
+
+    try:
+        raw = load_yaml(base.read_text(encoding="utf-8"))  # numbers as YAML 1.2 spells them (1e-3)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{base}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(raw, dict) or not raw.get("datasets"):
         raise ConfigError(f"{base}: not a study file (a mapping with datasets, cells, settings)")
     name = f"compare-{slug(loss)}"
