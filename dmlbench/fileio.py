@@ -138,3 +138,37 @@ def compact_png(data: bytes, colours: int = PNG_COLOURS) -> bytes:
     out = io.BytesIO()
     palette.save(out, format="PNG", optimize=True)
     return out.getvalue() if out.tell() < len(data) else data
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged file or folder to ``<name>.damaged-<UTC time>`` beside it, so it is kept for a
+    look but no longer read; returns its new path."""
+    import time
+
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    serial = 1
+    while target.exists():  # two set asides in one second keep both
+        serial += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{serial}")
+    os.replace(path, target)
+    return target
+
+
+def read_or_set_aside(path: str | os.PathLike, reader, what: str, log=None) -> Any:
+    """``reader(path)`` of a cache dmlbench wrote; where it is damaged (the reader raises a reading error
+    or ``ValueError``), the file is set aside, a warning names it, and None is returned: the caller
+    rebuilds it."""
+    import logging
+    import zipfile
+    import zlib
+
+    try:
+        return reader(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        moved = set_aside(path)
+        (log or logging.getLogger("dmlbench")).warning(
+            "%s: damaged %s (%s: %s); set aside as %s and rebuilt", path, what, type(error).__name__,
+            " ".join(str(error).split()), moved.name)
+        return None

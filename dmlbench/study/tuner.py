@@ -24,6 +24,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -34,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets.base import TuningSplits
-from ..fileio import atomic_write_json, atomic_write_text, read_json
-from .tuning import Search
+from ..errors import DamagedFileError
+from ..fileio import atomic_write_json, atomic_write_text, read_json, set_aside
+from .tuning import Search, rounded
 
 log = logging.getLogger("dmlbench")
 
@@ -43,17 +45,77 @@ FINISHED = ("COMPLETE", "PRUNED")
 HEARTBEAT_S = 30.0  # a running trial's owner writes a sign of life at least this often (at every epoch's end)
 
 
+def storage_path(search: Search) -> Path:
+    """The file of the search's Optuna storage."""
+    return search.folder / ("trials.journal" if search.spec.storage == "journal" else "trials.db")
+
+
 def storage(search: Search):
-    """The search's Optuna storage (created on first use)."""
+    """The search's Optuna storage (created on first use), checked first (:func:`check_storage`)."""
     import optuna
 
     search.folder.mkdir(parents=True, exist_ok=True)
+    check_storage(search)
     if search.spec.storage == "journal":
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(search.folder / "trials.journal")))
-    return optuna.storages.RDBStorage(f"sqlite:///{search.folder / 'trials.db'}",
+        return optuna.storages.JournalStorage(JournalFileBackend(str(storage_path(search))))
+    return optuna.storages.RDBStorage(f"sqlite:///{storage_path(search)}",
                                       engine_kwargs={"connect_args": {"timeout": 120}})
+
+
+def check_storage(search: Search) -> None:
+    """The storage file reads, or there is nothing to lose. A damaged or emptied one is set aside; where the
+    trial records say trials finished, a damaged, emptied, unreadable or missing storage stops the tuner
+    (:class:`DamagedFileError`, naming the file and the way out) rather than start the search over."""
+    path = storage_path(search)
+    problem = _storage_problem(path)
+    if problem is None:
+        return
+    finished = _recorded_finished(search)
+    moved = set_aside(path) if problem[1] else None
+    aside = f"; set aside as {moved.name}" if moved else ""
+    if not finished:  # nothing finished to lose: a new storage
+        if moved is None and path.exists():
+            raise DamagedFileError(f"{path}: {problem[0]}; make it readable, or remove it to start the search anew")
+        if moved is not None:
+            log.warning("%s: %s%s; no trial had finished, the search starts anew", path, problem[0], aside)
+        return
+    raise DamagedFileError(
+        f"{path}: {problem[0]}{aside}; the search had finished {len(finished)} trials ({_numbers(finished)}, "
+        f"recorded in trials/), which would be run again: restore the storage file from a copy to go on, or "
+        f"move the folder {search.folder} away to start the search over")
+
+
+def _storage_problem(path: Path) -> tuple[str, bool] | None:
+    """What is wrong with a storage file, and whether to set it aside (None: nothing; a missing file is
+    'missing', not set aside)."""
+    if not path.exists():
+        return "missing", False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})", False
+    if not head:
+        return "empty (0 bytes)", True
+    if path.suffix != ".db":
+        return None
+    if head != b"SQLite format 3\x00":
+        return "not an SQLite database", True
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=120)) as connection:
+            verdict = [row[0] for row in connection.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as error:
+        return f"a damaged SQLite database ({error})", True
+    return None if verdict == ["ok"] else (f"a damaged SQLite database ({'; '.join(map(str, verdict[:3]))})", True)
+
+
+def _numbers(numbers: set[int]) -> str:
+    shown = sorted(numbers)
+    return "trial " + ", ".join(map(str, shown[:10])) + (", ..." if len(shown) > 10 else "")
 
 
 def _pruner(search: Search):
@@ -96,8 +158,9 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
     """Run trials until the search's budget is spent (or ``max_trials`` of them here); returns best.json's
     content once the budget is spent and no trial runs, else None."""
     backend = storage(search)
-    atomic_write_json(search.folder / "search.json", search.describe())
     study = open_study(search, backend)
+    _check_records(search, study)
+    atomic_write_json(search.folder / "search.json", search.describe())
     with _search_lock(search):  # several tuners may start at once: one queues trial 0
         if not study.trials and search.default_values():  # trial 0: the defaults (those inside the ranges)
             whole = search.default_values() == search.current_values()
@@ -197,10 +260,61 @@ def trial_path(search: Search, number: int) -> Path:
 
 
 def _read_record(search: Search, number: int) -> dict | None:
+    """Trial ``number``'s record; None where there is none, or it is damaged (then set aside, with a
+    warning naming it: :func:`_record_of` writes it again from the storage)."""
+    path = trial_path(search, number)
     try:
-        return read_json(trial_path(search, number))
-    except (OSError, ValueError):
+        record = read_json(path)
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        if isinstance(record, dict) and record.get("number") == number and isinstance(record.get("state"), str):
+            return record
+        problem = f"not the record of trial {number}"
+    moved = set_aside(path)
+    log.warning("%s: a damaged trial record (%s); set aside as %s", path, problem, moved.name)
+    return None
+
+
+def _record_of(search: Search, trial) -> dict:
+    """A finished trial's record; a missing or damaged one is written again from what the storage holds
+    (its values, state, score, validation curve and times)."""
+    record = _read_record(search, trial.number)
+    if record is not None and record.get("state") == trial.state.name and "values" in record:
+        return record
+    metric = f"val_{search.spec.objective}"
+    record = {"number": trial.number, "search_id": search.search_id, "state": trial.state.name,
+              "values": {name: rounded(v) if isinstance(v, float) else v for name, v in trial.params.items()},
+              "value": trial.value, "curve": [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())],
+              "rebuilt_from_storage": True,
+              **{k: v for k, v in trial.user_attrs.items() if k in ("role", "retry_of")}}
+    if trial.datetime_start and trial.datetime_complete:
+        record.update(started=trial.datetime_start.timestamp(), finished=trial.datetime_complete.timestamp(),
+                      duration_s=(trial.datetime_complete - trial.datetime_start).total_seconds())
+    _write_record(search, record)
+    log.warning("%s: trial %d's record written again from the storage", search.search_id, trial.number)
+    return record
+
+
+def _recorded_finished(search: Search) -> set[int]:
+    """The numbers of the trials whose records say they finished (damaged records are set aside)."""
+    folder = search.folder / "trials"
+    numbers = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()) if folder.is_dir() else []
+    return {n for n in numbers if (_read_record(search, n) or {}).get("state") in FINISHED}
+
+
+def _check_records(search: Search, study) -> None:
+    """The storage holds every trial its records say finished: an emptied or older storage would have the
+    search redo finished trials and overwrite their records."""
+    stored = {t.number for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED}
+    lost = _recorded_finished(search) - stored
+    if lost:
+        raise DamagedFileError(
+            f"{storage_path(search)}: lacks {len(lost)} finished trials that its trials/ records ({_numbers(lost)}): "
+            f"it was emptied or replaced by an older copy, and they would be run again; restore the storage file "
+            f"that holds them to go on, or move the folder {search.folder} away to start the search over")
 
 
 def _read_owner(search: Search, trial) -> dict:
@@ -281,7 +395,7 @@ def finish(search: Search, study) -> dict | None:
     trials = sorted(trials, key=lambda t: t.number)[:search.spec.trials]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     best = max(complete, key=lambda t: (t.value, -t.number))
-    records = [_read_record(search, t.number) or {} for t in trials]
+    records = [_record_of(search, t) for t in trials]
     by_number = {r.get("number"): r for r in records}
     best_record = {"search_id": search.search_id, "objective": search.spec.objective, "trials": len(trials),
                    "best_trial": best.number, "value": best.value, "values": by_number[best.number]["values"],

@@ -1,0 +1,158 @@
+"""Damaged tuning stores: a truncated, emptied, garbled or unreadable Optuna storage, a truncated trial
+record, and a Ctrl-C in the middle of a trial. Real SQLite storage written by real Optuna trials (two
+trials of a tiny network on the tiny Fashion-MNIST), damaged the way a disk or a person damages them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from dmlbench.cli import INTERRUPTED_EXIT, main
+from dmlbench.errors import DamagedFileError
+from dmlbench.study.cells import load_study
+from dmlbench.study.tuner import storage, trial_path, tune
+
+from ..support import tiny_settings
+
+TUNING = {"trials": 2, "seed": 3, "startup_trials": 1, "pruner": {"name": "none"},
+          "space": {"settings": {"lr": {"low": 3e-4, "high": 3e-2, "log": True}}}}
+
+
+def write_study(folder, iters_per_epoch=2):
+    study = {"name": "damaged-t", "datasets": ["fashion-mnist"], "seeds": [0],
+             "cells": [{"loss": "triplet", "miner": "semi-hard", "loss_kwargs": {"margin": 0.2}}],
+             "settings": tiny_settings(epochs=1, iters_per_epoch=iters_per_epoch), "tuning": TUNING}
+    path = folder / "damaged.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_fmnist):
+    """A folder holding a finished two-trial search (its storage, records and best.json), made once."""
+    root = tmp_path_factory.mktemp("finished-search")
+    saved = {k: os.environ.get(k) for k in ("DMLBENCH_DATA", "DMLBENCH_CACHE", "DMLBENCH_RESULTS", "DMLBENCH_DOWNLOAD")}
+    os.environ.update(DMLBENCH_DATA=str(tiny_fmnist.parent), DMLBENCH_CACHE=str(root / "cache"),
+                      DMLBENCH_RESULTS=str(root / "results"), DMLBENCH_DOWNLOAD="0")
+    try:
+        (search,) = load_study(write_study(root)).searches
+        assert tune(search) is not None
+        return search.folder
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture
+def search(isolated, finished_search):
+    """The finished search, copied into this test's results folder."""
+    (found,) = load_study(write_study(isolated)).searches
+    shutil.copytree(finished_search, found.folder)
+    return found
+
+
+def truncate(path, size):
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+
+
+def refused(search, capsys, *extra) -> tuple[int, str]:
+    """``dmlbench tune`` on the search once its best.json is gone (so it would tune): exit code, stderr."""
+    search.best_path.unlink()
+    code = main(["tune", "--study", str(search.folder.parents[2] / "damaged.yaml"), *extra])
+    return code, capsys.readouterr().err
+
+
+def aside(folder, name) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f"{name}.damaged-"))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda db: truncate(db, db.stat().st_size // 2), "a damaged SQLite database (database disk image is malformed)"),
+    (lambda db: truncate(db, 0), "empty (0 bytes)"),
+    (lambda db: db.write_bytes(b"not a database " * 300), "not an SQLite database"),
+])
+def test_a_damaged_storage_is_set_aside_and_never_restarts_the_search(search, capsys, damage, problem):
+    db = search.folder / "trials.db"
+    records = {p.name: p.read_bytes() for p in (search.folder / "trials").iterdir()}
+    damage(db)
+    code, err = refused(search, capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith(f"dmlbench: error: {db}: {problem}; set aside as trials.db.damaged-")
+    assert "finished 2 trials (trial 0, 1" in line and f"move the folder {search.folder} away" in line
+    assert len(aside(search.folder, "trials.db")) == 1 and not db.exists()
+    assert {p.name: p.read_bytes() for p in (search.folder / "trials").iterdir()} == records, "no record rewritten"
+    with pytest.raises(DamagedFileError, match=r"trials.db: missing; the search had finished 2 trials"):
+        storage(search)  # run again: the storage is still missing, and still no trial is redone
+
+
+def test_an_unreadable_storage_is_named_and_left_in_place(search, capsys):
+    db = search.folder / "trials.db"
+    db.unlink()
+    db.mkdir()  # unreadable as a file, whoever the user (root reads any file mode)
+    code, err = refused(search, capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith(f"dmlbench: error: {db}: unreadable (Is a directory); the search had finished")
+    assert db.is_dir() and not aside(search.folder, "trials.db")
+
+
+def test_a_storage_emptied_and_recreated_is_refused_by_the_trial_records(search):
+    import optuna
+
+    db = search.folder / "trials.db"
+    db.unlink()
+    optuna.create_study(study_name=search.search_id, storage=f"sqlite:///{db}")  # a new, readable, empty storage
+    with pytest.raises(DamagedFileError, match=r"trials.db: lacks 2 finished trials that its trials/ records"):
+        tune(search)
+    assert len(optuna.load_study(study_name=search.search_id, storage=f"sqlite:///{db}").trials) == 0
+
+
+def test_a_damaged_storage_with_no_finished_trial_starts_anew(isolated, caplog):
+    (fresh,) = load_study(write_study(isolated)).searches
+    fresh.folder.mkdir(parents=True)
+    (fresh.folder / "trials.db").write_bytes(b"")
+    storage(fresh)
+    assert "empty (0 bytes); set aside as trials.db.damaged-" in caplog.text and "starts anew" in caplog.text
+
+
+def test_a_truncated_trial_record_is_set_aside_and_written_again_from_the_storage(search, caplog):
+    best = json.loads(search.best_path.read_text())
+    number = best["best_trial"]
+    record = trial_path(search, number)
+    whole = json.loads(record.read_text())
+    truncate(record, 40)
+    search.best_path.unlink()
+    again = tune(search)  # the budget is spent: it only writes best.json, from the storage and the records
+    assert again["values"] == best["values"] and again["value"] == best["value"]
+    assert f"{record}: a damaged trial record (JSONDecodeError" in caplog.text
+    assert len(aside(record.parent, record.name)) == 1
+    rebuilt = json.loads(record.read_text())
+    assert rebuilt["rebuilt_from_storage"] and rebuilt["values"] == whole["values"]
+    assert rebuilt["state"] == whole["state"] and rebuilt["value"] == whole["value"]
+    assert [c["epoch"] for c in rebuilt["curve"]] == [c["epoch"] for c in whole["curve"] if c["epoch"] >= 1]
+
+
+def test_ctrl_c_during_a_trial_speaks_of_trials(isolated, capsys):
+    path = write_study(isolated, iters_per_epoch=400)
+    (found,) = load_study(path).searches
+    record = trial_path(found, 0)
+
+    def interrupt():  # a Ctrl-C once the first trial is training
+        deadline = time.time() + 60
+        while time.time() < deadline and not (record.is_file() and '"RUNNING"' in record.read_text()):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    code = main(["tune", "--study", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == INTERRUPTED_EXIT and "cell" not in err
+    assert err.startswith("dmlbench: interrupted. Finished trials are kept in the search's storage")
+    assert json.loads(record.read_text())["state"] == "FAIL"
