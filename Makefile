@@ -44,7 +44,7 @@ EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin J
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data browser study report cells indexes cells-makefile test readme list clean distclean \
+.PHONY: all setup data browser study report cells indexes cells-makefile test readme list clean distclean lock \
 	gpu-prepare gpu-dry gpu-check gpu-results
 
 all: report
@@ -119,6 +119,11 @@ indexes: cells
 report: cells browser
 	$(PY) -m dmlbench bench footprint --compact
 	$(MAKE) --no-print-directory -f $(CELLS_MK) report
+
+# The record of each component's code (dmlbench/sources.lock.json): run after bumping a component's
+# version; FORCE=1 records a change that alters no number (a refactor) under the same version.
+lock: $(STAMP)
+	$(PY) -c 'from dmlbench.config import write_source_lock; write_source_lock(force="$(FORCE)" == "1")'
 
 test: $(STAMP) data browser
 	$(PY) -m pytest -q

@@ -18,6 +18,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -29,11 +31,23 @@ def is_import_path(name: str) -> bool:
     return isinstance(name, str) and ":" in name
 
 
+USER_PATH_ENV = "DMLBENCH_USER_PATH"
+
+
+def search_user_paths() -> None:
+    """Put the folders of ``DMLBENCH_USER_PATH`` (the command's working directory, by default) at the
+    END of sys.path: a user's module is found there, but never in place of an installed package."""
+    for folder in os.environ.get(USER_PATH_ENV, "").split(os.pathsep):
+        if folder and folder not in sys.path:
+            sys.path.append(folder)
+
+
 def import_object(path: str) -> Any:
     """Import ``package.module:Name`` (the attribute may be dotted: ``mod:Outer.Inner``)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"import path {path!r} must look like 'package.module:ClassName'")
+    search_user_paths()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as error:
@@ -111,6 +125,17 @@ class Registry:
             return int(getattr(self.get(name), "version", 1))
         except ConfigError:
             return 1
+
+    def identity(self, name: str) -> int | str:
+        """The component's version as a run's identity holds it: the version, with the source digest
+        appended where the code is not the code recorded for that version (see :mod:`.sources`)."""
+        from .sources import identity_version
+
+        try:
+            cls = self.get(name)
+        except ConfigError:
+            return 1
+        return identity_version(self.kind, name, cls)
 
     def check_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
         """Fail, naming the valid keywords, when ``kwargs`` holds one the component does not take."""

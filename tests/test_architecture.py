@@ -2,7 +2,7 @@
 
 Stages, lowest first; a module may import from its own stage and the ones below it, never above:
 
-    base        errors, paths, fileio, registry, catalogue, presets
+    base        errors, paths, fileio, registry, catalogue, presets, sources (what a component computes, as a digest)
     geometry    distances and index tuples of a batch
     components  losses, miners, samplers, models, datasets
     assembly    criterion (a loss with its miner), config (a run's settings, checked against the components)
@@ -26,7 +26,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dmlbench"
 
 STAGES = [
-    ("base", ["errors", "paths", "fileio", "registry", "catalogue", "presets"]),
+    ("base", ["errors", "paths", "fileio", "registry", "catalogue", "presets", "sources"]),
     ("geometry", ["geometry"]),
     ("components", ["losses", "miners", "samplers", "models", "datasets"]),
     ("assembly", ["criterion", "config"]),
