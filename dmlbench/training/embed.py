@@ -10,13 +10,15 @@ evaluation (:mod:`dmlbench.study.indexes`) for the embeddings it indexes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
+from ..errors import DamagedFileError
 from .feeds import DEFAULT_IMAGE_SIZE, forward_embed, image_tensor
 from .loop import build_model
-from .rundir import RunDir
+from .rundir import RunDir, read_checkpoint
 
 PHOTO_BATCH = 256  # photos are decoded and transformed this many at a time
 
@@ -24,13 +26,22 @@ PHOTO_BATCH = 256  # photos are decoded and transformed this many at a time
 def load_network(run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None
                  ) -> tuple[torch.nn.Module, RunConfig]:
     """The selected epoch's network of a finished run (in eval mode, on ``device``) and its settings,
-    from the run folder's checkpoint or from the file ``checkpoint``."""
-    path = checkpoint if checkpoint is not None else RunDir(run_dir).checkpoint
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    from the run folder's checkpoint or from the file ``checkpoint``. The file is checked and read as
+    tensors, numbers and text only (:func:`dmlbench.training.rundir.read_checkpoint`): a damaged or
+    planted one fails naming its path, and runs no code."""
+    folder = RunDir(run_dir)
+    if checkpoint is None:
+        path, checkpoint = folder.checkpoint, folder.read_checkpoint(device)
+    else:
+        path, checkpoint = Path(checkpoint), read_checkpoint(checkpoint, device)
     config = RunConfig.from_dict(checkpoint["config"], where=str(path))
     # the weights come from the checkpoint: no pretrained file is read
     model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise DamagedFileError(f"{path}: its weights do not fit the network its settings build ({first})") from None
     return model.to(device).eval(), config
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..config import EVALUATION_PROTOCOL, RunConfig
 from ..evaluation.diagnostics import diagnostics
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, sha256_file
 # Checking a record belongs to the run folder, whose state depends on it (dmlbench.training.rundir);
 # the report, its notebook and the tests read these names from here.
 from .rundir import REQUIRED_KEYS, RunDir, UnreadableRecord, read_record, record_problem  # noqa: F401
@@ -113,9 +113,16 @@ def _preset_record(config: RunConfig) -> dict[str, Any]:
                        "differences_from_paper": list(preset.differences)}}
 
 
+def checkpoint_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """What the record keeps of a checkpoint to verify it later: its name, size and SHA-256."""
+    path = Path(path)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
     """The selected epoch's model and loss parameters (proxies, classifiers, centres), atomically:
-    ``torch.load`` gives {"model", "criterion", "epoch", "config"}."""
+    ``torch.load(weights_only=True)`` gives {"model", "criterion", "epoch", "config"}, tensors, numbers,
+    text, lists and mappings only (the configuration as its plain dict)."""
     from ..fileio import atomic_torch_save
 
     path = RunDir(run_dir).checkpoint
@@ -125,12 +132,15 @@ def write_checkpoint(run_dir: str | os.PathLike, result) -> Path:
 
 
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write metrics.json atomically; refuses to overwrite a finished run."""
+    """Write metrics.json atomically; refuses to overwrite a finished run. The run's checkpoint, when
+    written, is recorded by size and SHA-256, so that a damaged one is known when it is read."""
     folder = RunDir(run_dir)
     path = folder.metrics
     if path.exists():
         raise FileExistsError(f"{path} exists: this run is finished and is never overwritten "
                               f"(change a setting to get a new run id, or delete the folder deliberately)")
+    if folder.checkpoint.is_file() and "checkpoint" not in record:
+        record = {**record, "checkpoint": checkpoint_digest(folder.checkpoint)}
     atomic_write_json(path, record)
     folder.resume.unlink(missing_ok=True)  # the run is finished: its training state is not needed
     return path

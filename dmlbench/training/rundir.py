@@ -14,7 +14,11 @@ and tells its state.
     .lock                     held while a process runs the cell
 
 A finished run is one whose metrics.json is a complete record (:func:`read_record` checks it; a
-truncated or edited one is not finished). The lock is an ``fcntl.flock`` on ``.lock``: exclusive and
+truncated or edited one is not finished). Its checkpoint is read only as tensors, numbers and text
+(``torch.load(weights_only=True)``: a planted pickle runs nothing) and checked first against the
+size and SHA-256 its record holds (runs recorded since issue 30) or, for older runs, by reading it
+(:func:`read_checkpoint`); a damaged one fails naming its path. A missing checkpoint is normal: the
+repository ships few. The lock is an ``fcntl.flock`` on ``.lock``: exclusive and
 non-blocking for the process that runs the cell (:meth:`RunDir.lock`), shared for one that waits for
 it (:meth:`RunDir.wait`).
 """
@@ -28,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..fileio import read_json
+from ..errors import ConfigError, DamagedFileError, MissingCheckpointError
+from ..fileio import read_json, sha256_file
 
 # What every finished run's metrics.json holds; a file without them (truncated, edited, or written by
 # hand) is not a finished run.
@@ -79,6 +84,89 @@ def record_problem(path: str | os.PathLike, run_id: str | None = None) -> str | 
     except UnreadableRecord as error:
         return error.reason
     return None
+
+
+CHECKPOINT_KEYS = ("model", "config")  # what every run's checkpoint.pt holds (dmlbench.training.record)
+
+
+def _checkpoint_fault(error: Exception) -> str:
+    """Why torch.load refused a checkpoint, in one line."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        return ("it holds objects other than tensors, numbers and text, so it was not loaded (a dmlbench "
+                "checkpoint holds only those; this file was not written by dmlbench or was tampered with)")
+    first = text.strip().splitlines()[0] if text.strip() else "the file ends too early"
+    return f"cannot be read ({type(error).__name__}: {first[:160]}); the file is truncated or damaged"
+
+
+class _Unusable(Exception):
+    """Why a checkpoint cannot be used (the reason alone; callers add the path)."""
+
+
+def _load_state(path: Path, device: str) -> dict[str, Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged file: each is named in one line
+        raise _Unusable(_checkpoint_fault(error)) from None
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise _Unusable(f"not a run's checkpoint (a mapping with {', '.join(CHECKPOINT_KEYS)})")
+    return state
+
+
+def _compare(path: Path, expected: dict[str, Any]) -> None:
+    """The file's size and SHA-256 against those the run recorded."""
+    size = path.stat().st_size
+    if size != expected.get("bytes", size):
+        raise _Unusable(f"{size} bytes where the run wrote {expected['bytes']}: the file is truncated or damaged")
+    if expected.get("sha256") and sha256_file(path) != expected["sha256"]:
+        raise _Unusable("its SHA-256 differs from the one the run recorded: the file is damaged or was replaced")
+
+
+def _zip_test(path: Path) -> None:
+    """Every member of the archive torch.save writes read against its CRC (nothing is unpickled)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise _Unusable(f"not a whole checkpoint archive ({error}): the file is truncated or damaged") from None
+    if bad is not None:
+        raise _Unusable(f"its member {bad} fails its CRC check: the file is damaged")
+
+
+def _verify(path: Path, expected: dict[str, Any] | None) -> None:
+    """The size and SHA-256 the run recorded (``{"bytes", "sha256"}``), or for older runs the archive's CRCs."""
+    _compare(path, expected) if expected else _zip_test(path)
+
+
+def checkpoint_fault(path: str | os.PathLike, expected: dict[str, Any] | None = None) -> str | None:
+    """Why the checkpoint at ``path`` (it must exist) cannot be used, or None (:func:`_verify`)."""
+    try:
+        _verify(Path(path), expected)
+    except _Unusable as fault:
+        return str(fault)
+    return None
+
+
+def read_checkpoint(path: str | os.PathLike, device: str = "cpu", expected: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """A run's checkpoint.pt, checked (see :func:`checkpoint_fault`) and loaded as plain tensors,
+    numbers and text: raises MissingCheckpointError or DamagedFileError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpointError(f"{path}: no checkpoint there (a run keeps its network in {path.name}; "
+                                     f"the repository ships few of them: run the cell again to get one)")
+    try:
+        _verify(path, expected)
+        return _load_state(path, device)
+    except _Unusable as fault:
+        raise DamagedFileError(f"{path}: {fault}; {RECOVER}") from None
+
+
+RECOVER = "restore it from a copy, or move the run folder aside and run the cell again"
 
 
 class CellBusy(RuntimeError):
@@ -186,6 +274,16 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / self.LOCK
 
+    def require_folder(self) -> RunDir:
+        """The folder, refused in one line when its path (or a folder above it) is a file."""
+        for place in (self.path, *self.path.parents):
+            if place.exists() and not place.is_dir():
+                raise ConfigError(f"run folder {self.path}: {place} is a file, not a folder; give a folder "
+                                  f"(it is made if absent), or leave --run-dir out for the default place")
+            if place.is_dir():
+                break
+        return self
+
     # The lock ----------------------------------------------------------------------------------
 
     @contextmanager
@@ -229,6 +327,24 @@ class RunDir:
         """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
         return self.record_problem(run_id) is None
 
+    def checkpoint_record(self) -> dict[str, Any] | None:
+        """The checkpoint's size and SHA-256 as the run recorded them (None for older runs)."""
+        try:
+            found = read_json(self.metrics).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def read_checkpoint(self, device: str = "cpu") -> dict[str, Any]:
+        """The run's checkpoint, checked against its record (:func:`read_checkpoint`)."""
+        return read_checkpoint(self.checkpoint, device, self.checkpoint_record())
+
+    def checkpoint_problem(self) -> str | None:
+        """Why the run's checkpoint.pt is damaged, or None: also when it is absent (normal for a shipped run)."""
+        if not self.checkpoint.is_file():
+            return None
+        return checkpoint_fault(self.checkpoint, self.checkpoint_record())
+
     def saved_epoch(self) -> int | None:
         """The epoch after which the run's training state was saved (its restart continues from
         there); None without resume.pt, or when it cannot be read (the restart will say so)."""
@@ -247,7 +363,8 @@ class RunDir:
         run the record must be of (a study's cell knows it; None accepts any)."""
         problem = self.record_problem(run_id)
         if problem is None:
-            return "done"
+            damage = self.checkpoint_problem()
+            return "done" if damage is None else f"done (but {self.checkpoint}: {damage}; {RECOVER})"
         if self.is_locked():
             return "running"
         if self.metrics.exists():
