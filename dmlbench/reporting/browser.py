@@ -3,7 +3,9 @@
 ``check_page(html)`` loads the page in Chromium with a small script added at its end. After the
 page has loaded, the script records what the browser displays: every image (whether it decoded,
 and its size on screen), every table (its size, whether it fits the page's width or scrolls sideways
-in a box of its own), and every in-page link (whether its target exists). The
+in a box of its own), every in-page link (whether its target exists), the page's title and the text
+it shows (so a test can tell that no script of the page changed the one and that names are shown as
+written in the other). The
 browser writes the finished DOM out (``--dump-dom``), and the record is read back from it. Links to
 local files are checked on disk. ``screenshot(html, png)`` saves the first screen as a PNG.
 
@@ -59,7 +61,7 @@ window.addEventListener("load", function () {
   var out = document.createElement("pre");
   out.id = "%s";
   out.textContent = JSON.stringify({images: images, tables: tables, anchors: anchors, title: document.title,
-                                    page_width: page});
+                                    page_width: page, text: document.body.innerText});
   document.body.appendChild(out);
 });
 </script>

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .labels import DISPLAY_METRICS, VERDICTS, column_label
+from .safehtml import NO_MATH
 from .tables import by_result
 
 
@@ -90,8 +91,8 @@ def html_table(frame: pd.DataFrame, *, digits: int = 4, marked: set[int] = froze
         opening = '<tr class="marked">' if position in marked else "<tr>"
         body.append(opening + "".join(cells) + "</tr>")
     table = f'<table class="dml"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    return TABLE_STYLE + (f'<div class="dml-wide"><div class="dml-scroll">{table}</div></div>' if scroll
-                          else f'<div class="dml-wide">{table}</div>')
+    wide = f'<div class="dml-wide {NO_MATH}">'  # names with dollar signs are not typeset by MathJax
+    return TABLE_STYLE + (f'{wide}<div class="dml-scroll">{table}</div></div>' if scroll else f"{wide}{table}</div>")
 
 
 def with_interval(table: pd.DataFrame, metric: str) -> list[str]:

@@ -81,7 +81,17 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 def md_escape(text: str) -> str:
     """``text`` shown as written in Markdown (error messages carry underscores and asterisks)."""
-    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in str(text))
+    return "".join("\\" + c if c in "\\`*_[]<>#|^~$" else c for c in str(text))
+
+
+def code(text: str) -> str:
+    """``text`` as a Markdown code span, shown as written whatever backticks it holds."""
+    import re
+
+    text = str(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
+    return f"{fence}{padded}{fence}"
 
 
 def shown_path(path: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..training.rundir import RunDir
-from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, cell_label, md_escape, plural
+from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, cell_label, code, md_escape, plural
 from .runs import STATES, still_improving
 
 METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "MAP@R"}
@@ -75,8 +75,8 @@ def study_header(manifest: dict[str, Any], status: pd.DataFrame) -> str:
     state = f"**{done} of {n['runs']} runs finished**" + "".join(
         f", {int(counts[s])} {label}" for s, label in (("failed", "failed"), ("unreadable", "with an unreadable record"),
                                                         ("missing", "not run yet")) if counts.get(s, 0))
-    lines = [f"Study **{manifest['name']}** (`{manifest['path']}`): {plural(n['runs'], 'run')}: {_study_shape(n)}; "
-             f"{plural(len(n['losses']), 'loss', 'losses')}, {plural(len(n['miners']), 'miner')}{skipped}. {state}."]
+    lines = [f"Study **{md_escape(manifest['name'])}** ({code(manifest['path'])}): {plural(n['runs'], 'run')}: "
+             f"{_study_shape(n)}; {plural(len(n['losses']), 'loss', 'losses')}, {plural(len(n['miners']), 'miner')}{skipped}. {state}."]
     lines += problem_lines(status)
     return "\n".join(lines)
 
@@ -257,7 +257,7 @@ def identical_note(group, mark: str = "") -> str:
     row stands for them, and why, from the known identities (KNOWN_IDENTITIES of
     :mod:`dmlbench.reporting.runs`), or that no known identity explains it."""
     labels = _group_labels(group)
-    text = (f"{f'<sup>{mark}</sup> ' if mark else ''}**{' and '.join(labels)} trained identically**: "
+    text = (f"{f'^{mark}^ ' if mark else ''}**{' and '.join(labels)} trained identically**: "
             f"{_evidence(group)}. They are one row, {labels[0]}, and "
             f"{' and '.join(labels[1:])} {'is' if len(labels) == 2 else 'are'} left out of the rankings and the "
             "paired comparisons with the baseline.")

@@ -14,16 +14,18 @@ from . import figures as fg
 from . import narrative
 from .htmltables import html_table, merged_miners, results_table, with_interval
 from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, METRICS, column_label
+from .safehtml import show_markdown
 from .tables import correlations, grid_order, in_result_order, pivot, save_table, with_skipped
 
 PLURAL = {"loss": "losses", "miner": "miners"}
 
 
 def _show(markdown: str | None = None, html: str | None = None) -> None:
-    from IPython.display import HTML, Markdown, display
+    """Show a caption (Markdown, rendered with any HTML it holds escaped) and a table (HTML we wrote)."""
+    from IPython.display import HTML, display
 
     if markdown is not None:
-        display(Markdown(markdown))
+        show_markdown(markdown)
     if html is not None:
         display(HTML(html))
 

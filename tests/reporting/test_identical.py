@@ -73,7 +73,7 @@ def test_groups_are_found_and_explained_from_the_known_identities():
     assert abs(hard.loss_offsets[("contrastive", "batch-hard")] - 0.8) < 1e-6
     assert every.loss_offsets == {("triplet", "margin-triplets"): 0.0}
     note = narrative.identical_note(hard, "b")
-    assert note.startswith("<sup>b</sup> **triplet + batch-hard and contrastive + batch-hard trained identically**")
+    assert note.startswith("^b^ **triplet + batch-hard and contrastive + batch-hard trained identically**")
     assert KNOWN_IDENTITIES[0].reason in note and KNOWN_IDENTITIES[0].condition in note
     assert "contrastive + batch-hard +0.8000" in note
     assert KNOWN_IDENTITIES[1].reason in narrative.identical_note(every)
