@@ -17,14 +17,16 @@ sphere, and draws the query and its neighbours (``queries/<query>.png`` by defau
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DamagedFileError
 from ..evaluation.indexes import FAMILIES, IndexSpec, build_index
 from ..evaluation.indexes.families import wrap_faiss
 from ..evaluation.indexes.sweep import normalized
@@ -34,6 +36,10 @@ from ..paths import runs_dir
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SAVED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.library == "faiss")
 SEARCH_FOLDER = "search"
+INDEX_FILES = ("index.faiss", "embeddings.npy")  # beside manifest.json, which records their SHA-256
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+NAME_FORM = "letters, digits, '-', '_' and '.' (not first), such as photos or test-2"
+MANIFEST_KEYS = ("run_id", "checkpoint", "checkpoint_sha256", "index", "dim", "preprocess", "items")
 
 
 class SearchError(ConfigError):
@@ -81,8 +87,10 @@ def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) 
     path = Path(checkpoint) if checkpoint else RunDir(folder).checkpoint
     if not path.is_file():
         raise SearchError(f"no checkpoint at {path}: the run kept no network to search with")
-    try:
-        model, config = load_network(folder, checkpoint=path)
+    try:  # checked and read as tensors, numbers and text only: a damaged or planted file fails naming itself
+        model, config = load_network(folder, checkpoint=checkpoint)
+    except ConfigError:
+        raise
     except Exception as error:
         raise SearchError(f"{path} is not a dmlbench checkpoint ({type(error).__name__}: {error})") from None
     if config.config_hash() != record["config_hash"]:
@@ -123,33 +131,83 @@ def read_image(path: Path):
         raise SearchError(f"cannot read image {path}: {error}") from None
 
 
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16- and 32-bit greyscale, float greyscale
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def background(preprocess: dict[str, Any]) -> int:
+    """The grey level a transparent pixel stands for: the photo datasets' white, or for the small
+    greyscale datasets their own background (black where their mean is dark, as in Fashion-MNIST)."""
+    return 255 if preprocess["kind"] == "photo" or preprocess["mean"] >= 0.5 else 0
+
+
+def plain_image(image, behind: int = 255):
+    """``image`` as 8-bit greyscale (L) or RGB with its values kept: 16-bit greyscale scaled from its
+    range 0..65535 (PIL's own conversion clips it to white), transparency composited on the grey
+    level ``behind``, a palette expanded; other modes (CMYK, YCbCr, 1) by PIL's conversion."""
+    from PIL import Image
+
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1.0 if image.mode == "F" else 257.0  # float images are taken as 0..255
+        return Image.fromarray(np.clip(np.rint(values / scale), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        composed = Image.alpha_composite(Image.new("RGBA", rgba.size, (behind, behind, behind, 255)), rgba)
+        return composed.convert("L" if image.mode in ("LA", "La") else "RGB")
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
 def image_batch(images: list, preprocess: dict[str, Any]):
     """PIL images -> the network's input batch, by the run's preprocessing."""
     import torch
 
+    behind = background(preprocess)
     if preprocess["kind"] == "photo":
         from ..datasets.transforms import eval_transform, normalize_batch
 
         transform = eval_transform(preprocess["size"], normalize=False)
-        crops = [transform(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous())
-                 for im in images]
+        crops = [transform(torch.from_numpy(np.array(plain_image(im, behind).convert("RGB"))).permute(2, 0, 1)
+                           .contiguous()) for im in images]
         return normalize_batch(torch.stack(crops), preprocess["mean"], preprocess["std"])
     from PIL import Image
 
     from ..training.feeds import image_tensor
 
     size = (preprocess["width"], preprocess["height"])
-    grey = np.stack([np.asarray(im.convert("L").resize(size, Image.BILINEAR)) for im in images])
+    grey = np.stack([np.asarray(plain_image(im, behind).convert("L").resize(size, Image.BILINEAR)) for im in images])
     return image_tensor(grey, preprocess["mean"], preprocess["std"], torch.device("cpu"))
 
 
 def folder_images(folder: Path) -> list[Path]:
+    """The images under ``folder``, sorted; an index needs two or more."""
     if not folder.is_dir():
         raise SearchError(f"image folder {folder} does not exist")
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise SearchError(f"image folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    if len(found) < 2:
+        raise SearchError(f"image folder {folder} holds one image ({found[0].name}): an index needs two or more "
+                          f"to answer a query")
     return found
+
+
+def index_name(name: str) -> str:
+    """An index's name: a plain folder name inside the run's search folder (no path, no '..')."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise SearchError(f"index name {name!r}: an index is a folder inside the run's {SEARCH_FOLDER}/ folder, "
+                          f"named with {NAME_FORM}")
+    return name
+
+
+def default_name(images: Path | None, split: str) -> str:
+    """The name an index gets without --name: the split, or the image folder's own name made plain."""
+    if images is None:
+        return split
+    plain = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(images).resolve().name).strip("-").lstrip(".")
+    return plain or "images"
 
 
 def _split_items(network: Network, split: str) -> tuple[np.ndarray, list[dict[str, Any]], Any]:
@@ -176,9 +234,11 @@ def build(run: str | os.PathLike, *, images: Path | None = None, split: str = "t
     """Index the images (or the split) with the run's network; returns the index folder."""
     if family not in SAVED_FAMILIES:
         raise SearchError(f"index {family!r} cannot be saved; choose from {', '.join(SAVED_FAMILIES)}")
-    network = load_run_network(resolve_run(run), checkpoint)
-    if images is not None:
-        paths = folder_images(Path(images))
+    name = index_name(name if name is not None else default_name(images, split))
+    folder = resolve_run(run)
+    paths = folder_images(Path(images)) if images is not None else None
+    network = load_run_network(folder, checkpoint)
+    if paths is not None:
         network.preprocess = _preprocessing(network)
         vectors = np.concatenate([network.embed(image_batch([read_image(p) for p in paths[i:i + batch]],
                                                             network.preprocess)) for i in range(0, len(paths), batch)])
@@ -187,18 +247,26 @@ def build(run: str | os.PathLike, *, images: Path | None = None, split: str = "t
         vectors, items, splits = _split_items(network, split)
         network.preprocess = _preprocessing(network, splits)
     built = build_index(IndexSpec.make(family), vectors)
-    out = network.folder / SEARCH_FOLDER / (name or (Path(images).name if images is not None else split))
+    out = folder / SEARCH_FOLDER / name
     out.mkdir(parents=True, exist_ok=True)
     import faiss
 
-    atomic_write_bytes(out / "index.faiss", faiss.serialize_index(built.native).tobytes())
-    buffer = _npy_bytes(vectors)
-    atomic_write_bytes(out / "embeddings.npy", buffer)
-    atomic_write_json(out / "manifest.json", {
-        "run_id": network.folder.name, "config_hash": network.config.config_hash(), "checkpoint": str(network.checkpoint),
+    files = {"index.faiss": faiss.serialize_index(built.native).tobytes(), "embeddings.npy": _npy_bytes(vectors)}
+    for file, data in files.items():
+        atomic_write_bytes(out / file, data)
+    atomic_write_json(out / "manifest.json", {  # last: it vouches for the files above by their digests
+        "run_id": folder.name, "config_hash": network.config.config_hash(), "checkpoint": str(network.checkpoint),
         "checkpoint_sha256": network.digest, "index": IndexSpec.make(family).to_dict(), "dim": int(vectors.shape[1]),
-        "preprocess": network.preprocess, "items": items})
+        "preprocess": network.preprocess, "files": {f: _sha256(data) for f, data in files.items()},
+        "source": {"images": str(Path(images).resolve())} if images is not None else {"split": split},
+        "items": items})
     return out
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -214,36 +282,108 @@ def _search_setting(family: str, k: int) -> dict[str, int]:
     return {"hnsw": {"ef_search": max(64, 4 * k)}, "ivf-flat": {"nprobe": 16}, "ivf-pq": {"nprobe": 16}}.get(family, {})
 
 
-def open_index(run: str | os.PathLike, name: str = "test", checkpoint: str | None = None):
-    """(the run's network, the index's manifest, the index, its embeddings); the index must have been
-    built with the checkpoint the run has now."""
+def choose_index(folder: Path, name: str | None) -> str:
+    """The index to query: ``name``, or without one the run's only index (or the one named 'test')."""
+    built = sorted(p.parent.name for p in (folder / SEARCH_FOLDER).glob("*/manifest.json"))
+    if name is None and len(built) == 1:
+        return built[0]
+    name = index_name(name if name is not None else "test")
+    if name not in built:
+        given = f"no index named {name!r}" if name != "test" or len(built) == 0 else "several indexes and none named 'test'"
+        raise SearchError(f"run {folder.name} has {given} (built: {', '.join(built) or 'none'}); "
+                          + (f"choose one with --name" if built else f"make one with 'dmlbench search build {folder}'"))
+    return name
+
+
+def _rebuild(folder: Path, name: str, manifest: dict[str, Any] | None = None) -> str:
+    source = (manifest or {}).get("source") or {}
+    given = f"--images {source['images']}" if "images" in source else f"--split {source.get('split', '<split>')}" \
+        if source else "(--images FOLDER | --split SPLIT)"
+    return f"build it again: dmlbench search build {folder} {given} --name {name}"
+
+
+def read_manifest(folder: Path, name: str) -> dict[str, Any]:
+    """An index's manifest.json, checked: a damaged one fails naming it and how to rebuild the index."""
+    path = folder / SEARCH_FOLDER / name / "manifest.json"
+    try:
+        manifest = read_json(path)
+    except (ValueError, OSError) as error:  # not JSON, not UTF-8, unreadable
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else type(error).__name__
+        raise DamagedFileError(f"{path}: not a readable index manifest ({reason}); {_rebuild(folder, name)}") from None
+    missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else list(MANIFEST_KEYS)
+    if missing:
+        raise DamagedFileError(f"{path}: lacks {', '.join(missing)}, so it is not an index's manifest; "
+                               f"{_rebuild(folder, name)}")
+    return manifest
+
+
+def _index_file(where: Path, file: str, manifest: dict[str, Any], rebuild: str) -> bytes:
+    """One of the index's files, its bytes checked against the SHA-256 its manifest records."""
+    path = where / file
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DamagedFileError(f"{path}: cannot be read ({error.strerror or type(error).__name__}); {rebuild}") from None
+    expected = manifest.get("files", {}).get(file)
+    if expected is not None and _sha256(data) != expected:
+        raise DamagedFileError(f"{path}: its SHA-256 differs from the one its manifest records: the file is "
+                               f"truncated or damaged; {rebuild}")
+    return data
+
+
+def load_index_files(folder: Path, name: str, manifest: dict[str, Any]):
+    """(the index, its embeddings), read and checked against each other and the manifest."""
+    import io
+
     import faiss
 
+    where, rebuild = folder / SEARCH_FOLDER / name, _rebuild(folder, name, manifest)
+    raw = {file: _index_file(where, file, manifest, rebuild) for file in INDEX_FILES}
+    try:
+        native = faiss.deserialize_index(np.frombuffer(raw["index.faiss"], dtype=np.uint8))
+    except Exception as error:  # faiss raises RuntimeError with its C++ trace
+        raise DamagedFileError(f"{where / 'index.faiss'}: not a readable faiss index "
+                               f"({str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__}); "
+                               f"{rebuild}") from None
+    try:
+        vectors = np.load(io.BytesIO(raw["embeddings.npy"]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DamagedFileError(f"{where / 'embeddings.npy'}: not a readable array ({error}); {rebuild}") from None
+    count = len(manifest["items"])
+    if vectors.shape != (count, manifest["dim"]) or native.ntotal != count:
+        raise DamagedFileError(f"{where}: its files disagree (manifest {count} items of dimension {manifest['dim']}, "
+                               f"embeddings {vectors.shape}, index {native.ntotal}); {rebuild}")
+    spec = IndexSpec.make(manifest["index"]["family"], **manifest["index"]["build"])
+    return wrap_faiss(spec, native), vectors
+
+
+def open_index(run: str | os.PathLike, name: str | None = None, checkpoint: str | None = None):
+    """(the run's network, the index's manifest, the index, its embeddings); the index must have been
+    built with the checkpoint the run has now, and its files must be whole."""
     folder = resolve_run(run)
-    where = folder / SEARCH_FOLDER / name
-    if not (where / "manifest.json").is_file():
-        built = sorted(p.parent.name for p in (folder / SEARCH_FOLDER).glob("*/manifest.json"))
-        raise SearchError(f"run {folder.name} has no index named {name!r} (built: {', '.join(built) or 'none'}); "
-                          f"make one with 'dmlbench search build {folder}'")
-    manifest = read_json(where / "manifest.json")
+    name = choose_index(folder, name)
+    manifest = read_manifest(folder, name)
     network = load_run_network(folder, checkpoint)
     if manifest["checkpoint_sha256"] != network.digest:
         raise SearchError(f"index {name!r} of run {folder.name} was built with another checkpoint "
                           f"({manifest['checkpoint']}, SHA-256 {manifest['checkpoint_sha256'][:12]}...) than "
                           f"{network.checkpoint} ({network.digest[:12]}...); build it again")
     network.preprocess = manifest["preprocess"]
-    spec = IndexSpec.make(manifest["index"]["family"], **manifest["index"]["build"])
-    index = wrap_faiss(spec, faiss.read_index(str(where / "index.faiss")))
-    return network, manifest, index, np.load(where / "embeddings.npy")
+    index, vectors = load_index_files(folder, name, manifest)
+    return network, manifest, index, vectors, name
 
 
 def query(run: str | os.PathLike, *, image: str | os.PathLike | None = None, item: int | None = None, k: int = 8,
-          name: str = "test", grid: str | os.PathLike | None = None, checkpoint: str | None = None) -> dict[str, Any]:
+          name: str | None = None, grid: str | os.PathLike | None = None, checkpoint: str | None = None
+          ) -> dict[str, Any]:
     """The k nearest items of an image (``image``) or of an item of the index (``item``, itself
-    excluded), with the retrieval grid written; returns what is printed."""
+    excluded), with the retrieval grid written; returns what is printed. ``name``: the index (None:
+    the run's only one, or 'test')."""
     if (image is None) == (item is None):
         raise SearchError("give exactly one query: an image path (--image) or an item id of the index (--id)")
-    network, manifest, index, vectors = open_index(run, name, checkpoint)
+    if grid is not None and Path(grid).is_dir():
+        raise SearchError(f"--grid {grid} is a folder: give the picture's file name, such as {Path(grid) / 'query.png'}")
+    network, manifest, index, vectors, name = open_index(run, name, checkpoint)
     items = manifest["items"]
     if item is not None:
         if not 0 <= item < len(items):
@@ -268,10 +408,10 @@ def query(run: str | os.PathLike, *, image: str | os.PathLike | None = None, ite
 def _thumbnail(item: dict[str, Any] | None, image: str | os.PathLike | None, config, cache: dict) -> np.ndarray:
     """What the grid shows of a query or an answer: the image file, or the dataset split's image."""
     if image is not None:
-        return np.asarray(read_image(Path(image)).convert("RGB"))
+        return np.asarray(plain_image(read_image(Path(image))).convert("RGB"))
     source = item["source"]
     if os.path.isabs(source):
-        return np.asarray(read_image(Path(source)).convert("RGB"))
+        return np.asarray(plain_image(read_image(Path(source))).convert("RGB"))
     _, split, position = source.rsplit(":", 2)
     if "splits" not in cache:
         cache["splits"] = config.load_splits()

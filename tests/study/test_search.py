@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dmlbench.cli import main
+from dmlbench.errors import DamagedFileError
 from dmlbench.study.search import SearchError, build, query
 
 
@@ -94,11 +95,15 @@ def test_bad_input_fails_with_a_message_naming_the_problem(at_study, image_folde
             call()
         assert message in str(error.value)
     # the same settings, other weights: the index no longer matches the checkpoint it was built with
-    saved = torch.load(copy / "checkpoint.pt", weights_only=False)
+    saved = torch.load(copy / "checkpoint.pt", weights_only=True)
     first = next(iter(saved["model"]))
     saved["model"][first] = saved["model"][first] + 1.0
-    torch.save(saved, copy / "checkpoint.pt")
+    torch.save(saved, tmp_path / "other.pt")
     with pytest.raises(SearchError, match="was built with another checkpoint"):
+        query(copy, item=0, name="photos", checkpoint=tmp_path / "other.pt")
+    # in the run's own place, the record's size and SHA-256 of its checkpoint refuse it first
+    shutil.copy(tmp_path / "other.pt", copy / "checkpoint.pt")
+    with pytest.raises(DamagedFileError, match=f"{copy / 'checkpoint.pt'}: .*(bytes where the run wrote|SHA-256)"):
         query(copy, item=0, name="photos")
 
 

@@ -1,0 +1,145 @@
+"""The search command on files a user was sent: index names stay plain names inside the run folder,
+a query finds the index a build made, damaged index files fail in one line naming the file and the
+rebuild, odd input (one image, --grid a folder, --run-dir a file) is refused in one line, and images
+in every PIL mode (16-bit grey, palette, alpha) reach the network with their values kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dmlbench.cli import main
+from dmlbench.errors import DamagedFileError
+from dmlbench.study.search import SearchError, build, image_batch, plain_image, query, read_image
+
+from ..training.test_checkpoint_safety import finished_run
+
+GREY = {"kind": "grey", "height": 28, "width": 28, "mean": 0.3, "std": 0.35}  # a dark-background dataset
+PHOTO = {"kind": "photo", "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+@pytest.fixture
+def run(isolated, tmp_path):
+    """A finished run folder of the tiny settings (an untrained network is enough to index with)."""
+    return finished_run(tmp_path / "runs").path
+
+
+def write_images(folder, count=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def first_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("dmlbench: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs-index", "a/b", "..", ".hidden", ""])
+def test_an_index_name_must_be_a_plain_name_inside_the_run(run, tmp_path, capsys, name):
+    with pytest.raises(SearchError, match="named with letters, digits"):
+        build(run, split="test", family="flat", name=name)
+    assert not (tmp_path / "x").exists() and not (run / "search").exists()
+    assert main(["search", "build", str(run), "--split", "test", "--index", "flat", "--name", name]) == 2
+    assert f"index name {name!r}" in first_line(capsys)
+
+
+def test_a_query_finds_the_index_its_build_made(run, tmp_path):
+    out = build(run, images=write_images(tmp_path / "my photos!"), family="flat")
+    assert out.name == "my-photos"  # the folder's name, made plain
+    assert query(run, item=0, k=2)["index"].startswith("flat")  # the run's only index, without --name
+    build(run, images=write_images(tmp_path / "other", seed=1), family="flat")
+    with pytest.raises(SearchError, match=r"several indexes and none named 'test' \(built: my-photos, other\)"):
+        query(run, item=0)
+    assert len(query(run, item=0, k=3, name="other")["neighbours"]) == 3
+
+
+def damage(where, file: str, how: str) -> None:
+    path = where / file
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00not what it was" * 8)
+    elif how == "remove":
+        path.unlink()
+    elif how == "keys":
+        path.write_text(json.dumps({"run_id": "x"}))
+
+
+@pytest.mark.parametrize("file,how", [("index.faiss", "truncate"), ("index.faiss", "garbage"), ("index.faiss", "remove"),
+                                      ("embeddings.npy", "truncate"), ("embeddings.npy", "garbage"),
+                                      ("manifest.json", "truncate"), ("manifest.json", "keys")])
+@pytest.mark.parametrize("digests", [True, False], ids=["recorded", "older-manifest"])
+def test_a_damaged_index_file_is_named_with_the_way_to_rebuild(run, tmp_path, capsys, file, how, digests):
+    where = build(run, images=write_images(tmp_path / "photos"), family="flat")
+    if not digests:  # a manifest written before the files' digests were recorded
+        manifest = json.loads((where / "manifest.json").read_text())
+        del manifest["files"]
+        (where / "manifest.json").write_text(json.dumps(manifest))
+    damage(where, file, how)
+    with pytest.raises(DamagedFileError) as error:
+        query(run, item=0, name="photos")
+    text = str(error.value)
+    assert "\n" not in text and str(where) in text and "dmlbench search build" in text and "--name photos" in text
+    assert main(["search", "query", str(run), "--id", "0", "--name", "photos"]) == 2
+    assert "dmlbench search build" in first_line(capsys)
+
+
+def test_odd_input_is_refused_in_one_line(run, tmp_path, capsys):
+    one = tmp_path / "one"
+    write_images(one, count=1)
+    with pytest.raises(SearchError, match=f"image folder {one} holds one image"):
+        build(run, images=one)
+    build(run, images=write_images(tmp_path / "photos"), family="flat")
+    assert main(["search", "query", str(run), "--id", "0", "-k", "2", "--grid", str(tmp_path)]) == 2
+    assert f"--grid {tmp_path} is a folder" in first_line(capsys)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for given in (afile, afile / "below"):
+        assert main(["run", "--loss", "contrastive", "--run-dir", str(given)]) == 2
+        assert f"{afile} is a file, not a folder" in first_line(capsys)
+
+
+def saved(tmp_path, image: Image.Image, name: str) -> Image.Image:
+    """The image written as a PNG and read back as the search command reads a user's image."""
+    image.save(tmp_path / name)
+    return read_image(tmp_path / name)
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    wide = (np.arange(28 * 28).reshape(28, 28) * 83).astype(np.uint16)
+    eight = np.rint(wide / 257.0).astype(np.uint8)
+    for image in (saved(tmp_path, Image.fromarray(wide), "wide.png"), Image.fromarray(wide.astype(np.int32))):
+        assert image.mode in ("I;16", "I")
+        assert np.array_equal(np.asarray(plain_image(image)), eight)
+        np.testing.assert_array_equal(image_batch([image], GREY).numpy(), image_batch([Image.fromarray(eight)], GREY).numpy())
+
+
+def test_palette_and_alpha_images_convert_by_their_meaning(tmp_path):
+    rgb = np.zeros((28, 28, 3), dtype=np.uint8)
+    rgb[:, :14] = (200, 40, 10)
+    rgb[:, 14:] = (10, 90, 250)
+    palette = saved(tmp_path, Image.fromarray(rgb).quantize(colors=4), "palette.png")
+    assert palette.mode == "P" and np.array_equal(np.asarray(plain_image(palette)), rgb)
+    alpha = np.zeros((28, 28), dtype=np.uint8)
+    alpha[:, 14:] = 255  # left half transparent
+    rgba = saved(tmp_path, Image.fromarray(np.dstack([rgb, alpha])), "rgba.png")
+    for behind, preprocess in ((0, GREY), (255, PHOTO)):  # the dataset's background: dark Fashion-MNIST, white photos
+        expected = rgb.copy()
+        expected[:, :14] = behind
+        assert np.array_equal(np.asarray(plain_image(rgba, behind)), expected)
+        np.testing.assert_array_equal(image_batch([rgba], preprocess).numpy(),
+                                      image_batch([Image.fromarray(expected)], preprocess).numpy())
+    grey = np.full((28, 28), 180, dtype=np.uint8)
+    la = saved(tmp_path, Image.fromarray(np.dstack([grey, np.full((28, 28), 128, np.uint8)]), "LA"), "la.png")
+    assert la.mode == "LA"
+    assert np.abs(np.asarray(plain_image(la, 0)).astype(int) - 90).max() <= 1  # half of 180 over black
+    clear = saved(tmp_path, Image.fromarray(rgb).quantize(colors=4), "clear.png")
+    clear.info["transparency"] = 0  # palette entry 0 transparent
+    assert plain_image(clear, 255).mode == "RGB"
