@@ -575,3 +575,35 @@ def write_source_lock(force: bool = False) -> list[str]:
     from .sources import write_lock
 
     return write_lock([DATASETS, LOSSES, MINERS, MODELS, SAMPLERS], force=force)
+
+
+def read_yaml_file(path, what: str = "study file") -> Any:
+    """``path``'s YAML (numbers as YAML 1.2 spells them), or one ConfigError naming the file and where
+    it stops being readable: a missing file, a folder, bytes that are not UTF-8, a YAML syntax error."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give the YAML file itself")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text file in UTF-8 (byte {error.start} cannot be read); "
+                          f"a {what} is YAML text") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror or error}") from None
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML error in one line, placed by line and column (PyYAML counts from 0)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(f"{problem}{f' ({context})' if context else ''}".split())

@@ -55,9 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import RunConfig, check_setting_types, load_yaml
+from ..config import RunConfig, check_setting_types, read_yaml_file
 from ..errors import ConfigError, IncompatibleError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from .cluster import slurm_settings
@@ -225,12 +223,7 @@ Pair = tuple[str, dict[str, Any], str, dict[str, Any]]  # loss, its keyword argu
 
 def _read_study_file(path: Path) -> dict[str, Any]:
     """The study file's mapping, with no key beyond STUDY_KEYS."""
-    if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist")
-    try:
-        raw = load_yaml(path.read_text(encoding="utf-8"))  # numbers as YAML 1.2 spells them (1e-3)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    raw = read_yaml_file(path)  # numbers as YAML 1.2 spells them (1e-3); a damaged file named in one line
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping with keys {', '.join(STUDY_KEYS)}")
     unknown = sorted(set(raw) - set(STUDY_KEYS))
@@ -365,7 +358,7 @@ def _add_tuned_cells(study: Study, raw: Any, seeds_of: dict[str, list[int]], *, 
     """A study with a tuning block: its cells are the "default" ones; each gets a search, and each
     finished search's best settings run as "tuned" cells over the dataset's seeds."""
     from ..datasets.base import dataset_fact
-    from .tuning import parse_tuning, searches_for
+    from .tuning import check_ranges, parse_tuning, searches_for
 
     study.tuning = spec = parse_tuning(study.path, raw)
     for dataset in seeds_of:
@@ -378,6 +371,9 @@ def _add_tuned_cells(study: Study, raw: Any, seeds_of: dict[str, list[int]], *, 
     if not study.searches:
         raise ConfigError(f"{study.path}: tuning: its space names no parameter of any cell's loss or miner, "
                           f"and no setting: nothing to search")
+    checked = set() if check_networks else _Everything()
+    for search in study.searches:  # every range's ends and choices, before any trial (dmlbench.study.tuning)
+        check_ranges(search, f"{study.path}: tuning: space", checked_models=checked, data=check_networks)
     by_base = {search.base.config_hash(): search for search in study.searches}
     for cell in study.cells:
         found = by_base.get(dataclasses.replace(cell.config, seed=spec.seed).config_hash())

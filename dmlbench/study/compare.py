@@ -51,12 +51,9 @@ def comparison_study(loss: str, *, miner: str | None = None, loss_kwargs: dict |
     base = Path(base)
     if not base.is_file():
         raise ConfigError(f"study file {base} does not exist (the study to compare against; default {BASE_STUDY})")
-    from ..config import load_yaml
+    from ..config import read_yaml_file
 
-    try:
-        raw = load_yaml(base.read_text(encoding="utf-8"))  # numbers as YAML 1.2 spells them (1e-3)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{base}: not valid YAML: {' '.join(str(error).split())}") from None
+    raw = read_yaml_file(base)  # numbers as YAML 1.2 spells them (1e-3)
     if not isinstance(raw, dict) or not raw.get("datasets"):
         raise ConfigError(f"{base}: not a study file (a mapping with datasets, cells, settings)")
     name = f"compare-{slug(loss)}"

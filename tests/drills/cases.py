@@ -47,7 +47,11 @@ def runs(name: str, text: str, says: str, code: int = 2) -> Case:
 CASES = [
     # the study file itself
     Case("study file missing", ["study", "nope.yaml", "--status"], 2, r"nope\.yaml"),
-    status("YAML syntax error", "name: drill\nsettings: {lr: 0.1\n", r"drill\.yaml"),
+    status("YAML syntax error", "name: drill\nsettings: {lr: 0.1\n", r"drill\.yaml: not valid YAML: line 3"),
+    Case("study file is a folder", ["study", "adir.yaml", "--status"], 2, r"adir\.yaml is a folder",
+         {"adir.yaml/keep": ""}),
+    Case("study file not UTF-8", ["study", "bin.yaml", "--status"], 2, r"bin\.yaml: not a text file in UTF-8",
+         {"bin.yaml": "\udcff\udcfe binary"}),
     status("study file is a list", "- a\n- b\n", r"mapping|drill\.yaml"),
     status("empty study file", "", r"drill\.yaml|empty"),
     status("unknown top-level key", study() + "lossses: [triplet]\n", r"lossses"),

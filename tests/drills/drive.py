@@ -39,7 +39,7 @@ def drive(case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_fmnist: Pa
 
     for name, text in case.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff: the byte 0xff
     results = tmp_path / "results"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DMLBENCH_DATA", str(tiny_fmnist.parent))
