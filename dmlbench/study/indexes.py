@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DamagedFileError, MissingCheckpointError
 from ..evaluation.indexes import IndexSpec, default_specs, parse_specs
 from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
 from ..fileio import atomic_write_json, read_json
@@ -177,28 +177,44 @@ def run_indexes(study, *, log: Callable[[str], None] = print) -> dict[str, int]:
     if plan is None:
         raise ConfigError(f"{study.path}: has no indexes: block; add 'indexes: {{}}' to evaluate its runs' indexes")
     counts = {"computed": 0, "done": 0, "unfinished": 0}
-    splits_of: dict[tuple, Any] = {}
+    unusable: list[str] = []  # runs whose checkpoint is damaged or absent: the others are still measured
     with _measuring(plan.folder()):
         atomic_write_json(plan.folder() / "plan.json", plan.to_dict() | {"plan_id": plan.plan_id,
                                                                           "version": INDEX_EVAL_VERSION})
-        for cell in study.cells:
-            path = plan.result_path(cell.run_id)
-            if not cell.is_done():
-                counts["unfinished"] += 1
-                continue
-            if result_problem(path) is None:
-                counts["done"] += 1
-                continue
-            config = cell.config
-            key = (config.dataset, config.data_root, config.image_size, config.data_subset)
-            if key not in splits_of:
-                splits_of[key] = config.load_splits()
-            log(f"indexes: {cell.run_id}")
-            atomic_write_json(path, evaluate_run(cell, splits_of[key], plan, log=log))
-            counts["computed"] += 1
+        _evaluate_cells(study, plan, counts, unusable, log)
     log(f"indexes: {counts['computed']} runs evaluated, {counts['done']} already done, "
         f"{counts['unfinished']} runs not finished yet ({plan.folder()})")
+    if unusable:
+        raise DamagedFileError(f"indexes: {len(unusable)} run(s) could not be reloaded, the first: {unusable[0]}")
     return counts
+
+
+def _evaluate_cells(study, plan: IndexPlan, counts: dict[str, int], unusable: list[str],
+                    log: Callable[[str], None]) -> None:
+    """Each finished cell without a finished evaluation measured; a run whose checkpoint cannot be
+    reloaded is named (``unusable``) and left for later."""
+    splits_of: dict[tuple, Any] = {}
+    for cell in study.cells:
+        path = plan.result_path(cell.run_id)
+        if not cell.is_done():
+            counts["unfinished"] += 1
+            continue
+        if result_problem(path) is None:
+            counts["done"] += 1
+            continue
+        config = cell.config
+        key = (config.dataset, config.data_root, config.image_size, config.data_subset)
+        if key not in splits_of:
+            splits_of[key] = config.load_splits()
+        log(f"indexes: {cell.run_id}")
+        try:
+            result = evaluate_run(cell, splits_of[key], plan, log=log)
+        except (DamagedFileError, MissingCheckpointError) as error:  # the message names the checkpoint
+            log(f"indexes: {cell.run_id}: not evaluated: {error}")
+            unusable.append(str(error))
+            continue
+        atomic_write_json(path, result)
+        counts["computed"] += 1
 
 
 def read_results(plan: IndexPlan, run_ids: list[str], results: Path | None = None) -> list[dict[str, Any]]:

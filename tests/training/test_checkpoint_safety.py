@@ -37,10 +37,10 @@ class Planted:
         return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
 
 
-def finished_run(root: Path, *, record_checkpoint: bool = False) -> RunDir:
+def finished_run(root: Path, *, record_checkpoint: bool = False, **settings) -> RunDir:
     """A finished run folder of the tiny settings: checkpoint.pt and a metrics.json with every key a
     finished record has (written by write_record, which records the checkpoint, when asked)."""
-    config = RunConfig(**tiny_settings())
+    config = RunConfig(**tiny_settings(**settings))
     folder = RunDir(root / config.run_id())
     folder.path.mkdir(parents=True)
     torch.manual_seed(0)
@@ -149,3 +149,22 @@ def test_the_shipped_checkpoints_load_as_plain_values():
         assert folder.checkpoint_problem() is None
         state = read_checkpoint(folder.checkpoint)
         assert isinstance(state["config"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())
+
+
+def test_the_index_evaluation_names_a_damaged_checkpoint_and_measures_the_other_runs(isolated):
+    from dmlbench.evaluation.indexes import IndexSpec
+    from dmlbench.paths import runs_dir
+    from dmlbench.study.cells import Cell
+    from dmlbench.study.indexes import IndexPlan, run_indexes
+
+    bad, good = (finished_run(runs_dir(), seed=seed) for seed in (0, 1))  # the damaged one first
+    bad.checkpoint.write_bytes(bad.checkpoint.read_bytes()[:-100])
+    plan = IndexPlan(specs=(IndexSpec.make("flat"),), queries=20, exact_queries=5)
+    cells = [Cell(RunConfig(**tiny_settings(seed=seed))) for seed in (0, 1)]
+    study = SimpleNamespace(indexes=plan, cells=cells, path=isolated / "study.yaml")
+    lines = []
+    with pytest.raises(DamagedFileError) as error:
+        run_indexes(study, log=lines.append)
+    one_line(error.value, bad.checkpoint)
+    assert plan.result_path(good.run_id).is_file() and not plan.result_path(bad.run_id).exists()
+    assert any(str(bad.checkpoint) in line and "not evaluated" in line for line in lines)
