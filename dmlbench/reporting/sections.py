@@ -212,6 +212,17 @@ def _test_splits(ctx, dataset: str):
         return None
 
 
+def _reload_fault(ctx, run, error: Exception) -> str:
+    """Why a run's network could not be reloaded, in one line naming its checkpoint (as code, so the
+    run id's double underscores stay as written)."""
+    from ..training.rundir import RunDir
+
+    checkpoint = str(RunDir(ctx.runs_dir / run["run_id"]).checkpoint)
+    text = " ".join(str(error).split())
+    said = text if checkpoint in text else f"{checkpoint}: {type(error).__name__}: {text}"
+    return said.replace(checkpoint, f"`{checkpoint}`")
+
+
 def _up_close(ctx, dataset: str, which: str, row, splits) -> str | None:
     """The t-SNE map and retrieval grid of the first seed of one cell (``row`` of the seed table); the
     run id whose checkpoint was reloaded, or None when it could not be."""
@@ -222,8 +233,8 @@ def _up_close(ctx, dataset: str, which: str, row, splits) -> str | None:
     run = part[(part["loss"] == row["loss"]) & (part["miner"] == row["miner"])].sort_values("seed").iloc[0]
     try:
         embeddings, labels = embed_test_split(ctx.runs_dir / run["run_id"], splits)
-    except Exception as error:  # a missing or damaged checkpoint: say so, go on
-        _show(f"**{dataset}**, {which} cell: its network cannot be reloaded ({type(error).__name__}: {error}).")
+    except Exception as error:  # a missing or damaged checkpoint: say so, naming it, and go on
+        _show(f"**{dataset}**, {which} cell: its network cannot be reloaded ({_reload_fault(ctx, run, error)}).")
         return None
     name = f"{row['loss']} + {row['miner']}, seed {run['seed']}"
     drawing = {"max_points": 1000, "seed": 0, "title": f"{dataset}, {which} cell: {name} (test MAP@R {run['map@r']:.4f})"}

@@ -92,7 +92,7 @@ def test_a_planted_checkpoint_runs_no_code_on_any_reloading_path(isolated, tmp_p
     run = {"run_id": folder.run_id, "loss": "contrastive", "miner": "none", "seed": 0, "map@r": 0.0}
     ctx = SimpleNamespace(runs_of=lambda dataset: pd.DataFrame([run]), runs_dir=folder.path.parent)
     assert sections._up_close(ctx, "fashion-mnist", "best", run, splits) is None
-    assert "cannot be reloaded" in shown[0] and str(folder.checkpoint) in shown[0] and not marker.exists()
+    assert "cannot be reloaded" in shown[0] and f"`{folder.checkpoint}`" in shown[0] and not marker.exists()
     # the command line: exit 2, one line naming the file
     assert main(["search", "build", str(folder.path), "--split", "test", "--index", "flat"]) == 2
     err = capsys.readouterr().err.strip()
