@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetNotFoundError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, read_or_set_aside, set_aside
 from .base import Dataset, ImageSet, Splits, cache_dir, data_roots, register_dataset
-from .idx import read_idx
+from .idx import IDXFormatError, read_idx
 
 log = logging.getLogger("dmlbench")
 
@@ -184,17 +184,29 @@ def _decode(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _read_decoded(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a decoded cache, each checked against the SHA-256 recorded beside it when it was
+    written (a zip's checksums catch a damaged member; this catches one swapped or cut short)."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    for name in FILES:
+        recorded = arrays.get(f"{name}_sha256")
+        if name not in arrays or recorded is None:
+            raise ValueError(f"{name} or its recorded SHA-256 is missing")
+        if hashlib.sha256(arrays[name].tobytes()).hexdigest() != str(recorded):
+            raise ValueError(f"{name} differs from the SHA-256 recorded when the cache was written")
+    return arrays
+
+
 def load_arrays(paths: dict[str, Path], cache: bool = True) -> dict[str, np.ndarray]:
     """Decoded arrays of the four files, from the .npz cache when it is current."""
     stats = [(key, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for key, p in sorted(paths.items())]
     key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
     cached = cache_dir() / "fashion-mnist" / f"decoded-{key}.npz"
     if cache and cached.is_file():
-        try:
-            with np.load(cached) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, KeyError):
-            log.warning("ignoring unreadable cache %s", cached)
+        arrays = read_or_set_aside(cached, _read_decoded, "Fashion-MNIST cache", log)
+        if arrays is not None:
+            return arrays
     arrays = _decode(paths)
     arrays.update({f"{k}_sha256": np.array(hashlib.sha256(v.tobytes()).hexdigest()) for k, v in list(arrays.items())})
     if cache:
@@ -202,6 +214,26 @@ def load_arrays(paths: dict[str, Path], cache: bool = True) -> dict[str, np.ndar
         np.savez(buffer, **arrays)
         atomic_write_bytes(cached, buffer.getvalue())
     return arrays
+
+
+def _after_damaged_source(error: IDXFormatError, root) -> tuple[dict[str, Path], str]:
+    """Where a source file does not read: an earlier download is set aside and fetched again (when
+    downloads are allowed); any other file is named, with how to replace it, in one line."""
+    path = Path(error.path or "")
+    problem = " ".join(str(error).split())
+    if root is None and path.parent == download_dir():
+        moved = set_aside(path)
+        log.warning("%s; set aside as %s, downloading it again", problem, moved.name)
+        try:
+            return locate(None)
+        except DatasetNotFoundError:
+            raise DatasetNotFoundError(f"{problem}; set aside as {moved.name}, and no good copy was found to replace "
+                                       f"it: run 'make data' (or allow the download: DMLBENCH_DOWNLOAD=1)") from None
+    if DEBIAN_DIR in path.parents or any(d in path.parents for d in _debian_dirs()):
+        raise DatasetNotFoundError(f"{problem}: a damaged file of Debian's {DEBIAN_PACKAGE}; reinstall it with "
+                                   f"'apt-get install --reinstall {DEBIAN_PACKAGE}' (as root), then run again") from None
+    raise DatasetNotFoundError(f"{problem}: a damaged Fashion-MNIST file; replace it with a good copy of the official "
+                               f"file, or remove it so that 'make data' finds or fetches the dataset") from None
 
 
 @register_dataset
@@ -216,7 +248,11 @@ class FashionMNIST(Dataset):
     @staticmethod
     def load(root: str | os.PathLike | None = None, cache: bool = True) -> Splits:
         paths, where = locate(root)
-        arrays = load_arrays(paths, cache=cache)
+        try:
+            arrays = load_arrays(paths, cache=cache)
+        except IDXFormatError as error:  # a damaged source file: a download is fetched again, others named
+            paths, where = _after_damaged_source(error, root)
+            arrays = load_arrays(paths, cache=cache)
         train_x, train_y = arrays["train_images"], arrays["train_labels"].astype(np.int64)
         test_x, test_y = arrays["test_images"], arrays["test_labels"].astype(np.int64)
         train = np.isin(train_y, TRAIN_CLASSES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -18,7 +19,11 @@ _CODES = {np.dtype(np.uint8): 0x08}
 
 
 class IDXFormatError(ValueError):
-    pass
+    """An IDX file that cannot be read, or is not whole; ``path`` names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 def _open(path: str | os.PathLike):
@@ -30,21 +35,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with _open(path) as handle:
             data = handle.read()
-    except (OSError, EOFError) as error:
-        raise IDXFormatError(f"{path}: cannot read: {error}") from error
+    except (OSError, EOFError, zlib.error) as error:  # a damaged .gz: bad header, stream cut short or garbled
+        raise IDXFormatError(f"{path}: cannot read: {error}", path) from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise IDXFormatError(f"{path}: not an IDX file (bad magic number)")
+        raise IDXFormatError(f"{path}: not an IDX file (bad magic number)", path)
     type_code, ndim = data[2], data[3]
     if type_code not in _TYPES:
-        raise IDXFormatError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+        raise IDXFormatError(f"{path}: unknown IDX type code 0x{type_code:02x}", path)
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise IDXFormatError(f"{path}: truncated IDX header")
+        raise IDXFormatError(f"{path}: truncated IDX header", path)
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_TYPES[type_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise IDXFormatError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - header} bytes follow")
+        raise IDXFormatError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - header} bytes follow", path)
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 

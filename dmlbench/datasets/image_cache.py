@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -39,14 +40,21 @@ import numpy as np
 import torch
 
 from ..errors import DatasetNotFoundError
+from ..fileio import set_aside
 from .layouts import ImageList
 
 BLOCK = 256  # images decoded and written by one task; a resumed build redoes at most the blocks in flight
+REBUILD = "'dmlbench data prepare <dataset>' (or any run of it) sets it aside and builds it again"
 SPACE_MARGIN = 1.02  # the free space asked for: the pixel file's size, and 2% for the index and the file system
 
 
 class ImageReadError(DatasetNotFoundError):
     """An image file is missing or cannot be decoded; the message names it."""
+
+
+class DamagedCacheError(DatasetNotFoundError):
+    """A built cache whose index does not read or whose pixel file is not the size its index gives; the
+    message names the file. :func:`build_cache` sets such a cache aside and builds it again."""
 
 
 class CacheSpaceError(DatasetNotFoundError):
@@ -95,7 +103,12 @@ def build_cache(root, images: ImageList, folder, *, shorter_side: int = 256, wor
     if shorter_side < 1:
         raise ValueError(f"shorter_side must be a positive integer, got {shorter_side}")
     if (folder / "index.npz").is_file():
-        cache = ImageCache(folder)
+        try:
+            cache = ImageCache(folder)
+        except DamagedCacheError as error:
+            _set_aside_cache(folder, error)
+            return build_cache(root, images, folder, shorter_side=shorter_side, workers=workers,
+                               free_bytes=free_bytes, progress=progress)
         if cache.paths == list(images.paths) and cache.shorter_side == shorter_side:
             return cache
         raise ValueError(f"{folder} holds a cache of other images or another size; remove it or choose another folder")
@@ -115,6 +128,14 @@ def build_cache(root, images: ImageList, folder, *, shorter_side: int = 256, wor
     for name in ("blocks.done", "plan.json"):
         (folder / name).unlink(missing_ok=True)
     return ImageCache(folder)
+
+
+def _set_aside_cache(folder: Path, error: DamagedCacheError) -> None:
+    """A damaged cache's index and pixel file renamed aside (kept for a look), with a warning naming them."""
+    import logging
+
+    moved = [set_aside(folder / name).name for name in ("index.npz", "pixels.u8") if (folder / name).exists()]
+    logging.getLogger("dmlbench").warning("%s; set aside as %s, rebuilding the cache", error, ", ".join(moved))
 
 
 def _header_sizes(paths: list[Path], shorter_side: int) -> list[tuple[int, int]]:
@@ -254,13 +275,21 @@ class ImageCache:
         self.folder = folder
         if not (folder / "index.npz").is_file():
             raise DatasetNotFoundError(f"{folder} holds no finished image cache (index.npz is missing)")
-        with np.load(folder / "index.npz") as index:
-            self.offsets, self.heights, self.widths = index["offsets"], index["heights"], index["widths"]
-            self.labels = index["labels"]
-            self.super_labels = index["super_labels"] if len(index["super_labels"]) else None
-            self.paths = [str(p) for p in index["paths"]]
-            self.shorter_side = int(index["shorter_side"])
+        try:  # every array read whole, so the zip's checksums are checked
+            with np.load(folder / "index.npz", allow_pickle=False) as index:
+                self.offsets, self.heights, self.widths = index["offsets"], index["heights"], index["widths"]
+                self.labels = index["labels"]
+                self.super_labels = index["super_labels"] if len(index["super_labels"]) else None
+                self.paths = [str(p) for p in index["paths"]]
+                self.shorter_side = int(index["shorter_side"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise DamagedCacheError(f"{folder / 'index.npz'}: a damaged image cache index ({type(error).__name__}: "
+                                    f"{' '.join(str(error).split())}); {REBUILD}") from None
         total = int(self.offsets[-1] + 3 * self.heights[-1].astype(np.int64) * self.widths[-1]) if len(self.offsets) else 0
+        size = (folder / "pixels.u8").stat().st_size if (folder / "pixels.u8").is_file() else None
+        if size != total:
+            raise DamagedCacheError(f"{folder / 'pixels.u8'}: {'missing' if size is None else f'{size:,} bytes'}, its "
+                                    f"index says {total:,}; {REBUILD}")
         self.pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(total,)) if total else np.zeros(0, np.uint8)
 
     def __len__(self) -> int:

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetNotFoundError
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, read_or_set_aside
 from .base import Dataset, ImageSet, Splits, cache_dir, register_dataset
 
 log = logging.getLogger("dmlbench")
@@ -400,10 +400,9 @@ def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
     key = fingerprint(spec, faces)
     path = build_path(key)
     if cache and path.is_file():
-        try:
-            return read_build(path), key
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            log.warning("ignoring unreadable cache %s", path)
+        built = read_or_set_aside(path, read_build, "han-typefaces build", log)
+        if built is not None:
+            return built, key
     log.info("rendering han-typefaces from %d faces: once, a few minutes (cached in %s)", len(faces), path.parent)
     built = build(spec, faces)
     if cache:

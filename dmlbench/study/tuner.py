@@ -73,6 +73,8 @@ def check_storage(search: Search) -> None:
     if problem is None:
         return
     finished = _recorded_finished(search)
+    if not finished and problem[0].startswith("empty"):  # new: another tuner may be creating it this moment
+        return
     moved = set_aside(path) if problem[1] else None
     aside = f"; set aside as {moved.name}" if moved else ""
     if not finished:  # nothing finished to lose: a new storage
@@ -308,8 +310,8 @@ def _recorded_finished(search: Search) -> set[int]:
 def _check_records(search: Search, study) -> None:
     """The storage holds every trial its records say finished: an emptied or older storage would have the
     search redo finished trials and overwrite their records."""
-    stored = {t.number for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED}
-    lost = _recorded_finished(search) - stored
+    recorded = _recorded_finished(search)  # read first: a trial is told to the storage before its record says so
+    lost = recorded - {t.number for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED}
     if lost:
         raise DamagedFileError(
             f"{storage_path(search)}: lacks {len(lost)} finished trials that its trials/ records ({_numbers(lost)}): "

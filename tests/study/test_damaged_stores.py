@@ -117,9 +117,12 @@ def test_a_storage_emptied_and_recreated_is_refused_by_the_trial_records(search)
 def test_a_damaged_storage_with_no_finished_trial_starts_anew(isolated, caplog):
     (fresh,) = load_study(write_study(isolated)).searches
     fresh.folder.mkdir(parents=True)
-    (fresh.folder / "trials.db").write_bytes(b"")
+    (fresh.folder / "trials.db").write_bytes(b"")  # as another tuner starting at this moment leaves it
     storage(fresh)
-    assert "empty (0 bytes); set aside as trials.db.damaged-" in caplog.text and "starts anew" in caplog.text
+    assert not caplog.text and (fresh.folder / "trials.db").stat().st_size > 0, "used, not set aside"
+    (fresh.folder / "trials.db").write_bytes(b"\0" * 4096)
+    storage(fresh)
+    assert "not an SQLite database; set aside as trials.db.damaged-" in caplog.text and "starts anew" in caplog.text
 
 
 def test_a_truncated_trial_record_is_set_aside_and_written_again_from_the_storage(search, caplog):
