@@ -10,9 +10,13 @@ network's normalisation; for the small greyscale ones a greyscale image resized 
 normalised by its training statistics), indexes the L2-normalised embeddings with a faiss family
 (:mod:`dmlbench.evaluation.indexes`), and writes ``<run>/search/<name>/``: ``index.faiss``,
 ``embeddings.npy`` and ``manifest.json`` (the run, its configuration hash, the checkpoint's SHA-256,
-the index, the preprocessing, every item's source and label). ``query`` refuses an index built with
-another checkpoint, prints the top k with cosine similarity and Euclidean distance on the unit
-sphere, and draws the query and its neighbours (``queries/<query>.png`` by default).
+the index, the preprocessing, the SHA-256 of the two other files, every item's source and label).
+NAME is a plain folder name (letters, digits, '-', '_', '.'); without it, the image folder's own name
+made plain, or the split's. ``query`` (without --name: the run's only index, or ``test``) refuses an
+index built with another checkpoint and fails naming any file of the index that is damaged, prints
+the top k with cosine similarity and Euclidean distance on the unit sphere, and draws the query and
+its neighbours (``queries/<query>.png`` by default). Images keep their values whatever their mode:
+16-bit greyscale is scaled to 8 bits, transparency composited on the dataset's background.
 """
 
 from __future__ import annotations
