@@ -572,7 +572,8 @@ def _add_search_command(sub) -> None:
                    "(default test)")
     p.add_argument("--index", default="hnsw", help="build: the faiss index family (default hnsw; another name "
                    "fails, listing the families an index beside a run can use)")
-    p.add_argument("--name", help="the index's name beside the run (default: the folder's name, or the split)")
+    p.add_argument("--name", help="the index's name beside the run: letters, digits, '-', '_', '.' (build's default: "
+                   "the folder's name, or the split; query's: the run's only index, or test)")
     p.add_argument("--image", help="query: an image file")
     p.add_argument("--id", type=int, help="query: an item of the index (it is left out of its own answers)")
     p.add_argument("-k", type=_positive(int, "a whole number of neighbours"), default=8,
