@@ -15,7 +15,10 @@ The four official IDX files are searched for, in order:
    mirror).
 
 Decoded arrays are cached as ``.npz`` keyed by the files' paths, sizes and modification times, so a
-run does not parse the archives again.
+run does not parse the archives again. The cache records each array's SHA-256 and is checked against
+them when read: a damaged one is named in a warning, set aside (``<name>.damaged-<time>``) and decoded
+again. A damaged download is set aside and fetched again; any other damaged file is named in one
+line with how to replace it.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ The build, step by step:
 An interrupted build keeps ``pixels.u8.partial``, ``blocks.done`` and ``plan.json`` (the images, the
 size, the offsets). The next build of the same images resumes: only the blocks not listed as done
 are decoded again. An image that cannot be read or decoded stops the build with an error naming the
-file.
+file. A built cache whose index does not read, or whose pixel file is not the size its index gives,
+is named (:class:`DamagedCacheError`), set aside (``<name>.damaged-<time>``) and built again.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ Promises:
   uninterrupted one would have drawn, so on the CPU both end at the same best settings;
 - trial 0 is the untuned cell's own settings (where they lie in the ranges): tuning can only improve
   on the default on the validation classes;
+- a damaged store is named and set aside (``<name>.damaged-<time>``), never silently replaced: a storage
+  that does not read, or was emptied, stops the tuner where the trial records say trials finished
+  (restore the file, or move the search's folder away to start over) and is started anew where none
+  did; a storage lacking finished trials that the records hold is refused; a damaged trial record is
+  written again from the storage;
 - a trial sees the train and validation classes only (:class:`dmlbench.datasets.base.TuningSplits`:
   asking for the test split raises), and never writes a run folder: test numbers come from the cells.
 """
@@ -102,7 +107,7 @@ def _storage_problem(path: Path) -> tuple[str, bool] | None:
     if not head:
         return "empty (0 bytes)", True
     if path.suffix != ".db":
-        return None
+        return _journal_problem(path)
     if head != b"SQLite format 3\x00":
         return "not an SQLite database", True
     import sqlite3
@@ -113,6 +118,24 @@ def _storage_problem(path: Path) -> tuple[str, bool] | None:
     except sqlite3.DatabaseError as error:
         return f"a damaged SQLite database ({error})", True
     return None if verdict == ["ok"] else (f"a damaged SQLite database ({'; '.join(map(str, verdict[:3]))})", True)
+
+
+def _journal_problem(path: Path, wait_s: float = 0.5) -> tuple[str, bool] | None:
+    """What is wrong with an Optuna journal: a line that is not JSON, or a last line cut short (looked at
+    again after ``wait_s``: another tuner may be appending it this moment)."""
+    import json
+
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            return f"a damaged Optuna journal (line {number} is not JSON)", True
+    if lines[-1]:  # no line end at the end of the file
+        time.sleep(wait_s)
+        if not path.read_bytes().endswith(b"\n"):
+            return f"a damaged Optuna journal (its last line, {len(lines)}, is cut short)", True
+    return None
 
 
 def _numbers(numbers: set[int]) -> str:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,24 +26,24 @@ TUNING = {"trials": 2, "seed": 3, "startup_trials": 1, "pruner": {"name": "none"
           "space": {"settings": {"lr": {"low": 3e-4, "high": 3e-2, "log": True}}}}
 
 
-def write_study(folder, iters_per_epoch=2):
+def write_study(folder, iters_per_epoch=2, storage_kind="sqlite"):
     study = {"name": "damaged-t", "datasets": ["fashion-mnist"], "seeds": [0],
              "cells": [{"loss": "triplet", "miner": "semi-hard", "loss_kwargs": {"margin": 0.2}}],
-             "settings": tiny_settings(epochs=1, iters_per_epoch=iters_per_epoch), "tuning": TUNING}
+             "settings": tiny_settings(epochs=1, iters_per_epoch=iters_per_epoch),
+             "tuning": {**TUNING, "storage": storage_kind}}
     path = folder / "damaged.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
-@pytest.fixture(scope="module")
-def finished_search(tmp_path_factory, tiny_fmnist):
-    """A folder holding a finished two-trial search (its storage, records and best.json), made once."""
-    root = tmp_path_factory.mktemp("finished-search")
+def finish(root, tiny_fmnist, kind) -> Path:
+    """The folder of a finished two-trial search with ``kind`` of storage (its storage, records and
+    best.json), made under ``root``."""
     saved = {k: os.environ.get(k) for k in ("DMLBENCH_DATA", "DMLBENCH_CACHE", "DMLBENCH_RESULTS", "DMLBENCH_DOWNLOAD")}
     os.environ.update(DMLBENCH_DATA=str(tiny_fmnist.parent), DMLBENCH_CACHE=str(root / "cache"),
                       DMLBENCH_RESULTS=str(root / "results"), DMLBENCH_DOWNLOAD="0")
     try:
-        (search,) = load_study(write_study(root)).searches
+        (search,) = load_study(write_study(root, storage_kind=kind)).searches
         assert tune(search) is not None
         return search.folder
     finally:
@@ -50,12 +51,31 @@ def finished_search(tmp_path_factory, tiny_fmnist):
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
-@pytest.fixture
-def search(isolated, finished_search):
-    """The finished search, copied into this test's results folder."""
-    (found,) = load_study(write_study(isolated)).searches
-    shutil.copytree(finished_search, found.folder)
+@pytest.fixture(scope="module")
+def finished_sqlite(tmp_path_factory, tiny_fmnist):
+    return finish(tmp_path_factory.mktemp("finished-sqlite"), tiny_fmnist, "sqlite")
+
+
+@pytest.fixture(scope="module")
+def finished_journal(tmp_path_factory, tiny_fmnist):
+    return finish(tmp_path_factory.mktemp("finished-journal"), tiny_fmnist, "journal")
+
+
+def copied(isolated, finished: Path, kind: str):
+    """A finished search, copied into this test's results folder."""
+    (found,) = load_study(write_study(isolated, storage_kind=kind)).searches
+    shutil.copytree(finished, found.folder)
     return found
+
+
+@pytest.fixture
+def search(isolated, finished_sqlite):
+    return copied(isolated, finished_sqlite, "sqlite")
+
+
+@pytest.fixture
+def journalled(isolated, finished_journal):
+    return copied(isolated, finished_journal, "journal")
 
 
 def truncate(path, size):
@@ -63,10 +83,10 @@ def truncate(path, size):
         handle.truncate(size)
 
 
-def refused(search, capsys, *extra) -> tuple[int, str]:
+def refused(search, capsys) -> tuple[int, str]:
     """``dmlbench tune`` on the search once its best.json is gone (so it would tune): exit code, stderr."""
     search.best_path.unlink()
-    code = main(["tune", "--study", str(search.folder.parents[2] / "damaged.yaml"), *extra])
+    code = main(["tune", "--study", str(search.folder.parents[2] / "damaged.yaml")])
     return code, capsys.readouterr().err
 
 
@@ -91,6 +111,21 @@ def test_a_damaged_storage_is_set_aside_and_never_restarts_the_search(search, ca
     assert {p.name: p.read_bytes() for p in (search.folder / "trials").iterdir()} == records, "no record rewritten"
     with pytest.raises(DamagedFileError, match=r"trials.db: missing; the search had finished 2 trials"):
         storage(search)  # run again: the storage is still missing, and still no trial is redone
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda journal: truncate(journal, journal.stat().st_size - 40), "its last line, {n}, is cut short"),
+    (lambda journal: journal.write_bytes(journal.read_bytes().replace(b'"op_code"', b'"op_co', 1)), "line 1 is not JSON"),
+])
+def test_a_damaged_journal_is_set_aside_and_never_restarts_the_search(journalled, capsys, damage, problem):
+    journal = journalled.folder / "trials.journal"
+    lines = journal.read_bytes().count(b"\n")
+    damage(journal)
+    code, err = refused(journalled, capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.startswith(f"dmlbench: error: {journal}: a damaged Optuna journal "
+                                         f"({problem.format(n=lines)}); set aside as trials.journal.damaged-")
+    assert "the search had finished 2 trials" in line and len(aside(journalled.folder, "trials.journal")) == 1
 
 
 def test_an_unreadable_storage_is_named_and_left_in_place(search, capsys):
