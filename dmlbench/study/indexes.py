@@ -176,6 +176,9 @@ def run_indexes(study, *, log: Callable[[str], None] = print) -> dict[str, int]:
     plan = study.indexes
     if plan is None:
         raise ConfigError(f"{study.path}: has no indexes: block; add 'indexes: {{}}' to evaluate its runs' indexes")
+    from .preflight import check_study_indexes
+
+    check_study_indexes(study)  # the block against the runs' embeddings and items, before anything is measured
     counts = {"computed": 0, "done": 0, "unfinished": 0}
     unusable: list[str] = []  # runs whose checkpoint is damaged or absent: the others are still measured
     with _measuring(plan.folder()):

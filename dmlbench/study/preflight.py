@@ -16,11 +16,14 @@ arguments. What it cannot see is whether the settings fit the data and the machi
 
 The training split is read without decoding an image: Fashion-MNIST's train label file, a
 benchmark's label lists (its layout's text files), or, when a benchmark's files are absent, its
-published class count. A check that needs absent data is left to the run, whose own error names
-what is missing; the other checks are made all the same.
+published class count. A run given a data_root must find its dataset's files there (the folder
+and the files expected are named); elsewhere a check that needs absent data is left to the run,
+whose own error names what is missing, and the other checks are made all the same. A study's
+``indexes:`` block is checked against its cells' embedding size and test split's item count.
 
     check_run(config)             # one run, before its folder is created (study.run_config)
-    check_study_data(study)       # every cell, when a study file is loaded (study.load_study)
+    check_study_data(study)       # every cell, when a study file is loaded (study.load_study): the data
+                                  # files, the sampler, and the indexes block (check_study_indexes)
     check_study_machine(study)    # the unfinished cells, before they run on this machine (dmlbench study)
 
 Each failure is one ConfigError line naming the setting, its value, why, and the valid range.
@@ -149,6 +152,35 @@ def training_split(dataset: str, data_root: str | None = None) -> TrainingSplit 
         except (LayoutError, ValueError):  # a damaged layout: the run's loader names the file
             return _published_split(dataset)
     return None  # a dataset of the user's own: nothing is known of it before it loads
+
+
+def check_data_files(config: RunConfig) -> None:
+    """A run given a data_root finds its dataset's files there: otherwise it would start a kernel, and
+    leave a failed run folder behind, only to fail on the first read. One ConfigError line names the
+    folder and the files expected. (Without a data_root the usual places are searched, and
+    Fashion-MNIST may be downloaded: that is the run's to do.)"""
+    if config.data_root is None or not isinstance(config.data_root, str):
+        return
+    root = _data_root(config.data_root)
+    if config.dataset == "fashion-mnist":
+        from ..datasets.fashion_mnist import FILES
+
+        try:
+            locate_fashion_mnist(root, allow_download=False)
+        except DatasetNotFoundError:
+            expected = ", ".join(f"{stem}(.gz)" for stem in FILES.values())
+            raise ConfigError(f"data_root {config.data_root!r}: no Fashion-MNIST files in {root} or "
+                              f"{root / 'fashion-mnist'}; expected the four files {expected} (from "
+                              f"https://github.com/zalandoresearch/fashion-mnist), or leave data_root unset to "
+                              f"search $DMLBENCH_DATA and the usual places") from None
+    elif config.dataset in PHOTO_DATASETS:
+        try:
+            locate_layout(config.dataset, root)
+        except LayoutError as error:
+            raise ConfigError(f"data_root {config.data_root!r}: {error}") from None
+    elif config.dataset == "han-typefaces":
+        raise ConfigError(f"data_root {config.data_root!r}: han-typefaces is rendered from installed font packages, "
+                          f"not read from a folder; leave data_root unset")
 
 
 def check_sampler(config: RunConfig, split: TrainingSplit | None) -> None:
@@ -322,6 +354,8 @@ def check_machine(config: RunConfig) -> None:
 def check_run(config: RunConfig, splits=None) -> None:
     """Every check of one run against its data (``splits``: already loaded; else read cheaply) and
     this machine. Made before the run's folder is created, and again in the experiment notebook."""
+    if splits is None:
+        check_data_files(config)
     split = (TrainingSplit.of_split(config.dataset, splits.train) if splits is not None
              else training_split(config.dataset, config.data_root))
     check_sampler(config, split)
@@ -334,7 +368,8 @@ def _in_cell(study, config: RunConfig, error: ConfigError) -> ConfigError:
 
 
 def check_study_data(study) -> None:
-    """Every cell's batch sampler against its dataset's training split."""
+    """Every cell's data files and batch sampler against its dataset's training split, and the study's
+    indexes block against the embeddings and test splits it will index (:func:`check_study_indexes`)."""
     seen: set[str] = set()
     for cell in study.cells:
         config = cell.config
@@ -344,9 +379,73 @@ def check_study_data(study) -> None:
             continue
         seen.add(key)
         try:
+            check_data_files(config)
             check_sampler(config, training_split(config.dataset, config.data_root))
         except ConfigError as error:
             raise _in_cell(study, config, error) from None
+    check_study_indexes(study)
+
+
+@functools.lru_cache(maxsize=16)
+def _fashion_mnist_test_items(labels_file: str, size: int, mtime_ns: int) -> int:
+    from ..datasets.fashion_mnist import TEST_CLASSES
+
+    return int(np.isin(read_idx(labels_file), TEST_CLASSES).sum())
+
+
+@functools.lru_cache(maxsize=16)
+def _layout_items(dataset: str, folder: str, stamp: tuple) -> int:
+    layout = read_layout(dataset, Path(folder), val_fraction=VALIDATION_FRACTION, seed=VALIDATION_SEED)
+    return len(layout.gallery if layout.gallery is not None else layout.test)
+
+
+def index_items(config: RunConfig) -> tuple[int, str] | None:
+    """(items, where the count comes from) of the index a study's ``indexes:`` block builds over a run of
+    ``config``: its test images, or In-Shop's gallery; read without decoding an image. None where it
+    cannot be known before the data is loaded (han-typefaces is rendered, a dataset of the user's own)."""
+    root = _data_root(config.data_root)
+    if config.dataset == "fashion-mnist":
+        try:
+            paths, _ = locate_fashion_mnist(root, allow_download=False)
+        except DatasetNotFoundError:
+            return None
+        return _fashion_mnist_test_items(*_file_stamp(paths["test_labels"])), f"labels of {paths['test_labels'].name}"
+    if config.dataset in PHOTO_DATASETS:
+        try:
+            folder, _ = locate_layout(config.dataset, root)
+            stamp = tuple(_file_stamp(f) for sub in (folder, folder / "Eval") if sub.is_dir()
+                          for f in sorted(sub.iterdir()) if f.is_file())
+            return _layout_items(config.dataset, str(folder.resolve()), stamp), f"label lists in {folder}"
+        except (LayoutError, ValueError):
+            counts = dataset_fact(config.dataset, "counts")
+            return (counts.gallery or counts.test, "published split") if counts is not None else None
+    return None
+
+
+def check_study_indexes(study) -> None:
+    """A study's ``indexes:`` block against each cell's embedding size and its test split's items (the
+    families' own rules: dmlbench.evaluation.indexes.families.check_spec), before any cell trains:
+    otherwise a bad block fails, or records a meaningless recall, only after every cell has run."""
+    from ..evaluation.indexes.families import check_spec
+
+    plan = getattr(study, "indexes", None)
+    if plan is None:
+        return
+    seen: set[str] = set()
+    for cell in study.cells:
+        config = cell.config
+        key = json.dumps([config.dataset, config.data_root, config.data_subset, config.embedding_dim], default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        items = index_items(config)
+        for position, spec in enumerate(plan.specs):
+            try:
+                check_spec(spec, None if items is None else items[0], config.embedding_dim)
+            except ConfigError as error:
+                over = (f"{items[0]} items ({items[1]})" if items is not None else "items of unknown count")
+                raise ConfigError(f"{study.path}: indexes: families[{position}]: {error} (the {config.dataset} runs' "
+                                  f"{config.embedding_dim}-dimensional embeddings, {over})") from None
 
 
 def check_study_machine(study) -> None:

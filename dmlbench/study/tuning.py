@@ -339,6 +339,43 @@ class Search:
                 "spec": self.spec.identity() | {"storage": self.spec.storage, "stale_after_min": self.spec.stale_after_min}}
 
 
+def range_ends(param: Param) -> list[tuple[str, Any]]:
+    """(what, value) of each value a range can give a trial at its ends, as :meth:`Param.suggest` gives
+    it (whole numbers for an int range, floats rounded), or of each choice."""
+    if param.choices is not None:
+        return [("the choice", value) for value in param.choices]
+    if param.integer:
+        return [("the low end", int(param.low)), ("the high end", int(param.high))]
+    return [("the low end", rounded(param.low)), ("the high end", rounded(param.high))]
+
+
+def check_ranges(search: Search, where: str, *, checked_models: set | None = None, data: bool = True) -> None:
+    """Each range's ends and each choice of ``search`` made into the run a trial would train, and
+    checked as a run is (RunConfig.validate; with ``data``, also the batch sampler against the
+    dataset's training split: dmlbench.study.preflight), so that a value no trial could train with
+    (P above the training classes, text for lr, a margin the loss refuses, a float for a whole-number
+    setting) fails before the first trial, naming where the range is written. ``where`` is the
+    study file's "<path>: tuning: space"."""
+    from .preflight import check_sampler, training_split
+
+    base = search.base
+    for param in search.params:
+        owner = ("losses", base.loss) if param.name in {p.name for p in search.spec.losses.get(base.loss, ())} \
+            else ("miners", base.miner) if param.name in {p.name for p in search.spec.miners.get(base.miner, ())} \
+            else ("settings",)
+        for what, value in range_ends(param):
+            config = search.apply({param.name: value})
+            try:
+                config.validate(checked_models)
+                if data:
+                    check_sampler(config, training_split(config.dataset, config.data_root))
+            except ConfigError as error:
+                hint = " (give the range int: true)" if param.key in ("P", "K", "embedding_dim") \
+                    and not param.integer and param.choices is None else ""
+                raise ConfigError(f"{where}: {': '.join(owner)}: {param.key}: {what} {value!r} makes a run no trial "
+                                  f"could train ({base.dataset} x {base.loss} x {base.miner}){hint}: {error}") from None
+
+
 def _finished(best: Path, search_id: str) -> bool:
     """``best`` is a readable best.json of search ``search_id``."""
     try:

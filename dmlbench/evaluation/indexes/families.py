@@ -64,6 +64,10 @@ FAMILIES: dict[str, Family] = {
     "pivots": Family("dmlbench", True, {"pivots": 16}, counts_distances=True),
 }
 
+# Build settings whose range is narrower than "a positive integer": (lowest, highest or None), and why.
+BUILD_LIMITS: dict[str, tuple[int, int | None]] = {"M": (2, None), "nbits": (1, 16)}
+BUILD_WHY = {"M": "links per HNSW node; faiss crashes with fewer than 2",
+             "nbits": "bits per sub-quantizer code; each code book has 2^nbits centroids"}
 # The metric each faiss family ranks by (module docstring): "ip" where it is the ranking of the stored
 # unit vectors, "l2" where codes or centroids are compared.
 METRICS: dict[str, str] = {"flat": "ip", "hnsw": "ip", "ivf-flat": "l2", "ivf-pq": "l2", "pq": "l2", "sq8": "l2"}
@@ -88,6 +92,10 @@ class IndexSpec:
         for key, value in build.items():
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"index {family}: {key} must be a positive integer, got {value!r}")
+            low, high = BUILD_LIMITS.get(key, (1, None))
+            if value is not None and (value < low or (high is not None and value > high)):
+                raise ConfigError(f"index {family}: {key}={value} is out of range; valid {key}: {low} to {high or 'any'}"
+                                  f" ({BUILD_WHY[key]})")
         if sweep is not None and fam.sweep_key is None:
             raise ConfigError(f"index {family}: has no search setting to sweep")
         sweep = tuple(fam.sweep if sweep is None else sweep)
@@ -133,6 +141,29 @@ def parse_specs(entries: list[dict[str, Any]], where: str = "indexes") -> list[I
         except ConfigError as error:
             raise ConfigError(f"{where}[{i}]: {error}") from None
     return specs
+
+
+def check_spec(spec: IndexSpec, items: int | None, dim: int) -> None:
+    """``spec`` against the index it would be built over: ``items`` vectors (None: not known yet) of
+    ``dim`` dimensions. PQ's m must divide the dimension, its 2^nbits centroids per code book need as
+    many vectors to train on, and an IVF index cannot have more inverted lists than items: with
+    nlist > items most lists are empty and a search probes nothing, so the recall it measures is no
+    property of the index. Each failure is one ConfigError line with the valid values."""
+    build = dict(spec.build)
+    if spec.family in ("pq", "ivf-pq"):
+        m, nbits = build["m"], build["nbits"]
+        if dim % m:
+            valid = ", ".join(str(v) for v in range(1, dim + 1) if dim % v == 0)
+            raise ConfigError(f"index {spec.family}: m={m} bytes per code must divide the embedding dimension {dim}; "
+                              f"valid m: {valid}")
+        if items is not None and items < 2 ** nbits:
+            raise ConfigError(f"index {spec.family}: nbits={nbits} needs at least {2 ** nbits} vectors to train its "
+                              f"codebooks, got {items}; valid nbits: 1 to {min(16, int(math.log2(max(items, 2))))}")
+    nlist = build.get("nlist")
+    if spec.family in ("ivf-flat", "ivf-pq") and nlist is not None and items is not None and nlist > items:
+        raise ConfigError(f"index {spec.family}: nlist={nlist} inverted lists over {items} items would leave lists "
+                          f"empty and its recall meaningless; valid nlist: 1 to {items} (or leave nlist unset: "
+                          f"{min(auto_nlist(items), items)} lists for {items} items)")
 
 
 def auto_nlist(n: int) -> int:
@@ -263,6 +294,7 @@ def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | Non
     before = faiss.omp_get_max_threads()
     if threads:
         faiss.omp_set_num_threads(threads)
+    check_spec(spec, n, d)  # refused, not clamped: a clamped nlist would record another index's recall
     try:
         start = time.perf_counter()
         index = _make_faiss(spec.family, build, n, d)
@@ -327,15 +359,11 @@ def _quiet_training(index) -> None:
 
 
 def _make_faiss(family: str, build: dict, n: int, d: int):
-    """An untrained, empty faiss index of ``family`` ranking by its metric (``METRICS``)."""
+    """An untrained, empty faiss index of ``family`` ranking by its metric (``METRICS``); its settings
+    checked against the vectors already (:func:`check_spec`)."""
     import faiss
 
     metric = faiss.METRIC_L2 if METRICS[family] == "l2" else faiss.METRIC_INNER_PRODUCT
-    if family in ("pq", "ivf-pq") and d % build["m"]:
-        raise ConfigError(f"index {family}: m={build['m']} bytes per code must divide the embedding dimension {d}")
-    if family in ("pq", "ivf-pq") and n < 2 ** build["nbits"]:
-        raise ConfigError(f"index {family}: nbits={build['nbits']} needs at least {2 ** build['nbits']} vectors "
-                          f"to train its codebooks, got {n}")
     if family == "flat":
         return faiss.IndexFlatIP(d)
     if family == "sq8":
@@ -346,7 +374,7 @@ def _make_faiss(family: str, build: dict, n: int, d: int):
         index = faiss.IndexHNSWFlat(d, build["M"], metric)
         index.hnsw.efConstruction = build["ef_construction"]
         return index
-    nlist = min(build["nlist"] or auto_nlist(n), n)
+    nlist = build["nlist"] or min(auto_nlist(n), n)  # a given nlist is at most n (check_spec)
     quantizer = faiss.IndexFlat(d, metric)
     if family == "ivf-flat":
         return faiss.IndexIVFFlat(quantizer, d, nlist, metric)
