@@ -178,13 +178,36 @@ def _resumable(folder: Path, images: ImageList, shorter_side: int, offsets: np.n
     plan starts a new partial file of the cache's full size (sparse until written)."""
     key = _plan_key(images, shorter_side, offsets)
     partial, plan, journal = folder / "pixels.u8.partial", folder / "plan.json", folder / "blocks.done"
-    if partial.is_file() and plan.is_file() and journal.is_file() and json.loads(plan.read_text()).get("key") == key:
-        return {int(line) for line in journal.read_text().split()}
+    if partial.is_file() and plan.is_file() and journal.is_file():
+        done = _journalled(folder, key, total)
+        if done is not None:
+            return done
     with open(partial, "wb") as handle:
         handle.truncate(total)
     journal.write_text("")
     plan.write_text(json.dumps({"key": key, "images": len(images.paths), "bytes": total}))
     return set()
+
+
+def _journalled(folder: Path, key: str, total: int) -> set[int] | None:
+    """The blocks that an interrupted build of plan ``key`` journalled as done; None where it was another
+    plan, or its files are damaged (then named in a warning and set aside: the build starts over)."""
+    import logging
+
+    partial, plan, journal = folder / "pixels.u8.partial", folder / "plan.json", folder / "blocks.done"
+    try:
+        same = json.loads(plan.read_text()).get("key") == key
+        lines = journal.read_text().split("\n")  # a last line without its end was cut short: not done
+        done = {int(line) for line in lines[:-1] if line.strip()}
+        if same and partial.stat().st_size != total:
+            raise ValueError(f"{partial.name} has {partial.stat().st_size:,} bytes, its plan {total:,}")
+    except (OSError, ValueError, AttributeError) as error:
+        moved = [set_aside(path).name for path in (plan, journal, partial)]
+        logging.getLogger("dmlbench").warning("%s: an interrupted build's files are damaged (%s: %s); set aside as %s, "
+                                              "the build starts over", folder, type(error).__name__,
+                                              " ".join(str(error).split()), ", ".join(moved))
+        return None
+    return done if same else None
 
 
 def _check_space(folder: Path, needed: int, count: int, free_bytes: Callable[[Path], int]) -> None:

@@ -162,3 +162,29 @@ def test_a_damaged_han_typefaces_build_is_named_set_aside_and_rebuilt(tmp_path, 
     assert again == key and built is made
     assert f"{path}: damaged han-typefaces build (BadZipFile" in caplog.text
     assert len(set_aside(path.parent, path.name)) == 1 and typefaces.read_build(path)["facts"] == {"rendered": True}
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("plan.json", lambda p: truncate(p, 10), "JSONDecodeError"),
+    ("blocks.done", lambda p: p.write_text("0\nx1\n"), "invalid literal for int() with base 10: 'x1'"),
+    ("pixels.u8.partial", lambda p: truncate(p, 100), "pixels.u8.partial has 100 bytes, its plan 6,912"),
+])
+def test_an_interrupted_image_cache_build_with_damaged_files_starts_over(tmp_path, monkeypatch, caplog, name, damage,
+                                                                         problem):
+    from dmlbench.datasets import image_cache
+    from dmlbench.datasets.image_cache import ImageReadError
+
+    monkeypatch.setattr(image_cache, "BLOCK", 1)  # one image a block: the build stops after two blocks
+    images = write_images(tmp_path / "data", [(40, 30), (30, 50), (64, 64)])
+    good = (tmp_path / "data" / images.paths[2]).read_bytes()
+    (tmp_path / "data" / images.paths[2]).write_bytes(good[:len(good) // 2])  # its header reads, its pixels not
+    with pytest.raises(ImageReadError):
+        build_cache(tmp_path / "data", images, tmp_path / "cache", shorter_side=24, workers=1, progress=False)
+    assert (tmp_path / "cache" / "blocks.done").read_text() == "0\n1\n"
+    (tmp_path / "data" / images.paths[2]).write_bytes(good)
+    damage(tmp_path / "cache" / name)
+    built = build_cache(tmp_path / "data", images, tmp_path / "cache", shorter_side=24, workers=1, progress=False)
+    assert problem in caplog.text and "the build starts over" in caplog.text
+    assert len(set_aside(tmp_path / "cache", name)) == 1
+    clean = build_cache(tmp_path / "data", images, tmp_path / "clean", shorter_side=24, workers=1, progress=False)
+    assert all(torch.equal(built[i], clean[i]) for i in range(3))
