@@ -318,6 +318,11 @@ def read_manifest(folder: Path, name: str) -> dict[str, Any]:
     if missing:
         raise DamagedFileError(f"{path}: lacks {', '.join(missing)}, so it is not an index's manifest; "
                                f"{_rebuild(folder, name)}")
+    index = manifest["index"]
+    if not (isinstance(manifest["items"], list) and isinstance(manifest["dim"], int) and isinstance(index, dict)
+            and index.get("family") in SAVED_FAMILIES and isinstance(index.get("build"), dict)):
+        raise DamagedFileError(f"{path}: its items, dim or index entry is not what a build writes (an edited "
+                               f"file?); {_rebuild(folder, name, manifest)}")
     return manifest
 
 
@@ -443,6 +448,10 @@ def draw_grid(path: Path, label: str, image, item, found: list[dict[str, Any]], 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as error:
+        raise SearchError(f"cannot write the retrieval grid {path} ({error.strerror or error}); "
+                          f"give --grid a file in a folder you can write") from None
     return path

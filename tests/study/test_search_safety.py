@@ -70,11 +70,15 @@ def damage(where, file: str, how: str) -> None:
         path.unlink()
     elif how == "keys":
         path.write_text(json.dumps({"run_id": "x"}))
+    elif how == "edited":
+        manifest = json.loads(path.read_text())
+        path.write_text(json.dumps(manifest | {"index": {"family": "ball-tree"}, "items": "all"}))
 
 
 @pytest.mark.parametrize("file,how", [("index.faiss", "truncate"), ("index.faiss", "garbage"), ("index.faiss", "remove"),
                                       ("embeddings.npy", "truncate"), ("embeddings.npy", "garbage"),
-                                      ("manifest.json", "truncate"), ("manifest.json", "keys")])
+                                      ("manifest.json", "truncate"), ("manifest.json", "keys"),
+                                      ("manifest.json", "edited")])
 @pytest.mark.parametrize("digests", [True, False], ids=["recorded", "older-manifest"])
 def test_a_damaged_index_file_is_named_with_the_way_to_rebuild(run, tmp_path, capsys, file, how, digests):
     where = build(run, images=write_images(tmp_path / "photos"), family="flat")
@@ -97,10 +101,12 @@ def test_odd_input_is_refused_in_one_line(run, tmp_path, capsys):
     with pytest.raises(SearchError, match=f"image folder {one} holds one image"):
         build(run, images=one)
     build(run, images=write_images(tmp_path / "photos"), family="flat")
-    assert main(["search", "query", str(run), "--id", "0", "-k", "2", "--grid", str(tmp_path)]) == 2
-    assert f"--grid {tmp_path} is a folder" in first_line(capsys)
     afile = tmp_path / "afile"
     afile.write_text("")
+    assert main(["search", "query", str(run), "--id", "0", "-k", "2", "--grid", str(tmp_path)]) == 2
+    assert f"--grid {tmp_path} is a folder" in first_line(capsys)
+    assert main(["search", "query", str(run), "--id", "0", "-k", "2", "--grid", str(tmp_path / "afile" / "g.png")]) == 2
+    assert "cannot write the retrieval grid" in first_line(capsys)
     for given in (afile, afile / "below"):
         assert main(["run", "--loss", "contrastive", "--run-dir", str(given)]) == 2
         assert f"{afile} is a file, not a folder" in first_line(capsys)
