@@ -233,9 +233,9 @@ def _after_damaged_source(error: IDXFormatError, root) -> tuple[dict[str, Path],
             raise DatasetNotFoundError(f"{problem}; set aside as {moved.name}, and no good copy was found to replace "
                                        f"it: run 'make data' (or allow the download: DMLBENCH_DOWNLOAD=1)") from None
     if DEBIAN_DIR in path.parents or any(d in path.parents for d in _debian_dirs()):
-        raise DatasetNotFoundError(f"{problem}: a damaged file of Debian's {DEBIAN_PACKAGE}; reinstall it with "
+        raise DatasetNotFoundError(f"{problem} (a damaged file of Debian's {DEBIAN_PACKAGE}); reinstall it with "
                                    f"'apt-get install --reinstall {DEBIAN_PACKAGE}' (as root), then run again") from None
-    raise DatasetNotFoundError(f"{problem}: a damaged Fashion-MNIST file; replace it with a good copy of the official "
+    raise DatasetNotFoundError(f"{problem} (a damaged Fashion-MNIST file); replace it with a good copy of the official "
                                f"file, or remove it so that 'make data' finds or fetches the dataset") from None
 
 
