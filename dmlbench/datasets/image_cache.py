@@ -136,7 +136,8 @@ def _set_aside_cache(folder: Path, error: DamagedCacheError) -> None:
     import logging
 
     moved = [set_aside(folder / name).name for name in ("index.npz", "pixels.u8") if (folder / name).exists()]
-    logging.getLogger("dmlbench").warning("%s; set aside as %s, rebuilding the cache", error, ", ".join(moved))
+    logging.getLogger("dmlbench").warning("%s; set aside as %s, rebuilding the cache",
+                                          str(error).replace(f"; {REBUILD}", ""), ", ".join(moved))
 
 
 def _header_sizes(paths: list[Path], shorter_side: int) -> list[tuple[int, int]]:
