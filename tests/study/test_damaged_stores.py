@@ -5,6 +5,7 @@ trials of a tiny network on the tiny Fashion-MNIST), damaged the way a disk or a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -189,7 +190,10 @@ def test_ctrl_c_during_a_trial_speaks_of_trials(isolated, capsys):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
-    code = main(["tune", "--study", str(path)])
+    try:
+        code = main(["tune", "--study", str(path)])
+    finally:
+        logging.disable(logging.NOTSET)  # main silences logging after a Ctrl-C; later tests read warnings
     err = capsys.readouterr().err.strip()
     assert code == INTERRUPTED_EXIT and "cell" not in err
     assert err.startswith("dmlbench: interrupted. Finished trials are kept in the search's storage")
