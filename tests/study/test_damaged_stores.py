@@ -183,16 +183,19 @@ def test_ctrl_c_during_a_trial_speaks_of_trials(isolated, capsys):
     (found,) = load_study(path).searches
     record = trial_path(found, 0)
 
-    def interrupt():  # a Ctrl-C once the first trial is training
-        deadline = time.time() + 60
-        while time.time() < deadline and not (record.is_file() and '"RUNNING"' in record.read_text()):
+    returned = threading.Event()
+
+    def interrupt():  # a Ctrl-C once the first trial is training (none once the tuner has returned)
+        while not returned.is_set() and not (record.is_file() and '"RUNNING"' in record.read_text()):
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+        if not returned.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
         code = main(["tune", "--study", str(path)])
     finally:
+        returned.set()
         logging.disable(logging.NOTSET)  # main silences logging after a Ctrl-C; later tests read warnings
     err = capsys.readouterr().err.strip()
     assert code == INTERRUPTED_EXIT and "cell" not in err
