@@ -32,3 +32,8 @@ class DamagedFileError(ConfigError):
 class MissingCheckpointError(ConfigError, FileNotFoundError):
     """A finished run folder without its checkpoint.pt (the repository ships few of them); the
     message names the file."""
+
+
+class DiskFullError(RuntimeError):
+    """A write failed because the disk (or the user's quota) is full; the message names the folder,
+    about how much more space is needed, and that rerunning the same command resumes."""

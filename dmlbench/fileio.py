@@ -6,9 +6,11 @@ give it (0666 less the umask), so shared results folders stay readable by the gr
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -43,8 +45,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+            view, done = memoryview(data), 0
+            while done < len(view):  # the OS's own writes (a full disk fails one of them: ENOSPC)
+                done += os.write(handle.fileno(), view[done:])
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -172,3 +175,35 @@ def read_or_set_aside(path: str | os.PathLike, reader, what: str, log=None) -> A
             "%s: damaged %s (%s: %s); set aside as %s and rebuilt", path, what, type(error).__name__,
             " ".join(str(error).split()), moved.name)
         return None
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota spent
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is an OSError saying the disk or the quota is full."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
+
+def size_text(size: float) -> str:
+    """Bytes as a reader reads them: '3.2 MiB', '812 KiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def disk_full_error(folder: str | os.PathLike, needed: float | None = None, what: str = "") -> Exception:
+    """The one-line error for a full disk while writing into ``folder``: where, about how much more
+    space (``needed`` bytes; ``what`` says what that estimate is), and how to go on."""
+    from .errors import DiskFullError
+
+    try:
+        free = f"; {size_text(shutil.disk_usage(folder).free)} free there now"
+    except OSError:
+        free = ""
+    more = f"; about {size_text(needed)} more is needed{f' ({what})' if what else ''}" if needed else ""
+    return DiskFullError(f"{folder}: the disk is full (no space left on the device, or the quota is spent){free}"
+                         f"{more}. Free space there and rerun the same command: finished cells are kept and "
+                         f"only the unfinished ones run again")

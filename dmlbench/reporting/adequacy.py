@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -107,10 +108,15 @@ def power(runs: pd.DataFrame, seed_tables: dict, baseline: tuple[str, str], conf
 
 
 def _cell_durations(notebook: Path) -> dict[str, float]:
-    """Seconds of each phase's code cell in an executed notebook (papermill's timings); {} if unreadable."""
+    """Seconds of each phase's code cell in an executed notebook (papermill's timings); {} if unreadable
+    (a damaged one named in a warning: its run's results are in metrics.json, only its timings are lost)."""
     try:
         cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, KeyError, TypeError):
+        return {}
+    except ValueError as error:  # cut short (a full disk before notebooks were written atomically), edited
+        logging.getLogger("dmlbench").warning("%s: damaged notebook (not valid JSON: %s); its cell timings are "
+                                              "left out", notebook, " ".join(str(error).split()))
         return {}
     out = {"cells": 0.0}
     for cell in cells:

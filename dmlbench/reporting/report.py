@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from ..fileio import compact_png, write_if_changed
+from ..fileio import compact_png, disk_full_error, is_disk_full, write_if_changed
 from ..paths import REPO_ROOT, notebook, results_dir
 from ..study.kernel import execute_notebook
 from .labels import shown_path
@@ -77,7 +77,12 @@ def build_report(study_path: str | os.PathLike, *, results: str | os.PathLike | 
     results.mkdir(parents=True, exist_ok=True)
     with open(results / ".report.lock", "w") as lock:  # two studies finishing together: one report at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_report(study_path, results)
+        try:
+            return _build_report(study_path, results)
+        except OSError as error:  # a full disk: one line, and every file as it was or whole (atomic writes)
+            if not is_disk_full(error):
+                raise
+            raise disk_full_error(results, getattr(error, "bytes_written", 0), "the file being written") from None
 
 
 def _execute(study_path, results: Path, shown: str) -> Path:

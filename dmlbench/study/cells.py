@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, check_setting_types, read_yaml_file
-from ..errors import ConfigError, IncompatibleError
+from ..errors import ConfigError, DiskFullError, IncompatibleError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
@@ -535,7 +535,7 @@ def _execute(config: RunConfig, folder: RunDir, *, log_output: bool) -> None:
     except BaseException as error:
         if running.exists():
             os.replace(running, folder.failed_notebook)
-        if not isinstance(error, Exception):  # Ctrl-C, exit: not the cell's failure
+        if not isinstance(error, Exception) or isinstance(error, DiskFullError):  # Ctrl-C, a full disk: not the cell
             raise
         message = _record_failure(config, folder, error, started)
         raise RunFailed(f"{config.run_id()} failed: {message} (executed notebook: {folder.failed_notebook})") from None

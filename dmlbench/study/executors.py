@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from submitit.helpers import Checkpointable
 
 from ..errors import ConfigError
+from ..fileio import disk_full_error, is_disk_full
 from ..paths import REPO_ROOT, results_dir
 from ..training.rundir import RunDir
 from .cluster import EXECUTORS, SLURM_DEFAULTS, SLURM_SETTINGS, _is_int, slurm_settings  # noqa: F401 (public here too)
@@ -150,9 +151,13 @@ Outcome = tuple["Cell", str, str]  # the cell, DONE / BUSY / FAILED, what went w
 def _in_process(study: Study, todo: list[Cell]) -> Iterator[Outcome]:
     from .cells import CellBusy, RunFailed, run_config
 
-    for cell in todo:
+    for position, cell in enumerate(todo):
         try:
             run_config(cell.config)
+        except OSError as error:  # a full disk ends the study here, in one line; the finished cells stay
+            if not is_disk_full(error):
+                raise
+            raise disk_full_error(cell.run_dir, *_space_for(study, len(todo) - position)) from None
         except CellBusy:  # another study is running this cell: ours runs the rest, then waits for it
             yield cell, BUSY, ""
         except RunFailed as error:
@@ -160,6 +165,17 @@ def _in_process(study: Study, todo: list[Cell]) -> Iterator[Outcome]:
             yield cell, FAILED, str(error)
         else:
             yield cell, DONE, ""
+
+
+def _space_for(study: Study, cells: int) -> tuple[int, str]:
+    """About the space ``cells`` more cells need: the median size of the study's finished run folders."""
+    import statistics
+
+    sizes = [sum(f.stat().st_size for f in cell.run_dir.rglob("*") if f.is_file())
+             for cell in study.cells if cell.is_done()]
+    if not sizes:
+        return 0, ""
+    return int(statistics.median(sizes) * cells), f"{cells} cells left at the median size of its finished run folders"
 
 
 def _workers(study: Study, todo: list[Cell], jobs: int) -> Iterator[Outcome]:

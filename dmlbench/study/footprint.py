@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes, compact_png
+from ..fileio import atomic_write_bytes, compact_png, disk_full_error, is_disk_full, set_aside
+
+log = logging.getLogger("dmlbench")
 
 MIB = 1 << 20
 TRACKED_BUDGET = 40 * MIB  # the whole tracked tree
@@ -80,12 +83,25 @@ def compact_notebook(path: str | Path) -> tuple[int, int]:
 
 def compact_folder(results: str | Path) -> tuple[int, int, int]:
     """Compact every executed notebook under ``results`` (runs' experiment.ipynb, the report's
-    report.ipynb); (notebooks changed, bytes before, bytes after)."""
+    report.ipynb); (notebooks changed, bytes before, bytes after). A notebook that is not valid JSON
+    (cut short) is named in a warning and set aside as ``<name>.damaged-<time>``: its run's results are
+    in metrics.json, and rerunning the cell (or the report) writes the notebook again. A full disk ends
+    it in one line (dmlbench.errors.DiskFullError); each notebook is then as it was or compacted whole."""
     changed = before = after = 0
     for path in sorted(Path(results).rglob("*.ipynb")):
         if path.name.endswith((".running.ipynb", ".failed.ipynb")):
             continue
-        b, a = compact_notebook(path)
+        try:
+            b, a = compact_notebook(path)
+        except ValueError as error:  # json's decoding errors; UnicodeDecodeError too
+            kept = set_aside(path)
+            log.warning("%s: damaged notebook (not valid JSON: %s); set aside as %s, the rest compacted",
+                        path, " ".join(str(error).split()), kept.name)
+            continue
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise disk_full_error(path.parent, path.stat().st_size, f"the size of {path.name}") from None
         changed += a != b
         before, after = before + b, after + a
     return changed, before, after

@@ -17,12 +17,14 @@ import signal
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
+
+from ..fileio import atomic_write_text, disk_full_error, is_disk_full
 
 KERNEL = "python3"
 # A Unix socket path holds at most 107 bytes; jupyter_client appends "-<port>" to the prefix.
@@ -83,7 +85,8 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
                                    progress_bar={"desc": progress, "file": sys.stderr} if progress else False,
                                    kernel_manager_class=manager)
 
-    with _quiet_interrupt():
+    _atomic_notebook_writes()
+    with _quiet_interrupt(), _disk_full_named(Path(output)):
         if kernel_log is None:
             run(kernel_manager_class())
             return
@@ -95,7 +98,8 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
                 captured.seek(0)
                 text = captured.read()
                 if text:
-                    Path(kernel_log).write_bytes(text)
+                    with suppress(OSError):  # a full disk: the error says so, not this log
+                        Path(kernel_log).write_bytes(text)
                 raise
 
 
@@ -117,3 +121,84 @@ def _quiet_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class AtomicLocalHandler:
+    """papermill's handler of local paths, writing each version of the executed notebook atomically
+    (a temporary file beside it, synced, then renamed): papermill rewrites the notebook after every
+    cell, and a write cut short (a full disk, a crash) would otherwise leave it invalid JSON."""
+
+    def __init__(self, local):
+        self.local = local  # papermill's own handler: reads, listings and its working directory
+
+    def __getattr__(self, name: str):
+        return getattr(self.local, name)
+
+    def write(self, buf: str, path: str) -> None:
+        cwd = getattr(self.local, "_cwd", None)
+        target = Path(cwd, path) if cwd else Path(path)
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"output folder {target.parent} doesn't exist.")
+        try:
+            atomic_write_text(target, buf)
+        except OSError as error:
+            error.bytes_written = len(buf.encode("utf-8"))  # what the disk had no room for
+            raise
+
+
+def _atomic_notebook_writes() -> None:
+    """papermill's local paths through :class:`AtomicLocalHandler` (once per process)."""
+    from papermill.iorw import papermill_io
+
+    handlers = papermill_io._handlers  # (scheme, handler) pairs; paths of no other scheme go to "local"'s
+    for position, (scheme, handler) in enumerate(handlers):
+        if scheme == "local" and not isinstance(handler, AtomicLocalHandler):
+            handlers[position] = (scheme, AtomicLocalHandler(handler))
+
+
+def _kernel_disk_full(error: BaseException) -> bool:
+    """A notebook cell that failed with the disk or the quota full (its OSError, as papermill reports it)."""
+    import errno
+
+    evalue = str(getattr(error, "evalue", "") or "")
+    return getattr(error, "ename", None) in ("OSError", "RuntimeError") and any(
+        f"[Errno {code}]" in evalue or os.strerror(code) in evalue for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _space_needed(output: Path, error: BaseException) -> tuple[int, str]:
+    """About how much more space the execution into ``output`` needs: for a run's notebook, the median
+    size of the finished run folders beside its own; else the size of the notebook it replaces; at
+    least the bytes of the write that failed."""
+    import statistics
+
+    from ..training.rundir import RunDir
+
+    written = int(getattr(error, "bytes_written", 0))
+    try:
+        if output.name == RunDir.RUNNING_NOTEBOOK:
+            sizes = [_folder_size(d) for d in output.parent.parent.iterdir()
+                     if d != output.parent and (d / RunDir.NOTEBOOK).is_file() and (d / RunDir.METRICS).is_file()]
+            if sizes and statistics.median(sizes) > written:
+                return int(statistics.median(sizes)), f"a finished run folder's median size, over {len(sizes)} runs"
+        finished = output.with_name(output.name.replace(".running", ""))
+        if finished.is_file() and finished.stat().st_size > written:
+            return finished.stat().st_size, f"the size of {finished.name}"
+    except OSError:
+        pass
+    return written, "the notebook version being written" if written else ""
+
+
+@contextmanager
+def _disk_full_named(output: Path) -> Iterator[None]:
+    """A full disk while the notebook runs (papermill's writes or the notebook's own) as one line: the
+    folder, about how much space, how to go on (dmlbench.errors.DiskFullError)."""
+    try:
+        yield
+    except Exception as error:
+        if not (is_disk_full(error) or _kernel_disk_full(error)):
+            raise
+        raise disk_full_error(output.parent, *_space_needed(output, error)) from None

@@ -1,0 +1,144 @@
+"""A full disk, and notebooks cut short by one: no invalid file is left, and the study ends in one line.
+
+The fault is the operating system's: ``os.write`` into a file under the chosen folder fails with
+ENOSPC once the file would pass ``room`` bytes (after writing what fits, as a real full disk does).
+Everything else is real: papermill, the kernel, the study's run folders, the report's files.
+"""
+
+import errno
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from dmlbench.errors import DiskFullError
+from dmlbench.study.kernel import execute_notebook
+
+from ..reporting.test_report import complete_record
+from ..support import tiny_settings
+
+
+def fill_disk(monkeypatch, root: Path, room: int = 0) -> None:
+    """Writes into files under ``root`` fail with ENOSPC past ``room`` bytes from the file's start."""
+    real, root = os.write, str(root)
+
+    def write(fd, data):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if not target.startswith(root):
+            return real(fd, data)
+        fits = max(0, room - os.lseek(fd, 0, os.SEEK_CUR))
+        if fits == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, bytes(data[:fits]))
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def template(folder: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("n = 1", metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / "template.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def every_file_whole(root: Path) -> list[str]:
+    """The files under ``root`` that are left half-written: invalid JSON or notebooks, temporary files."""
+    bad = [str(p) for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".ipynb"):
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                bad.append(str(path))
+    return bad
+
+
+def one_line(error: BaseException, folder: Path) -> str:
+    text = str(error)
+    assert "\n" not in text and text.startswith(f"{folder}: the disk is full"), text
+    assert "rerun the same command" in text and "finished cells are kept" in text
+    return text
+
+
+def test_papermill_writes_every_version_of_the_executed_notebook_whole(tmp_path, monkeypatch):
+    runs = tmp_path / "run"
+    runs.mkdir()
+    nb = template(tmp_path, "print('x' * 40000)", "print('y')")
+    fill_disk(monkeypatch, runs, room=20000)  # the first versions fit, the one with the long output does not
+    with pytest.raises(DiskFullError) as raised:
+        execute_notebook(nb, runs / "experiment.running.ipynb", parameters={"n": 2}, cwd=tmp_path)
+    assert re.search(r"about 4\d\.\d KiB more is needed \(the notebook version being written\)",
+                     one_line(raised.value, runs))
+    assert every_file_whole(tmp_path) == []
+    kept = nbformat.read(str(runs / "experiment.running.ipynb"), as_version=4)  # the last version that fitted
+    assert "n = 2" in kept.cells[1].source and kept.cells[2].outputs == []  # its long output never fitted
+
+
+def test_a_notebook_cell_that_fills_the_disk_ends_in_one_line(tmp_path):
+    nb = template(tmp_path, "import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), 'checkpoint.pt')")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DiskFullError) as raised:
+        execute_notebook(nb, tmp_path / "out" / "report.running.ipynb", parameters={}, cwd=tmp_path)
+    one_line(raised.value, tmp_path / "out")
+
+
+def test_a_study_on_a_full_disk_stops_in_one_line_and_keeps_its_finished_cell(isolated, tmp_path, monkeypatch, capsys):
+    from dmlbench.cli import main
+    from dmlbench.study.cells import load_study
+
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump({"name": "full", "datasets": ["fashion-mnist"], "settings": tiny_settings(),
+                                    "losses": ["triplet"], "miners": ["none", "semi-hard"], "seeds": [0]}))
+    study = load_study(path)
+    finished, blocked = study.cells
+    c = finished.config
+    record = complete_record(finished.run_id, c.dataset, c.loss, c.miner, c.seed, c.epochs, config=c.to_dict())
+    finished.run_dir.mkdir(parents=True)
+    finished.metrics_path.write_text(json.dumps({**record, "config_hash": c.config_hash()}))
+    assert finished.is_done() and not blocked.is_done()
+    before = finished.metrics_path.read_bytes()
+
+    fill_disk(monkeypatch, blocked.run_dir)
+    assert main(["study", str(path), "--no-report"]) == 1
+    first = capsys.readouterr().err.strip().splitlines()[-1]
+    assert first.startswith(f"dmlbench: {blocked.run_dir}: the disk is full") and "rerun the same command" in first
+    assert "Traceback" not in first and finished.metrics_path.read_bytes() == before
+    assert not blocked.folder.failure.exists()  # not the cell's failure: it runs again once there is room
+    assert every_file_whole(isolated / "results") == []
+
+
+def test_a_damaged_notebook_is_named_and_set_aside_and_the_others_compacted(tmp_path, caplog):
+    from dmlbench.study.footprint import compact_folder
+
+    good, bad = tmp_path / "runs" / "a" / "experiment.ipynb", tmp_path / "runs" / "b" / "experiment.ipynb"
+    for path in (good, bad):
+        path.parent.mkdir(parents=True)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), str(path))
+    bad.write_text(bad.read_text()[:40])  # cut short
+    with caplog.at_level(logging.WARNING, logger="dmlbench"):
+        changed, before, after = compact_folder(tmp_path)
+    assert changed == 0 and before == after == good.stat().st_size
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{bad}: damaged notebook (not valid JSON") and "set aside as experiment.ipynb.damaged-" in line
+    assert not bad.exists() and len(list(bad.parent.glob("experiment.ipynb.damaged-*"))) == 1
+
+
+def test_a_damaged_notebook_leaves_only_its_timings_out_of_the_status(tmp_path, caplog):
+    from dmlbench.reporting.adequacy import _cell_durations
+
+    path = tmp_path / "experiment.ipynb"
+    path.write_text('{"cells": [{"cell_type": "code", "metadata": {"papermill": {"dura')
+    with caplog.at_level(logging.WARNING, logger="dmlbench"):
+        assert _cell_durations(path) == {}
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{path}: damaged notebook"]
