@@ -164,6 +164,9 @@ def cmd_study(args) -> int:
         print(table.round({"hours": 1, "hours_per_run": 2}).to_string(index=False))
         return 0
     study = load_study(args.study)
+    from .study.preflight import check_study_indexes
+
+    check_study_indexes(study)  # its indexes block against the embeddings and test items, before any cell trains
     if args.emit_make:
         from .fileio import atomic_write_text
 

@@ -106,7 +106,6 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown setting {', '.join(map(repr, unknown))}; "
                               f"valid settings: {', '.join(cls.field_names())}")
-        check_setting_types(values, where)
         return cls(**values)
 
     @property

@@ -23,7 +23,9 @@ whose own error names what is missing, and the other checks are made all the sam
 
     check_run(config)             # one run, before its folder is created (study.run_config)
     check_study_data(study)       # every cell, when a study file is loaded (study.load_study): the data
-                                  # files, the sampler, and the indexes block (check_study_indexes)
+                                  # files and the sampler
+    check_study_indexes(study)    # the indexes block, before a study's cells run ('dmlbench study') or
+                                  # its indexes are measured ('dmlbench indexes')
     check_study_machine(study)    # the unfinished cells, before they run on this machine (dmlbench study)
 
 Each failure is one ConfigError line naming the setting, its value, why, and the valid range.
@@ -368,8 +370,7 @@ def _in_cell(study, config: RunConfig, error: ConfigError) -> ConfigError:
 
 
 def check_study_data(study) -> None:
-    """Every cell's data files and batch sampler against its dataset's training split, and the study's
-    indexes block against the embeddings and test splits it will index (:func:`check_study_indexes`)."""
+    """Every cell's data files and batch sampler against its dataset's training split."""
     seen: set[str] = set()
     for cell in study.cells:
         config = cell.config
@@ -383,7 +384,6 @@ def check_study_data(study) -> None:
             check_sampler(config, training_split(config.dataset, config.data_root))
         except ConfigError as error:
             raise _in_cell(study, config, error) from None
-    check_study_indexes(study)
 
 
 @functools.lru_cache(maxsize=16)

@@ -22,7 +22,7 @@ from dmlbench.evaluation.indexes import IndexSpec, build_index
 from dmlbench.evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
 from dmlbench.study.cells import load_study
 from dmlbench.study.indexes import IndexPlan, run_indexes
-from dmlbench.study.preflight import check_run
+from dmlbench.study.preflight import check_run, check_study_indexes
 
 from ..support import tiny_settings
 
@@ -38,10 +38,10 @@ def write_study(folder, name="early", **extra):
 
 
 def refused_in_one_line(path, message, folder, capsys):
-    """load_study refuses ``path`` with ``message``; 'dmlbench study --status' prints that one line and
-    exits 2; no results folder is made."""
+    """The study's checks refuse ``path`` with ``message``; 'dmlbench study --status' prints that one line
+    and exits 2; no results folder is made."""
     with pytest.raises(ConfigError, match=message):
-        load_study(path)
+        check_study_indexes(load_study(path))
     assert main(["study", "--study", str(path), "--status"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"dmlbench: error: {path}: ") and "\n" not in err, err

@@ -109,22 +109,28 @@ def test_absent_data_leaves_the_data_checks_to_the_run_but_not_the_others(isolat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert preflight.training_split("fashion-mnist", str(empty)) is None
-    preflight.check_run(RunConfig(**tiny_settings(P=6, data_root=str(empty))))  # nothing to check P against
-    code, line = run_line(capsys, tiny_settings(K=100000, data_root=str(empty)))  # the memory needs no data
-    assert code == 2 and "P x K = 500000" in line, line
+    preflight.check_sampler(RunConfig(**tiny_settings(P=6, data_root=str(empty))), None)  # nothing to check P against
+    # a data_root given without the data is refused before the run's folder or kernel (dmlbench.study.preflight)
+    code, line = run_line(capsys, tiny_settings(data_root=str(empty)))
+    assert code == 2 and f"data_root '{empty}': no Fashion-MNIST files in {empty}" in line, line
+    # a benchmark found nowhere (no data_root given): its published classes, and the memory, which needs no data
+    cub = str(REPO_ROOT / "studies" / "cub.yaml")
+    code = main(["run", "--study", cub, "--loss", "triplet", "--miner", "semi-hard",
+                 *set_options(tiny_settings(dataset="cub", model="convnet", K=100000))])
+    line = capsys.readouterr().err.strip()
+    assert code == 2 and line.startswith("dmlbench: error: P x K = 500000"), line
 
 
 def test_a_batch_too_big_for_memory_is_refused_before_anything_is_allocated(isolated, tmp_path):
     """K = 100000 (half a million images per batch): refused with the estimate and the limit by a
     process that never grew beyond the size of an imported torch."""
-    empty = tmp_path / "empty"  # the data absent, so that the memory check, not K's against the data, speaks
-    empty.mkdir()
     wrapper = ("import json, resource, subprocess, sys; "
                "run = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
                "print(json.dumps([run.returncode, run.stderr, peak]))")
-    command = [sys.executable, "-m", "dmlbench", "run", "--loss", "triplet", "--miner", "semi-hard",
-               *set_options(tiny_settings(K=100000, data_root=str(empty)))]
+    command = [sys.executable, "-m", "dmlbench", "run", "--study", str(REPO_ROOT / "studies" / "cub.yaml"),
+               "--loss", "triplet", "--miner", "semi-hard",  # CUB found nowhere: the memory check speaks
+               *set_options(tiny_settings(dataset="cub", model="convnet", K=100000))]
     done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=300)
     code, err, peak_kb = json.loads(done.stdout)
