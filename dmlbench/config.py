@@ -553,7 +553,7 @@ def settings_from_text(values: dict[str, Any]) -> dict[str, Any]:
             if text.lower() in ("true", "false"):
                 out[name] = text.lower() == "true"
         elif int in kinds:
-            if re.fullmatch(r"[+-]?[0-9]+", text):
+            if re.fullmatch(r"[+-]?[0-9][0-9_]*", text):  # 1_000 as the study files read it
                 out[name] = int(text)
         elif float in kinds:
             try:

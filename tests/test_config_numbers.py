@@ -109,3 +109,10 @@ def test_a_tuning_space_reads_exponent_bounds(isolated):
 def test_a_comparison_base_reads_exponent_numbers(isolated):
     base = study_file(isolated, "{lr: 5e-4, epochs: 1}")
     assert comparison_study("contrastive", base=base)["settings"]["lr"] == 0.0005
+
+
+def test_notebook_parameters_given_as_text_read_every_spelling(isolated):
+    from dmlbench.config import settings_from_text
+
+    read = settings_from_text({"iters_per_epoch": "1_000", "lr": "1E-3", "loss_lr": "+.5e-2", "epochs": "3"})
+    assert read == {"iters_per_epoch": 1000, "lr": 0.001, "loss_lr": 0.005, "epochs": 3}

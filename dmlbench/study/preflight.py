@@ -100,6 +100,12 @@ def _file_stamp(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
+def _lists_stamp(folder: Path) -> tuple:
+    """The stamps of a layout's list files (its folder's and Eval/'s): a cache key that changes with them."""
+    return tuple(_file_stamp(f) for sub in (folder, folder / "Eval") if sub.is_dir()
+                 for f in sorted(sub.iterdir()) if f.is_file())
+
+
 @functools.lru_cache(maxsize=16)
 def _fashion_mnist_split(labels_file: str, size: int, mtime_ns: int) -> TrainingSplit:
     labels = read_idx(labels_file)
@@ -147,10 +153,8 @@ def training_split(dataset: str, data_root: str | None = None) -> TrainingSplit 
             folder, _ = locate_layout(dataset, root)
         except LayoutError:
             return _published_split(dataset)
-        stamp = tuple(_file_stamp(f) for sub in (folder, folder / "Eval") if sub.is_dir()
-                      for f in sorted(sub.iterdir()) if f.is_file())
         try:
-            return _layout_split(dataset, str(folder.resolve()), stamp)
+            return _layout_split(dataset, str(folder.resolve()), _lists_stamp(folder))
         except (LayoutError, ValueError):  # a damaged layout: the run's loader names the file
             return _published_split(dataset)
     return None  # a dataset of the user's own: nothing is known of it before it loads
@@ -413,9 +417,7 @@ def index_items(config: RunConfig) -> tuple[int, str] | None:
     if config.dataset in PHOTO_DATASETS:
         try:
             folder, _ = locate_layout(config.dataset, root)
-            stamp = tuple(_file_stamp(f) for sub in (folder, folder / "Eval") if sub.is_dir()
-                          for f in sorted(sub.iterdir()) if f.is_file())
-            return _layout_items(config.dataset, str(folder.resolve()), stamp), f"label lists in {folder}"
+            return _layout_items(config.dataset, str(folder.resolve()), _lists_stamp(folder)), f"label lists in {folder}"
         except (LayoutError, ValueError):
             counts = dataset_fact(config.dataset, "counts")
             return (counts.gallery or counts.test, "published split") if counts is not None else None

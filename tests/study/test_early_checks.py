@@ -79,6 +79,14 @@ def test_a_range_no_trial_could_train_fails_before_the_first_trial(isolated, cap
     refused_in_one_line(path, message, isolated, capsys)
 
 
+def test_the_tuner_refuses_such_a_range_before_its_storage_or_a_trial(isolated, capsys):
+    path = write_study(isolated, tuning={"trials": 2, "space": {"settings": {"lr": ["fast", 1e-3]}}})
+    assert main(["tune", "--study", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dmlbench: error: {path}: tuning: space: settings: lr: the choice 'fast'") and "\n" not in err
+    assert not (isolated / "results").exists()  # no search folder, no trials.db
+
+
 def test_ranges_every_end_of_which_trains_are_accepted(isolated):
     space = {"settings": {"P": {"low": 2, "high": 5, "int": True}, "lr": {"low": 1e-4, "high": 1e-2, "log": True}},
              "losses": {"triplet": {"margin": [0.1, 0.3]}}}
