@@ -180,8 +180,10 @@ def check_data_files(config: RunConfig) -> None:
                               f"https://github.com/zalandoresearch/fashion-mnist), or leave data_root unset to "
                               f"search $DMLBENCH_DATA and the usual places") from None
     elif config.dataset in PHOTO_DATASETS:
-        try:
-            locate_layout(config.dataset, root)
+        from ..datasets.benchmarks import checked_layout
+
+        try:  # the run's own check: the lists there, their counts, every listed image on disk
+            checked_layout(config.dataset, root, subset=bool(config.data_subset))
         except LayoutError as error:
             raise ConfigError(f"data_root {config.data_root!r}: {error}") from None
     elif config.dataset == "han-typefaces":

@@ -10,6 +10,7 @@ kernel with its failure files.
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from dmlbench.study.cells import load_study
 from dmlbench.study.indexes import IndexPlan, run_indexes
 from dmlbench.study.preflight import check_run, check_study_indexes
 
-from ..support import tiny_settings
+from ..support import tiny_settings, write_miniature
 
 
 def write_study(folder, name="early", **extra):
@@ -155,6 +156,16 @@ def test_an_empty_data_root_of_a_photo_benchmark_names_its_index_file(isolated):
     with pytest.raises(ConfigError, match=rf"data_root '{empty}': cub: no folder holding images.txt was found; "
                                           rf"looked in: {empty}"):
         check_run(RunConfig(**tiny_settings(), dataset="cub", data_root=str(empty)))
+
+
+def test_a_photo_benchmark_whose_images_are_not_there_is_refused_before_the_run(isolated):
+    root = write_miniature("cub", isolated / "data")
+    config = RunConfig(**tiny_settings(K=2), dataset="cub", data_root=str(root))
+    check_run(config)  # all there
+    shutil.rmtree(root / "images")
+    with pytest.raises(ConfigError, match=rf"data_root '{root}': cub \(official layout in {root}\): 400 of 400 listed "
+                                          r"images are missing, e\.g\. "):
+        check_run(config)
 
 
 def test_a_data_root_for_the_rendered_dataset_is_refused_before_rendering(isolated):
