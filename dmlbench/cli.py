@@ -671,6 +671,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"dmlbench: {error}", file=sys.stderr)
         return BUSY_EXIT if isinstance(error, CellBusy) else 1
+    except OSError as error:  # a full disk where no step named its folder: the results folder's
+        from .fileio import disk_full_error, is_disk_full
+        from .paths import results_dir
+
+        if not is_disk_full(error):
+            raise
+        print(f"dmlbench: {disk_full_error(Path(error.filename).parent if error.filename else results_dir())}",
+              file=sys.stderr)
+        return 1
     finally:  # a command points the environment at its study's results folder: the caller's comes back
         _restore_results(given_results)
 

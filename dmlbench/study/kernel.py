@@ -80,10 +80,15 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
     import papermill
 
     def run(manager: type[AsyncKernelManager]) -> None:
-        papermill.execute_notebook(str(template), str(output), parameters=parameters, kernel_name=KERNEL,
-                                   cwd=str(Path(cwd)), log_output=log_output,
-                                   progress_bar={"desc": progress, "file": sys.stderr} if progress else False,
-                                   kernel_manager_class=manager)
+        try:
+            papermill.execute_notebook(str(template), str(output), parameters=parameters, kernel_name=KERNEL,
+                                       cwd=str(Path(cwd)), log_output=log_output,
+                                       progress_bar={"desc": progress, "file": sys.stderr} if progress else False,
+                                       kernel_manager_class=manager)
+        except Exception:
+            if progress:  # the bar closed now (not when the error is dropped): the error's line comes last
+                _close_bars(progress)
+            raise
 
     _atomic_notebook_writes()
     with _quiet_interrupt(), _disk_full_named(Path(output)):
@@ -101,6 +106,16 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
                     with suppress(OSError):  # a full disk: the error says so, not this log
                         Path(kernel_log).write_bytes(text)
                 raise
+
+
+def _close_bars(label: str) -> None:
+    """Close the progress bars labelled ``label`` that papermill left open (it closes them only when
+    the notebook completes), ending their line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        if bar.desc == label:
+            bar.close()
 
 
 @contextmanager

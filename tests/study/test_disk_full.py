@@ -23,7 +23,7 @@ from ..reporting.test_report import complete_record
 from ..support import tiny_settings
 
 
-def fill_disk(monkeypatch, root: Path, room: int = 0) -> None:
+def fill_disk(monkeypatch, root: Path | str, room: int = 0) -> None:
     """Writes into files under ``root`` fail with ENOSPC past ``room`` bytes from the file's start."""
     real, root = os.write, str(root)
 
@@ -142,3 +142,18 @@ def test_a_damaged_notebook_leaves_only_its_timings_out_of_the_status(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="dmlbench"):
         assert _cell_durations(path) == {}
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{path}: damaged notebook"]
+
+
+@pytest.mark.parametrize("full", ["", ".report"])  # the whole results folder; only the report's notebook
+def test_the_report_on_a_full_disk_ends_in_one_line(isolated, tmp_path, monkeypatch, capsys, full):
+    from dmlbench.cli import main
+
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump({"name": "report", "datasets": ["fashion-mnist"], "settings": tiny_settings(),
+                                    "losses": ["triplet"], "miners": ["none"], "seeds": [0]}))
+    results = isolated / "results"
+    fill_disk(monkeypatch, str(results / full) if full else results)
+    assert main(["report", "--study", str(path), "--no-readme"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # the report's progress bar closed before it
+    assert last.startswith(f"dmlbench: {results}: the disk is full") and "rerun the same command" in last
+    assert every_file_whole(isolated) == [] and not (results / "report.html").exists()
