@@ -69,6 +69,15 @@ def test_text_where_a_number_belongs_is_one_line_naming_file_setting_and_type(is
     assert "\n" not in str(caught.value)
 
 
+def test_a_dataset_s_own_settings_are_named_where_they_stand(isolated):
+    path = study_file(isolated, "{epochs: 1}")
+    path.write_text(path.read_text().replace("datasets: [fashion-mnist]",
+                                             "datasets: {fashion-mnist: {settings: {K: four}}}"))
+    with pytest.raises(ConfigError, match=r"numbers\.yaml: datasets: fashion-mnist: settings: K: expected a whole "
+                                          r"number \(digits only, e\.g\. 300\), got the text 'four'"):
+        load_study(path, check_networks=False)
+
+
 def test_a_loss_argument_given_text_names_the_argument_and_its_default(isolated):
     path = study_file(isolated, "{epochs: 1}")
     path.write_text(path.read_text().replace("margin: 0.2", "margin: fast"))

@@ -263,6 +263,7 @@ def _datasets(path: Path, value: Any) -> dict[str, dict[str, Any]]:
                               f"{', '.join(DATASET_KEYS)}")
         if not isinstance(own.get("settings", {}), dict) or not isinstance(own.get("grid", True), bool):
             raise ConfigError(f"{path}: datasets: {name}: settings must be a mapping and grid true or false")
+        check_setting_types(own.get("settings", {}), f"{path}: datasets: {name}: settings")
         out[str(name)] = own
     return out
 
