@@ -107,6 +107,8 @@ BAD_BLOCKS = [
      r"index ivf-pq: nbits=8 needs at least 256 vectors to train its codebooks, got 100; valid nbits: 1 to 6"),
     ([{"family": "pq", "m": 4, "nbits": 20}], r"index pq: nbits=20 is out of range; valid nbits: 1 to 16"),
     ([{"family": "hnsw", "M": 1}], r"index hnsw: M=1 is out of range; valid M: 2 to any"),
+    ([{"family": "ivf-flat", "nlist": 8, "sweep": [1, 16]}],
+     r"index ivf-flat: nprobe=16 of its sweep probes more lists than its nlist=8 .*valid nprobe: 1 to 8"),
 ]
 
 

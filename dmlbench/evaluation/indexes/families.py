@@ -101,6 +101,11 @@ class IndexSpec:
         sweep = tuple(fam.sweep if sweep is None else sweep)
         if fam.sweep_key and (not sweep or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in sweep)):
             raise ConfigError(f"index {family}: its {fam.sweep_key} sweep must be positive integers, got {list(sweep)}")
+        nlist = build.get("nlist")
+        if fam.sweep_key == "nprobe" and nlist is not None and max(sweep) > nlist:
+            raise ConfigError(f"index {family}: nprobe={max(sweep)} of its sweep probes more lists than its nlist={nlist} "
+                              f"(the row would record nprobe={max(sweep)} for a search of {nlist}); valid nprobe: 1 to "
+                              f"{nlist}")
         return cls(family, tuple(sorted({**fam.build, **build}.items())), sweep)
 
     @property
