@@ -25,7 +25,9 @@ names for its loss, its miner and the settings. A search trains on the training 
 the validation classes only (dmlbench.study.tuner); its best settings then run as ordinary cells over
 the study's seeds, beside the untuned ("default") cells. Every name and range is checked here, before
 anything runs: an unknown parameter, an empty range, a log range touching zero and a budget of zero
-each fail with the problem and the valid choices.
+each fail with the problem and the valid choices; and each range's ends and each choice are made into
+the run a trial would train and checked as a run is (:func:`check_ranges`: P above the training
+classes, text for lr, a margin the loss refuses), so no such value fails in the middle of a search.
 """
 
 from __future__ import annotations
