@@ -9,6 +9,11 @@ sentences, :mod:`.summary` writes results/summary.json. Every number comes from 
 - The report always builds: failed runs (their error's first line), runs whose record is damaged
   (the file named, and why) and runs not made yet are listed first, and every section says in one
   line when it has nothing to show.
+- Names from the study file (the study's, its losses', miners', networks' and their arguments) are
+  shown as text: the sentences are rendered with any HTML they hold escaped (:mod:`.safehtml`) and the
+  tables escape every cell, so a study file you were sent cannot put a script into report.html.
+- A full disk ends the build in one line (dmlbench.errors.DiskFullError); every file is then as it
+  was or whole, as each is written atomically (papermill's versions of the notebook included).
 - A rebuild over the same runs changes no byte: every output is written only when its content
   changes, floats are stored to 12 significant digits, figures carry no software stamp, the executed
   notebook keeps no timestamps, and summary.json keeps the report time of the build that produced

@@ -85,8 +85,9 @@ def test_papermill_writes_every_version_of_the_executed_notebook_whole(tmp_path,
     assert "n = 2" in kept.cells[1].source and kept.cells[2].outputs == []  # its long output never fitted
 
 
-def test_a_notebook_cell_that_fills_the_disk_ends_in_one_line(tmp_path):
-    nb = template(tmp_path, "import errno, os\nraise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), 'checkpoint.pt')")
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])  # the disk full; the user's quota spent
+def test_a_notebook_cell_that_fills_the_disk_ends_in_one_line(tmp_path, code):
+    nb = template(tmp_path, f"import errno, os\nraise OSError(errno.{code}, os.strerror(errno.{code}), 'checkpoint.pt')")
     (tmp_path / "out").mkdir()
     with pytest.raises(DiskFullError) as raised:
         execute_notebook(nb, tmp_path / "out" / "report.running.ipynb", parameters={}, cwd=tmp_path)
