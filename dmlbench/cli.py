@@ -666,10 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError) as error:
         print(f"dmlbench: error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # a failed run (RunFailed), a locked run folder (CellBusy)
+    except RuntimeError as error:  # a failed run (RunFailed), a locked run folder (CellBusy), a full disk
+        from .errors import DiskFullError
         from .study.cells import BUSY_EXIT, CellBusy
 
         print(f"dmlbench: {error}", file=sys.stderr)
+        if isinstance(error, DiskFullError):
+            return error.exit_status
         return BUSY_EXIT if isinstance(error, CellBusy) else 1
     except OSError as error:  # a full disk where no step named its folder: the results folder's
         from .fileio import disk_full_error, is_disk_full
@@ -677,9 +680,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_disk_full(error):
             raise
-        print(f"dmlbench: {disk_full_error(Path(error.filename).parent if error.filename else results_dir())}",
-              file=sys.stderr)
-        return 1
+        full = disk_full_error(Path(error.filename).parent if error.filename else results_dir())
+        print(f"dmlbench: {full}", file=sys.stderr)
+        return full.exit_status
     finally:  # a command points the environment at its study's results folder: the caller's comes back
         _restore_results(given_results)
 

@@ -37,3 +37,5 @@ class MissingCheckpointError(ConfigError, FileNotFoundError):
 class DiskFullError(RuntimeError):
     """A write failed because the disk (or the user's quota) is full; the message names the folder,
     about how much more space is needed, and that rerunning the same command resumes."""
+
+    exit_status = 4  # of the dmlbench command it ends (a study's worker processes report it so)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from submitit.helpers import Checkpointable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiskFullError
 from ..fileio import disk_full_error, is_disk_full
 from ..paths import REPO_ROOT, results_dir
 from ..training.rundir import RunDir
@@ -181,7 +181,7 @@ def _space_for(study: Study, cells: int) -> tuple[int, str]:
 def _workers(study: Study, todo: list[Cell], jobs: int) -> Iterator[Outcome]:
     from .cells import BUSY_EXIT
 
-    pending, running = list(todo), []
+    pending, running, full = list(todo), [], []
     while pending or running:
         while pending and len(running) < jobs:
             cell = pending.pop(0)
@@ -196,8 +196,14 @@ def _workers(study: Study, todo: list[Cell], jobs: int) -> Iterator[Outcome]:
                 yield cell, DONE, ""
             elif process.returncode == BUSY_EXIT:
                 yield cell, BUSY, ""
+            elif process.returncode == DiskFullError.exit_status:  # its worker said so: no other cell starts
+                full.append(cell)
+                pending.clear()
             else:
                 yield cell, FAILED, f"'dmlbench run' exited with status {process.returncode}"
+    if full:
+        left = sum(not cell.is_done() for cell in todo)
+        raise disk_full_error(full[0].run_dir.parent, *_space_for(study, left))
 
 
 def _local(study: Study, todo: list[Cell], jobs: int | None) -> Iterator[Outcome]:

@@ -111,7 +111,7 @@ def test_a_study_on_a_full_disk_stops_in_one_line_and_keeps_its_finished_cell(is
     before = finished.metrics_path.read_bytes()
 
     fill_disk(monkeypatch, blocked.run_dir)
-    assert main(["study", str(path), "--no-report"]) == 1
+    assert main(["study", str(path), "--no-report"]) == DiskFullError.exit_status
     first = capsys.readouterr().err.strip().splitlines()[-1]
     assert first.startswith(f"dmlbench: {blocked.run_dir}: the disk is full") and "rerun the same command" in first
     assert "Traceback" not in first and finished.metrics_path.read_bytes() == before
@@ -154,7 +154,50 @@ def test_the_report_on_a_full_disk_ends_in_one_line(isolated, tmp_path, monkeypa
                                     "losses": ["triplet"], "miners": ["none"], "seeds": [0]}))
     results = isolated / "results"
     fill_disk(monkeypatch, str(results / full) if full else results)
-    assert main(["report", "--study", str(path), "--no-readme"]) == 1
+    assert main(["report", "--study", str(path), "--no-readme"]) == DiskFullError.exit_status
     last = capsys.readouterr().err.splitlines()[-1]  # the report's progress bar closed before it
     assert last.startswith(f"dmlbench: {results}: the disk is full") and "rerun the same command" in last
     assert every_file_whole(isolated) == [] and not (results / "report.html").exists()
+
+
+SITECUSTOMIZE = '''
+"""The disk under $DMLBENCH_TEST_FULL_DISK as if full, in every Python process of the test."""
+import errno
+import os
+
+_real, _root = os.write, os.environ["DMLBENCH_TEST_FULL_DISK"]
+
+
+def _write(fd, data):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if target.startswith(_root):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _real(fd, data)
+
+
+os.write = _write
+'''
+
+
+def test_worker_processes_on_a_full_disk_stop_the_study_in_one_line(isolated, tmp_path, monkeypatch, capsys):
+    from dmlbench.cli import main
+    from dmlbench.study.cells import load_study
+
+    path = tmp_path / "workers.yaml"
+    path.write_text(yaml.safe_dump({"name": "workers", "datasets": ["fashion-mnist"], "settings": tiny_settings(),
+                                    "losses": ["triplet"], "miners": ["none", "semi-hard", "batch-hard"], "seeds": [0]}))
+    injector = tmp_path / "injector"
+    injector.mkdir()
+    (injector / "sitecustomize.py").write_text(SITECUSTOMIZE)  # the workers and their kernels find the disk full
+    runs = isolated / "results" / "runs"
+    monkeypatch.setenv("PYTHONPATH", str(injector))
+    monkeypatch.setenv("DMLBENCH_TEST_FULL_DISK", str(runs))
+    assert main(["study", str(path), "--jobs", "2", "--no-report"]) == DiskFullError.exit_status
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"dmlbench: {runs}: the disk is full") and "rerun the same command" in last
+    study = load_study(path)
+    assert sum(cell.run_dir.exists() for cell in study.cells) <= 2  # the third cell never started
+    assert every_file_whole(isolated / "results") == []
