@@ -172,11 +172,12 @@ def _atomic_notebook_writes() -> None:
 
 
 def _kernel_disk_full(error: BaseException) -> bool:
-    """A notebook cell that failed with the disk or the quota full (its OSError, as papermill reports it)."""
+    """A notebook cell that failed with the disk or the quota full: its OSError, as papermill reports
+    it, or any error whose message carries one (a library's wrapper around the failed write)."""
     import errno
 
     evalue = str(getattr(error, "evalue", "") or "")
-    return getattr(error, "ename", None) in ("OSError", "RuntimeError") and any(
+    return getattr(error, "ename", None) is not None and any(
         f"[Errno {code}]" in evalue or os.strerror(code) in evalue for code in (errno.ENOSPC, errno.EDQUOT))
 
 
