@@ -339,9 +339,11 @@ class RunConfig:
     def load_splits(self):
         """The run's dataset splits (dmlbench.datasets.load_dataset with the run's data settings)."""
         from .datasets import load_dataset
+        from .paths import data_root_folder
 
         subset = {"subset": True} if self.data_subset else {}
-        return load_dataset(self.dataset, root=self.data_root, image_size=self.image_size, **subset)
+        root = None if self.data_root is None else str(data_root_folder(self.data_root))  # as the checks found it
+        return load_dataset(self.dataset, root=root, image_size=self.image_size, **subset)
 
     def _check_data_root(self) -> None:
         if self.data_root is None:

@@ -78,7 +78,13 @@ def notebook(name: str) -> Path:
 
 
 def data_root_folder(data_root: str) -> Path:
-    """A run's data_root as the run reads it: a relative path from here, else from the repository
-    (where notebook kernels run)."""
+    """A run's data_root as the run reads it: a relative path from here, else from the folder the
+    command ran in (``DMLBENCH_USER_PATH``: a notebook kernel runs in the repository, not there), else
+    from the repository."""
+    from .registry import USER_PATH_ENV
+
     given = Path(data_root).expanduser()
-    return REPO_ROOT / given if not given.is_dir() and (REPO_ROOT / given).is_dir() else given
+    if given.is_absolute() or given.is_dir():
+        return given
+    folders = [Path(p) for p in os.environ.get(USER_PATH_ENV, "").split(os.pathsep) if p] + [REPO_ROOT]
+    return next((folder / given for folder in folders if (folder / given).is_dir()), given)

@@ -51,3 +51,23 @@ def test_notebook_kernels_get_the_working_directory_after_the_environment(tmp_pa
     cli._search_working_directory()
     assert os.environ["DMLBENCH_USER_PATH"] == os.path.realpath(tmp_path)
     assert "PYTHONPATH" not in os.environ, "PYTHONPATH would put the folder before the kernel's packages"
+
+
+def test_a_relative_data_root_is_read_from_the_folder_the_command_ran_in(tmp_path, monkeypatch, tiny_fmnist):
+    """The notebook kernel runs in the repository; a data_root given relative to the user's folder must
+    still be found there (it was checked from the user's folder, then read from the repository's)."""
+    import shutil
+
+    from dmlbench.config import RunConfig
+
+    user = tmp_path / "user"
+    shutil.copytree(tiny_fmnist, user / "mydata")
+    elsewhere = tmp_path / "kernel"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DMLBENCH_USER_PATH", str(user))
+    monkeypatch.setenv("DMLBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DMLBENCH_DOWNLOAD", "0")
+    config = RunConfig(dataset="fashion-mnist", loss="triplet", miner="semi-hard", data_root="mydata")
+    config.validate()
+    assert len(config.load_splits().test) > 0

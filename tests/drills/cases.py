@@ -117,10 +117,12 @@ CASES += [
     Case("search of an unknown index family", ["search", "build", "{tmp}/run", "--index", "nosuch"], 2, r"nosuch"),
     # tuning
     tune("tune without a tuning block", study(), r"tuning"),
-    tune("tuning range low above high", tuned("    triplet: {margin: {low: 0.5, high: 0.1}}"), r"margin"),
-    tune("tuning range with text", tuned("    triplet: {lr: {choices: [fast, slow]}}"), r"lr"),
-    tune("tuning P above the class count", tuned("    triplet: {P: {low: 2, high: 50}}"), r"\bP\b"),
-    tune("tuning log range from zero", tuned("    triplet: {lr: {low: 0.0, high: 0.1, log: true}}"), r"lr"),
+    tune("tuning range low above high", tuned("    losses: {triplet: {margin: {low: 0.5, high: 0.1}}}"), r"margin"),
+    tune("tuning range with text", tuned("    settings: {lr: [fast, 0.001]}"), r"lr"),
+    tune("tuning P above the class count", tuned("    settings: {P: {low: 2, high: 50, int: true}}"), r"\bP\b"),
+    tune("tuning margin below zero", tuned("    losses: {triplet: {margin: {low: -0.5, high: 0.5}}}"), r"margin"),
+    tune("tuning K of one", tuned("    settings: {K: {low: 1, high: 4, int: true}}"), r"\bK\b"),
+    tune("tuning log range from zero", tuned("    settings: {lr: {low: 0.0, high: 0.1, log: true}}"), r"lr"),
     # checks that belong before training
     runs("pq m not dividing the embedding size", study(extra=INDEXES.format(block="{family: pq, m: 3}")), r"\bm\b"),
     runs("ivf-flat nlist above the items", study(extra=INDEXES.format(block="{family: ivf-flat, nlist: 100000}")),
