@@ -14,6 +14,7 @@ Per dataset of a study with a tuning block (dmlbench.study.tuning):
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,21 @@ from .stats import t_interval
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:
+    """The search's trial records; a damaged one is left out with a warning naming it and the command
+    that writes it again from the search's storage (the tuner does so for a finished search too)."""
     out = []
     for path in sorted((folder / "trials").glob("*.json")):
         try:
-            out.append(read_json(path))
-        except (OSError, ValueError):
+            record = read_json(path)
+        except (OSError, ValueError) as error:
+            record = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if isinstance(record, dict) and "number" in record:
+            out.append(record)
             continue
+        problem = record if isinstance(record, str) else "not a trial record"
+        logging.getLogger("dmlbench").warning(
+            "%s: a damaged trial record (%s), left out of the report; 'dmlbench tune --study FILE' sets it aside "
+            "and writes it again from the search's storage", path, problem)
     return out
 
 

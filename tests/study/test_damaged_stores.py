@@ -201,3 +201,18 @@ def test_ctrl_c_during_a_trial_speaks_of_trials(isolated, capsys):
     assert code == INTERRUPTED_EXIT and "cell" not in err
     assert err.startswith("dmlbench: interrupted. Finished trials are kept in the search's storage")
     assert json.loads(record.read_text())["state"] == "FAIL"
+
+
+def test_the_report_names_a_damaged_trial_record_it_leaves_out(tmp_path, caplog):
+    """A record damaged after its search finished was skipped without a word: the tables then counted
+    fewer trials than the search ran."""
+    from dmlbench.reporting.tuning import _records
+
+    trials = tmp_path / "trials"
+    trials.mkdir()
+    (trials / "0000.json").write_text('{"number": 0, "state": "COMPLETE", "value": 0.5}')
+    (trials / "0001.json").write_text('{"number": 1, "sta')
+    with caplog.at_level("WARNING", logger="dmlbench"):
+        records = _records(tmp_path)
+    assert [r["number"] for r in records] == [0]
+    assert str(trials / "0001.json") in caplog.text and "dmlbench tune --study" in caplog.text
