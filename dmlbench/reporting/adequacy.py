@@ -109,7 +109,7 @@ def power(runs: pd.DataFrame, seed_tables: dict, baseline: tuple[str, str], conf
 
 def _cell_durations(notebook: Path) -> dict[str, float]:
     """Seconds of each phase's code cell in an executed notebook (papermill's timings); {} if unreadable
-    (a damaged one named in a warning: its run's results are in metrics.json, only its timings are lost)."""
+    (a damaged one named in a warning: its run's metrics file keeps the results, only its timings are lost)."""
     try:
         cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     except (OSError, KeyError, TypeError):
