@@ -43,6 +43,7 @@ import torch
 from ..errors import DatasetNotFoundError
 from ..fileio import set_aside
 from .layouts import ImageList
+from .transforms import plain_image
 
 BLOCK = 256  # images decoded and written by one task; a resumed build redoes at most the blocks in flight
 REBUILD = "'dmlbench data prepare <dataset>' (or any run of it) sets it aside and builds it again"
@@ -86,7 +87,7 @@ def _decode(path: Path, shorter_side: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = plain_image(image).convert("RGB")  # 16-bit scaled, not clipped; transparency on white
             image = image.resize(_resized(*image.size, shorter_side), Image.Resampling.BILINEAR, reducing_gap=None)
             return np.asarray(image, dtype=np.uint8)
     except FileNotFoundError:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,3 +59,26 @@ def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:
     std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
     x = images.contiguous(memory_format=torch.channels_last).float()  # the layout change on uint8: 4x fewer bytes
     return x.sub_(mean_t).div_(std_t)
+
+
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16- and 32-bit greyscale, float greyscale
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def plain_image(image, behind: int = 255):
+    """``image`` as 8-bit greyscale (L) or RGB with its values kept: 16-bit greyscale scaled from its
+    range 0..65535 (PIL's own conversion clips it to white), transparency composited on the grey
+    level ``behind``, a palette expanded; other modes (CMYK, YCbCr, 1) by PIL's conversion."""
+    from PIL import Image
+
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1.0 if image.mode == "F" else 257.0  # float images are taken as 0..255
+        return Image.fromarray(np.clip(np.rint(values / scale), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        composed = Image.alpha_composite(Image.new("RGBA", rgba.size, (behind, behind, behind, 255)), rgba)
+        return composed.convert("L" if image.mode in ("LA", "La") else "RGB")
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")

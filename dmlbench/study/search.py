@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DamagedFileError
+from ..datasets.transforms import plain_image
 from ..evaluation.indexes import FAMILIES, IndexSpec, build_index
 from ..evaluation.indexes.families import wrap_faiss
 from ..evaluation.indexes.sweep import normalized
@@ -135,33 +136,12 @@ def read_image(path: Path):
         raise SearchError(f"cannot read image {path}: {error}") from None
 
 
-WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16- and 32-bit greyscale, float greyscale
-ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def background(preprocess: dict[str, Any]) -> int:
     """The grey level a transparent pixel stands for: the photo datasets' white, or for the small
     greyscale datasets their own background (black where their mean is dark, as in Fashion-MNIST)."""
     return 255 if preprocess["kind"] == "photo" or preprocess["mean"] >= 0.5 else 0
-
-
-def plain_image(image, behind: int = 255):
-    """``image`` as 8-bit greyscale (L) or RGB with its values kept: 16-bit greyscale scaled from its
-    range 0..65535 (PIL's own conversion clips it to white), transparency composited on the grey
-    level ``behind``, a palette expanded; other modes (CMYK, YCbCr, 1) by PIL's conversion."""
-    from PIL import Image
-
-    if image.mode in WIDE_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        scale = 1.0 if image.mode == "F" else 257.0  # float images are taken as 0..255
-        return Image.fromarray(np.clip(np.rint(values / scale), 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        composed = Image.alpha_composite(Image.new("RGBA", rgba.size, (behind, behind, behind, 255)), rgba)
-        return composed.convert("L" if image.mode in ("LA", "La") else "RGB")
-    return image if image.mode in ("L", "RGB") else image.convert("RGB")
 
 
 def image_batch(images: list, preprocess: dict[str, Any]):

@@ -94,3 +94,21 @@ def test_an_interrupted_build_resumes_without_decoding_its_finished_blocks_again
     fresh = build_cache(data, images, tmp_path / "fresh", shorter_side=16, workers=1, progress=False)
     assert torch.equal(cache[0], fresh[0]) and cache[0].max() > 0  # block 0 came from the first attempt
     assert all(torch.equal(cache[i], fresh[i]) for i in range(len(cache)))
+
+
+def test_a_16_bit_or_transparent_image_is_decoded_by_its_values(tmp_path):
+    """PIL's own conversion clipped 16-bit greyscale to white and dropped transparency as it stood; the
+    cache decodes a benchmark's image as the search command reads one (dmlbench.datasets.transforms)."""
+    from PIL import Image
+
+    from dmlbench.datasets.image_cache import _decode
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
+    decoded = _decode(tmp_path / "deep.png", 64)
+    assert decoded.shape == (64, 64, 3) and decoded.min() == 0 and 0 < np.median(decoded) < 255
+    expected = np.rint(ramp / 257.0).astype(np.int64)
+    assert np.abs(decoded[..., 0].astype(np.int64) - expected).max() <= 1
+    clear = np.zeros((64, 64, 4), np.uint8)  # black, fully transparent: white once composited
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    assert (_decode(tmp_path / "clear.png", 64) == 255).all()
