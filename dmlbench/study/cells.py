@@ -46,6 +46,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import socket
 import sys
 import threading
@@ -102,6 +103,11 @@ class Cell:
     def is_done(self) -> bool:
         """Finished: its metrics.json is a complete, readable record (a damaged one is run again)."""
         return self.folder.is_done(self.run_id)
+
+    def needs_run(self) -> bool:
+        """Unfinished, or finished with a damaged checkpoint.pt, which running the cell restores
+        (:func:`restore_checkpoint`)."""
+        return not self.is_done() or self.folder.checkpoint_problem() is not None
 
     def state(self) -> str:
         """'done', 'running', 'failed', 'resumable after epoch N', 'unreadable metrics.json: ...' or
@@ -507,7 +513,11 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     folder = RunDir(run_dir if run_dir else resolve_run(config.run_id()))
     metrics = folder.metrics
     if folder.is_done(config.run_id()):
-        log.info("%s: finished already, not run again", folder.path)
+        damaged = folder.checkpoint_problem()
+        if damaged is None:
+            log.info("%s: finished already, not run again", folder.path)
+        else:
+            restore_checkpoint(config, folder, damaged, log_output=log_output)
         return metrics
     check_run(config)  # the data, the device and the memory, before the run folder exists (dmlbench.study.preflight)
     with folder.lock():
@@ -522,6 +532,44 @@ def run_config(config: RunConfig, *, run_dir: str | os.PathLike | None = None, l
     if problem is not None:
         raise RunFailed(f"{config.run_id()}: the notebook finished, but {metrics}: {problem}")
     return metrics
+
+
+def restore_checkpoint(config: RunConfig, folder: RunDir, problem: str, *, log_output: bool = False) -> None:
+    """A finished run whose checkpoint.pt is damaged: the file is set aside, the cell runs again in the
+    run folder's ``restore/``, and that checkpoint takes the damaged one's place only where the rerun
+    reproduced the finished record (its test metrics, and the checkpoint's recorded SHA-256 where there
+    is one). The finished record is never touched; a rerun that differs is left in ``restore/`` and named."""
+    check_run(config)
+    with folder.lock():
+        if folder.checkpoint_problem() is None:  # another process restored it meanwhile
+            return
+        kept = set_aside(folder.checkpoint)
+        log.warning("%s: %s; set aside as %s, running the cell again to restore it", folder.checkpoint, problem,
+                    kept.name)
+        scratch = RunDir(folder.path / "restore")
+        shutil.rmtree(scratch.path, ignore_errors=True)  # an earlier attempt's
+        scratch.path.mkdir(parents=True)
+        _execute(config, scratch, log_output=log_output)
+        differs = _restored_differs(folder, scratch)
+        if differs:
+            raise RunFailed(f"{config.run_id()}: the cell ran again to restore its damaged {RunDir.CHECKPOINT}, but "
+                            f"{differs}; the finished record is kept as it was, the rerun in {scratch.path}")
+        os.replace(scratch.checkpoint, folder.checkpoint)
+        shutil.rmtree(scratch.path)
+    log.warning("%s: restored (the rerun reproduced the finished record)", folder.checkpoint)
+
+
+def _restored_differs(folder: RunDir, scratch: RunDir) -> str | None:
+    """How the rerun in ``scratch`` differs from the finished run in ``folder``, or None."""
+    finished, rerun = read_json(folder.metrics), read_json(scratch.metrics)
+    if not scratch.checkpoint.is_file():
+        return f"the rerun wrote no {RunDir.CHECKPOINT}"
+    if finished.get("test") != rerun.get("test"):
+        return "its test metrics differ from the finished record's (another machine, thread count or library?)"
+    recorded = finished.get("checkpoint")
+    if isinstance(recorded, dict) and recorded.get("sha256") not in (None, (rerun.get("checkpoint") or {}).get("sha256")):
+        return f"its {RunDir.CHECKPOINT} is not the file the finished record describes"
+    return None
 
 
 def _execute(config: RunConfig, folder: RunDir, *, log_output: bool) -> None:
@@ -595,7 +643,8 @@ def emit_makefile(study: Study, python: str = sys.executable) -> str:
     ]
     for cell, target in zip(study.cells, targets):
         # A damaged metrics.json is not a finished run, though make would see the file as up to date.
-        force = " FORCE" if cell.metrics_path.exists() and not cell.is_done() else ""
+        # nor is a finished run whose checkpoint is damaged: running the cell restores it
+        force = " FORCE" if cell.metrics_path.exists() and cell.needs_run() else ""
         lines += [f"{target}:{force}", f"\t{dmlbench} run --study {study_path} --cell {cell.run_id}", ""]
     # the report is rebuilt when its notebook, the reporting code or the study file changes
     sources = " ".join(["notebooks/report.ipynb", "$(wildcard dmlbench/reporting/*.py)", str(study.path)])

@@ -281,7 +281,7 @@ def run_cells(study: Study, *, executor: str = "local", jobs: int | None = None)
         raise ConfigError(f"unknown executor {executor!r}; valid executors: {', '.join(EXECUTORS)}")
     if jobs is not None and (not _is_int(jobs) or jobs < 1):
         raise ConfigError(f"jobs: expected a whole number of cells at once, at least 1, got {jobs!r}")
-    todo = [cell for cell in study.cells if not cell.is_done()]
+    todo = [cell for cell in study.cells if cell.needs_run()]  # a damaged checkpoint is restored by a rerun
     log.info("%s: %d cells, %d finished, %d to run, %d skipped as incompatible; executor %s", study.name,
              len(study.cells), len(study.cells) - len(todo), len(todo), len(study.skipped), executor)
     failures, busy = [], []

@@ -169,7 +169,8 @@ def read_checkpoint(path: str | os.PathLike, device: str = "cpu", expected: dict
         raise DamagedFileError(f"{path}: {fault}; {RECOVER}") from None
 
 
-RECOVER = "restore it from a copy, or move the run folder aside and run the cell again"
+RECOVER = ("run its study again (or dmlbench run --study FILE --cell <run id>): the cell reruns beside its finished "
+           "record and restores the file where the rerun reproduces that record; or restore it from a copy")
 
 
 class CellBusy(RuntimeError):
