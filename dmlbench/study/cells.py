@@ -58,7 +58,7 @@ from typing import Any
 
 from ..config import RunConfig, check_setting_types, read_yaml_file
 from ..errors import ConfigError, DiskFullError, IncompatibleError
-from ..fileio import atomic_write_json, atomic_write_text, read_json
+from ..fileio import atomic_write_json, atomic_write_text, read_json, set_aside as set_aside_damaged
 from .cluster import slurm_settings
 from .kernel import KERNEL, execute_notebook
 from ..paths import REPO_ROOT, notebook, results_dir, reuse_folders, runs_dir
@@ -543,7 +543,7 @@ def restore_checkpoint(config: RunConfig, folder: RunDir, problem: str, *, log_o
     with folder.lock():
         if folder.checkpoint_problem() is None:  # another process restored it meanwhile
             return
-        kept = set_aside(folder.checkpoint)
+        kept = set_aside_damaged(folder.checkpoint)  # <name>.damaged-<time>, as every other damaged store
         log.warning("%s: %s; set aside as %s, running the cell again to restore it", folder.checkpoint, problem,
                     kept.name)
         scratch = RunDir(folder.path / "restore")
