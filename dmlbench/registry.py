@@ -118,17 +118,10 @@ class Registry:
             raise self.unknown(name)
         return self._entries[name]
 
-    def version(self, name: str) -> int:
-        """The component's ``version`` (1 where it declares none, or where ``name`` names nothing:
-        such a run fails its validation before it could have results)."""
-        try:
-            return int(getattr(self.get(name), "version", 1))
-        except ConfigError:
-            return 1
-
     def identity(self, name: str) -> int | str:
         """The component's version as a run's identity holds it: the version, with the source digest
-        appended where the code is not the code recorded for that version (see :mod:`.sources`)."""
+        appended where the code is not the code recorded for that version (see :mod:`.sources`); 1 where
+        ``name`` names nothing: such a run fails its validation before it could have results."""
         from .sources import identity_version
 
         try:
