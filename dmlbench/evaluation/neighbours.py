@@ -49,6 +49,8 @@ RESCORE_CHUNK = 1 << 20  # elements of the (rows, candidates, dim) product held 
 TILE = 1024  # rows per tile of the float32 search: small tiles leave less of the symmetric product unused,
 LARGE_TILE = 2048  # ... but beyond LARGE_SET items each tile's bookkeeping costs more than the products it spares
 LARGE_SET = 8192
+HEAP_TILE = 512  # rows per tile of the CPU search, whose per-item heap work does not grow with the tile count
+TRANSPOSE_CHUNK = 1 << 18  # elements of a block transposed at once for its column heaps (1 MiB)
 
 
 def dot_error_bound(dim: int, unit_roundoff: float) -> float:
@@ -162,9 +164,9 @@ def rescore(query: torch.Tensor, reference: torch.Tensor, rows: torch.Tensor, co
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
     step = max(1, RESCORE_CHUNK // max(query.shape[1], 1))
     for start in range(0, len(rows), step):
-        q = query[rows[start:start + step]].double()  # a gathered copy, so it may be overwritten
-        q.mul_(reference[cols[start:start + step]])
-        out[start:start + step] = q.sum(dim=1)
+        q = query.index_select(0, rows[start:start + step]).double()  # a gathered copy, so it may be overwritten
+        q.mul_(reference.index_select(0, cols[start:start + step]))
+        torch.sum(q, dim=1, out=out[start:start + step])
     return out
 
 
@@ -179,7 +181,8 @@ def rescore_candidates(query: torch.Tensor, reference: torch.Tensor, candidates:
     out = torch.empty(n_q, m, dtype=torch.float64, device=query.device)
     step = max(1, RESCORE_CHUNK // max(m * dim, 1))
     for start in range(0, n_q, step):
-        block = reference[candidates[start:start + step]].double()  # (b, m, d)
+        part = candidates[start:start + step]
+        block = reference.index_select(0, part.reshape(-1)).view(len(part), m, dim).double()  # (b, m, d)
         block.mul_(query[start:start + step, None, :].double())
         out[start:start + step] = block.sum(dim=2)
     return out
@@ -245,14 +248,26 @@ def _candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: bool, e
     """Each query's m best reference items by float32 score, (Q, m) scores (descending) and indices;
     ``exclude`` (Q,) names a reference item each query may not retrieve.
 
-    Blocks are ``tile`` rows by as many columns as ``block_size ** 2`` elements allow: few, large
-    products, since on a busy machine each multi-threaded product also waits for its slowest thread.
+    On the CPU the lists are faiss heaps (:func:`_heap_candidates`); elsewhere, or where a list
+    could not be filled with finite scores, the tiles are merged with torch (:func:`_torch_candidates`).
     """
-    n_q, n_r, device = len(q32), len(r32), q32.device
+    if q32.device.type == "cpu":
+        found = _heap_candidates(q32, r32, m, symmetric, exclude, min(block_size, HEAP_TILE), block_size)
+        if found is not None:
+            return found
+    # Tiles hold at least 4m columns, so that the diagonal ones leave a selective m-th score.
+    tile = max(1, min(block_size, max(tile, 4 * m)))
+    return _torch_candidates(q32, r32, m, symmetric, exclude, tile, block_size)
+
+
+def _products(q32: torch.Tensor, r32: torch.Tensor, symmetric: bool, exclude: torch.Tensor | None, tile: int,
+              block_size: int):
+    """The float32 blocks of the candidate search, in :func:`_tile_order`: yields (row start, column
+    start, scores), the scores of excluded pairs set to -inf. Each block lives until the next is asked
+    for (its storage is reused). TF32 and other reduced-precision modes are off meanwhile."""
+    n_q, n_r = len(q32), len(r32)
     width = max(tile, block_size * block_size // tile)
-    best_s = torch.full((n_q, m), -math.inf, device=device)
-    best_i = torch.full((n_q, m), -1, dtype=torch.long, device=device)
-    buffer = torch.empty(min(tile, n_q) * min(width, n_r), device=device)  # one block's storage, reused
+    buffer = torch.empty(min(tile, n_q) * min(width, n_r), device=q32.device)  # one block's storage, reused
     threads = ProductThreads()
     with full_precision_matmul():
         for r0, r1, c0, c1 in _tile_order(n_q, n_r, tile, width, symmetric):
@@ -263,14 +278,60 @@ def _candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: bool, e
                 hit = (exclude[r0:r1] >= c0) & (exclude[r0:r1] < c1)
                 rows = hit.nonzero(as_tuple=True)[0]
                 scores[rows, exclude[r0:r1][rows] - c0] = -math.inf
-            _absorb(best_s, best_i, scores, r0, c0, by_column=False)
-            if symmetric and c0 != r0:  # the same block, read by column, serves rows c0:c1
-                _absorb(best_s, best_i, scores, c0, r0, by_column=True)
+            yield r0, c0, scores
+
+
+def _heap_candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: bool, exclude: torch.Tensor | None,
+                     tile: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_candidates` on the CPU: every block is pushed, row by row, through one faiss min-heap
+    of m entries per query (an entry enters only if strictly above the heap's lowest, so each left
+    out item scores at most s_m); in the symmetric product the block's columns are pushed too, a
+    slice of them at a time transposed into a small buffer. None where a heap was left with a free
+    place (an item scoring -inf or NaN): the torch merge then decides as it always did."""
+    import faiss
+
+    n_q = len(q32)
+    best_s = torch.empty(n_q, m)
+    best_i = torch.empty(n_q, m, dtype=torch.long)
+    heaps = faiss.float_minheap_array_t()
+    heaps.nh, heaps.k = n_q, m
+    heaps.val, heaps.ids = faiss.swig_ptr(best_s.numpy()), faiss.swig_ptr(best_i.numpy())
+    heaps.heapify()
+    columns = max(1, TRANSPOSE_CHUNK // tile)  # columns of a block transposed at once
+    flipped = torch.empty(min(columns, n_q) * min(tile, n_q)) if symmetric else None
+    for r0, c0, scores in _products(q32, r32, symmetric, exclude, tile, block_size):
+        rows, cols = scores.shape
+        heaps.addn(cols, faiss.swig_ptr(scores.numpy()), c0, r0, rows)
+        if symmetric and c0 != r0:  # the same block, read by column, serves queries c0:c1
+            for j0 in range(0, cols, columns):
+                j1 = min(j0 + columns, cols)
+                part = flipped[:(j1 - j0) * rows].view(j1 - j0, rows)
+                part.copy_(scores[:, j0:j1].T)
+                heaps.addn(rows, faiss.swig_ptr(part.numpy()), r0, c0 + j0, j1 - j0)
+    heaps.reorder()  # each list by score, descending
+    if bool((best_i < 0).any()):
+        return None
+    return best_s, best_i
+
+
+def _torch_candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: bool, exclude: torch.Tensor | None,
+                      tile: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_candidates` with torch ops: blocks are ``tile`` rows by as many columns as
+    ``block_size ** 2`` elements allow (few, large products, since on a busy machine each
+    multi-threaded product also waits for its slowest thread), merged into the lists by
+    :func:`_absorb`."""
+    n_q, device = len(q32), q32.device
+    best_s = torch.full((n_q, m), -math.inf, device=device)
+    best_i = torch.full((n_q, m), -1, dtype=torch.long, device=device)
+    for r0, c0, scores in _products(q32, r32, symmetric, exclude, tile, block_size):
+        _absorb(best_s, best_i, scores, r0, c0, by_column=False)
+        if symmetric and c0 != r0:  # the same block, read by column, serves rows c0:c1
+            _absorb(best_s, best_i, scores, c0, r0, by_column=True)
     best_s, order = best_s.sort(dim=1, descending=True)
     return best_s, best_i.gather(1, order)
 
 
-def _rank_candidates(q32: torch.Tensor, r32: torch.Tensor, best_s: torch.Tensor, best_i: torch.Tensor, k: int,
+def _rank_candidates(q64: torch.Tensor, r64: torch.Tensor, best_s: torch.Tensor, best_i: torch.Tensor, k: int,
                      error: torch.Tensor, hits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The candidates of each query in the order of the rule, as far as its candidate list decides
     it (steps 2 and 3 of the module docstring): (ranked indices (Q, m), a lower bound on the k-th
@@ -291,7 +352,7 @@ def _rank_candidates(q32: torch.Tensor, r32: torch.Tensor, best_s: torch.Tensor,
         rescored &= _mixed_runs(run, hits) | (run == run[:, -1:])
     rows, cols = rescored.nonzero(as_tuple=True)  # by query, then place: by query, then run
     index = best_i[rows, cols]
-    f = rescore(q32, r32, rows, index)
+    f = rescore(q64, r64, rows, index)
     # Each run keeps its places; its members are ordered by float64 score (descending), then by
     # reference index: stable sorts by index, by score, and last by (query, run) restore the runs.
     order = index.argsort(stable=True)
@@ -371,24 +432,24 @@ def _knn(query: torch.Tensor, reference: torch.Tensor | None, k: int, exclude: t
     m = min(k + slack, n_valid)
     q32, r32 = query.float().contiguous(), ref.float().contiguous()
     exclude_cols = torch.arange(n_q, device=query.device) if symmetric else exclude
-    # Tiles hold at least 4m columns, so that the diagonal ones leave a selective m-th score.
-    tile = max(1, min(block_size, max(TILE if max(n_q, len(ref)) <= LARGE_SET else LARGE_TILE, 4 * m)))
+    tile = TILE if max(n_q, len(ref)) <= LARGE_SET else LARGE_TILE
     best_s, best_i = _candidates(q32, r32, m, symmetric, exclude_cols, tile, block_size)
 
-    q_norm = q32.double().norm(dim=1)
-    error = (dot_error_bound(dim, FP32_UNIT_ROUNDOFF) + dot_error_bound(dim, FP64_UNIT_ROUNDOFF)) * q_norm \
-        * r32.double().norm(dim=1).max()
+    # The float32 values widened once (exactly): every float64 score below gathers these rows.
+    q64 = q32.double()
+    r64 = q64 if symmetric else r32.double()
+    q_norm = q64.norm(dim=1)
+    r_max = q_norm.max() if symmetric else r64.norm(dim=1).max()
+    error = (dot_error_bound(dim, FP32_UNIT_ROUNDOFF) + dot_error_bound(dim, FP64_UNIT_ROUNDOFF)) * q_norm * r_max
     hits = None if labels is None else labels[1][best_i] == labels[0][:, None]
-    ranked, kth_lower, n_rescored = _rank_candidates(q32, r32, best_s, best_i, k, error, hits)
+    ranked, kth_lower, n_rescored = _rank_candidates(q64, r64, best_s, best_i, k, error, hits)
     indices = ranked[:, :k].contiguous()
     if m < n_valid:
         redo = (kth_lower <= best_s[:, -1].double() + error).nonzero(as_tuple=True)[0]
     else:  # every retrievable item was a candidate
         redo = torch.empty(0, dtype=torch.long, device=query.device)
-    out_scores = rescore_candidates(q32, r32, indices) if scores else None
+    out_scores = rescore_candidates(q64, r64, indices) if scores else None
     if len(redo):
-        q64 = q32.double()
-        r64 = q64 if symmetric else r32.double()
         full_s, full_i = _full_rows(q64, r64, redo, k, None if exclude_cols is None else exclude_cols[redo], block_size)
         indices[redo] = full_i
         if scores:
