@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from ..datasets import DATASETS
-from .timing import machine_line, save_table, synchronize
+from .timing import LOAD_LIMIT, load_note, load_record, load_span, machine_line, save_table, synchronize
 
 EMBEDDING_DIM = 512
 
@@ -218,9 +218,11 @@ def bench(sizes: list[tuple[str, tuple[int, int, int, bool]]], device: torch.dev
         run_reference(warm_x, warm_y, device)
     for name, (n, dim, classes, hard) in sizes:
         embeddings, labels, noise = synthetic(n, dim, classes, hard=hard, device=device)
+        before = load_record()
         results, rounds = measure(embeddings, labels, device, reference)
+        load = load_span(before, load_record())
         log(f"{name}: noise scale {noise:.3g}, Recall@1 {results[0].metrics['recall@1']:.3f}, "
-            f"median of {rounds} round(s)")
+            f"median of {rounds} round(s); {load_note(load)}")
         log(f"{name}: dmlbench {results[0].retrieval_s:.1f} s retrieval + {results[0].nmi_s:.1f} s NMI "
             f"(+ {results[0].ami_s:.1f} s AMI), peak {results[0].peak_rss_gb:.2f} GB")
         if reference:
@@ -229,7 +231,7 @@ def bench(sizes: list[tuple[str, tuple[int, int, int, bool]]], device: torch.dev
                 f"{_ratio(results[1].total_s, results[0].total_s):.2f} in total, "
                 f"{_ratio(results[1].retrieval_s, results[0].retrieval_s):.2f} retrieval, "
                 f"{_ratio(results[1].nmi_s, results[0].nmi_s):.2f} NMI")
-        rows += [_row(name, (n, dim, classes), noise, device, result, results[0]) | {"rounds": rounds}
+        rows += [_row(name, (n, dim, classes), noise, device, result, results[0]) | {"rounds": rounds} | load
                  for result in results]
     return pd.DataFrame(rows)
 
@@ -297,15 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: use cpu or cuda")
     sizes = args.size or [parse_size(size) for size in DEFAULT_SIZES]
+    before = load_record()
     table = bench(sizes, device, reference=not args.no_reference)
-    header = (f"Evaluation time, dmlbench vs pytorch-metric-learning AccuracyCalculator; {machine_line(device)}\n"
+    header = (f"Evaluation time, dmlbench vs pytorch-metric-learning AccuracyCalculator; {machine_line(device)}; "
+              f"{load_note(load_span(before, load_record()))}\n"
               "retrieval = Recall@1/P@1 + R-Precision + MAP@R (k = largest class); nmi = k-means + NMI; total = the two; "
               "ami_s = scikit-learn's AMI on the same clusters (dmlbench only, not in total); peak_rss_gb = process "
               "high-water mark over everything (peak_gpu_gb: torch's CUDA allocator's, on CUDA); max_metric_diff = largest |difference| to dmlbench over recall@1, "
               "r_precision, map@r, nmi; noise = the noise scale (-hard sizes: tuned to Recall@1 about "
               f"{HARD_RECALL}); *_vs_dmlbench = this evaluator's time / dmlbench's, measured in the same run; "
               f"times are medians over `rounds` interleaved rounds (as many as fit in {ROUND_BUDGET_S:.0f} s, "
-              f"at most {MAX_ROUNDS})")
+              f"at most {MAX_ROUNDS}); load_before/load_after = 1-minute load average around each size's "
+              "measurement, others_cores = cores other processes kept busy meanwhile, under_load = more than "
+              f"{LOAD_LIMIT:g} x cores (bench.timing.load_span)")
     print(header)
     print(table.to_string(index=False))
     if not args.no_save:
