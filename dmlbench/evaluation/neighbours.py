@@ -331,6 +331,24 @@ def _torch_candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: b
     return best_s, best_i.gather(1, order)
 
 
+def _grouped_candidates(x32: torch.Tensor, labels: torch.Tensor, m: int, tile: int,
+                        block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_candidates` of the items against each other, searched with the items sorted by label.
+
+    An item's nearest neighbours are mostly of its own label; side by side, they share its diagonal
+    tile, which is searched first, so each list starts near its final scores and few later entries
+    displace one. The lists come back in the items' own order and numbering; only the order of
+    equal float32 scores in them may differ, which the ranking settles in float64 as ever.
+    """
+    order = labels.argsort(stable=True)
+    grouped = x32.index_select(0, order)
+    best_s, best_i = _candidates(grouped, grouped, m, True, torch.arange(len(x32), device=x32.device), tile,
+                                 block_size)
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order), device=order.device)
+    return best_s[back], order[best_i[back]]
+
+
 def _rank_candidates(q64: torch.Tensor, r64: torch.Tensor, best_s: torch.Tensor, best_i: torch.Tensor, k: int,
                      error: torch.Tensor, hits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The candidates of each query in the order of the rule, as far as its candidate list decides
@@ -433,7 +451,10 @@ def _knn(query: torch.Tensor, reference: torch.Tensor | None, k: int, exclude: t
     q32, r32 = query.float().contiguous(), ref.float().contiguous()
     exclude_cols = torch.arange(n_q, device=query.device) if symmetric else exclude
     tile = TILE if max(n_q, len(ref)) <= LARGE_SET else LARGE_TILE
-    best_s, best_i = _candidates(q32, r32, m, symmetric, exclude_cols, tile, block_size)
+    if symmetric and labels is not None:
+        best_s, best_i = _grouped_candidates(q32, labels[0], m, tile, block_size)
+    else:
+        best_s, best_i = _candidates(q32, r32, m, symmetric, exclude_cols, tile, block_size)
 
     # The float32 values widened once (exactly): every float64 score below gathers these rows.
     q64 = q32.double()
