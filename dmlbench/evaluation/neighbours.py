@@ -13,8 +13,11 @@ How it is computed without an N x N float64 product:
    ``m = k + slack`` best candidates. When the queries are the reference set (``reference=None``),
    only the diagonal tiles and the strips right of them are computed, each serving its rows and,
    transposed, its columns: little more than half the multiplications. The diagonal tiles come
-   first, so every list is full before the rest; from then on a block is only compared with each
-   list's lowest score and the few entries above it are merged.
+   first, so every list is full before the rest. On the CPU each list is a faiss min-heap that a
+   block's scores are pushed through (one comparison with the list's lowest score for most); on
+   other devices a block is compared with each list's lowest score and the few entries above it
+   are merged. With labels, the items' own search runs with them sorted by label, so that each
+   list starts from its own class's (usually the nearest) items.
 2. What float32 already decides. A float32 inner product of length d differs from the exact one by
    at most gamma_d * |q| * |r| with gamma_d = d u / (1 - d u), u = 2^-24, whatever order the BLAS
    sums in; the float64 one by the same expression with u = 2^-53. With E the sum of the two (for
@@ -30,9 +33,10 @@ How it is computed without an N x N float64 product:
    it, and the list is provably the exact ranking. Queries that fail (near or exact ties around the
    k-th place, e.g. duplicated embeddings) are ranked again against every reference item in float64.
 
-Memory is O(block_size^2 + Q * (k + slack)), independent of N^2. On the CPU the selection work
-runs on one thread and the products on the caller's threads or one, whichever is faster
-(:func:`serial_ops`, :class:`ProductThreads`); no result depends on the thread count.
+Memory is O(block_size^2 + Q * (k + slack)), independent of N^2. On the CPU the torch selection
+work runs on one thread and the products on the caller's threads or one, whichever is faster
+(:func:`serial_ops`, :class:`ProductThreads`; searches under SERIAL_WORK multiply-adds, faiss's heaps
+included, on one); no result depends on the thread count.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ RESCORE_CHUNK = 1 << 20  # elements of the (rows, candidates, dim) product held 
 TILE = 1024  # rows per tile of the float32 search: small tiles leave less of the symmetric product unused,
 LARGE_TILE = 2048  # ... but beyond LARGE_SET items each tile's bookkeeping costs more than the products it spares
 LARGE_SET = 8192
+SERIAL_WORK = 1 << 30  # multiply-adds: a search with fewer (some 50 ms) runs its products on one thread
 HEAP_TILE = 512  # rows per tile of the CPU search, whose per-item heap work does not grow with the tile count
 TRANSPOSE_CHUNK = 1 << 18  # elements of a block transposed at once for its column heaps (1 MiB)
 
@@ -112,9 +117,10 @@ class ProductThreads:
     multiply-add) is kept for the rest. The results do not depend on it.
     """
 
-    def __init__(self):
+    def __init__(self, total_multiply_adds: float = math.inf):
         self.seconds_per_op: dict[int, float] = {}
-        self.choice: int | None = None
+        # Below SERIAL_WORK the threads could save a few milliseconds at best, and lose more waiting.
+        self.choice: int | None = 1 if total_multiply_adds < SERIAL_WORK else None
 
     @contextlib.contextmanager
     def __call__(self, multiply_adds: float):
@@ -268,7 +274,7 @@ def _products(q32: torch.Tensor, r32: torch.Tensor, symmetric: bool, exclude: to
     n_q, n_r = len(q32), len(r32)
     width = max(tile, block_size * block_size // tile)
     buffer = torch.empty(min(tile, n_q) * min(width, n_r), device=q32.device)  # one block's storage, reused
-    threads = ProductThreads()
+    threads = ProductThreads(n_q * n_r * q32.shape[1] / (2 if symmetric else 1))
     with full_precision_matmul():
         for r0, r1, c0, c1 in _tile_order(n_q, n_r, tile, width, symmetric):
             scores = buffer[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
@@ -299,15 +305,21 @@ def _heap_candidates(q32: torch.Tensor, r32: torch.Tensor, m: int, symmetric: bo
     heaps.heapify()
     columns = max(1, TRANSPOSE_CHUNK // tile)  # columns of a block transposed at once
     flipped = torch.empty(min(columns, n_q) * min(tile, n_q)) if symmetric else None
-    for r0, c0, scores in _products(q32, r32, symmetric, exclude, tile, block_size):
-        rows, cols = scores.shape
-        heaps.addn(cols, faiss.swig_ptr(scores.numpy()), c0, r0, rows)
-        if symmetric and c0 != r0:  # the same block, read by column, serves queries c0:c1
-            for j0 in range(0, cols, columns):
-                j1 = min(j0 + columns, cols)
-                part = flipped[:(j1 - j0) * rows].view(j1 - j0, rows)
-                part.copy_(scores[:, j0:j1].T)
-                heaps.addn(rows, faiss.swig_ptr(part.numpy()), r0, c0 + j0, j1 - j0)
+    threads = faiss.omp_get_max_threads()
+    if n_q * len(r32) * q32.shape[1] / (2 if symmetric else 1) < SERIAL_WORK:  # small: faiss's threads would wait
+        faiss.omp_set_num_threads(1)
+    try:
+        for r0, c0, scores in _products(q32, r32, symmetric, exclude, tile, block_size):
+            rows, cols = scores.shape
+            heaps.addn(cols, faiss.swig_ptr(scores.numpy()), c0, r0, rows)
+            if symmetric and c0 != r0:  # the same block, read by column, serves queries c0:c1
+                for j0 in range(0, cols, columns):
+                    j1 = min(j0 + columns, cols)
+                    part = flipped[:(j1 - j0) * rows].view(j1 - j0, rows)
+                    part.copy_(scores[:, j0:j1].T)
+                    heaps.addn(rows, faiss.swig_ptr(part.numpy()), r0, c0 + j0, j1 - j0)
+    finally:
+        faiss.omp_set_num_threads(threads)
     heaps.reorder()  # each list by score, descending
     if bool((best_i < 0).any()):
         return None
