@@ -23,7 +23,7 @@ import pandas as pd
 from ..datasets.image_cache import build_cache
 from ..datasets.layouts import ImageList
 from ..paths import results_dir
-from .timing import machine_line, save_table
+from .timing import load_note, load_record, load_span, machine_line, save_table
 
 
 def write_photos(folder: Path, count: int, size: int, seed: int = 0) -> ImageList:
@@ -73,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cores = os.cpu_count() or 1
+    before = load_record()
     table = run(args.images, args.size, sorted({1, cores}))
+    load = load_span(before, load_record())
+    for at, (key, value) in enumerate(load.items()):  # in front: the checks read the last columns
+        table.insert(at, key, value)
     header = (f"Image cache build (header scan, decode, resize to a 256-pixel shorter side, write) of {args.images:,} "
-              f"generated JPEGs of {args.size} px, on 1 and {cores} worker processes; {machine_line(torch.device('cpu'))}")
+              f"generated JPEGs of {args.size} px, on 1 and {cores} worker processes; {machine_line(torch.device('cpu'))}; "
+              f"{load_note(load)}")
     out = args.out or results_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     path = save_table(table.round({"seconds": 2, "images_per_s": 1, "cache_mb": 1, "speedup": 2}), "cache-cpu", header, out)

@@ -37,7 +37,7 @@ from ..evaluation.indexes import IndexSpec
 from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
 from ..fileio import atomic_write_json
 from ..paths import results_dir
-from .timing import machine_line, save_table
+from .timing import load_note, load_record, load_span, machine_line, save_table
 
 SHARDING = ("beyond one machine: faiss.IndexShards splits the vectors over sub-indexes and merges their answers, "
             "faiss.IndexReplicas copies an index and splits the queries, faiss.contrib.client_server serves one "
@@ -114,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder of the tables (default results/bench)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    before = load_record()
     table = run(args)
+    load = load_span(before, load_record())
+    table = table.assign(**load)
     import torch
 
     header = (f"Similarity-search indexes over {args.n:,} x {args.dim} clustered float32 vectors ({args.clusters} "
               f"clusters of rank-16 spread {args.spread} and isotropic noise 0.01), {args.queries} queries, k = 10; {machine_line(torch.device('cpu'))}; "
-              f"faiss {_faiss_version()}\nknn_recall = recall@10 against the exact neighbours; qps = queries per "
+              f"faiss {_faiss_version()}; {load_note(load)}\nknn_recall = recall@10 against the exact neighbours; qps = queries per "
               f"second, batch, best of up to 3 (qps_all on {int(table['threads_all'].iloc[0])} threads); "
               f"distance_fraction = distance computations / n (ball tree: its node centres included); "
               f"peak_rss_gb = the process's high-water mark so far; total {time.perf_counter() - started:.0f} s\n"

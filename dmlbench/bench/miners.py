@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from ..miners import MINERS
-from .timing import devices, interleaved_medians, machine_line, save_table
+from .timing import devices, interleaved_medians, load_note, load_record, load_span, machine_line, save_table
 
 
 @dataclass
@@ -100,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="time on this device only (repeatable; default: the CPU and CUDA when present)")
     parser.add_argument("--no-save", action="store_true", help="print only, keep results/bench/ as it is")
     args = parser.parse_args(argv)
+    before = load_record()
     table = run(tuple(args.batches), tuple(args.dims), repeats=args.repeats, only=args.only,
                 device_names=tuple(args.device or ()))
+    load = load_span(before, load_record())
+    table = table.assign(**load)
     used = torch.device("cuda") if set(table["device"]) == {"cuda"} else torch.device("cpu")
     header = (f"mining one batch, medians of interleaved repetitions; pml/dmlbench > 1 means dmlbench is faster. "
-              f"{machine_line(used)}")
+              f"{machine_line(used)}; {load_note(load)}")
     print(header)
     print(table.round(3).to_string(index=False))
     if not args.no_save and not args.only:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .timing import machine_line, save_table, synchronize
+from .timing import load_note, load_record, load_span, machine_line, save_table, synchronize
 
 CUB_TRAIN_IMAGES, CUB_TRAIN_CLASSES = 5994, 100
 
@@ -179,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is available here")
     if min(P, K, args.steps, args.images, args.classes) < 1 or args.warmup < 0 or P > args.classes:
         parser.error("need P <= classes, and positive P, K, steps, images and classes")
+    before = load_record()
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as folder:
         table, info = bench(model_name=args.model, image_size=args.image_size, P=P, K=K, images=args.images,
                             classes=args.classes, steps=args.steps, warmup=args.warmup, device=device,
                             workers=args.workers, loss=args.loss, miner=args.miner, torch_compile=args.torch_compile,
                             folder=Path(folder) / "cache")
-    header = (f"Training throughput on synthetic CUB-sized data; {machine_line(device)}\n"
+    load = load_span(before, load_record())
+    table = table.assign(**load)
+    header = (f"Training throughput on synthetic CUB-sized data; {machine_line(device)}; {load_note(load)}\n"
               f"{args.model}, {args.image_size} px crops, batch {P}x{K} = {P * K}, {args.loss} + {args.miner}, "
               f"{args.images} images / {args.classes} classes, {args.steps} timed batches after {args.warmup}; "
               f"loader workers {info['workers']}, pinned memory {info['pinned']}, autocast {info['amp']}, "
