@@ -39,7 +39,12 @@ AUGMENT_LIMITS = {"rotate": (180.0, True), "scale": (1.0, False), "shift": (1.0,
                   "stroke": (1.0, True)}
 # A sampler's arguments that training supplies (dmlbench.training.loop); sampler_kwargs holds only the others.
 SAMPLER_SUPPLIED = ("labels", "P", "K", "batches_per_epoch", "generator", "super_labels")
-NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers", "torch_compile")
+# The arithmetic of the network's forward and backward passes (dmlbench.training.feeds.autocast_dtype): "auto" is
+# bf16 autocast on CUDA (fp16 where the GPU lacks bf16) and on a CPU with native bf16 instructions (AVX512-BF16,
+# AMX), fp32 on other CPUs; "fp32" never autocasts; "bf16" always does; "fp16" (CUDA only) autocasts to fp16 with
+# a gradient scaler. Losses and miners always work in fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NOT_HASHED = ("device", "data_root", "eval_batch_size", "num_workers")
 # How a run's metrics are computed is part of its identity: when the evaluation protocol changes
 # (dmlbench.evaluation.metrics), every run gets a new id, so runs evaluated the old way are neither mistaken
 # for new ones nor overwritten.
@@ -91,7 +96,10 @@ class RunConfig:
     #                                  (a deliberate subset; hashed, and the run records the counts found)
     num_workers: int | None = None  # image loader processes; None = enough for a GPU, 0 on a CPU (not hashed:
     #                                 each image's augmentation has its own seed, so the count changes no number)
-    torch_compile: bool | None = None  # torch.compile the model (speed only; not hashed)
+    torch_compile: bool | None = None  # torch.compile the network's training forward pass (hashed when true: the
+    #                                    compiled kernels round differently, so the numbers may change)
+    precision: str = "auto"  # see PRECISIONS; hashed, except "fp32", which is how every run trained on the CPU
+    #                          before this setting existed (records without it read as fp32: from_record)
     preset: str | None = None  # the protocol the settings come from (dmlbench.presets), for the literature comparison
     processes: int | None = None  # training processes of the run, one per GPU (torchrun, torch.distributed); None = 1.
     #                               Hashed: per-process batch norm on the CPU and summation order change the numbers
@@ -107,6 +115,12 @@ class RunConfig:
             raise ConfigError(f"{where}: unknown setting {', '.join(map(repr, unknown))}; "
                               f"valid settings: {', '.join(cls.field_names())}")
         return cls(**values)
+
+    @classmethod
+    def from_record(cls, values: dict[str, Any], where: str = "record") -> "RunConfig":
+        """The configuration a run recorded (metrics.json, checkpoint.pt): a record written before the
+        ``precision`` setting existed trained in fp32 (on the CPU, where every shipped run trained)."""
+        return cls.from_dict({"precision": "fp32", **values}, where=where)
 
     @property
     def sampler_name(self) -> str:
@@ -132,6 +146,10 @@ class RunConfig:
             del settings["lr_schedule"]
         if settings.get("data_subset") is False:
             del settings["data_subset"]
+        if settings.get("torch_compile") is False:
+            del settings["torch_compile"]
+        if settings.get("precision") == "fp32":  # the only precision before the setting existed (on the CPU)
+            del settings["precision"]
         if settings.get("augment") == {} or (settings.get("augment") and not any(settings["augment"].values())):
             del settings["augment"]
         effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
@@ -236,7 +254,7 @@ class RunConfig:
 
     def _check_choices(self) -> None:
         for name, choices in (("device", DEVICES), ("select_metric", SELECT_METRICS), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", LR_SCHEDULES)):
+                              ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS)):
             if name == "lr_schedule" and self.lr_schedule is None:
                 continue
             if getattr(self, name) not in choices:

@@ -88,7 +88,7 @@ def rerun_sample(runs: list[Path], count: int) -> list[dict]:
     rows = []
     for shipped in picked:
         record = read_json(shipped / "metrics.json")
-        config = RunConfig.from_dict(record["config"], where=str(shipped)).validate()
+        config = RunConfig.from_record(record["config"], where=str(shipped)).validate()
         with tempfile.TemporaryDirectory(prefix="dmlbench-rerun-") as tmp:
             threads = str(record.get("machine", {}).get("torch_threads") or 1)
             before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "DMLBENCH_RESULTS")}

@@ -76,7 +76,11 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
 
     The kernel process's own output (not the cells': those are in the executed notebook) is kept in
     ``kernel_log`` when the execution fails, and dropped otherwise; a Ctrl-C drops it too, so the
-    kernel's shutdown chatter never reaches the terminal. Without ``kernel_log`` it goes to stderr."""
+    kernel's shutdown chatter never reaches the terminal. Without ``kernel_log`` it goes to stderr.
+
+    The kernel is stopped at once after the last cell (nbclient's "immediate" shutdown), not asked to
+    exit: every output has arrived by then, the run's files are written, and a kernel holding torch
+    takes one to three seconds to exit politely, on every cell of a study."""
     import papermill
 
     def run(manager: type[AsyncKernelManager]) -> None:
@@ -84,7 +88,7 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
             papermill.execute_notebook(str(template), str(output), parameters=parameters, kernel_name=KERNEL,
                                        cwd=str(Path(cwd)), log_output=log_output,
                                        progress_bar={"desc": progress, "file": sys.stderr} if progress else False,
-                                       kernel_manager_class=manager)
+                                       kernel_manager_class=manager, shutdown_kernel="immediate")
         except Exception:
             if progress:  # the bar closed now (not when the error is dropped): the error's line comes last
                 _close_bars(progress)

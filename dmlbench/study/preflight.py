@@ -34,6 +34,7 @@ Each failure is one ConfigError line naming the setting, its value, why, and the
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -250,7 +251,32 @@ def activation_bytes(model: str, model_kwargs: str, embedding_dim: int, shape: t
                      element_size: int) -> int:
     """Bytes of the activations one image leaves for the backward pass: the output of every leaf
     module (in-place ones and views not counted again), from one forward pass on the meta device,
-    which allocates nothing. ``model_kwargs`` is JSON. 0 when the network cannot run that way."""
+    which allocates nothing. ``model_kwargs`` is JSON. 0 when the network cannot run that way.
+
+    That pass imports torch's decompositions (over a second, in every study cell's notebook), so its
+    count is kept in the cache folder under the network's identity (its version and source digest)."""
+    from ..datasets.base import cache_dir
+    from ..fileio import atomic_write_text
+
+    key = json.dumps([MODELS.identity(model), model, model_kwargs, embedding_dim, list(shape)])
+    store = cache_dir() / "preflight" / f"activations-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    try:
+        saved = json.loads(store.read_text())
+        if saved.get("key") == key and isinstance(saved.get("elements"), int):
+            return saved["elements"] * element_size
+    except (OSError, ValueError, AttributeError):  # absent or unreadable: counted again and rewritten
+        pass
+    elements = _activation_elements(model, model_kwargs, embedding_dim, shape)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(store, json.dumps({"key": key, "elements": elements}))
+    except OSError:  # a read-only cache: the count is made again next time
+        pass
+    return elements * element_size
+
+
+def _activation_elements(model: str, model_kwargs: str, embedding_dim: int, shape: tuple[int, ...]) -> int:
+    """The element count behind :func:`activation_bytes`, from the meta-device forward pass."""
     kwargs = json.loads(model_kwargs) | {"embedding_dim": embedding_dim}
     count = 0
 
@@ -275,7 +301,17 @@ def activation_bytes(model: str, model_kwargs: str, embedding_dim: int, shape: t
             hook.remove()
     except Exception:  # noqa: BLE001 (a network the meta device cannot run: its activations go uncounted)
         return 0
-    return count * element_size
+    return count
+
+
+def _activation_element_size(config: RunConfig, device: str) -> int:
+    """2 bytes where the forward pass autocasts to bf16 or fp16 (RunConfig.precision on ``device``), else 4."""
+    from ..training.feeds import autocast_dtype
+
+    try:
+        return 4 if autocast_dtype(torch.device(device), config.precision) is None else 2
+    except ConfigError:  # a precision this device cannot run fails where training starts, naming the choices
+        return 4
 
 
 def step_memory(config: RunConfig, device: str, batch: int | None = None) -> dict[str, int]:
@@ -288,7 +324,7 @@ def step_memory(config: RunConfig, device: str, batch: int | None = None) -> dic
     if shape is not None:
         parts["input images"] = share * math.prod(shape) * 4  # float32, normalised
         per_image = activation_bytes(config.model, json.dumps(config.model_kwargs, sort_keys=True, default=str),
-                                     config.embedding_dim, shape, 2 if device == "cuda" else 4)  # bf16 autocast on CUDA
+                                     config.embedding_dim, shape, _activation_element_size(config, device))
         if per_image:
             parts["network activations"] = share * per_image
     consumes = LOSSES.get(config.loss).consumes

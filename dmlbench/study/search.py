@@ -80,7 +80,7 @@ class Network:
 
         from ..training.feeds import forward_embed
 
-        return normalized(forward_embed(self.model, [batch], torch.device("cpu")).numpy())
+        return normalized(forward_embed(self.model, [batch], torch.device("cpu"), self.config.precision).numpy())
 
 
 def load_run_network(folder: Path, checkpoint: str | os.PathLike | None = None) -> Network:
@@ -207,7 +207,8 @@ def _split_items(network: Network, split: str) -> tuple[np.ndarray, list[dict[st
         have = "test, gallery" if splits.gallery is not None else "test"
         raise SearchError(f"split {split!r}: {config.dataset} has {have}")
     cpu = torch.device("cpu")
-    vectors = forward_embed(network.model, batches_of_test_split(splits, network.model, config, cpu, split), cpu)
+    vectors = forward_embed(network.model, batches_of_test_split(splits, network.model, config, cpu, split), cpu,
+                            config.precision)
     labels = getattr(splits, split).labels
     items = [{"id": i, "source": f"{config.dataset}:{split}:{i}", "label": int(label)} for i, label in enumerate(labels)]
     return normalized(vectors.numpy()), items, splits

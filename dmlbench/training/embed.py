@@ -34,7 +34,7 @@ def load_network(run_dir: str | os.PathLike, device: str = "cpu", checkpoint: st
         path, checkpoint = folder.checkpoint, folder.read_checkpoint(device)
     else:
         path, checkpoint = Path(checkpoint), read_checkpoint(checkpoint, device)
-    config = RunConfig.from_dict(checkpoint["config"], where=str(path))
+    config = RunConfig.from_record(checkpoint["config"], where=str(path))
     # the weights come from the checkpoint: no pretrained file is read
     model = build_model(config, **({"pretrained": False} if "pretrained" in config.model_kwargs else {}))
     try:
@@ -66,6 +66,6 @@ def embed_test_split(run_dir: str | os.PathLike, splits, device: str = "cpu", pa
     ``parts=("test", "gallery")``, a (embeddings, labels) pair per part, the network loaded once."""
     model, config = load_network(run_dir, device)
     dev = torch.device(device)
-    out = [(forward_embed(model, batches_of_test_split(splits, model, config, dev, part), dev).cpu(),
+    out = [(forward_embed(model, batches_of_test_split(splits, model, config, dev, part), dev, config.precision).cpu(),
             torch.from_numpy(getattr(splits, part).labels)) for part in parts]
     return out[0] if parts == ("test",) else out

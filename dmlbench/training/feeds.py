@@ -37,18 +37,52 @@ def image_tensor(images: np.ndarray, mean: float, std: float, device: torch.devi
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); none on the CPU."""
-    if device.type != "cuda":
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there bf16 autocast speeds a step up;
+    elsewhere oneDNN emulates it, slower than fp32."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(check is None for check in checks):  # a torch without the probes: read the CPU's flags
+        try:
+            flags = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype the network's forward pass autocasts to, None for fp32 (``precision``: RunConfig.precision).
+
+    "auto": bf16 on CUDA (fp16 where the GPU has no bf16) and on a CPU with native bf16, none elsewhere."""
+    from ..errors import ConfigError
+
+    if precision == "fp32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not bf16:
+            raise ConfigError(f"precision 'bf16': {torch.cuda.get_device_name(device)} has no bf16; "
+                              f"use precision 'fp16', 'fp32' or 'auto'")
+        return torch.float16 if precision == "fp16" or (precision == "auto" and not bf16) else torch.bfloat16
+    if precision == "fp16":
+        raise ConfigError("precision 'fp16' needs CUDA (a gradient scaler, fp16 kernels); on the CPU use "
+                          "'bf16', 'fp32' or 'auto'")
+    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and native_bf16_cpu()):
+        return torch.bfloat16
+    return None
 
 
-def forward_embed(model: torch.nn.Module, batches, device: torch.device) -> torch.Tensor:
-    """Eval-mode embeddings of an iterable of normalised batches -> (N, D) float32 on device."""
+def precision_name(amp: torch.dtype | None) -> str:
+    """What a run records of the arithmetic it trained in: "fp32", "bf16" or "fp16" (autocast)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def forward_embed(model: torch.nn.Module, batches, device: torch.device, precision: str = "auto") -> torch.Tensor:
+    """Eval-mode embeddings of an iterable of normalised batches -> (N, D) float32 on device, the forward
+    pass autocast as the run trained (``precision``: RunConfig.precision)."""
     was_training = model.training
     model.eval()
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, precision)
     out = []
     with torch.no_grad():
         for x in batches:
@@ -62,10 +96,11 @@ class TensorFeed:
     """In-memory uint8 images, normalised once with the dataset's mean and std and kept on the device."""
 
     def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, eval_batch_size: int,
-                 world: tuple[int, int] = (0, 1), augment: dict | None = None, seed: int = 0):
+                 world: tuple[int, int] = (0, 1), augment: dict | None = None, seed: int = 0, precision: str = "auto"):
         from .augment import Augmenter
 
         self.mean, self.std, self.device, self.batch_size = splits.mean, splits.std, device, eval_batch_size
+        self.precision = precision
         self.sampler, self.world = sampler, world
         self.augmenter = Augmenter(augment, seed) if augment else None
         self.train_x = image_tensor(splits.train.images, self.mean, self.std, device)
@@ -91,7 +126,8 @@ class TensorFeed:
         if key not in self._tensors:  # validation is embedded every epoch: normalise it once
             self._tensors[key] = image_tensor(split.images, self.mean, self.std, self.device)
         x = self._tensors[key]
-        return forward_embed(model, (x[s:s + self.batch_size] for s in range(0, len(x), self.batch_size)), self.device)
+        return forward_embed(model, (x[s:s + self.batch_size] for s in range(0, len(x), self.batch_size)), self.device,
+                             self.precision)
 
 
 class _TrainPhotos(Dataset):
@@ -163,8 +199,8 @@ class PhotoFeed:
 
     def __init__(self, splits, train_labels: np.ndarray, sampler, device: torch.device, *, image_size: int | None,
                  num_workers: int | None, eval_batch_size: int, seed: int, mean=None, std=None,
-                 world: tuple[int, int] = (0, 1)):
-        self.device, self.batch_size = device, eval_batch_size
+                 world: tuple[int, int] = (0, 1), precision: str = "auto"):
+        self.device, self.batch_size, self.precision = device, eval_batch_size, precision
         self.mean = tuple(mean if mean is not None else splits.mean)
         self.std = tuple(std if std is not None else splits.std)
         self.size = image_size or DEFAULT_IMAGE_SIZE
@@ -198,7 +234,7 @@ class PhotoFeed:
             self._eval_loaders[key] = DataLoader(
                 _EvalPhotos(split, self.eval_transform), batch_size=self.batch_size, shuffle=False,
                 num_workers=self.workers, pin_memory=self.pin, persistent_workers=self.workers > 0)
-        return forward_embed(model, (self._to_device(x) for x in self._eval_loaders[key]), self.device)
+        return forward_embed(model, (self._to_device(x) for x in self._eval_loaders[key]), self.device, self.precision)
 
 
 def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.device, mean=None, std=None,
@@ -210,6 +246,6 @@ def make_feed(config, splits, train_labels: np.ndarray, sampler, device: torch.d
     if isinstance(splits.train, PhotoSet):
         return PhotoFeed(splits, train_labels, sampler, device, image_size=config.image_size,
                          num_workers=config.num_workers, eval_batch_size=config.eval_batch_size, seed=config.seed,
-                         mean=mean, std=std, world=world)
+                         mean=mean, std=std, world=world, precision=config.precision)
     return TensorFeed(splits, train_labels, sampler, device, config.eval_batch_size, world,
-                      augment=getattr(config, "augment", None), seed=config.seed)
+                      augment=getattr(config, "augment", None), seed=config.seed, precision=config.precision)

@@ -27,7 +27,7 @@ from . import resume
 from ..datasets import Splits
 from ..datasets.base import extra_recall_ks
 from .distributed import gather_batch, loss_scale, world
-from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed  # noqa: F401 (re-exported)
+from .feeds import autocast_dtype, forward_embed, image_tensor, make_feed, precision_name  # noqa: F401 (re-exported)
 from ..evaluation.metrics import evaluate
 from ..models import MODELS
 from ..samplers import SAMPLERS
@@ -49,10 +49,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def embed(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """(N, C, H, W) on the model's device -> (N, D) float32 embeddings, eval mode."""
+def embed(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000, precision: str = "auto") -> torch.Tensor:
+    """(N, C, H, W) on the model's device -> (N, D) float32 embeddings, eval mode (``precision``: RunConfig's)."""
     batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
-    return forward_embed(model, batches, images.device)
+    return forward_embed(model, batches, images.device, precision)
+
+
+def compiled(module: torch.nn.Module) -> Callable:
+    """``torch.compile(module)``, its kernels cached on disk under the project's cache folder
+    (``$TORCHINDUCTOR_CACHE_DIR`` when set): the compile is paid once per machine, not once per run."""
+    from ..datasets.base import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    return torch.compile(module)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -212,7 +221,7 @@ def _set_up(config: RunConfig, splits: Splits) -> _Run:
     rank, processes = world()
     device = _training_device(config, rank, processes)
     seed_everything(config.seed)
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, config.precision)
 
     # Training labels become 0 .. C-1, the indices of per-class parameters (proxies, classifiers).
     train_classes, train_labels = np.unique(splits.train.labels, return_inverse=True)
@@ -231,7 +240,7 @@ def _set_up(config: RunConfig, splits: Splits) -> _Run:
     ddp = None
     if processes > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(ddp or model) if config.torch_compile else (ddp or model)
+    forward = compiled(ddp or model) if config.torch_compile else (ddp or model)
     evaluator = model if ddp is not None else forward
 
     sampler = SAMPLERS.create(config.sampler_name, labels=splits.train.labels, P=config.P, K=config.K,
@@ -386,7 +395,8 @@ def _test(config: RunConfig, run: _Run, splits: Splits, state: _RunState) -> Tra
                        test_labels=test_labels, device=str(device), train_time_s=train_time,
                        images_per_s=state.images_seen / max(train_time, 1e-9),
                        gallery_embeddings=gallery_embeddings, gallery_labels=gallery_labels,
-                       extra={"resumed_after_epochs": state.resumed_at, "processes": run.processes})
+                       extra={"resumed_after_epochs": state.resumed_at, "processes": run.processes,
+                              "precision": precision_name(run.amp)})
 
 
 def fit(config: RunConfig, splits: Splits, *, on_epoch_end: Callable[[dict, list[dict]], None] | None = None,

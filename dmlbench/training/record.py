@@ -85,6 +85,10 @@ def build_record(result, splits, *, wall_time_s: float, run_id: str) -> dict[str
         # the epochs after which an interrupted run was resumed from its saved state; processes under torchrun
         "resumed_after_epochs": result.extra.get("resumed_after_epochs", []),
         "processes": result.extra.get("processes", 1),
+        # the arithmetic the network trained and embedded in (RunConfig.precision resolved on this machine),
+        # and whether its training forward pass was compiled
+        "precision": result.extra.get("precision", "fp32"),
+        "torch_compile": bool(config.torch_compile),
         "machine": device_info(result.device),
         "versions": versions(),
     } | (_preset_record(config) if config.preset else {})

@@ -14,6 +14,7 @@ from dmlbench.datasets import load_dataset
 from dmlbench.losses import LOSSES
 from dmlbench.evaluation.metrics import evaluate
 from dmlbench.miners import MINERS
+from dmlbench.training.feeds import native_bf16_cpu
 from dmlbench.training.loop import autocast_dtype, resolve_device, train
 
 from ..support import tiny_settings
@@ -63,7 +64,10 @@ def test_evaluation_agrees_with_cpu(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_runs_with_mixed_precision_where_available(device, isolated):
     assert resolve_device(device).type == device
-    expected = None if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    if device == "cpu":  # the default precision, "auto": bf16 where the CPU has it natively
+        expected = torch.bfloat16 if native_bf16_cpu() else None
+    else:
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert autocast_dtype(torch.device(device)) == expected
     result = train(RunConfig(**tiny_settings(device=device)), load_dataset("fashion-mnist"), progress=False)
     assert result.device.startswith(device)

@@ -87,11 +87,12 @@ def test_samplers_by_name_in_training(splits):
 
 
 def test_torch_compile_trains_the_same_network(splits):
-    settings = tiny_settings(epochs=1, iters_per_epoch=2, device="cpu")
+    settings = tiny_settings(epochs=1, iters_per_epoch=2, device="cpu", precision="fp32")
     plain = train(RunConfig(**settings, loss="contrastive", miner="none"), splits, progress=False)
     compiled = train(RunConfig(**settings, loss="contrastive", miner="none", torch_compile=True), splits,
                      progress=False)
-    assert compiled.config.run_id() == plain.config.run_id()  # speed only: not part of the run's identity
+    # compiled kernels round differently: close numbers, but another run (its own id)
+    assert compiled.config.run_id() != plain.config.run_id()
     assert compiled.history[1]["loss"] == pytest.approx(plain.history[1]["loss"], rel=1e-4)
     assert torch.allclose(compiled.test_embeddings, plain.test_embeddings, atol=1e-4)
     assert set(compiled.model.state_dict()) == set(plain.model.state_dict())  # no "_orig_mod." prefixes
