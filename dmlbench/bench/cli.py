@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval", "train", "cell", "indexes", "cache", "footprint")
+BENCHMARKS = ("losses", "miners", "eval", "train", "cell", "equal", "indexes", "cache", "footprint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         from .footprint import main as run
     elif what == "cell":
         from .cell import main as run
+    elif what == "equal":
+        from .equal import main as run
     else:
         from .train import main as run
 
