@@ -27,6 +27,12 @@ from traitlets import default
 from ..fileio import atomic_write_text, disk_full_error, is_disk_full
 
 KERNEL = "python3"
+# glibc's allocator settings for the kernels (read once, when a process starts). By default it hands blocks
+# of more than 128 KiB back to the system when freed and takes fresh ones for the next step, which the
+# kernel then faults in and zeroes page by page: a training step's activations, every step. Keeping the
+# freed memory halves a cell's page faults; what is computed does not change. Settings already in the
+# environment win.
+ALLOCATOR_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 # A Unix socket path holds at most 107 bytes; jupyter_client appends "-<port>" to the prefix.
 MAX_SOCKET_PREFIX = 90
 
@@ -95,6 +101,8 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
             raise
 
     _atomic_notebook_writes()
+    for name, value in ALLOCATOR_ENVIRONMENT.items():  # inherited by the kernel process
+        os.environ.setdefault(name, value)
     with _quiet_interrupt(), _disk_full_named(Path(output)):
         if kernel_log is None:
             run(kernel_manager_class())

@@ -69,3 +69,20 @@ def test_the_step_table_times_every_eager_path_and_work():
     assert len(table) == 3 * 5 and (table.ms_per_step > 0).all()
     reference = table[table.path == "eager fp32 channels-last"]
     assert (reference.speedup_vs_fp32_channels_last == 1).all()
+
+
+def test_a_kernel_keeps_freed_memory_and_its_last_output_survives_the_quick_shutdown(tmp_path, monkeypatch):
+    import nbformat
+
+    from dmlbench.study.kernel import ALLOCATOR_ENVIRONMENT, execute_notebook
+
+    for name in ALLOCATOR_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    template, output = tmp_path / "t.ipynb", tmp_path / "out.ipynb"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("import os\n"
+                                                f"print({{k: os.environ.get(k) for k in {sorted(ALLOCATOR_ENVIRONMENT)}}})")]
+    nbformat.write(notebook, template)
+    execute_notebook(template, output, parameters={}, cwd=tmp_path)
+    printed = nbformat.read(output, as_version=4).cells[0].outputs[0]["text"]
+    assert printed.strip() == str({k: ALLOCATOR_ENVIRONMENT[k] for k in sorted(ALLOCATOR_ENVIRONMENT)})
