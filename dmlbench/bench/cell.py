@@ -130,20 +130,18 @@ def step_table(config, *, rounds: int, steps: int, compile_paths: bool, num_clas
 
 
 def _cell_durations(notebook: Path) -> list[tuple[str, float]]:
-    """(first source line, seconds) of every executed code cell, from papermill's metadata."""
+    """(source, seconds) of every executed code cell, from papermill's metadata."""
     cells = json.loads(notebook.read_text())["cells"]
-    return [("".join(c["source"]).split("\n")[0], float(c["metadata"].get("papermill", {}).get("duration") or 0.0))
+    return [("".join(c["source"]), float(c["metadata"].get("papermill", {}).get("duration") or 0.0))
             for c in cells if c["cell_type"] == "code"]
 
 
 def _part_of(source: str) -> str | None:
-    """Which part of the breakdown an experiment-notebook cell is, by what it starts with."""
-    for start, part in (("_parameter_names", "imports and set-up"), ("from dmlbench.reporting.plots import training",
-                                                                     "training cell"),
-                        ("from dmlbench.reporting.plots import tsne", "t-SNE"),
-                        ("from dmlbench.reporting.plots import retrieval", "retrieval grid"),
-                        ("from dmlbench.training.record", "checkpoint and records")):
-        if source.startswith(start):
+    """Which part of the breakdown an experiment-notebook cell is, by what it imports or does first."""
+    for mark, part in (("_parameter_names = set(globals()) - ", "imports and set-up"),
+                       ("import training_curves", "training cell"), ("import tsne_figure", "t-SNE"),
+                       ("import retrieval_grid", "retrieval grid"), ("from dmlbench.training.record import", "checkpoint and records")):
+        if mark in source:
             return part
     return None
 

@@ -103,6 +103,7 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
     _atomic_notebook_writes()
     for name, value in ALLOCATOR_ENVIRONMENT.items():  # inherited by the kernel process
         os.environ.setdefault(name, value)
+    os.environ["DMLBENCH_UNATTENDED"] = "1"  # no one watches: the notebook draws its live figures once, at the end
     with _quiet_interrupt(), _disk_full_named(Path(output)):
         if kernel_log is None:
             run(kernel_manager_class())
