@@ -125,8 +125,10 @@ report: cells browser
 lock: $(STAMP)
 	$(PY) -c 'from dmlbench.config import write_source_lock; write_source_lock(force="$(FORCE)" == "1")'
 
+# The tests run on one pytest-xdist worker per core, each on one thread; a file's tests stay on one worker
+# (tests/conftest.py sets the threads and starts the workers on the longest files).
 test: $(STAMP) data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n logical --dist loadfile --no-loadscope-reorder
 
 readme: $(STAMP)
 	$(PY) -m dmlbench readme
