@@ -51,22 +51,20 @@ def _cell_sentence(cells) -> str:
 
 
 def render_cell_block(results: Path) -> str:
-    """The block: the step, the cell, the paired check; each part says where its file is, or that it is missing."""
+    """The block, one paragraph: the step, the cell, the paired check; each part says where its file is,
+    or that it is missing."""
     folder = results / "bench"
-    lines = [CELL_BEGIN, ""]
     steps, cells, pairs = (_read(folder, n) for n in ("cell-steps-cpu", "cell-breakdown-cpu", "precision-pairs-cpu"))
-    lines.append(_steps_sentence(steps) + " (`results/bench/cell-steps-cpu.txt`)" if steps is not None
-                 else "The training step has not been measured yet (`dmlbench bench cell`).")
-    lines.append("")
-    lines.append(_cell_sentence(cells) + " (`results/bench/cell-breakdown-cpu.txt`)" if cells is not None
-                 else "No cell breakdown has been recorded yet (`dmlbench bench cell`).")
-    lines.append("")
+    text = ["**What a cell costs** ([docs/running.md](docs/running.md#precision-compilation-and-what-a-cell-costs)):"]
+    text.append(_steps_sentence(steps) + " (`results/bench/cell-steps-cpu.txt`)" if steps is not None
+                else "The training step has not been measured yet (`dmlbench bench cell`).")
+    text.append(_cell_sentence(cells) + " (`results/bench/cell-breakdown-cpu.txt`)" if cells is not None
+                else "No cell breakdown has been recorded yet (`dmlbench bench cell`).")
     if pairs is None:
-        lines.append("The paired check of the faster path has not been run yet (`dmlbench bench equal`).")
+        text.append("The paired check of the faster path has not been run yet (`dmlbench bench equal`).")
     else:
         said = [line for line in _header(folder, "precision-pairs-cpu")[1:] if line and not line.startswith(" ")]
         said = [line for line in said if ":" in line and ("differences" in line or "tau" in line)]
-        lines.append("The faster path against fp32, each cell paired by seed (`results/bench/precision-pairs-cpu.txt`): "
-                     + "; ".join(said) + ".")
-    lines += ["", CELL_END]
-    return "\n".join(lines)
+        text.append("The faster path against fp32, each cell paired by seed (`results/bench/precision-pairs-cpu.txt`): "
+                    + "; ".join(said) + ".")
+    return "\n".join([CELL_BEGIN, " ".join(text), CELL_END])

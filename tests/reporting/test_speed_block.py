@@ -31,3 +31,4 @@ def test_the_block_is_written_from_the_files(tmp_path):
     assert "(measured under load): precision auto (trained in bf16): 40.0 s of papermill time, 60% of the earlier" in block
     assert "training steps 75% of it" in block
     assert "0 of 6 differences beyond seed noise; d map@r: Kendall's tau of the 3 cells' means 0.900; x." in block
+    assert len(block.splitlines()) == 3  # one paragraph: the README stays short
