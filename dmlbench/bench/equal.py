@@ -112,10 +112,15 @@ def conclusions(pairs: pd.DataFrame) -> list[str]:
             means = part.groupby(["loss", "miner"])[[metric, f"{metric}_fp32"]].mean()
             tau = sps.kendalltau(means[metric], means[f"{metric}_fp32"]).statistic
             ways = (part, part.drop(columns=[metric]).rename(columns={f"{metric}_fp32": metric}))
-            verdicts = [paired_comparison(way, metric, BASELINE).set_index(["loss", "miner"])["verdict"] for way in ways]
-            same = int((verdicts[0] == verdicts[1].reindex(verdicts[0].index)).sum())
+            tables = [paired_comparison(way, metric, BASELINE).set_index(["loss", "miner"]) for way in ways]
+            fast, slow = tables[0], tables[1].reindex(tables[0].index)
+            changed = fast.index[fast["verdict"] != slow["verdict"]]
+            moved = "".join(f"; {loss} + {miner}: {slow.at[(loss, miner), 'verdict']} (Holm p "
+                            f"{slow.at[(loss, miner), 'p_holm']:.3f}) -> {fast.at[(loss, miner), 'verdict']} "
+                            f"({fast.at[(loss, miner), 'p_holm']:.3f})" for loss, miner in changed)
             lines.append(f"{dataset} {metric}: Kendall's tau of the {len(means)} cells' means {tau:.3f}; verdicts "
-                         f"against {' + '.join(BASELINE)} the same in {same} of {len(verdicts[0])} cells")
+                         f"against {' + '.join(BASELINE)} the same in {len(fast) - len(changed)} of {len(fast)} "
+                         f"cells{moved}")
     return lines
 
 
