@@ -101,10 +101,11 @@ def execute_notebook(template: str | os.PathLike, output: str | os.PathLike, *, 
             raise
 
     _atomic_notebook_writes()
-    for name, value in ALLOCATOR_ENVIRONMENT.items():  # inherited by the kernel process
-        os.environ.setdefault(name, value)
-    os.environ["DMLBENCH_UNATTENDED"] = "1"  # no one watches: the notebook draws its live figures once, at the end
-    with _quiet_interrupt(), _disk_full_named(Path(output)):
+    # inherited by the kernel process only (this process's environment is put back afterwards): the allocator's
+    # settings, and DMLBENCH_UNATTENDED (no one watches: the notebook draws its live figures once, at the end)
+    kernel_only = {name: value for name, value in ALLOCATOR_ENVIRONMENT.items() if name not in os.environ}
+    kernel_only["DMLBENCH_UNATTENDED"] = "1"
+    with _quiet_interrupt(), _disk_full_named(Path(output)), _environment(kernel_only):
         if kernel_log is None:
             run(kernel_manager_class())
             return
@@ -172,6 +173,21 @@ class AtomicLocalHandler:
         except OSError as error:
             error.bytes_written = len(buf.encode("utf-8"))  # what the disk had no room for
             raise
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ while the block runs; every variable as it was afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _atomic_notebook_writes() -> None:

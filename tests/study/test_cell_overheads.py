@@ -86,3 +86,7 @@ def test_a_kernel_keeps_freed_memory_and_its_last_output_survives_the_quick_shut
     execute_notebook(template, output, parameters={}, cwd=tmp_path)
     printed = nbformat.read(output, as_version=4).cells[0].outputs[0]["text"]
     assert printed.strip() == str({k: ALLOCATOR_ENVIRONMENT[k] for k in sorted(ALLOCATOR_ENVIRONMENT)})
+    import os
+
+    assert not any(name in os.environ for name in ALLOCATOR_ENVIRONMENT)  # this process's environment is as it was
+    assert "DMLBENCH_UNATTENDED" not in os.environ
