@@ -87,6 +87,8 @@ class RunConfig:
     augment: dict[str, float] | None = None  # in-memory grey datasets: training-time augmentation, e.g.
     #                                          {"rotate": 8, "scale": 0.1, "stroke": 0.5} (see AUGMENTATIONS)
     seed: int = 0
+    fold: int | None = None  # which of the dataset's folds (redrawn class split and typeface groups) it trains and is
+    #                          tested on; datasets with folds (han-typefaces) read None as fold 0, others have none
     device: str = "auto"
     data_root: str | None = None
     eval_batch_size: int = 1000
@@ -150,6 +152,8 @@ class RunConfig:
             del settings["torch_compile"]
         if settings.get("precision") == "fp32":  # the only precision before the setting existed (on the CPU)
             del settings["precision"]
+        if _dataset_folds(self.dataset):  # one split, one id: a folded dataset's fold None is its fold 0
+            settings["fold"] = self.fold or 0
         if settings.get("augment") == {} or (settings.get("augment") and not any(settings["augment"].values())):
             del settings["augment"]
         effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
@@ -209,7 +213,9 @@ class RunConfig:
             name = (f"pml-{rest}" if prefix == "pml" else rest) if rest else name
             return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower()
 
-        return f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__seed{self.seed}__{self.config_hash()[:10]}"
+        fold = f"fold{self.fold or 0}__" if _dataset_folds(self.dataset) else ""
+        return (f"{slug(self.dataset)}__{slug(self.loss)}__{slug(self.miner)}__{fold}seed{self.seed}__"
+                f"{self.config_hash()[:10]}")
 
     def validate(self, checked_models: set[str] | None = None) -> "RunConfig":
         """Check every field; names are checked against the registries. Returns self.
@@ -248,6 +254,11 @@ class RunConfig:
                     or value < 0 or (name == "lr" and value == 0)):
                 raise ConfigError(f"{name} must be a {smallest} number"
                                   f"{' or None (none)' if name == 'loss_weight_decay' else ''}, got {value!r}")
+        folds = _dataset_folds(self.dataset)
+        if self.fold is not None and (not isinstance(self.fold, int) or isinstance(self.fold, bool)
+                                      or not 0 <= self.fold < max(folds, 1) or not folds):
+            raise ConfigError(f"fold must be one of 0..{folds - 1} for {self.dataset} (or None: fold 0), got {self.fold!r}"
+                              if folds else f"{self.dataset} has one split, no folds: leave fold None, got {self.fold!r}")
         if self.loss_lr is not None and (not isinstance(self.loss_lr, (int, float)) or isinstance(self.loss_lr, bool)
                                          or not math.isfinite(self.loss_lr) or self.loss_lr <= 0):
             raise ConfigError(f"loss_lr must be a positive number or None, got {self.loss_lr!r}")
@@ -360,6 +371,8 @@ class RunConfig:
         from .paths import data_root_folder
 
         subset = {"subset": True} if self.data_subset else {}
+        if _dataset_folds(self.dataset):
+            subset["fold"] = self.fold or 0
         root = None if self.data_root is None else str(data_root_folder(self.data_root))  # as the checks found it
         return load_dataset(self.dataset, root=root, image_size=self.image_size, **subset)
 
@@ -626,3 +639,10 @@ def yaml_problem(error: Exception) -> str:
     context = getattr(error, "context", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     return where + " ".join(f"{problem}{f' ({context})' if context else ''}".split())
+
+
+def _dataset_folds(name: str) -> int:
+    """The number of folds of registered dataset ``name`` (0: one split, or an unknown name)."""
+    from .datasets.base import dataset_fact
+
+    return int(dataset_fact(name, "folds", 0) or 0)

@@ -142,6 +142,7 @@ class Dataset:
     # What it loads (files, splits, normalisation), as a number that a run's identity includes: bump it
     # when that changes, so that runs on the old data are never reused (1, the first, is left out of the hash).
     version: ClassVar[int] = 1
+    folds: ClassVar[int] = 0  # independent redrawn splits a study runs every cell on (RunConfig.fold); 0: one split
     recall_ks: ClassVar[tuple[int, ...]] = ()  # the K of the Recall@K its papers report (added to the common ones)
     channels: ClassVar[int] = 3  # image channels
     validation: ClassVar[bool] = True  # whether it has validation classes (a study's tuning block needs them)

@@ -20,14 +20,21 @@ How it is built (deterministic for given font files; every step is a setting of 
    removed as its duplicate. Then, per character, a rendering within the same distance of an earlier
    kept rendering of that character (a font borrowing another's glyph) is dropped, as is one without
    ink: every class holds distinct designs only.
-4. **Characters.** Candidates (covered by at least ``min_typefaces`` kept faces) are visited in a
-   seeded random order; a character enters when it keeps at least ``min_typefaces`` distinct
-   renderings, until ``sum(split_characters)`` have entered.
-5. **Splits by character**, class-disjoint, seeded and fixed: ``split_characters`` = (train,
-   validation, test). Validation characters are held out from training and test alike, so model
-   selection sees neither.
+4. **Typeface groups** (per fold): whole packages are dealt into a training, a validation and a test
+   group (about ``typeface_groups`` of the faces each), stratified by style family (Ming/Song,
+   Hei/Gothic/sans, Kai/brush, hand-written, pixel/bitmap: :func:`style_family`) so that every group
+   holds every family found in at least three packages.
+5. **Characters.** Candidates (covered by at least ``min_typefaces`` kept faces) are visited in a
+   seeded random order; a character enters the pool when it keeps at least ``min_typefaces``
+   distinct renderings, ``min_held_out`` of them in each group of every fold, until
+   ``sum(split_characters)`` have entered. The pool is the same in every fold.
+6. **Splits by character and typeface**, class-disjoint, seeded and fixed per fold:
+   ``split_characters`` = (train, validation, test), redrawn in each of ``folds`` folds. Training
+   characters appear in training typefaces only, validation characters in validation typefaces
+   only, test characters in test typefaces only: validation mirrors the test's double shift (new
+   characters in new designs), and model selection sees neither test characters nor test designs.
 
-The result is cached (``$DMLBENCH_CACHE/han-typefaces/build-<fingerprint>.npz``) under a key of the
+Every fold is its own cached build (``$DMLBENCH_CACHE/han-typefaces/build-<fingerprint>.npz``) under a key of the
 spec, the font files (path, size, modification time) and the package versions; :meth:`HanTypefaces.load`'s
 ``source`` lists every typeface used with its package and version, and the counts, which a run's
 metrics.json records.
@@ -42,6 +49,7 @@ discovered, and a missing package is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -128,24 +136,30 @@ class BuildSpec:
     image_size: int = 24
     duplicate_threshold: float = 0.10
     min_typefaces: int = 20
-    split_characters: tuple[int, int, int] = (1000, 120, 800)
+    split_characters: tuple[int, int, int] = (1000, 800, 800)  # validation at the test's scale
     seed: int = 0
     probe: int = 100
     characters: tuple[int, int] = HAN_RANGE  # code point range (inclusive)
     min_coverage: int = 1000  # faces covering fewer characters of the range are not Han fonts: left out
-    # The second zero-shot axis: about this share of the distinct typefaces, whole packages (design families)
-    # at a time, is held out of training and validation and is all the test split shows (0: none held out).
-    held_out_typefaces: float = 1 / 3
-    min_held_out: int = 6  # a character needs this many distinct held-out renderings (and min_typefaces in all)
+    # The second zero-shot axis: the distinct typefaces fall into three groups, whole packages (a design with its
+    # sibling weights) at a time, each group holding every style family: training characters are shown in the
+    # training group only, validation characters in the validation group only, test characters in the test
+    # group only. About these shares of the faces go to (train, validation, test).
+    typeface_groups: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    min_held_out: int = 6  # a character needs this many distinct renderings in every group of every fold
+    folds: int = 3  # character split and typeface groups redrawn per fold (seeded): each fold its own build
+    fold: int = 0
 
     def validate(self) -> "BuildSpec":
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.duplicate_threshold < 1:
             raise ValueError(f"duplicate_threshold is a mean grey difference in [0, 1), got {self.duplicate_threshold}")
-        if not 0 <= self.held_out_typefaces < 1 or self.min_held_out < 2:
-            raise ValueError(f"held_out_typefaces must lie in [0, 1) and min_held_out be >= 2, got "
-                             f"{self.held_out_typefaces}, {self.min_held_out}")
+        if len(self.typeface_groups) != 3 or min(self.typeface_groups) <= 0 or self.min_held_out < 2:
+            raise ValueError(f"typeface_groups must be three positive shares (train, validation, test) and "
+                             f"min_held_out be >= 2, got {self.typeface_groups}, {self.min_held_out}")
+        if self.folds < 1 or not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be one of 0..{self.folds - 1} (folds={self.folds}), got {self.fold}")
         if self.min_typefaces < 2 or min(self.split_characters) < 1 or len(self.split_characters) != 3:
             raise ValueError(f"min_typefaces must be >= 2 and split_characters three positive counts, got "
                              f"{self.min_typefaces}, {self.split_characters}")
@@ -361,22 +375,83 @@ def distinct_renderings(spec: BuildSpec, faces: _Faces, char: int) -> tuple[list
     return images, owners
 
 
-def held_out_faces(spec: BuildSpec, faces: _Faces) -> set[int]:
-    """The held-out typefaces (indices into ``faces``): whole packages in a seeded order until about
-    ``held_out_typefaces`` of the faces are held out, so no test design has a sibling weight in training."""
-    packages = sorted({f.package for f in faces.faces})
-    order = np.random.default_rng(spec.seed + 2).permutation(len(packages))
-    wanted, held = spec.held_out_typefaces * len(faces.faces), set()
-    for position in order:
-        if len(held) >= wanted - 0.5:
-            break
-        held |= {i for i, f in enumerate(faces.faces) if f.package == packages[int(position)]}
-    return held
+# Style families (the protocol's five): a face's family from its name where the name says it (a package such as
+# Noto CJK or Un fonts holds several designs), else from its package's.
+STYLE_FAMILIES = ("ming", "sans", "kai", "hand-written", "pixel")
+_PACKAGE_FAMILIES = {
+    "ming": ("fonts-arphic-uming", "fonts-arphic-bsmi00lp", "fonts-arphic-gbsn00lp", "fonts-cns11643-sung",
+             "fonts-cwtex-ming", "fonts-cwtex-fs", "fonts-ipafont-mincho", "fonts-ipaexfont-mincho",
+             "fonts-ipamj-mincho", "fonts-hanazono", "fonts-takao-mincho"),
+    "kai": ("fonts-arphic-ukai", "fonts-arphic-bkai00mp", "fonts-arphic-gkai00mp", "fonts-cns11643-kai",
+            "fonts-cwtex-kai", "fonts-lxgw-wenkai", "fonts-aoyagi-kouzan-t", "fonts-aoyagi-soseki",
+            "fonts-kouzan-mouhitsu"),
+    "hand-written": ("fonts-kiloji", "fonts-seto", "fonts-yozvox-yozfont-standard-kana"),
+    "pixel": ("fonts-mona", "fonts-monapo", "fonts-misaki", "fonts-unifont"),
+}
+_NAMED_FAMILIES = ((re.compile(r"serif|ming|mincho|batang|myeongjo|sung\b|song", re.I), "ming"),
+                   (re.compile(r"kai|gungseo|brush|soseki|kouzan|mouhitsu", re.I), "kai"))
+GROUPS = ("train", "val", "test")
 
 
-def choose_characters(spec: BuildSpec, faces: _Faces, held: set[int]) -> tuple[list[int], list[np.ndarray], list[list[int]]]:
-    """Characters visited in a seeded order, kept with at least ``min_typefaces`` distinct renderings of
-    which at least ``min_held_out`` come from held-out typefaces (when any are held out)."""
+def style_family(package: str, name: str) -> str:
+    """The face's style family (one of STYLE_FAMILIES): its name's where the name says it, else its package's
+    (sans for a package not listed)."""
+    for pattern, family in _NAMED_FAMILIES:
+        if pattern.search(name or ""):
+            return family
+    return next((family for family, packages in _PACKAGE_FAMILIES.items() if package in packages), "sans")
+
+
+def spread_families(faces: list[Face]) -> list[str]:
+    """The families a grouping must put in every group: those found in at least three packages (a family of
+    one or two packages cannot be in all three groups when packages stay whole)."""
+    packages: dict[str, set[str]] = {}
+    for f in faces:
+        packages.setdefault(style_family(f.package, f.name), set()).add(f.package)
+    return [family for family in STYLE_FAMILIES if len(packages.get(family, ())) >= len(GROUPS)]
+
+
+def typeface_groups(spec: BuildSpec, faces: list[Face], fold: int) -> list[int]:
+    """The group (0 train, 1 validation, 2 test) of each face in ``fold``: whole packages (a design with its
+    sibling weights) dealt out in a seeded order, scarcest families first, each to the group that lacks most of
+    the package's families and then is furthest below its share (``typeface_groups``) of the faces; redrawn
+    until every group holds every family of :func:`spread_families`. Deterministic for the spec and fold."""
+    families = [style_family(f.package, f.name) for f in faces]
+    packages = sorted({f.package for f in faces})
+    held = {p: {fam for f, fam in zip(faces, families) if f.package == p} for p in packages}
+    sizes = Counter(f.package for f in faces)
+    scarcity = Counter(fam for p in packages for fam in held[p])
+    wanted = set(spread_families(faces))
+    rng = np.random.default_rng([spec.seed, fold, 2])
+    for _ in range(1000):
+        order = sorted(rng.permutation(len(packages)), key=lambda i: min(scarcity[fam] for fam in held[packages[i]]))
+        group_of, filled, count = {}, [set() for _ in GROUPS], [0.0] * len(GROUPS)
+        for i in order:
+            package = packages[int(i)]
+            need = [len((held[package] & wanted) - filled[g]) for g in range(len(GROUPS))]
+            deficit = [spec.typeface_groups[g] * len(faces) - count[g] for g in range(len(GROUPS))]
+            g = max(range(len(GROUPS)), key=lambda g: (need[g], deficit[g], rng.random()))
+            group_of[package] = g
+            filled[g] |= held[package]
+            count[g] += sizes[package]
+        if all(wanted <= f for f in filled):
+            return [group_of[f.package] for f in faces]
+    raise DatasetNotFoundError(f"han-typefaces: no grouping of the {len(packages)} font packages puts every style "
+                               f"family ({', '.join(sorted(wanted))}) in each of the three typeface groups")
+
+
+def _enough(spec: BuildSpec, who: list[int], groupings: list[list[int]]) -> bool:
+    """Whether a character's renderings (face indices ``who``) give every group of every fold at least
+    ``min_held_out`` distinct renderings: then it can take any part in any fold."""
+    return all(min(Counter(groups[w] for w in who).get(g, 0) for g in range(len(GROUPS))) >= spec.min_held_out
+               for groups in groupings)
+
+
+def choose_characters(spec: BuildSpec, faces: _Faces, groupings: list[list[int]]
+                      ) -> tuple[list[int], list[np.ndarray], list[list[int]]]:
+    """The character pool, the same in every fold: characters visited in a seeded order, kept with at least
+    ``min_typefaces`` distinct renderings of which at least ``min_held_out`` lie in each typeface group of
+    every fold, until ``sum(split_characters)`` are kept."""
     counts = Counter(c for covered in faces.coverage for c in covered)
     candidates = sorted(c for c, n in counts.items() if n >= spec.min_typefaces)
     order = np.random.default_rng(spec.seed).permutation(len(candidates))
@@ -386,7 +461,7 @@ def choose_characters(spec: BuildSpec, faces: _Faces, held: set[int]) -> tuple[l
         for position in order:
             char = candidates[int(position)]
             rendered, who = distinct_renderings(spec, faces, char)
-            if len(rendered) >= spec.min_typefaces and (not held or sum(w in held for w in who) >= spec.min_held_out):
+            if len(rendered) >= spec.min_typefaces and _enough(spec, who, groupings):
                 chars.append(char)
                 images.append(np.stack(rendered))
                 owners.append(who)
@@ -395,33 +470,49 @@ def choose_characters(spec: BuildSpec, faces: _Faces, held: set[int]) -> tuple[l
                 break
     if len(chars) < wanted:
         raise DatasetNotFoundError(
-            f"han-typefaces: only {len(chars)} characters have {spec.min_typefaces} distinct typefaces among "
-            f"the {len(faces.faces)} distinct faces found; {wanted} are needed. Install the font packages "
-            f"({install_command(spec.packages)}) or ask for fewer characters or typefaces per character.")
+            f"han-typefaces: only {len(chars)} characters have {spec.min_typefaces} distinct typefaces, "
+            f"{spec.min_held_out} in each typeface group of every fold, among the {len(faces.faces)} distinct "
+            f"faces found; {wanted} are needed. Install the font packages ({install_command(spec.packages)}) "
+            f"or ask for fewer characters or typefaces per character.")
     return chars, images, owners
 
 
 def build(spec: BuildSpec, faces: list[Face] | None = None) -> dict:
-    """Render the benchmark: arrays (images, labels = character code points, face of each image) and
-    the facts (faces kept, faces left out and why, held-out faces, split characters). Train and
-    validation characters show the training typefaces only, test characters the held-out ones only."""
+    """The build of ``spec.fold`` (see :func:`build_folds`)."""
+    return build_folds(spec, faces)[spec.fold]
+
+
+def build_folds(spec: BuildSpec, faces: list[Face] | None = None) -> dict[int, dict]:
+    """Render the benchmark once and cut it into every fold: {fold: build}, a build being the arrays
+    (images, labels = character code points, face of each image, per part) and the facts (faces kept with
+    their style family and group, faces left out and why, the spec with its fold). In a fold, training
+    characters show the training typefaces only, validation characters the validation typefaces only and
+    test characters the test typefaces only; the character split and the groups are redrawn per fold."""
     spec.validate()
     faces = discover_faces(spec.packages) if faces is None else faces
     kept = remove_duplicate_faces(spec, usable_faces(spec, faces))
-    held = held_out_faces(spec, kept) if spec.held_out_typefaces > 0 else set()
-    chars, images, owners = choose_characters(spec, kept, held)
-    order = np.random.default_rng(spec.seed + 1).permutation(len(chars))
+    groupings = [typeface_groups(spec, kept.faces, fold) for fold in range(spec.folds)]
+    chars, images, owners = choose_characters(spec, kept, groupings)
+    return {fold: _cut(dataclasses.replace(spec, fold=fold), kept, faces, groupings[fold], chars, images, owners)
+            for fold in range(spec.folds)}
+
+
+def _cut(spec: BuildSpec, kept: _Faces, faces: list[Face], groups: list[int], chars, images, owners) -> dict:
+    """One fold's build from the rendered pool (see :func:`build_folds`)."""
+    order = np.random.default_rng([spec.seed, spec.fold, 1]).permutation(len(chars))
     n_train, n_val, _ = spec.split_characters
     parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
     arrays = {}
-    for part, members in parts.items():
+    for g, (part, members) in enumerate(parts.items()):
         members = sorted(int(m) for m in members)
-        side = [[j for j, w in enumerate(owners[m]) if not held or ((w in held) == (part == "test"))] for m in members]
+        side = [[j for j, w in enumerate(owners[m]) if groups[w] == g] for m in members]
         arrays[f"{part}_images"] = np.concatenate([images[m][rows] for m, rows in zip(members, side)])
         arrays[f"{part}_labels"] = np.concatenate([np.full(len(rows), chars[m], np.int64) for m, rows in zip(members, side)])
         arrays[f"{part}_faces"] = np.concatenate([np.asarray(owners[m], np.int64)[rows] for m, rows in zip(members, side)])
-    facts = {"faces": [asdict(f) | {"held_out": i in held} for i, f in enumerate(kept.faces)],
-             "left_out": kept.left_out, "faces_examined": len(faces), "spec": asdict(spec)}
+    described = [asdict(f) | {"family": style_family(f.package, f.name), "group": GROUPS[groups[i]]}
+                 for i, f in enumerate(kept.faces)]
+    facts = {"faces": described, "left_out": kept.left_out, "faces_examined": len(faces), "spec": asdict(spec),
+             "spread_families": spread_families(kept.faces), "pool": len(chars)}
     return {"arrays": arrays, "facts": facts}
 
 
@@ -459,13 +550,15 @@ def load_build(spec: BuildSpec, cache: bool = True) -> tuple[dict, str]:
         built = read_or_set_aside(path, read_build, "han-typefaces build", log)
         if built is not None:
             return built, key
-    log.info("rendering han-typefaces from %d faces: once, a few minutes (cached in %s)", len(faces), path.parent)
-    built = build(spec, faces)
+    log.info("rendering han-typefaces from %d faces: once for its %d folds, a few minutes (cached in %s)",
+             len(faces), spec.folds, path.parent)
+    built = build_folds(spec, faces)
     if cache:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **built["arrays"], facts=np.array(json.dumps(built["facts"])))
-        atomic_write_bytes(path, buffer.getvalue())
-    return built, key
+        for fold, made in built.items():
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **made["arrays"], facts=np.array(json.dumps(made["facts"])))
+            atomic_write_bytes(build_path(fingerprint(dataclasses.replace(spec, fold=fold), faces)), buffer.getvalue())
+    return built[spec.fold], key
 
 
 def carried_build(path: Path, spec: BuildSpec) -> tuple[dict, str]:
@@ -550,28 +643,32 @@ class HanTypefaces(Dataset):
     description = ("Han characters rendered in every distinct typeface of Debian's CJK font packages: one class "
                    "per character, split by character into train / validation / test (grey, 24x24).")
     spec: BuildSpec = BuildSpec()
+    folds = spec.folds  # a study runs every cell on every fold (RunConfig.fold)
+    version = 2  # 2: three typeface groups and folds (1: validation in the training typefaces, one split)
     num_classes = spec.split_characters[0], spec.split_characters[2]
     channels = 1
     default_image_size = spec.image_size
     packages = FONT_PACKAGES  # what 'make data' installs
 
     @classmethod
-    def load(cls, root: str | os.PathLike | None = None, cache: bool = True) -> Splits:
+    def load(cls, root: str | os.PathLike | None = None, cache: bool = True, fold: int = 0) -> Splits:
         if root is not None:
             raise DatasetNotFoundError(
                 "han-typefaces is rendered from installed Debian font packages, not read from a data root; "
                 f"leave data_root unset. Install the fonts with: {install_command(cls.spec.packages)}")
-        built, key = load_build(cls.spec, cache=cache)
+        if not isinstance(fold, int) or not 0 <= fold < cls.spec.folds:
+            raise DatasetNotFoundError(f"han-typefaces has folds 0..{cls.spec.folds - 1}; got fold={fold!r}")
+        built, key = load_build(dataclasses.replace(cls.spec, fold=fold), cache=cache)
         arrays, facts = built["arrays"], built["facts"]
         sets = {part: ImageSet(arrays[f"{part}_images"], arrays[f"{part}_labels"]) for part in ("train", "val", "test")}
         mean, std = pixel_statistics(key, sets["train"].images)
         names = {int(c): chr(int(c)) for part in sets.values() for c in np.unique(part.labels)}
         typefaces = [{"name": f["name"], "package": f["package"], "version": f["version"], "file": f["file"],
-                      "index": f["index"]} for f in facts["faces"]]
+                      "index": f["index"], "family": f.get("family"), "group": f.get("group")} for f in facts["faces"]]
         # what a run records of its data (metrics.json): the typefaces and counts; the faces left out and why
         # are listed by 'dmlbench data prepare han-typefaces' (HanTypefaces.left_out)
         where = f"{len(typefaces)} distinct typefaces of {len(cls.spec.packages)} Debian font packages"
-        source = {"where": where, "fingerprint": key, "counts": counts(built), "typefaces": typefaces,
+        source = {"where": where, "fingerprint": key, "fold": fold, "counts": counts(built), "typefaces": typefaces,
                   "faces_left_out": len(facts["left_out"]), "spec": facts["spec"]}
         if built.get("carried"):  # rendered elsewhere, carried here ($DMLBENCH_HAN_TYPEFACES_BUILD)
             source |= {"where": f"a carried build (build-{key}.npz, {BUILD_VARIABLE}) of {where}",

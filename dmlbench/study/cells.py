@@ -72,8 +72,8 @@ log = logging.getLogger("dmlbench")
 STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning",
               "indexes")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
-DATASET_KEYS = ("seeds", "settings", "grid")  # what a study's datasets mapping may give per dataset
-AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "seed")
+DATASET_KEYS = ("seeds", "folds", "settings", "grid")  # what a study's datasets mapping may give per dataset
+AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "fold", "seed")
 BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
 
 
@@ -205,7 +205,8 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
         settings = _settings(path, {**shared, **own.get("settings", {})})
         pairs = (grid if own.get("grid", True) else []) + extra
         own_seeds = seeds_of[dataset] = _seeds(path, own["seeds"]) if "seeds" in own else seeds
-        _add_cells(study, itertools.product([dataset], pairs, own_seeds), settings, check_networks=check_networks)
+        units = list(itertools.product(_folds(path, dataset, own.get("folds")), own_seeds))
+        _add_cells(study, itertools.product([dataset], pairs, units), settings, check_networks=check_networks)
     if raw.get("tuning") is not None:
         _add_tuned_cells(study, raw["tuning"], seeds_of, check_networks=check_networks)
     if not study.cells:
@@ -306,6 +307,23 @@ def _seeds(path: Path, seeds: Any) -> list[int]:
     return seeds
 
 
+def _folds(path: Path, dataset: str, folds: Any) -> list[int | None]:
+    """The folds every cell of ``dataset`` runs on: all of a folded dataset's unless the study names some;
+    [None] for a dataset with one split."""
+    from ..datasets.base import dataset_fact
+
+    count = int(dataset_fact(dataset, "folds", 0) or 0)
+    if folds is None:
+        return list(range(count)) or [None]
+    folds = folds if isinstance(folds, list) else [folds]
+    if not count:
+        raise ConfigError(f"{path}: datasets: {dataset}: folds: {dataset} has one split, no folds; drop 'folds'")
+    if not folds or not all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f < count for f in folds):
+        raise ConfigError(f"{path}: datasets: {dataset}: folds: expected a list of folds among 0..{count - 1}, "
+                          f"got {folds!r}")
+    return list(dict.fromkeys(folds))
+
+
 def _settings(path: Path, settings: Any) -> dict[str, Any]:
     """The settings every cell shares, checked, with a preset's settings beneath the ones given."""
     if not isinstance(settings, dict):
@@ -341,12 +359,12 @@ def _check_names(path: Path, datasets: list[str], pairs: list[Pair]) -> None:
 
 
 def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_networks: bool) -> None:
-    """One cell per (dataset, pair, seed), each once; an incompatible loss and miner is skipped with
+    """One cell per (dataset, pair, (fold, seed)), each once; an incompatible loss and miner is skipped with
     the reason."""
     seen, checked_models = set(), (set() if check_networks else _Everything())
-    for dataset, (loss, loss_kwargs, miner, miner_kwargs), seed in combinations:
+    for dataset, (loss, loss_kwargs, miner, miner_kwargs), (fold, seed) in combinations:
         config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
-                           miner_kwargs=dict(miner_kwargs), seed=seed)
+                           miner_kwargs=dict(miner_kwargs), fold=fold, seed=seed)
         try:
             config.check_settings()  # before the run id, which computes with the settings' values
             if config.run_id() in seen:
@@ -357,7 +375,8 @@ def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_ne
             study.skipped.append(SkippedCell(dataset, loss, miner, seed, str(error)))
             continue
         except ConfigError as error:
-            raise type(error)(f"{study.path}: cell {dataset} x {loss} x {miner} x seed {seed}: {error}") from None
+            unit = f"fold {fold} x seed {seed}" if fold is not None else f"seed {seed}"
+            raise type(error)(f"{study.path}: cell {dataset} x {loss} x {miner} x {unit}: {error}") from None
         study.cells.append(Cell(config))
 
 
@@ -662,7 +681,7 @@ def _index_targets(study: Study, lines: list[str], dmlbench: str, study_path: st
     cell (so no training shares the cores the evaluation times); '$(INDEXES) ' for the report, or ''."""
     if study.indexes is None:
         return ""
-    paths = [study.indexes.result_path(cell.run_id) for cell in study.cells]
+    paths = [study.indexes.result_path(cell.run_id) for cell in study.cells if study.indexes.serves(cell.config)]
     shown = [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in paths]
     lines[lines.index(".PHONY: cells report FORCE")] = ".PHONY: cells report indexes FORCE"
     lines += [f"INDEXES := {' '.join(shown)}", "indexes: $(INDEXES)",

@@ -46,7 +46,7 @@ from ..paths import results_dir
 # counts the sphere's diameter in the relative distance error (it counted as infinite). 3: PQ, IVF-PQ,
 # IVF-Flat and SQ8 rank by L2, the embeddings' own metric (they ranked by inner product).
 INDEX_EVAL_VERSION = 3
-PLAN_KEYS = ("queries", "exact_queries", "seed", "families")
+PLAN_KEYS = ("queries", "exact_queries", "seed", "families", "folds", "seeds")
 RESULT_KEYS = ("run_id", "plan_id", "dataset", "loss", "miner", "seed", "exact", "rows")
 
 
@@ -56,10 +56,19 @@ class IndexPlan:
     queries: int = 1000
     exact_queries: int = 200
     seed: int = 0
+    # which of a cell's runs are served: those of these folds and seeds (None: all). An index measures the
+    # geometry a loss learns; one run per cell shows it at a fraction of the cost of every fold x seed.
+    folds: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"queries": self.queries, "exact_queries": self.exact_queries, "seed": self.seed,
                 "families": [spec.to_dict() for spec in self.specs]}
+
+    def serves(self, config) -> bool:
+        """Whether the run of this configuration is one the plan serves (its fold and seed are chosen)."""
+        return ((self.folds is None or (config.fold or 0) in self.folds)
+                and (self.seeds is None or config.seed in self.seeds))
 
     @property
     def plan_id(self) -> str:
@@ -95,6 +104,12 @@ def parse_plan(path: Path, raw: Any) -> IndexPlan:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{where}: {key} must be a whole number >= {low}, got {value!r}")
         numbers[key] = value
+    for key in ("folds", "seeds"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+            raise ConfigError(f"{where}: {key} must be a list of whole numbers >= 0 (or absent: every one), got {value!r}")
+        numbers[key] = None if value is None else tuple(value)
     specs = parse_specs(raw["families"], f"{where}: families") if "families" in raw else default_specs()
     return IndexPlan(specs=tuple(specs), **numbers)
 
@@ -199,6 +214,8 @@ def _evaluate_cells(study, plan: IndexPlan, counts: dict[str, int], unusable: li
     splits_of: dict[tuple, Any] = {}
     for cell in study.cells:
         path = plan.result_path(cell.run_id)
+        if not plan.serves(cell.config):
+            continue
         if not cell.is_done():
             counts["unfinished"] += 1
             continue

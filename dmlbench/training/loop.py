@@ -172,7 +172,8 @@ def _progress(total: int, enabled: bool):
 
 def validation_metrics(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     metrics = evaluate(embeddings, labels, ks=(1,), nmi=False)
-    return {"val_recall@1": metrics["recall@1"], "val_map@r": metrics["map@r"]}
+    return {"val_recall@1": metrics["recall@1"], "val_map@r": metrics["map@r"],
+            "val_r_precision": metrics["r_precision"]}
 
 
 @dataclass
