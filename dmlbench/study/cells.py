@@ -17,6 +17,7 @@ A study file (YAML) looks like::
     #     fashion-mnist: {seeds: [0, 1], grid: false, settings: {P: 5, K: 16}}
     cells:                       # more (loss, miner) pairs beyond the grid, e.g. a loss with its paper's sampling
       - {loss: margin, miner: distance-weighted, loss_kwargs: {beta: 1.2}}
+      - {loss: margin, miner: distance-weighted, settings: {epochs: 40}}  # settings of its own over the shared ones
     seeds: [0]
     settings:                    # any other RunConfig field, shared by every cell
       epochs: 8
@@ -71,7 +72,7 @@ log = logging.getLogger("dmlbench")
 
 STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning",
               "indexes")
-CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs")
+CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs", "settings")
 DATASET_KEYS = ("seeds", "folds", "settings", "grid")  # what a study's datasets mapping may give per dataset
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "fold", "seed")
 BUSY_EXIT = 3  # exit status of 'dmlbench run' when another process holds the cell's lock
@@ -225,7 +226,8 @@ def _index_plan(path: Path, raw: dict[str, Any]):
     return parse_plan(path, {} if raw["indexes"] is None else raw["indexes"])
 
 
-Pair = tuple[str, dict[str, Any], str, dict[str, Any]]  # loss, its keyword arguments, miner, its keyword arguments
+# loss, its keyword arguments, miner, its keyword arguments (and, in a 'cells' entry, settings of its own)
+Pair = tuple[str, dict[str, Any], str, dict[str, Any]] | tuple[str, dict[str, Any], str, dict[str, Any], dict[str, Any]]
 
 
 def _read_study_file(path: Path) -> dict[str, Any]:
@@ -293,10 +295,17 @@ def _extra_pairs(path: Path, extra: Any) -> list[Pair]:
         bad = sorted(set(entry) - set(CELL_KEYS))
         if bad:
             raise ConfigError(f"{path}: cells[{i}]: unknown key {', '.join(map(repr, bad))}; valid keys: {', '.join(CELL_KEYS)}")
-        for key in ("loss_kwargs", "miner_kwargs"):
+        for key in ("loss_kwargs", "miner_kwargs", "settings"):
             if not isinstance(entry.get(key) or {}, dict):
                 raise ConfigError(f"{path}: cells[{i}]: {key}: expected a mapping, got {entry[key]!r}")
-        pairs.append((str(entry["loss"]), entry.get("loss_kwargs") or {}, str(entry["miner"]), entry.get("miner_kwargs") or {}))
+        own = entry.get("settings") or {}
+        bad = sorted(set(own) - {f for f in RunConfig.field_names() if f not in AXES})
+        if bad:
+            raise ConfigError(f"{path}: cells[{i}]: settings: unknown setting {', '.join(map(repr, bad))}; valid "
+                              f"settings: {', '.join(f for f in RunConfig.field_names() if f not in AXES)}")
+        check_setting_types(own, f"{path}: cells[{i}]: settings")
+        pairs.append((str(entry["loss"]), entry.get("loss_kwargs") or {}, str(entry["miner"]),
+                      entry.get("miner_kwargs") or {}, own))
     return pairs
 
 
@@ -362,9 +371,9 @@ def _add_cells(study: Study, combinations, settings: dict[str, Any], *, check_ne
     """One cell per (dataset, pair, (fold, seed)), each once; an incompatible loss and miner is skipped with
     the reason."""
     seen, checked_models = set(), (set() if check_networks else _Everything())
-    for dataset, (loss, loss_kwargs, miner, miner_kwargs), (fold, seed) in combinations:
-        config = RunConfig(**settings, dataset=dataset, loss=loss, miner=miner, loss_kwargs=dict(loss_kwargs),
-                           miner_kwargs=dict(miner_kwargs), fold=fold, seed=seed)
+    for dataset, (loss, loss_kwargs, miner, miner_kwargs, *own), (fold, seed) in combinations:
+        config = RunConfig(**(settings | (own[0] if own else {})), dataset=dataset, loss=loss, miner=miner,
+                           loss_kwargs=dict(loss_kwargs), miner_kwargs=dict(miner_kwargs), fold=fold, seed=seed)
         try:
             config.check_settings()  # before the run id, which computes with the settings' values
             if config.run_id() in seen:
