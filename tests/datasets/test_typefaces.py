@@ -8,33 +8,66 @@ import numpy as np
 import pytest
 
 from dmlbench.datasets import typefaces
-from dmlbench.datasets.typefaces import BuildSpec, HanTypefaces, build, counts, load_build, rendering_distance
+from dmlbench.datasets.typefaces import (GROUPS, BuildSpec, HanTypefaces, build_folds, counts, load_build,
+                                         rendering_distance, style_family)
 from dmlbench.errors import DatasetNotFoundError
 
 # Noto CJK holds regional variants (JP, KR, SC, TC, HK, and Mono) of two designs per weight; IPA Gothic and
 # IPA P Gothic share their Han glyphs: the duplicate removal must find both.
 SMALL = BuildSpec(packages=("fonts-noto-cjk", "fonts-arphic-uming", "fonts-arphic-ukai", "fonts-wqy-zenhei",
-                            "fonts-ipafont-gothic", "fonts-cwtex-kai", "fonts-lxgw-wenkai", "fonts-kiloji"),
-                  min_typefaces=5, min_held_out=2, split_characters=(8, 3, 5), probe=30, held_out_typefaces=0.3)
+                            "fonts-ipafont-gothic", "fonts-cwtex-kai", "fonts-lxgw-wenkai", "fonts-kiloji",
+                            "fonts-unfonts-core", "fonts-wqy-microhei"),
+                  min_typefaces=5, min_held_out=2, split_characters=(8, 3, 5), probe=30, folds=2)
 
 
 @pytest.fixture(scope="module")
-def small():
-    return build(SMALL)
+def folds():
+    return build_folds(SMALL)
 
 
-def test_splits_are_disjoint_by_character_and_by_typeface(small):
-    arrays = small["arrays"]
-    chars = {part: set(arrays[f"{part}_labels"].tolist()) for part in ("train", "val", "test")}
-    assert [len(chars[p]) for p in ("train", "val", "test")] == list(SMALL.split_characters)
+@pytest.fixture(scope="module")
+def small(folds):
+    return folds[0]
+
+
+def check_protocol(built: dict, split_characters) -> None:
+    """The protocol's promises for one fold's build: characters and typefaces of the three parts disjoint,
+    whole packages per group, every spread family in every group, each part shown only in its group."""
+    arrays, faces = built["arrays"], built["facts"]["faces"]
+    chars = {part: set(arrays[f"{part}_labels"].tolist()) for part in GROUPS}
+    assert [len(chars[p]) for p in GROUPS] == list(split_characters)
     assert not chars["train"] & chars["val"] and not chars["train"] & chars["test"] and not chars["val"] & chars["test"]
-    assert all(0x4E00 <= c <= 0x9FFF for part in chars.values() for c in part)
-    held = {i for i, f in enumerate(small["facts"]["faces"]) if f["held_out"]}
-    assert held and set(arrays["test_faces"].tolist()) <= held
-    assert not set(arrays["train_faces"].tolist()) & held and not set(arrays["val_faces"].tolist()) & held
-    # whole packages are held out: no held-out design has a sibling face in training
-    held_packages = {small["facts"]["faces"][i]["package"] for i in held}
-    assert all(small["facts"]["faces"][i]["package"] not in held_packages for i in set(arrays["train_faces"].tolist()))
+    shown = {part: set(arrays[f"{part}_faces"].tolist()) for part in GROUPS}
+    for part in GROUPS:  # a part's images come from its own group's typefaces only
+        assert shown[part] and all(faces[i]["group"] == part for i in shown[part])
+    assert not shown["val"] & (shown["train"] | shown["test"]) and not shown["train"] & shown["test"]
+    packages = {part: {f["package"] for f in faces if f["group"] == part} for part in GROUPS}
+    assert not packages["train"] & packages["val"] and not packages["train"] & packages["test"] \
+        and not packages["val"] & packages["test"]  # whole packages: no design has a sibling weight elsewhere
+    for part in GROUPS:
+        held = {f["family"] for f in faces if f["group"] == part}
+        assert set(built["facts"]["spread_families"]) <= held, (part, held)
+    for f in faces:
+        assert f["family"] == style_family(f["package"], f["name"])
+
+
+def test_every_fold_keeps_the_parts_apart_by_character_and_typeface(folds):
+    assert sorted(folds) == list(range(SMALL.folds))
+    for built in folds.values():
+        check_protocol(built, SMALL.split_characters)
+    # folds redraw the character split from one pool
+    first, second = ({part: set(b["arrays"][f"{part}_labels"].tolist()) for part in GROUPS} for b in folds.values())
+    assert set().union(*first.values()) == set().union(*second.values()) and first["test"] != second["test"]
+
+
+def test_style_families_come_from_names_then_packages():
+    assert style_family("fonts-noto-cjk", "Noto Serif CJK JP Bold") == "ming"
+    assert style_family("fonts-noto-cjk", "Noto Sans CJK JP") == "sans"
+    assert style_family("fonts-unfonts-core", "Un Gungseo") == "kai"
+    assert style_family("fonts-unfonts-core", "Un Batang") == "ming"
+    assert style_family("fonts-misaki", "MisakiGothic") == "pixel"
+    assert style_family("fonts-seto", "SetoFont") == "hand-written"
+    assert style_family("fonts-kouzan-mouhitsu", "KouzanBrushFont") == "kai"
 
 
 def test_no_two_images_of_a_class_are_the_same_rendering(small):
@@ -74,7 +107,11 @@ def test_load_records_every_typeface_with_package_and_version_and_uses_the_cache
     splits = HanTypefaces.load()
     typefaces_used = splits.source["typefaces"]
     assert typefaces_used and all(t["package"] in SMALL.packages and t["version"] for t in typefaces_used)
-    assert len(list(tmp_path.glob("han-typefaces/build-*.npz"))) == 1
+    assert len(list(tmp_path.glob("han-typefaces/build-*.npz"))) == SMALL.folds  # every fold built and cached at once
+    other_fold = HanTypefaces.load(fold=1)
+    assert other_fold.source["fold"] == 1 and other_fold.source["fingerprint"] != splits.source["fingerprint"]
+    with pytest.raises(DatasetNotFoundError, match="folds 0..1"):
+        HanTypefaces.load(fold=2)
     again = HanTypefaces.load()
     assert np.array_equal(again.test.images, splits.test.images) and again.source["fingerprint"] == splits.source["fingerprint"]
     assert "characters" in HanTypefaces.describe(splits) and "typefaces" in HanTypefaces.describe(splits)
@@ -86,19 +123,19 @@ def test_load_records_every_typeface_with_package_and_version_and_uses_the_cache
 def test_a_missing_font_package_fails_naming_it_and_the_install_command():
     spec = dataclasses.replace(SMALL, packages=("fonts-arphic-ukai", "fonts-no-such-cjk-font"))
     with pytest.raises(DatasetNotFoundError, match=r"fonts-no-such-cjk-font.*apt-get install fonts-no-such-cjk-font"):
-        build(spec)
+        build_folds(spec)
     assert typefaces.missing_packages(("fonts-arphic-ukai", "fonts-no-such-cjk-font")) == ["fonts-no-such-cjk-font"]
 
 
 def test_too_few_characters_fail_clearly():
     spec = dataclasses.replace(SMALL, packages=("fonts-arphic-ukai", "fonts-arphic-uming"), min_typefaces=5)
     with pytest.raises(DatasetNotFoundError, match="distinct typefaces"):
-        build(spec)
+        build_folds(spec)
 
 
 def test_bad_specs_are_refused():
     for bad in (dict(image_size=4), dict(duplicate_threshold=1.5), dict(split_characters=(0, 1, 1)),
-                dict(held_out_typefaces=1.0)):
+                dict(typeface_groups=(0.5, 0.5, 0.0)), dict(min_held_out=1), dict(fold=2), dict(folds=0)):
         with pytest.raises(ValueError):
             dataclasses.replace(SMALL, **bad).validate()
 

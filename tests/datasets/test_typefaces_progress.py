@@ -7,8 +7,9 @@ from dmlbench.datasets import typefaces
 from dmlbench.datasets.typefaces import BuildSpec, build
 
 TINY = BuildSpec(packages=("fonts-noto-cjk", "fonts-arphic-uming", "fonts-arphic-ukai", "fonts-wqy-zenhei",
-                           "fonts-ipafont-gothic", "fonts-cwtex-kai"),
-                 min_typefaces=4, min_held_out=2, split_characters=(3, 2, 3), probe=10, held_out_typefaces=0.3)
+                           "fonts-ipafont-gothic", "fonts-cwtex-kai", "fonts-lxgw-wenkai", "fonts-kiloji",
+                           "fonts-unfonts-core", "fonts-wqy-microhei"),
+                 min_typefaces=4, min_held_out=2, split_characters=(3, 2, 3), probe=10, folds=1)
 
 
 class Terminal(io.StringIO):
