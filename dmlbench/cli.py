@@ -348,6 +348,22 @@ def cmd_report(args) -> int:
     return report_and_readme(args.study, readme=not args.no_readme)
 
 
+def cmd_budget(args) -> int:
+    """The training-length ablation: each budget's ranking against the longest's (dmlbench.reporting.budget)."""
+    from .paths import study_results_dir
+    from .reporting.budget import budget_lines, budget_runs, budget_table
+    from .study.cells import load_study
+
+    study = load_study(args.study, check_networks=False)
+    default = args.default_results or study_results_dir("default")
+    runs = budget_runs(Path(default) / "runs", study_results_dir(study.name) / "runs", study)
+    cells, taus = budget_table(runs) if not runs.empty else (runs, runs)
+    if args.table and not cells.empty:
+        print(cells.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print("\n".join(budget_lines(cells, taus)))
+    return 0
+
+
 MEASURED = object()  # --estimate without a number: the throughput the GPU check measured
 
 
@@ -469,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the study's indexes: block), measuring recall, speed and memory")
     _add_study_option(p, default=DEFAULT_STUDY)
     p.set_defaults(func=cmd_indexes)
+
+    p = sub.add_parser("budget", help="the training-length ablation: each budget's ranking of the cells against "
+                       "the longest budget's (Kendall's tau)")
+    _add_study_option(p, default=Path("studies/budget.yaml"), what="the ablation's study file")
+    p.add_argument("--default-results", type=Path, default=None, metavar="DIR",
+                   help="the results folder holding the 1x runs (default: the default study's)")
+    p.add_argument("--table", action="store_true", help="also print every cell's mean at every budget")
+    p.set_defaults(func=cmd_budget)
 
     _add_search_command(sub)
 
