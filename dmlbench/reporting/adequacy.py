@@ -1,8 +1,10 @@
 """Can the study answer its question? Convergence, statistical power and where a cell's time goes.
 
-- **Convergence**: per dataset, how many runs stopped on a validation plateau (``patience``) before
-  their epoch budget, how many peaked before the last epoch they trained, and how many did neither
-  (still improving when the budget ran out: their ranking may be one of convergence speed).
+- **Convergence**: a run converged when its validation gain (its selection metric, best so far) over
+  the last quarter of its epoch budget is below its cell's standard deviation over units (fold, seed)
+  of the validation score at the selected epoch: what training longer would still add is smaller than
+  what another fold or seed moves. "Peaked before the last epoch" is no test under a cosine schedule
+  that anneals to zero, and is not used.
 - **Power**: per dataset and metric, the cells' 95% t-interval half-widths over seeds (in points of
   percent), the standard deviation of the paired differences with the baseline, and the seeds a
   paired difference of a given size would need for its interval to exclude zero.
@@ -22,40 +24,76 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .stats import with_units
+
 DIFFERENCES = (0.005, 0.01, 0.02)  # paired differences (0-1 scale) whose required seeds the power table gives
 # The experiment notebook's code cells by what they do, recognised by a call each one makes.
 PHASES = (("set-up", "check_parameter_names("), ("training", "train(config"), ("t-SNE", "tsne_figure("),
           ("retrieval grid", "retrieval_grid("), ("record", "write_record("))
 
 
-def tail_gains(histories: pd.DataFrame, metric: str = "val_map@r", epochs: int = 3) -> pd.Series:
-    """run_id -> the validation score's gain over its last ``epochs`` epochs (last minus ``epochs`` before):
-    how much a run was still improving when it stopped (NaN for runs shorter than that)."""
-    if histories.empty or metric not in histories or "run_id" not in histories:
-        return pd.Series(dtype=float)
-    ordered = histories.sort_values(["run_id", "epoch"])
-    return ordered.groupby("run_id")[metric].apply(
-        lambda v: float(v.iloc[-1] - v.iloc[-1 - epochs]) if len(v) > epochs else float("nan"))
+LAST_SHARE = 0.25  # a run's convergence is judged on the last quarter of its epoch budget
+
+
+def last_quarter_gain(history: pd.DataFrame, metric: str, budget: int) -> float:
+    """How much the run's selected validation score (the best so far of ``metric``: the model selection
+    keeps the best epoch) rose over the last quarter of its ``budget``: its best at the end minus its best
+    up to epoch budget x 3/4. 0.0 for a run that stopped (on a plateau) before that quarter began; NaN
+    when the history lacks the metric or any epoch up to the quarter's start."""
+    if metric not in history or history.empty:
+        return float("nan")
+    ordered = history.sort_values("epoch")
+    best = ordered[metric].cummax()
+    start = budget * (1 - LAST_SHARE)
+    before = ordered["epoch"] <= start
+    if not before.any() or best[before].isna().all():
+        return float("nan")
+    if ordered["epoch"].iloc[-1] <= start:
+        return 0.0
+    return float(best.iloc[-1] - best[before].iloc[-1])
+
+
+def run_convergence(runs: pd.DataFrame, histories: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per run: its validation gain over the last quarter of its budget (:func:`last_quarter_gain`
+    on its selection metric), its cell's standard deviation over units of the validation score at the
+    selected epoch, and whether it converged: gain below that deviation (None where the cell has one unit
+    or the history lacks what is needed, so that it cannot be told)."""
+    by_run = {} if histories is None or histories.empty else dict(list(histories.groupby("run_id", sort=False)))
+    cell_sd = runs.groupby(["dataset", "loss", "miner"], sort=False)["val_at_best"].transform(
+        lambda v: v.std(ddof=1) if v.notna().sum() >= 2 else np.nan) if "val_at_best" in runs else \
+        pd.Series(np.nan, index=runs.index)
+    rows = []
+    for (_, run), sd in zip(runs.iterrows(), cell_sd):
+        metric = run.get("selected_by") if isinstance(run.get("selected_by"), str) else "val_map@r"
+        history = by_run.get(run["run_id"], pd.DataFrame())
+        gain = last_quarter_gain(history, metric, int(run["epochs"]))
+        decided = np.isfinite(gain) and np.isfinite(sd)
+        rows.append({"run_id": run["run_id"], "dataset": run["dataset"], "loss": run.get("loss"),
+                     "miner": run.get("miner"), "gain_last_quarter": gain, "cell_sd": sd,
+                     "converged": bool(gain < sd) if decided else None})
+    return pd.DataFrame(rows, columns=["run_id", "dataset", "loss", "miner", "gain_last_quarter", "cell_sd",
+                                       "converged"])
 
 
 def convergence(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per dataset: runs, stopped on a plateau, peaked before their last epoch, converged (either),
-    still improving at the end of the budget, median epochs trained, the budget, and (with the
-    histories) the median gain of validation MAP@R over the last three epochs."""
-    gains = tail_gains(histories) if histories is not None else pd.Series(dtype=float)
+    """Per dataset: runs, converged (validation gain over the last quarter of the budget below the cell's
+    standard deviation over units: :func:`run_convergence`), their share, not converged, undetermined
+    (one unit in the cell, or no history), stopped on a plateau, median epochs trained, the budget, and the
+    medians of the gains and of the cells' deviations."""
     rows = []
     if not {"dataset", "epochs", "best_epoch"} <= set(runs.columns):  # runs without their training record
         return pd.DataFrame(rows)
+    judged = run_convergence(runs, histories).set_index("run_id")
     for dataset, part in runs.groupby("dataset", sort=False):
         trained = part["epochs_run"] if "epochs_run" in part else part["epochs"]
-        stopped = trained < part["epochs"]
-        peaked = part["best_epoch"] < trained
-        rows.append({"dataset": dataset, "runs": len(part), "stopped_on_plateau": int(stopped.sum()),
-                     "peaked_before_last_epoch": int(peaked.sum()), "converged": int((stopped | peaked).sum()),
-                     "converged_share": float((stopped | peaked).mean()),
-                     "still_improving": int((~stopped & ~peaked).sum()),
+        verdict = judged["converged"].reindex(part["run_id"])
+        converged, undecided = int(verdict.map(lambda v: v is True).sum()), int(verdict.isna().sum())
+        rows.append({"dataset": dataset, "runs": len(part), "converged": converged,
+                     "converged_share": converged / len(part), "not_converged": len(part) - converged - undecided,
+                     "undetermined": undecided, "stopped_on_plateau": int((trained < part["epochs"]).sum()),
                      "median_epochs_trained": float(trained.median()), "epoch_budget": int(part["epochs"].max()),
-                     "median_gain_last_3_epochs": float(gains.reindex(part["run_id"]).median())})
+                     "median_gain_last_quarter": float(judged["gain_last_quarter"].reindex(part["run_id"]).median()),
+                     "median_cell_sd": float(judged["cell_sd"].reindex(part["run_id"]).median())})
     return pd.DataFrame(rows)
 
 
@@ -73,13 +111,14 @@ def seeds_needed(sd: float, difference: float, confidence: float = 0.95, most: i
 
 
 def _paired_sd(runs: pd.DataFrame, metric: str, baseline: tuple[str, str]) -> float:
-    """Median over cells of the standard deviation of the cell's seed-paired differences with the baseline."""
-    base = runs[(runs["loss"] == baseline[0]) & (runs["miner"] == baseline[1])].set_index("seed")[metric]
+    """Median over cells of the standard deviation of the cell's unit-paired differences with the baseline."""
+    runs = with_units(runs)
+    base = runs[(runs["loss"] == baseline[0]) & (runs["miner"] == baseline[1])].set_index("unit")[metric]
     sds = []
     for cell, part in runs.groupby(["loss", "miner"], sort=False):
         if cell == tuple(baseline):
             continue
-        values = part.set_index("seed")[metric]
+        values = part.set_index("unit")[metric]
         seeds = sorted(set(values.index) & set(base.index))
         if len(seeds) >= 2:
             sds.append(float(np.std(values.loc[seeds].to_numpy() - base.loc[seeds].to_numpy(), ddof=1)))
@@ -183,6 +222,18 @@ def metric_verdicts(comparisons: dict, dataset: str, metrics=("recall@1", "map@r
     return out
 
 
+def convergence_text(row: dict) -> str:
+    """A dataset's row of :func:`convergence` in words, as the report and ``--status`` say it."""
+    undecided = f", {row['undetermined']} undetermined (one unit in their cell)" if row["undetermined"] else ""
+    def points(value: float) -> str:
+        return f"{value * 100:.2f} points" if value == value else "none measured"
+
+    return (f"{row['converged']} of {row['runs']} converged ({row['converged_share']:.0%}: validation gain over the "
+            f"last quarter of the {row['epoch_budget']}-epoch budget below the cell's standard deviation over "
+            f"units; median gain {points(row['median_gain_last_quarter'])}, median deviation "
+            f"{points(row['median_cell_sd'])}){undecided}")
+
+
 def status_lines(study, baseline: tuple[str, str] = ("triplet", "semi-hard"), confidence: float = 0.95) -> list[str]:
     """What 'dmlbench study FILE --status' adds below the cells: per dataset, of the finished runs,
     how many converged, the median Recall@1 and MAP@R half-widths and the training share of the time."""
@@ -205,10 +256,8 @@ def status_lines(study, baseline: tuple[str, str] = ("triplet", "semi-hard"), co
         d = row["dataset"]
         halves = {m: power_table.loc[(d, m), "median_half_width_pts"] for m in ("recall@1", "map@r")}
         share = cost.loc[d, "training_share_of_summed_wall"] if d in cost.index else float("nan")
-        lines.append(f"{d}: {row['runs']} runs finished; {row['converged']} converged ({row['converged_share']:.0%}: "
-                     f"{row['stopped_on_plateau']} stopped on a validation plateau, {row['peaked_before_last_epoch']} "
-                     f"peaked before their last epoch; median validation MAP@R gain over the last three epochs "
-                     f"{row['median_gain_last_3_epochs'] * 100:.2f} points); median {confidence:.0%} half-width over cells: Recall@1 "
+        lines.append(f"{d}: {row['runs']} runs finished; {convergence_text(row)}; median {confidence:.0%} "
+                     f"half-width over cells: Recall@1 "
                      f"{halves['recall@1']:.2f} points, MAP@R {halves['map@r']:.2f} points; training steps "
                      f"{share:.0%} of the papermill wall time")
     return lines

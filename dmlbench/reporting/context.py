@@ -14,7 +14,7 @@ import pandas as pd
 
 from .labels import DIAGNOSTICS
 from .runs import cell_status, dataset_summary, identical_groups, load_histories, load_runs, without_duplicates
-from .tables import grid_losses, over_seeds, summarise
+from .tables import grid_losses, over_seeds, over_units, summarise
 
 
 @dataclass
@@ -34,6 +34,9 @@ class ReportContext:
     comparisons: dict  # (dataset, metric) -> the paired comparison with the baseline (identical cells once)
     rankings: dict  # (dataset, "loss" | "miner") -> the bootstrap ranking (identical cells once)
     identical: dict  # dataset -> groups of cells that trained identically (runs.IdenticalGroup, kept cell first)
+    tied: dict | None = None  # dataset -> every cell against the best, paired by unit, Holm (claims.tied_with_best)
+    claims: dict | None = None  # dataset -> best miner / best loss against their runners-up (claims.named_claims)
+    baselines: pd.DataFrame | None = None  # one row per baseline record (dmlbench.study.baselines.load_baselines)
     untuned_runs: pd.DataFrame | None = None  # a study with a tuning block: its cells at their default settings.
     # Such a study is about its tuned cells: ``runs`` (and every table above) hold each search's best settings
     # (the tuned cells, or the default ones where the search kept the defaults), and these are shown as untuned
@@ -139,6 +142,27 @@ class ReportContext:
         """The (loss, miner) pairs of ``dataset`` skipped as incompatible."""
         return {(c["loss"], c["miner"]) for c in self.manifest["skipped"] if c["dataset"] == dataset}
 
+    def baseline_rows(self, dataset: str) -> pd.DataFrame:
+        """The baselines of ``dataset`` as rows of a seed table (empty: none recorded)."""
+        from .labels import METRICS
+        from .tables import baseline_table
+
+        if self.baselines is None or self.baselines.empty:
+            return pd.DataFrame()
+        return baseline_table(self.baselines, dataset, METRICS, self.confidence)
+
+    def fold_variance(self) -> pd.DataFrame:
+        """Per cell (identical cells once): MAP@R's variance between and within folds (claims.fold_variance)."""
+        from .claims import fold_variance
+
+        return fold_variance(self.kept(self.runs), "map@r")
+
+    def agreement(self, dataset: str) -> dict:
+        """Kendall's tau of the cells' validation and test MAP@R over the 15 best (claims.validation_agreement)."""
+        from .claims import validation_agreement
+
+        return validation_agreement(self.kept(self.runs_of(dataset)))
+
     def adequacy(self) -> dict[str, pd.DataFrame]:
         """Convergence, power and cost tables (dmlbench.reporting.adequacy), computed once."""
         if self._adequacy is None:
@@ -213,10 +237,22 @@ def gather(study_path: str | os.PathLike, results: str | os.PathLike, baseline: 
     groups = identical_groups(runs, histories, tuple(baseline))  # trained identically: one row, counted once
     identical = {d: [g for g in groups if g.dataset == d] for d in datasets}
     seed_tables, comparisons, rankings = over_seeds(without_duplicates(runs, groups), baseline, confidence)
+    tied, claims = over_units(without_duplicates(runs, groups), confidence)
     for dataset, table in seed_tables.items():
         names = {g.kept: ", ".join(g.labels[1:]) for g in identical.get(dataset, [])}
         table["same_as"] = [names.get(cell, "") for cell in zip(table["loss"], table["miner"])]
     return ReportContext(results=results, study=study, manifest=manifest, baseline=tuple(baseline),
                          confidence=confidence, status=status, runs=runs, histories=histories,
                          summary=summarise(runs), seed_tables=seed_tables, comparisons=comparisons,
-                         rankings=rankings, identical=identical, untuned_runs=untuned)
+                         rankings=rankings, identical=identical, tied=tied, claims=claims,
+                         baselines=read_baselines(results), untuned_runs=untuned)
+
+
+def read_baselines(results: Path) -> pd.DataFrame:
+    """The baseline records under ``results`` (raw pixels, the untrained network), an empty frame when
+    there are none (or the checkout cannot compute them)."""
+    try:
+        from ..study.baselines import load_baselines
+    except ImportError:  # a checkout without baselines: the tables show the cells alone
+        return pd.DataFrame()
+    return load_baselines(results)

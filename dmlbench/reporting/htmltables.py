@@ -118,26 +118,50 @@ def merged_miners(seeds: pd.DataFrame, marks: dict[tuple[str, str], str] | None 
 
 def results_table(seeds: pd.DataFrame, comparison: pd.DataFrame | None = None,
                   baseline: tuple[str, str] | None = None, marks: dict[tuple[str, str], str] | None = None,
-                  metrics: tuple[str, ...] = DISPLAY_METRICS) -> tuple[pd.DataFrame, set[int]]:
+                  metrics: tuple[str, ...] = DISPLAY_METRICS, tied: pd.DataFrame | None = None,
+                  baselines: pd.DataFrame | None = None) -> tuple[pd.DataFrame, set[int]]:
     """Every cell of one dataset, best first by MAP@R (a group of identical cells one row, its miner
-    naming the others: :func:`merged_miners`): MAP@R and Recall@1 with their intervals, the other
-    metrics' means, and the paired difference in MAP@R to ``baseline`` with its verdict.
-    Returns the table to show and the position of the baseline's row (to mark)."""
+    naming the others: :func:`merged_miners`): MAP@R, R-Precision and Recall@1 with their intervals,
+    the other metrics' means, whether it is tied with the best (``tied``, a claims.tied_with_best
+    table), the paired difference in MAP@R to ``baseline`` with its verdict; the trivial baselines
+    (``baselines``, their seed-table rows) as the last rows, unnumbered and unranked. Returns the table
+    to show and the position of the baseline cell's row (to mark)."""
     seeds = by_result(seeds)
     out = pd.DataFrame({"#": range(1, len(seeds) + 1), "loss": list(seeds["loss"])})
     out["miner"] = merged_miners(seeds, marks)
     for metric in metrics:
-        if metric not in seeds:
-            continue
-        out[metric] = with_interval(seeds, metric) if metric in ("map@r", "recall@1") else list(seeds[metric])
+        if metric in seeds:
+            out[metric] = with_interval(seeds, metric) if metric in INTERVAL_SHOWN else list(seeds[metric])
     if seeds["seeds"].nunique() > 1:  # else the caption says how many
         out["seeds"] = list(seeds["seeds"])
+    cells = list(zip(seeds["loss"], seeds["miner"]))
+    if tied is not None and len(tied):
+        status = {(r.loss, r.miner): (r.status if r.status != "worse" else f"worse (p {r.p_holm:.3f})")
+                  for r in tied.itertuples()}
+        out["vs best"] = [status.get(c, "") for c in cells]
     if comparison is not None and baseline is not None and not comparison.empty:
         versus = comparison.set_index(["loss", "miner"])
         out["vs baseline"] = [
-            "baseline" if (l, m) == tuple(baseline) else (
-                f"{versus.loc[(l, m), 'difference']:+.4f} ({VERDICTS[versus.loc[(l, m), 'verdict']]})"
-                if (l, m) in versus.index else "")
-            for l, m in zip(seeds["loss"], seeds["miner"])]
-    marked = {i for i, (l, m) in enumerate(zip(seeds["loss"], seeds["miner"])) if baseline and (l, m) == tuple(baseline)}
-    return out, marked
+            "baseline" if c == tuple(baseline) else (
+                f"{versus.loc[c, 'difference']:+.4f} ({VERDICTS[versus.loc[c, 'verdict']]})" if c in versus.index else "")
+            for c in cells]
+    marked = {i for i, c in enumerate(cells) if baseline and c == tuple(baseline)}
+    return _with_baseline_rows(out, baselines, metrics), marked
+
+
+INTERVAL_SHOWN = ("map@r", "r_precision", "recall@1")  # the metrics whose interval the table of cells shows
+
+
+def _with_baseline_rows(out: pd.DataFrame, baselines: pd.DataFrame | None, metrics) -> pd.DataFrame:
+    """The table of cells with the trivial baselines' rows after them ('' in the columns they lack)."""
+    if baselines is None or baselines.empty:
+        return out
+    rows = pd.DataFrame({"#": [""] * len(baselines), "loss": list(baselines["loss"]),
+                         "miner": list(baselines["miner"])})
+    for metric in metrics:
+        if metric in out and metric in baselines:
+            rows[metric] = with_interval(baselines, metric) if metric in INTERVAL_SHOWN else list(baselines[metric])
+    if "seeds" in out:
+        rows["seeds"] = list(baselines["seeds"])
+    table = pd.concat([out.astype({"#": object}), rows], ignore_index=True).reindex(columns=out.columns)
+    return table.astype(object).where(table.notna(), None)  # a value a baseline lacks shows as a dash

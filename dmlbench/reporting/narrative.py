@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..training.rundir import RunDir
 from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, cell_label, code, md_escape, plural
-from .runs import STATES, still_improving
+from .runs import STATES
 
 METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "MAP@R"}
 from .tables import by_result, grid_losses, paper_cells, study_counts
@@ -132,7 +132,7 @@ def _baseline_line(comparison: pd.DataFrame | None, baseline: tuple[str, str]) -
     verdicts = comparison["verdict"].value_counts()
     better = comparison[comparison["verdict"] == "better than the baseline"].sort_values("difference", ascending=False)
     worse = comparison[comparison["verdict"] == "worse than the baseline"].sort_values("difference")
-    line = (f"Against the baseline **{cell_label(*baseline)}** (paired by seed, Holm-adjusted, "
+    line = (f"Against the baseline **{cell_label(*baseline)}** (paired by unit, Holm-adjusted, "
             f"{plural(len(comparison), 'cell')}): **{len(better)} better** beyond seed noise{_named(better)}, "
             f"**{len(worse)} worse**{_named(worse)}, {int(verdicts.get('within seed noise', 0))} within noise")
     if verdicts.get("too few seeds", 0):
@@ -145,7 +145,7 @@ def _loss_ranking_line(ranking: pd.DataFrame | None) -> str | None:
         return None
     top = ranking.iloc[0]
     shared = ranking[ranking["rank_low"] <= top["rank_high"]].iloc[1:]
-    return (f"Losses ranked (each with its paper's sampling, bootstrap over seeds): **{top['loss']}** first"
+    return (f"Losses ranked (each with its paper's sampling, bootstrap over units): **{top['loss']}** first"
             + (f", but its ranks ({top['rank_low']}-{top['rank_high']}) overlap "
                f"those of {plural(len(shared), 'other loss', 'other losses')}: no clear first."
                if len(shared) else ", and no other loss's range of ranks reaches its own."))
@@ -162,14 +162,17 @@ def _grid_line(seeds: pd.DataFrame, dataset: str) -> str | None:
     axis, other = ("miner", "loss") if spread_miner > spread_loss else ("loss", "miner")
     return (f"On the grid ({', '.join(grid)} x miners) the {axis} moves mean MAP@R more than the {other} "
             f"(range {max(spread_miner, spread_loss):.4f} against {min(spread_miner, spread_loss):.4f}); "
-            f"best miner there: **{per_miner.idxmax()}**.")
+            f"highest mean there: **{per_miner.idxmax()}** (whether it is best: the named claims).")
 
 
-def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int) -> str | None:
+def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int,
+                  convergence: dict | None = None) -> str | None:
     caveats = []
-    late = still_improving(runs)
-    if late:
-        caveats.append(f"{late} of {len(runs)} runs were still improving when their epoch budget ran out")
+    if convergence:  # the convergence table's row of this dataset (dmlbench.reporting.adequacy.convergence)
+        late = int(convergence["runs"]) - int(convergence["converged"])
+        if late:
+            caveats.append(f"{late} of {convergence['runs']} runs had not converged (their validation gain over the "
+                           "last quarter of the budget exceeds their cell's standard deviation over units)")
     if identical:
         caveats.append(f"{plural(len(identical), 'group')} of cells trained identically, each merged into one row "
                         "and counted once (notes under the table)")
@@ -197,17 +200,26 @@ def tuned_line(untuned: pd.DataFrame | None, unranked: list[str] = ()) -> str | 
 
 def headline(dataset: str, seeds: pd.DataFrame, comparison: pd.DataFrame, rankings: dict, runs: pd.DataFrame,
              baseline: tuple[str, str], confidence: float, identical: list[list[str]],
-             untuned: pd.DataFrame | None = None, unranked: list[str] = ()) -> list[str]:
-    """The findings a first reader needs, one short sentence each, made from the numbers: the best
-    cell with its interval, the comparisons with the baseline that seed noise cannot explain, whether
-    the ranking singles out a first loss, what moves the results more (miner or loss), the caveats; in
-    a study with a tuning block (``untuned``, the default cells' seed table) first that the cells are
-    the tuned ones (:func:`tuned_line`, after the best cell)."""
+             untuned: pd.DataFrame | None = None, unranked: list[str] = (), *, tied: pd.DataFrame | None = None,
+             claims: pd.DataFrame | None = None, baselines: pd.DataFrame | None = None,
+             convergence: dict | None = None) -> list[str]:
+    """The findings a first reader needs, one short sentence each, made from the numbers, led by MAP@R:
+    the best cell with its interval and the cells tied with it (``tied``, a claims.tied_with_best
+    table; without it the best cell alone), where the best and weakest cells stand against the
+    trivial baselines (``baselines``, their seed-table rows), the named claims with their family
+    (``claims``), the comparisons with the baseline cell beyond noise, whether the ranking singles
+    out a first loss, what moves the results more (miner or loss), the caveats (``convergence``: the
+    dataset's row of the convergence table); in a study with a tuning block (``untuned``, the default
+    cells' seed table) that the cells are the tuned ones (:func:`tuned_line`, after the best cell)."""
+    from . import findings
+
     n_seeds = int(by_result(seeds).iloc[0]["seeds"])
-    lines = [_best_line(seeds, confidence, untuned is not None), tuned_line(untuned, unranked),
-             _baseline_line(comparison, baseline),
+    first = (findings.tied_line(tied, seeds, confidence, untuned is not None) if tied is not None and len(tied)
+             else _best_line(seeds, confidence, untuned is not None))
+    lines = [first, tuned_line(untuned, unranked), findings.baselines_line(seeds, baselines),
+             findings.claims_line(claims, confidence), _baseline_line(comparison, baseline),
              _loss_ranking_line(rankings.get((dataset, "loss"))), _grid_line(seeds, dataset),
-             _caveats_line(runs, identical, n_seeds)]
+             _caveats_line(runs, identical, n_seeds, convergence)]
     return [line for line in lines if line is not None]
 
 
@@ -224,13 +236,20 @@ def findings(lines: list[str], dataset: str | None = None) -> str:
 def results_caption(seeds: pd.DataFrame, confidence: float, dataset: str | None = None, tuned: bool = False) -> str:
     """What the table of every cell shows; ``dataset`` named when the study has several; ``tuned``: a
     study with a tuning block, whose table holds each cell at its tuned settings beside its defaults."""
-    n_seeds = sorted(set(seeds["seeds"]))
-    spread = (f"± the half-width of its {confidence:.0%} t-interval" if n_seeds != [1] else
-              "(one seed: no interval)")
+    from .findings import interval_notes
+
+    counts = sorted(set(seeds["units"] if "units" in seeds else seeds["seeds"]))
+    word = "unit" if "units" in seeds and int(seeds.get("folds", pd.Series([0])).max()) > 1 else "seed"
+    spread = (f"± the half-width of its {confidence:.0%} t-interval" if counts != [1] else
+              f"(one {word}: no interval)")
+    notes = interval_notes(seeds, confidence)
     return (f"Every cell{f' on {dataset}' if dataset else ''}{' at its tuned settings' if tuned else ''}, best first "
-            f"by test MAP@R: mean over {' to '.join(map(str, n_seeds))} seed{'s' if n_seeds != [1] else ''} {spread}. "
+            f"by test MAP@R (R-Precision beside it): mean over {' to '.join(map(str, counts))} {word}"
+            f"{'s' if counts != [1] else ''} {spread}. "
             + ("*MAP@R at default settings*: the same loss untuned. " if tuned else "")
-            + "Bold: the baseline; *vs baseline*: the paired difference in MAP@R, and whether it exceeds seed noise.")
+            + "*vs best*: tied with the best cell or worse (paired by unit, Holm); the baselines without training are "
+              "the last rows, outside the ranking. Bold: the baseline cell; *vs baseline*: the paired difference in "
+              "MAP@R, and whether it exceeds the noise." + (f" {notes}" if notes else ""))
 
 
 def _group_labels(group) -> list[str]:
@@ -442,14 +461,19 @@ def single_miner_caption(dataset: str, single: pd.DataFrame, confidence: float) 
 def seeds_method(confidence: float, baseline: tuple[str, str]) -> str:
     """How intervals, comparisons with the baseline and rankings are made."""
     return (
-        "Each cell ran over several seeds (a seed fixes the initialisation, the batches and the miners' draws). "
-        f"Intervals are two-sided {confidence:.0%} Student-t intervals of the mean over seeds. Each cell is compared "
-        f"with the baseline, {' + '.join(baseline)}, on the seeds both ran, through the per-seed differences, so the "
-        "share of noise that a seed gives every cell alike cancels. The paired t-test's p values are adjusted by "
-        "Holm's method over all the cells compared, and a difference is called larger than seed noise only when the "
-        f"adjusted p is below {1 - confidence:.2f}. Rankings come from a bootstrap over seeds (each draw takes the same "
-        "seeds for every cell); losses are ranked by the cell with their own paper's sampling, miners over the losses "
-        "that were run with several miners.")
+        "Each cell ran on every fold and seed of its dataset: its replicate **unit** is (fold, seed), a fold fixing "
+        "the characters and typefaces of each split, a seed the initialisation, the batches and the miners' draws "
+        "(a dataset without folds has one unit per seed). "
+        f"Intervals are two-sided {confidence:.0%} Student-t intervals of the mean over units, clipped to the "
+        "metric's range [0, 1] where they would leave it. Tests are **paired t-tests over units**: two cells are "
+        "compared through their per-unit differences, so the share of noise that a fold or a seed gives every cell "
+        "alike cancels; the units are treated as independent pairs (no mixed model). Each cell is compared "
+        f"with the baseline, {' + '.join(baseline)}, and with the best cell, Holm's method adjusting each family, and a "
+        f"difference is called larger than the noise only when the adjusted p is below {1 - confidence:.2f}. Rankings "
+        "come from a hierarchical bootstrap over the same units (folds drawn with replacement, then seeds within each "
+        "drawn fold; the same draw for every cell), and an entry's range of ranks is widened to rank 1 where the "
+        "paired test cannot separate it from the first; losses are ranked by the cell with their own paper's "
+        "sampling, miners over the losses that were run with several miners.")
 
 
 def no_seed_results(dataset: str) -> str:
@@ -457,11 +481,12 @@ def no_seed_results(dataset: str) -> str:
 
 
 def seed_table_caption(dataset: str, confidence: float) -> str:
-    return f"**{dataset}**: mean over seeds ± the half-width of the {confidence:.0%} t-interval, per cell, best first by MAP@R."
+    return (f"**{dataset}**: mean over units (fold x seed) ± the half-width of the {confidence:.0%} t-interval, per "
+            "cell, best first by MAP@R; the baselines (no training) below the cells.")
 
 
 def comparison_caption(dataset: str) -> str:
-    return f"**{dataset}**: each cell minus the baseline in test MAP@R, paired by seed, best first."
+    return f"**{dataset}**: each cell minus the baseline in test MAP@R, paired by unit (fold, seed), best first."
 
 
 def _verdict_counts(dataset: str, comparison: pd.DataFrame, baseline: tuple[str, str], n_seeds: int) -> str:
@@ -469,7 +494,7 @@ def _verdict_counts(dataset: str, comparison: pd.DataFrame, baseline: tuple[str,
     better = comparison[comparison["verdict"] == "better than the baseline"]
     worse = comparison[comparison["verdict"] == "worse than the baseline"]
     return (
-        f"**{dataset}**, test MAP@R against {' + '.join(baseline)} over {n_seeds} paired seeds: "
+        f"**{dataset}**, test MAP@R against {' + '.join(baseline)} over {n_seeds} paired units: "
         f"{verdicts.get('better than the baseline', 0)} of {len(comparison)} cells are better beyond seed noise"
         + (" (" + ", ".join(f"{r.loss} + {r.miner} by {r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
                              for r in better.sort_values("difference", ascending=False).itertuples()) + ")"
@@ -501,7 +526,7 @@ def ranking_what(by: str, grid: list[str]) -> str:
 
 
 def ranking_caption(dataset: str, what: str) -> str:
-    return f"**{dataset}**: {what}, ranked by test MAP@R (bootstrap over seeds)."
+    return f"**{dataset}**: {what}, ranked by test MAP@R (hierarchical bootstrap over units: folds, then seeds)."
 
 
 def ranking_line(ranked: pd.DataFrame, by: str, what: str) -> str:
@@ -598,12 +623,10 @@ def _against_every_tuple(summary: pd.DataFrame, losses: list[str]) -> list[str]:
 
 
 def _training_and_noise(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """How many runs were still improving at their last epoch, and how large seed noise is."""
-    late = still_improving(runs)
-    lines = [f"{late} of {len(runs)} runs were still improving when their epoch budget ran out (best validation "
-             "score at their last epoch, no plateau reached): longer training could change their ranking. "
-             f"{len(runs) - late} peaked earlier or stopped on a validation plateau; the test numbers are always "
-             "those of the validation-best epoch."]
+    """Where convergence is judged, and how large the noise over units (fold x seed) is."""
+    lines = ["The test numbers are always those of the validation-best epoch; whether the runs had converged "
+             "(their validation gain over the last quarter of the budget against their cell's spread over units) "
+             "is in the convergence table above."]
     seeds = int(summary["seeds"].min())
     if seeds < 2:
         lines.append(f"*Caution*: each cell ran with {seeds} seed, so these differences carry no estimate of seed "
@@ -611,8 +634,9 @@ def _training_and_noise(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
                      "(the study's `seeds`) give means with spread.")
     else:
         noise = summary["map@r_std"].mean()
-        lines.append(f"Across {seeds} seeds the mean standard deviation of MAP@R is {noise:.4f}: differences "
-                     "smaller than about twice that are within seed noise.")
+        lines.append(f"Across {seeds} units (fold x seed, or seeds where there are no folds) the mean standard "
+                     f"deviation of MAP@R is {noise:.4f}: differences smaller than about twice that are within the "
+                     "noise.")
     return lines
 
 
@@ -647,28 +671,22 @@ def literature_caption(dataset: str, comparison: pd.DataFrame) -> str:
 # ---- can the study tell cells apart: convergence, power, cost ----------------------------------------
 
 def adequacy_intro(confidence: float) -> str:
-    return (f"Whether the study can tell its cells apart. **Convergence**: a run converged when it stopped on a "
-            f"validation plateau before its epoch budget or peaked before its last epoch; one still improving at the "
-            f"end of its budget is ranked by how fast it learns, not by where it ends. **Power**: the half-width of "
-            f"each cell's {confidence:.0%} t-interval over seeds, and the seeds a paired difference of a given size "
-            f"needs (for its interval to exclude zero, at the median standard deviation of the cells' paired "
-            f"differences with the baseline). **Cost**: where a cell's papermill time goes.")
+    return (f"Whether the study can tell its cells apart. **Convergence**: a run converged when its validation gain "
+            f"over the last quarter of its epoch budget (its selection metric, best so far) is below its cell's "
+            f"standard deviation over units of the validation score at the selected epoch: training longer would "
+            f"add less than another fold or seed moves. A run that has not converged is ranked partly by how fast it "
+            f"learns. **Power**: the half-width of each cell's {confidence:.0%} t-interval over units, and the units a "
+            f"paired difference of a given size needs (for its interval to exclude zero, at the median standard "
+            f"deviation of the cells' paired differences with the baseline). **Cost**: where a cell's papermill time "
+            f"goes.")
 
 
 def convergence_lines(table: pd.DataFrame) -> list[str]:
-    lines = []
-    if table.empty:
-        return lines
-    for row in table.itertuples():
-        lines.append(f"**{row.dataset}**: {row.converged} of {row.runs} runs converged ({row.converged_share:.0%}): "
-                     f"{row.stopped_on_plateau} stopped on a validation plateau before the budget of "
-                     f"{row.epoch_budget} epochs, {row.peaked_before_last_epoch} peaked before their last epoch; "
-                     f"{row.still_improving} {'was' if row.still_improving == 1 else 'were'} still improving at the "
-                     f"end of the budget. Median epochs trained: {row.median_epochs_trained:g}"
-                     + (f"; median gain of validation MAP@R over the last three epochs: "
-                        f"{row.median_gain_last_3_epochs * 100:.2f} points." if row.median_gain_last_3_epochs
-                        == row.median_gain_last_3_epochs else "."))
-    return lines
+    from .adequacy import convergence_text
+
+    return [f"**{row['dataset']}**: {convergence_text(row)}; {row['stopped_on_plateau']} stopped on a validation "
+            f"plateau before the budget; median epochs trained: {row['median_epochs_trained']:g}."
+            for row in table.to_dict("records")]
 
 
 def power_lines(table: pd.DataFrame, confidence: float) -> list[str]:

@@ -86,8 +86,18 @@ def _cell_value(row, metric):
     return f"{row[metric]:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def _table_lines(rows: list[dict]) -> list[str]:
-    """One dataset's cells, a group of identical cells as one row."""
+def _baseline_lines(baselines: list[dict]) -> list[str]:
+    """The trivial baselines as the last rows of a dataset's table (the numbers summary.json keeps)."""
+    def number(value):
+        return "–" if value is None else f"{value:.4f}"
+
+    return [f"| {b['baseline']} | (baseline, no training) | {number(b.get('recall@1'))} | – | – | – | "
+            f"{_cell_value(b, 'map@r') if b.get('map@r') is not None else '–'} | {number(b.get('r_precision'))} | – |"
+            for b in baselines]
+
+
+def _table_lines(rows: list[dict], baselines: list[dict] = ()) -> list[str]:
+    """One dataset's cells, a group of identical cells as one row, then the baselines' rows."""
     lines = ["| loss | miner | Recall@1 | Recall@2 | Recall@4 | Recall@8 | MAP@R | R-Precision | NMI |",
              "|---|---|---|---|---|---|---|---|---|"]
     merged: dict[str, list[str]] = {}  # a cell -> those identical to it, shown in its row (one row per group)
@@ -102,19 +112,18 @@ def _table_lines(rows: list[dict]) -> list[str]:
         lines.append(f"| {row['loss']} | {miner} | {_cell_value(row, 'recall@1')} | {row['recall@2']:.4f} | "
                      f"{row['recall@4']:.4f} | {row['recall@8']:.4f} | {_cell_value(row, 'map@r')} | "
                      f"{row['r_precision']:.4f} | {row['nmi']:.4f} |")
-    return lines
+    return lines + _baseline_lines(list(baselines))
 
 
 def _adequacy_line(dataset: str, facts: dict) -> str | None:
     """Convergence, power and cost of one dataset's runs, from summary.json's ``adequacy``."""
     if not facts or "runs" not in facts:
         return None
-    half = facts.get("recall@1_median_half_width_pts")
-    parts = [f"{facts['converged']} of {facts['runs']} runs converged ({facts['stopped_on_plateau']} stopped on a "
-             f"validation plateau, {facts['peaked_before_last_epoch']} peaked before their last epoch; budget "
-             f"{facts['epoch_budget']} epochs)"]
+    half = facts.get("map@r_median_half_width_pts")
+    parts = [f"{facts['converged']} of {facts['runs']} runs converged (validation gain over the last quarter of the "
+             f"{facts['epoch_budget']}-epoch budget below the cell's standard deviation over units)"]
     if half is not None and half == half:
-        parts.append(f"median Recall@1 interval half-width {half:.2f} points")
+        parts.append(f"median MAP@R interval half-width {half:.2f} points")
     if facts.get("training_share") is not None:
         parts.append(f"training steps {facts['training_share']:.0%} of the papermill time")
     return f"*{dataset}*: " + "; ".join(parts) + "."
@@ -163,6 +172,41 @@ def _lead_sentence(rows: list[dict], where: str, seeds: str, metric: str = "map@
             + (f" and {len(tied) - 6} more" if len(tied) > 6 else "") + ".")
 
 
+def _tied_sentence(facts: dict, where: str, units: str) -> str:
+    """The leading cell on test MAP@R and the group tied with it by the paired tests (summary.json's
+    ``protocol`` ``tied_with_best``), in words."""
+    tied = facts["tied"]
+    text = (f"{where}, **{facts['best']}** has the highest mean test MAP@R ({facts['best_map@r']:.3f}, {units} per "
+            f"cell); each other cell against it, paired by unit with Holm over the {facts['family']} comparisons, ")
+    text += (f"leaves {len(tied)} tied with it (not significantly worse): {_names_list(tied)}" if tied else
+             "finds every one significantly worse")
+    if facts.get("closest_not_tied"):
+        text += f"; the closest cell not tied is {facts['closest_not_tied']} (Holm p {facts['closest_p_holm']:.4f})"
+    if not facts.get("exact_reachable", True):
+        text += "; with so few units no exact test could reach the level"
+    return text + "."
+
+
+def _names_list(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _baselines_sentence(baselines: list[dict], rows: list[dict]) -> str | None:
+    """The trivial baselines' test MAP@R and the cells below raw pixels, in words."""
+    if not baselines:
+        return None
+    text = "Baselines without metric learning: " + ", ".join(
+        f"{b['baseline']} MAP@R {b['map@r']:.3f}" for b in baselines if b.get("map@r") is not None)
+    raw = [b for b in baselines if b["baseline"] == "raw pixels" and b.get("map@r") is not None]
+    if raw:
+        below = [f"{r['loss']} + {r['miner']}" for r in rows if not r.get("identical_to") and
+                 r.get("map@r") is not None and r["map@r"] < raw[0]["map@r"]]
+        text += (f"; {len(below)} cell{'s' if len(below) != 1 else ''} below raw pixels" +
+                 (f" ({_names_list(below, 4)})" if below else ""))
+    return text + "."
+
+
 def render_answer(summary: dict, tuned: dict | None = None, basis: str | None = None) -> list[str]:
     """The results block's opening lines: which loss and miner lead, how sure (cells whose intervals
     overlap the leader's are called tied, not ranked), and what the findings rest on (``basis``)."""
@@ -171,7 +215,13 @@ def render_answer(summary: dict, tuned: dict | None = None, basis: str | None = 
     if not tables.get(main) or leader_and_ties(tables[main]) is None:
         return []
     seeds = _seed_counts(tables[main], str(summary.get("seeds", "?")))
-    text = [_lead_sentence(tables[main], f"In the study's {len(tables[main])} cells on {main} at default settings", seeds)]
+    where = f"In the study's {len(tables[main])} cells on {main} at default settings"
+    protocol = (summary.get("protocol") or {}).get(main) or {}
+    if protocol.get("tied_with_best"):
+        text = [_tied_sentence(protocol["tied_with_best"], where, _unit_counts(tables[main], seeds))]
+        text += [line for line in [_baselines_sentence(protocol.get("baselines", []), tables[main])] if line]
+    else:
+        text = [_lead_sentence(tables[main], where, seeds)]
     tuning = (tuned or {}).get("tuning", {}).get("datasets", {}).get(main)
     if tuning and any(row.get("tuned_map@r") is not None for row in tuning["rows"]):
         text.append(_lead_sentence(tuning["rows"], f"With every loss's settings searched at the same budget "
@@ -233,7 +283,8 @@ def render_block(summary: dict, tuned: dict | None = None, basis: str | None = N
     for dataset, rows in tables.items():  # the main dataset's table in full; the others' in the report
         seeds = sorted({row["seeds"] for row in rows if "seeds" in row}) or [summary.get("seeds", "?")]
         if dataset == summary["dataset"]:
-            lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows)
+            baselines = ((summary.get("protocol") or {}).get(dataset) or {}).get("baselines", [])
+            lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows, baselines)
         else:
             lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell): its {len(rows)} cells' table is in "
                           f"the report and `results/summary.json`."]
@@ -303,6 +354,15 @@ def _prefixed(row: dict, prefix: str) -> dict:
 
 def _seed_counts(rows: list[dict], default: str = "0") -> str:
     return "/".join(map(str, sorted({row["seeds"] for row in rows if "seeds" in row}))) or default
+
+
+def _unit_counts(rows: list[dict], seeds: str) -> str:
+    """'12 units (3 folds x 4 seeds)' for a table whose cells ran on folds, else '4 seeds'."""
+    folds = sorted({row.get("folds") or 0 for row in rows})
+    units = sorted({row.get("units") or 0 for row in rows})
+    if folds and folds[-1] > 1:
+        return f"{'/'.join(map(str, units))} units ({'/'.join(map(str, folds))} folds x {seeds} seeds)"
+    return f"{seeds} seeds"
 
 
 def _sessions(timing: dict) -> str:

@@ -22,6 +22,7 @@ from ..fileio import read_json
 from ..training.record import UnreadableRecord, read_record
 from ..training.rundir import RunDir
 from .labels import DIAGNOSTICS, METRICS, cell_label, shown_path
+from .stats import unit_label, units, with_units
 
 
 def _records(runs: str | os.PathLike):
@@ -34,23 +35,30 @@ def _records(runs: str | os.PathLike):
             continue
 
 
-RUN_COLUMNS = ["run_id", "dataset", "loss", "miner", "seed", "config_hash", *METRICS, *DIAGNOSTICS,
-               "excluded_queries", "epochs", "epochs_run", "best_epoch", "val_at_best", "wall_time_s", "train_time_s",
+RUN_COLUMNS = ["run_id", "dataset", "loss", "miner", "fold", "seed", "unit", "config_hash", *METRICS, *DIAGNOSTICS,
+               "excluded_queries", "epochs", "epochs_run", "best_epoch", "selected_by", "val_at_best", "val_map@r",
+               "val_r_precision", "wall_time_s", "train_time_s",
                "images_per_s", "device", "preset", "preset_deviations", "loss_kwargs", "miner_kwargs"]
 
 
 def _run_row(record: dict[str, Any]) -> dict[str, Any]:
     """One finished run's row of :func:`load_runs`."""
     config = record["config"]
+    fold = config.get("fold")  # records made before han-typefaces had folds carry none
     row = {"run_id": record["run_id"], "dataset": config["dataset"], "loss": config["loss"],
-           "miner": config["miner"], "seed": config["seed"], "config_hash": record["config_hash"]}
+           "miner": config["miner"], "fold": np.nan if fold is None else fold, "seed": config["seed"],
+           "unit": unit_label(fold, config["seed"]), "config_hash": record["config_hash"]}
     row.update({m: record["test"].get(m, np.nan) for m in METRICS})
     row.update({d: (record.get("diagnostics") or {}).get(d, np.nan) for d in DIAGNOSTICS})
     row.update({"excluded_queries": record["test"].get("num_excluded_queries"),
                 "epochs": config["epochs"], "best_epoch": record["best_epoch"],
                 # epochs trained: fewer than ``epochs`` when the run stopped on a validation plateau (patience)
                 "epochs_run": max((h["epoch"] for h in record["history"]), default=0),
+                "selected_by": record["selected_by"],
                 "val_at_best": record["val_at_best"].get(record["selected_by"]),
+                # the validation scores at the selected epoch, named as the baselines' records name them
+                "val_map@r": record["val_at_best"].get("val_map@r", np.nan),
+                "val_r_precision": record["val_at_best"].get("val_r_precision", np.nan),
                 "wall_time_s": record["wall_time_s"], "train_time_s": record["train_time_s"],
                 "images_per_s": record["images_per_s"], "device": record["device"],
                 "preset": config.get("preset"),
@@ -63,7 +71,8 @@ def _run_row(record: dict[str, Any]) -> dict[str, Any]:
 
 def load_runs(runs: str | os.PathLike) -> pd.DataFrame:
     """One row per finished run (a readable, complete record under ``runs``); the columns are there
-    even when no run is."""
+    even when no run is. ``fold`` is NaN for a dataset without folds (and for records made before
+    folds); ``unit`` names the run's replicate, (fold, seed), or its seed where there is no fold."""
     table = pd.DataFrame([_run_row(record) for record in _records(runs)])
     return table.reindex(columns=RUN_COLUMNS + [c for c in table.columns if c not in RUN_COLUMNS])
 
@@ -76,7 +85,7 @@ def load_histories(runs: str | os.PathLike) -> pd.DataFrame:
         for h in record["history"]:
             rows.append({"run_id": record["run_id"], "dataset": record["config"]["dataset"],
                          "loss_name": record["config"]["loss"], "miner": record["config"]["miner"],
-                         "seed": record["config"]["seed"], **h})
+                         "seed": record["config"]["seed"], "fold": record["config"].get("fold"), **h})
     return pd.DataFrame(rows, columns=None if rows else ["run_id", "dataset", "loss_name", "miner", "seed", "epoch"])
 
 
@@ -93,13 +102,6 @@ def identical_cells(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -
     (:func:`identical_groups`): their test metrics agree to every digit in every seed, or their
     histories at every epoch."""
     return [sorted(g.labels) for g in identical_groups(runs, histories)]
-
-
-def still_improving(runs: pd.DataFrame) -> int:
-    """Runs whose validation score was best at their last epoch and that did not stop on a validation
-    plateau: trained to the end of their budget while still improving (they may not have converged)."""
-    run = runs["epochs_run"] if "epochs_run" in runs else runs["epochs"]
-    return int(((runs["best_epoch"] == run) & (run >= runs["epochs"])).sum())
 
 
 STATES = ("done", "failed", "unreadable", "missing", "skipped")  # the states of a cell, as cell_status gives them
@@ -317,20 +319,21 @@ def _holds(identity: KnownIdentity, runs: pd.DataFrame) -> bool:
 
 
 def _metric_keys(part: pd.DataFrame, decimals: int = 12) -> dict[tuple[str, str], tuple]:
-    """(loss, miner) -> its test metrics to ``decimals`` decimals in every seed."""
+    """(loss, miner) -> its test metrics to ``decimals`` decimals in every unit (fold, seed)."""
     digits = part[list(METRICS)].round(decimals).astype(str).agg("|".join, axis=1)
-    return {cell: tuple(sorted(zip(rows["seed"], rows["_digits"])))
+    part = with_units(part)
+    return {cell: tuple(sorted(zip(rows["unit"], rows["_digits"])))
             for cell, rows in part.assign(_digits=digits).groupby(["loss", "miner"], sort=False)}
 
 
 def _trajectories(part: pd.DataFrame, histories: pd.DataFrame | None) -> dict[tuple[str, str], dict]:
-    """(loss, miner) -> seed -> its history (epochs ascending); cells without a history are absent."""
+    """(loss, miner) -> unit -> its history (epochs ascending); cells without a history are absent."""
     if histories is None or histories.empty or "run_id" not in part:
         return {}
     by_run = {run_id: h.sort_values("epoch") for run_id, h in histories.groupby("run_id", sort=False)}
     out = {}
     for cell, rows in part.groupby(["loss", "miner"], sort=False):
-        seeds = {seed: by_run.get(run_id) for run_id, seed in zip(rows["run_id"], rows["seed"])}
+        seeds = {unit: by_run.get(run_id) for run_id, unit in zip(rows["run_id"], units(rows))}
         if all(h is not None and len(h) for h in seeds.values()):
             out[cell] = seeds
     return out

@@ -15,7 +15,9 @@ from . import narrative
 from .htmltables import html_table, merged_miners, results_table, with_interval
 from .labels import DIAGNOSTIC_LABELS, METRIC_LABELS, METRICS, column_label
 from .safehtml import show_markdown
-from .tables import correlations, grid_order, in_result_order, pivot, save_table, with_skipped
+from . import findings
+from .tables import (correlations, grid_order, in_result_order, pivot, pivot_with_baselines, save_table,
+                     with_baselines, with_skipped)
 
 PLURAL = {"loss": "losses", "miner": "miners"}
 
@@ -33,13 +35,23 @@ def _show(markdown: str | None = None, html: str | None = None) -> None:
 # ---- the first screen and the runs of the study ------------------------------------------------------
 
 def results_table_html(ctx, dataset: str) -> str:
-    """Every cell of ``dataset`` best first, the baseline marked, identical cells lettered."""
+    """Every cell of ``dataset`` best first, the baseline cell marked, identical cells lettered, each
+    cell's standing against the best, the trivial baselines as the last rows."""
     marks = narrative.identical_marks(ctx.identical[dataset])
     table, baseline_row = results_table(ctx.seed_tables[dataset], ctx.comparisons[(dataset, "map@r")], ctx.baseline,
-                                        marks)
+                                        marks, tied=(ctx.tied or {}).get(dataset), baselines=ctx.baseline_rows(dataset))
     if ctx.tuned:
         table = with_untuned(ctx, dataset, table)
     return html_table(table, marked=baseline_row, scroll=True)
+
+
+def first_screen_facts(ctx, dataset: str) -> dict:
+    """What :func:`dmlbench.reporting.narrative.headline` leads with beside the seed table: the cells
+    against the best (tied), the named claims, the baselines' rows and the dataset's convergence row."""
+    table = ctx.adequacy()["convergence"]
+    row = table[table["dataset"] == dataset].to_dict("records") if len(table) else []
+    return {"tied": (ctx.tied or {}).get(dataset), "claims": (ctx.claims or {}).get(dataset),
+            "baselines": ctx.baseline_rows(dataset), "convergence": row[0] if row else None}
 
 
 def with_untuned(ctx, dataset: str, table: pd.DataFrame) -> pd.DataFrame:
@@ -81,13 +93,13 @@ def with_settings(ctx, table: pd.DataFrame) -> pd.DataFrame:
 # ---- loss x miner ----------------------------------------------------------------------------------
 
 def save_result_tables(ctx, dataset: str) -> dict[tuple[str, str], pd.DataFrame]:
-    """Writes the loss x miner table of every metric of ``dataset`` (incompatible pairs marked),
-    summary.csv and runs.csv; returns the pivots by (dataset, metric)."""
-    pivots = {}
+    """Writes the loss x miner table of every metric of ``dataset`` (incompatible pairs marked, the
+    baselines as rows of their own), summary.csv and runs.csv; returns the pivots by (dataset, metric)."""
+    pivots, baselines = {}, ctx.baseline_rows(dataset)
     for metric in METRICS:
         pivots[(dataset, metric)] = pivot(ctx.summary, dataset, metric, ctx.losses, ctx.miners)
-        save_table(with_skipped(pivots[(dataset, metric)], ctx.skipped_pairs(dataset)), f"{dataset}__{metric}",
-                   ctx.tables)
+        marked = with_skipped(pivots[(dataset, metric)], ctx.skipped_pairs(dataset))
+        save_table(pivot_with_baselines(marked, baselines, metric), f"{dataset}__{metric}", ctx.tables)
     save_table(ctx.summary, "summary", ctx.tables, index=False)
     save_table(ctx.runs, "runs", ctx.tables, index=False)
     return pivots
@@ -114,21 +126,26 @@ def single_miner_cells(ctx, dataset: str) -> pd.DataFrame:
 
 
 def single_miner_table_html(ctx, single: pd.DataFrame) -> str:
-    table, baseline_row = results_table(single, None, ctx.baseline, metrics=("map@r", "r_precision", "recall@1", "nmi"))
+    dataset = single["dataset"].iloc[0] if len(single) else None
+    table, baseline_row = results_table(single, None, ctx.baseline, metrics=("map@r", "r_precision", "recall@1", "nmi"),
+                                        baselines=ctx.baseline_rows(dataset) if dataset else None)
     return html_table(table.drop(columns="#"), marked=baseline_row)
 
 
 # ---- over seeds ------------------------------------------------------------------------------------
 
 def seed_intervals(ctx, dataset: str) -> None:
-    """Writes <dataset>__seeds.csv, shows the cells' intervals and draws their bar charts."""
+    """Writes <dataset>__seeds.csv (the cells' intervals over units, then the baselines' rows), shows
+    them and draws the cells' bar charts."""
     table, confidence = ctx.seed_tables[dataset], ctx.confidence
-    save_table(table, f"{dataset}__seeds", ctx.tables, index=False)
-    shown = table[["loss", "miner", "seeds"]].copy()
-    shown["miner"] = merged_miners(table)  # a group of identical cells: one row, naming the others
+    both = with_baselines(table, ctx.baseline_rows(dataset))
+    save_table(both, f"{dataset}__seeds", ctx.tables, index=False)
+    shown = both[["loss", "miner", "kind", "units", "folds", "seeds"]].copy()
+    shown["miner"] = merged_miners(both)  # a group of identical cells: one row, naming the others
     for metric in ("map@r", "r_precision", "recall@1", "nmi"):
-        shown[metric] = with_interval(table, metric)
-    _show(narrative.seed_table_caption(dataset, confidence), html_table(shown))
+        shown[metric] = with_interval(both, metric)
+    notes = findings.interval_notes(both, confidence)
+    _show(narrative.seed_table_caption(dataset, confidence) + (f" {notes}" if notes else ""), html_table(shown))
     for metric in ("map@r", "recall@1"):
         figure = fg.bar_chart(table, metric, f"{dataset}: test {METRIC_LABELS[metric]}, mean and {confidence:.0%} "
                                              f"interval over seeds (orange: baseline)", ctx.baseline)
@@ -143,9 +160,9 @@ def baseline_comparison(ctx, dataset: str) -> pd.DataFrame:
     comparison = ctx.comparisons[(dataset, "map@r")]
     if comparison.empty:
         return comparison
-    n_seeds = int(ctx.runs_of(dataset)["seed"].nunique())
+    n_units = int(ctx.runs_of(dataset)["unit"].nunique())
     figure = fg.difference_figure(comparison, "map@r", f"{dataset}: each cell minus {' + '.join(ctx.baseline)}, "
-                                  f"paired by seed ({n_seeds} seeds), {ctx.confidence:.0%} interval")
+                                  f"paired by unit ({n_units} units), {ctx.confidence:.0%} interval")
     fg.save_figure(figure, f"vs_baseline_{dataset}__map@r", ctx.figures)
     shown = comparison.sort_values("difference", ascending=False).drop(columns="dataset")
     _show(narrative.comparison_caption(dataset), html_table(shown.rename(columns={"difference": "MAP@R difference"})))
@@ -160,11 +177,40 @@ def ranking(ctx, dataset: str, by: str) -> pd.DataFrame | None:
         return None
     what = narrative.ranking_what(by, ctx.grid(dataset))
     save_table(ranked, f"{dataset}__ranking_{PLURAL[by]}", ctx.tables, index=False)
-    figure = fg.ranking_figure(ranked, by, "map@r", f"{dataset}: {what} (bootstrap over seeds)")
+    figure = fg.ranking_figure(ranked, by, "map@r", f"{dataset}: {what} (bootstrap over units)")
     fg.save_figure(figure, f"ranking_{dataset}__{PLURAL[by]}", ctx.figures)
     _show(narrative.ranking_caption(dataset, what),
           html_table(ranked.rename(columns={"score": "MAP@R", "score_low": "low", "score_high": "high"})))
     return ranked
+
+
+def tied_and_claims(ctx, dataset: str) -> None:
+    """Writes and shows every cell against the best (<dataset>__tied_with_best.csv) and the named claims
+    with their family (<dataset>__claims.csv)."""
+    tied, claims = (ctx.tied or {}).get(dataset), (ctx.claims or {}).get(dataset)
+    if tied is not None and len(tied):
+        save_table(tied, f"{dataset}__tied_with_best", ctx.tables, index=False)
+        _show(f"**{dataset}**: " + findings.tied_line(tied, ctx.seed_tables[dataset], ctx.confidence),
+              html_table(tied.rename(columns={"difference": "MAP@R minus the best's"}), scroll=True))
+    if claims is not None and len(claims):
+        save_table(claims, f"{dataset}__claims", ctx.tables, index=False)
+        _show(findings.claims_line(claims, ctx.confidence), html_table(claims))
+
+
+def fold_share(ctx) -> pd.DataFrame:
+    """Writes and shows each cell's MAP@R variance between and within folds (tables/fold_variance.csv),
+    with the median share between folds per dataset; returns the table."""
+    table = ctx.fold_variance()
+    save_table(table, "fold_variance", ctx.tables, index=False)
+    lines = [findings.variance_line(table[table["dataset"] == d], d) for d in ctx.datasets if d in ctx.seed_tables]
+    _show(narrative.joined(lines, "No finished cell."), html_table(table.drop(columns="metric"), digits=6, scroll=True))
+    return table
+
+
+def validation_agreement(ctx) -> None:
+    """Kendall's tau between validation and test MAP@R over the 15 best cells, per dataset, in a sentence."""
+    lines = [findings.agreement_line(ctx.agreement(d), d) for d in ctx.datasets if d in ctx.seed_tables]
+    _show(narrative.joined(lines, "No finished cell."))
 
 
 # ---- curves ---------------------------------------------------------------------------------------

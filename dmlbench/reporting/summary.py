@@ -23,6 +23,7 @@ indent 2, a newline at the end):
         recall@1, recall@2, recall@4, recall@8,
         r_precision, map@r, nmi, ami                 float  the test metric's mean over seeds
         seeds                                        int    the seeds it ran with
+        units, folds                                 int    its runs (fold x seed) and folds (0: none)
         recall@1_low, recall@1_high,
         map@r_low, map@r_high                        float | null  the t-interval's bounds (null: one seed)
         identical_to                                 str | null    the cell ('loss + miner') whose row stands
@@ -32,15 +33,32 @@ indent 2, a newline at the end):
                                                      comparisons count them once; null for every other cell
     tables        object dataset -> its ``table`` (the same rows), for every dataset of the study in order
     adequacy      object dataset -> whether its runs can tell cells apart (dmlbench.reporting.adequacy):
-        runs, converged, stopped_on_plateau, peaked_before_last_epoch   int
+        runs, converged, not_converged, undetermined, stopped_on_plateau   int
+                                             converged: validation gain over the last quarter of the
+                                             budget below the cell's standard deviation over units;
+                                             undetermined: a cell with one unit, or no history
         converged_share                      float  converged / runs
         epoch_budget                         int    the most epochs a run may train
-        median_gain_last_3_epochs            float  of validation MAP@R, over the runs (0-1 scale)
+        median_gain_last_quarter             float  of the selection metric, over the runs (0-1 scale)
+        median_cell_sd                       float  the cells' deviation over units of it at the selected epoch
         recall@1_median_half_width_pts,
         map@r_median_half_width_pts          float  median over cells of the t-interval half-width (points)
         training_share                       float  training steps / papermill wall time, summed over its runs
         median_wall_s, median_training_s     float  per run
       and "all": the training share and medians over every run
+    protocol      object dataset -> the claims over units (fold, seed) (dmlbench.reporting.claims):
+        tied_with_best   object  best (cell), best_map@r, tied (the cells not significantly worse than it,
+                                 paired by unit, Holm), family (comparisons), closest_not_tied and
+                                 closest_p_holm (null when none), units (fewest per comparison), level,
+                                 exact_reachable (whether an exact sign-flip test can pass Holm's first step)
+        claims           list    best miner / best loss against the runner-up: claim, first, runner_up,
+                                 first_score, runner_up_score, entries, units, difference, p, p_holm,
+                                 family, verdict ("best" or "tied")
+        baselines        list    baseline (raw pixels, untrained network), units, map@r with map@r_low and
+                                 map@r_high, r_precision, recall@1 (means over its units)
+        validation_agreement  object  cells, tau (Kendall's, validation against test MAP@R over the best
+                                 cells by test MAP@R), p, validation, test (the two columns compared)
+        fold_variance_share   float | null  median over cells of the share of MAP@R variance between folds
     timing        object the papermill time of the finished runs, from their execution records:
         cells_timed   int    runs with a readable execution record
         cells_wall_s  float  their notebooks' wall times, summed (s)
@@ -140,7 +158,8 @@ def cell_rows(summary: pd.DataFrame, dataset: str, losses: list[str], miners: li
     table = summary[summary["dataset"] == dataset].assign(
         _l=lambda d: d["loss"].map(losses.index), _m=lambda d: d["miner"].map(miners.index)).sort_values(["_l", "_m"])
     identical_to = identical_to or {}
-    return [{k: row[k] for k in ("loss", "miner", *METRICS, "seeds")} | intervals.get((row["loss"], row["miner"]), {})
+    return [{k: row[k] for k in ("loss", "miner", *METRICS, "seeds", "units", "folds") if k in row}
+            | intervals.get((row["loss"], row["miner"]), {})
             | {"identical_to": identical_to.get((row["loss"], row["miner"]))} for _, row in table.iterrows()]
 
 
@@ -159,9 +178,9 @@ def adequacy_summary(ctx) -> dict[str, dict[str, Any]]:
     tables = ctx.adequacy()
     out: dict[str, dict[str, Any]] = {}
     for row in tables["convergence"].to_dict("records"):
-        out[row["dataset"]] = {k: row[k] for k in ("runs", "converged", "stopped_on_plateau",
-                                                    "peaked_before_last_epoch", "converged_share", "epoch_budget",
-                                                    "median_gain_last_3_epochs")}
+        out[row["dataset"]] = {k: row[k] for k in ("runs", "converged", "converged_share", "not_converged",
+                                                    "undetermined", "stopped_on_plateau", "epoch_budget",
+                                                    "median_gain_last_quarter", "median_cell_sd")}
     for row in tables["power"].to_dict("records"):
         out.setdefault(row["dataset"], {})[f"{row['metric']}_median_half_width_pts"] = row["median_half_width_pts"]
     for row in tables["cost"].to_dict("records"):
@@ -169,6 +188,31 @@ def adequacy_summary(ctx) -> dict[str, dict[str, Any]]:
                                                    "median_wall_s": row["wall_s"],
                                                    "median_training_s": row["training_s"]})
     return out
+
+
+def protocol_summary(ctx) -> dict[str, dict[str, Any]]:
+    """summary.json's ``protocol``: per dataset the cells tied with the best, the named claims, the
+    baselines, the validation-test agreement and the median share of variance between folds."""
+    from .claims import tied_facts
+
+    out: dict[str, dict[str, Any]] = {}
+    variance = ctx.fold_variance() if len(ctx.runs) else pd.DataFrame(columns=["dataset", "between_share"])
+    for dataset in ctx.datasets:
+        tied, claims = (ctx.tied or {}).get(dataset), (ctx.claims or {}).get(dataset)
+        baselines = ctx.baseline_rows(dataset)
+        shares = variance.loc[variance["dataset"] == dataset, "between_share"].dropna()
+        out[dataset] = {
+            "tied_with_best": tied_facts(tied, ctx.confidence) if tied is not None else {},
+            "claims": [] if claims is None else claims.drop(columns=["low", "high"]).to_dict("records"),
+            "baselines": [] if baselines.empty else [
+                {"baseline": r["loss"], "units": r["units"]} | {k: r.get(k) for k in BASELINE_KEYS}
+                for _, r in baselines.iterrows()],
+            "validation_agreement": ctx.agreement(dataset),
+            "fold_variance_share": float(shares.median()) if len(shares) else None}
+    return out
+
+
+BASELINE_KEYS = ("map@r", "map@r_low", "map@r_high", "r_precision", "recall@1")  # a baseline's numbers in summary.json
 
 
 def study_summary(ctx) -> dict[str, Any]:
@@ -183,6 +227,7 @@ def study_summary(ctx) -> dict[str, Any]:
         "unreadable": counts.get("unreadable", 0), "skipped": counts.get("skipped", 0),
         "seeds": len(set(c["seed"] for c in manifest["cells"])), "confidence": ctx.confidence,
         "table": tables[dataset], "tables": tables, "adequacy": adequacy_summary(ctx),
+        "protocol": protocol_summary(ctx),
         "timing": execution_timing(ctx.runs_dir, ctx.runs["run_id"]), "machine": machine,
     } | ({"tuning": tuning} if (tuning := tuning_summary(ctx)) is not None else {}) \
       | ({"indexes": indexes} if (indexes := index_summary(ctx)) is not None else {})

@@ -44,14 +44,17 @@ def save_table(table: pd.DataFrame, name: str, tables: Path, index: bool = True)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and standard deviation, seeds count) of every metric per dataset x loss x miner."""
+    """Mean (and standard deviation over units; the seeds, units and folds counted) of every metric per
+    dataset x loss x miner."""
     if runs.empty:
         return pd.DataFrame()
     grouped = runs.groupby(["dataset", "loss", "miner"], sort=True)
     mean = grouped[list(METRICS)].mean()
     std = grouped[list(METRICS)].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
-    out["seeds"] = grouped.size()
+    out["seeds"] = grouped["seed"].nunique()
+    out["units"] = grouped.size()  # runs: one per fold x seed (per seed where there are no folds)
+    out["folds"] = grouped["fold"].nunique() if "fold" in runs else 0
     out["wall_time_s"] = grouped["wall_time_s"].mean()
     return out.reset_index()
 
@@ -125,6 +128,58 @@ def over_seeds(runs: pd.DataFrame, baseline: tuple[str, str], confidence: float)
                 continue
             rankings[(dataset, by)] = stats.ranking(source, "map@r", by, confidence=confidence)
     return seed_tables, comparisons, rankings
+
+
+def over_units(runs: pd.DataFrame, confidence: float) -> tuple[dict, dict]:
+    """Per dataset: every cell against the best by test MAP@R, paired by unit with Holm over that family
+    (:func:`dmlbench.reporting.claims.tied_with_best`), and the named claims, best miner (over the grid's
+    losses) and best loss (each with its paper's sampling), against their runners-up
+    (:func:`dmlbench.reporting.claims.named_claims`). Returns (tied, claims)."""
+    from .claims import named_claims, tied_with_best
+
+    tied, claims = {}, {}
+    for dataset, part in runs.groupby("dataset", sort=False):
+        tied[dataset] = tied_with_best(part, "map@r", confidence)
+        sources = {"miner": part[part["loss"].isin(grid_losses(part, dataset))], "loss": paper_cells(part)}
+        claims[dataset] = named_claims({by: s for by, s in sources.items() if s[by].nunique() >= 2}, "map@r",
+                                       confidence)
+    return tied, claims
+
+
+BASELINE_MINER = "(baseline, no training)"  # the miner column of a baseline's row in the tables of cells
+
+
+def baseline_table(baselines: pd.DataFrame, dataset: str, metrics, confidence: float) -> pd.DataFrame:
+    """The baselines of ``dataset`` (a :func:`dmlbench.study.baselines.load_baselines` frame) as rows of
+    a seed table: loss = the baseline's name, miner = BASELINE_MINER, each metric's mean and t-interval
+    over its units (folds, or fold x seed), ``kind`` 'baseline'. Empty when it has none."""
+    from . import stats
+
+    part = baselines[baselines["dataset"] == dataset] if len(baselines) else baselines
+    if part.empty:
+        return pd.DataFrame()
+    rows = part.assign(loss=part["baseline"], miner=BASELINE_MINER)
+    present = [m for m in metrics if m in rows]
+    return stats.seed_summary(rows, present, confidence).assign(kind="baseline")
+
+
+def with_baselines(table: pd.DataFrame, baselines: pd.DataFrame | None) -> pd.DataFrame:
+    """A seed table (cells) with the baselines' rows after them and a ``kind`` column: 'cell' or 'baseline'."""
+    table = table.assign(kind="cell") if "kind" not in table else table
+    if baselines is None or baselines.empty:
+        return table
+    return pd.concat([table, baselines.reindex(columns=[c for c in table.columns if c in baselines] +
+                                               [c for c in baselines.columns if c not in table])], ignore_index=True)
+
+
+def pivot_with_baselines(table: pd.DataFrame, baselines: pd.DataFrame | None, metric: str) -> pd.DataFrame:
+    """A loss x miner pivot of ``metric`` with a row per baseline (its name), its mean in a column of its
+    own, 'baseline (no training)', empty in the cells' rows."""
+    if baselines is None or baselines.empty or metric not in baselines:
+        return table
+    column = "baseline (no training)"
+    extra = pd.DataFrame({column: list(baselines[metric])}, index=list(baselines["loss"]))
+    return pd.concat([table, extra]).reindex(columns=[*table.columns, column])
 
 
 def correlations(runs: pd.DataFrame, metric: str = "recall@1", confidence: float = 0.95) -> pd.DataFrame:

@@ -84,7 +84,8 @@ def test_a_tuned_study_ranks_its_tuned_cells_and_counts_both_kinds(isolated, tmp
     runs = len(study.cells)
     assert (f"{runs} runs: {runs} cells (3 loss x miner cells at their default settings, {roles['tuned']} at "
             "their tuned settings") in text
-    assert "Best by test MAP@R at tuned settings: triplet + semi-hard , 0.4500" in text
+    assert "Best by test MAP@R at tuned settings: triplet + semi-hard , MAP@R 0.4500" in text
+    assert "Tied with it (each of the other 2 cells against it, paired by unit, Holm over that family of 2" in text
     assert "at their default settings (untuned) angular + none led (40.0% MAP@R)" in text
     table = first[first.index('<table class="dml">'):]
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table[:table.index("</table>")])[1:]

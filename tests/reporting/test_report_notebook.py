@@ -115,15 +115,19 @@ def test_the_headline_is_made_from_the_tables():
     assert lines == [
         "Best by test MAP@R: **contrastive + none**, 0.4000 ± 0.0200 (95% t-interval, 3 seeds); "
         "by Recall@1: **triplet + semi-hard** (91.0%).",
-        "Against the baseline **triplet + semi-hard** (paired by seed, Holm-adjusted, 4 cells): **1 better** beyond "
+        "Against the baseline **triplet + semi-hard** (paired by unit, Holm-adjusted, 4 cells): **1 better** beyond "
         "seed noise (contrastive + none +0.0500), **1 worse** (triplet + none -0.0500), 2 within noise.",
-        "Losses ranked (each with its paper's sampling, bootstrap over seeds): **contrastive** first, but its ranks "
+        "Losses ranked (each with its paper's sampling, bootstrap over units): **contrastive** first, but its ranks "
         "(1-2) overlap those of 1 other loss: no clear first.",
         "On the grid (contrastive, triplet x miners) the loss moves mean MAP@R more than the miner "
-        "(range 0.0550 against 0.0050); best miner there: **semi-hard**.",
-        "Caveats: 1 of 4 runs were still improving when their epoch budget ran out; 1 group of cells trained identically, each "
-        "merged into one row and counted once (notes under the table).",
+        "(range 0.0550 against 0.0050); highest mean there: **semi-hard** (whether it is best: the named claims).",
+        "Caveats: 1 group of cells trained identically, each merged into one row and counted once (notes under the "
+        "table).",
     ]
+    converged = {"runs": 4, "converged": 3}
+    caveat = narrative.headline("d", seed_table(), comparison_table(), {}, run_table(), BASELINE, 0.95, [],
+                                convergence=converged)[-1]
+    assert caveat.startswith("Caveats: 1 of 4 runs had not converged (their validation gain over the last quarter")
     alone = narrative.headline("d", seed_table().assign(seeds=1), pd.DataFrame(), {}, run_table().assign(best_epoch=1),
                                BASELINE, 0.95, [])
     assert alone[1] == "The baseline triplet + semi-hard has no finished run: no paired comparison."
@@ -135,7 +139,7 @@ def test_comparisons_and_rankings_are_told_with_their_numbers():
     by_recall = comparison_table().assign(verdict=["within seed noise", "within seed noise", "worse than the baseline",
                                                    "within seed noise"])
     assert narrative.comparison_lines("d", comparison_table(), by_recall, BASELINE, 3) == [
-        "**d**, test MAP@R against triplet + semi-hard over 3 paired seeds: 1 of 4 cells are better beyond seed noise "
+        "**d**, test MAP@R against triplet + semi-hard over 3 paired units: 1 of 4 cells are better beyond seed noise "
         "(contrastive + none by +0.0500 [+0.0100, +0.0900]), 1 worse (triplet + none by -0.0500), "
         "and 2 within seed noise.",
         "By Recall@1 instead: 0 better, 1 worse, 3 within noise."]
@@ -164,9 +168,9 @@ def test_the_discussion_is_made_from_the_means_per_cell():
                         "choice of loss moves MAP@R more (range 0.0550 against 0.0050 for the miner).")
     assert lines[4:6] == ["With contrastive, 0 of 1 miners beat using every tuple (none: 0.4000).",
                           "With triplet, 1 of 1 miners beat using every tuple (none: 0.3000; better: semi-hard)."]
-    assert lines[6].startswith("1 of 4 runs were still improving when their epoch budget ran out")
-    assert "3 peaked earlier" in lines[6]
-    assert lines[7].startswith("Across 3 seeds the mean standard deviation of MAP@R is 0.0200:")
+    assert lines[6].startswith("The test numbers are always those of the validation-best epoch; whether the runs")
+    assert lines[7].startswith("Across 3 units (fold x seed, or seeds where there are no folds) the mean standard "
+                               "deviation of MAP@R is 0.0200:")
     assert len(lines) == 8
     one_seed = narrative.discussion("d", seed_table().assign(seeds=1), run_table(), ["contrastive"])
     assert one_seed[-1].startswith("*Caution*: each cell ran with 1 seed,")
@@ -185,10 +189,12 @@ def test_correlations_captions_and_counts_are_told_with_their_numbers():
         "**d**, intra / inter (pi ratio): no correlation can be computed."]
     assert narrative.state_counts({"skipped": 3, "done": 87, "failed": 2}, 92) == "87 done, 2 failed, 3 skipped (92 rows)."
     caption = narrative.results_caption(seed_table(), 0.95)
-    assert caption.startswith("Every cell, best first by test MAP@R: mean over 3 seeds ± the half-width of its 95% ")
+    assert caption.startswith("Every cell, best first by test MAP@R (R-Precision beside it): mean over 3 seeds ± the "
+                              "half-width of its 95% ")
     mixed = narrative.results_caption(seed_table().assign(seeds=[1, 3, 3, 2, 3]), 0.9, "d")
-    assert mixed.startswith("Every cell on d, best first by test MAP@R: mean over 1 to 2 to 3 seeds ± the half-width "
-                            "of its 90% t-interval.")
+    assert mixed.startswith("Every cell on d, best first by test MAP@R (R-Precision beside it): mean over 1 to 2 to 3 "
+                            "seeds ± the half-width of its 90% t-interval.")
+    assert "12.7 standard errors" in mixed  # the row with 2 replicates
     published = pd.DataFrame({"comparison": ["same protocol", "same protocol, except: x", "differs: y"],
                               "ours": [70.1, float("nan"), 60.0]})
     assert narrative.literature_caption("cub", published) == (
