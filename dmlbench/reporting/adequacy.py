@@ -136,7 +136,7 @@ def power(runs: pd.DataFrame, seed_tables: dict, baseline: tuple[str, str], conf
             half = ((table[f"{metric}_high"] - table[f"{metric}_low"]) / 2 * 100).dropna()
             sd = _paired_sd(part, metric, baseline)
             row = {"dataset": dataset, "metric": metric, "cells": int(len(table)),
-                   "seeds": int(table["seeds"].median()) if len(table) else 0,
+                   "seeds": int(table["units" if "units" in table else "seeds"].median()) if len(table) else 0,
                    "median_half_width_pts": float(half.median()) if len(half) else float("nan"),
                    "max_half_width_pts": float(half.max()) if len(half) else float("nan"),
                    "paired_sd_pts": sd * 100}

@@ -68,7 +68,7 @@ def tied_facts(table: pd.DataFrame, confidence: float = 0.95) -> dict:
             "tied": [f"{r.loss} + {r.miner}" for r in tied.itertuples()], "family": family,
             "closest_not_tied": None if closest is None else f"{closest['loss']} + {closest['miner']}",
             "closest_p_holm": None if closest is None else float(closest["p_holm"]),
-            "units": n_units, "level": 1 - confidence,
+            "units": n_units, "level": round(1 - confidence, 10),
             "exact_reachable": reachable(n_units, family, 1 - confidence)}
 
 

@@ -58,8 +58,8 @@ def tied_line(table: pd.DataFrame, seeds: pd.DataFrame, confidence: float, tuned
     if family == 0:
         return line + "; it is the only cell."
     names = [cell_label(r.loss, r.miner) for r in tied.itertuples()]
-    line += (f". **Tied with it** (each of the other {family} cells against it, paired by unit, Holm over that "
-             f"family of {family}; tied = not worse at {1 - confidence:g}): "
+    line += (f". **Tied with it** (each of the other {plural(family, 'cell')} against it, paired by unit, Holm over "
+             f"that family of {family}; tied = not worse at {1 - confidence:.2g}): "
              + (f"**{_names(names)}** ({plural(len(names), 'cell')})" if names else "none"))
     if len(worse):
         closest = worse.iloc[0]

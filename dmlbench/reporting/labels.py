@@ -41,7 +41,12 @@ COLUMN_LABELS = {
     "median_half_width_pts": "median half-width (points)", "max_half_width_pts": "largest half-width (points)",
     "paired_sd_pts": "SD of paired differences (points)", "converged_share": "share converged",
     "training_share_of_summed_wall": "training share of summed wall time",
-    "median_gain_last_3_epochs": "median gain over the last 3 epochs", "wall_s": "wall time (s)",
+    "median_gain_last_quarter": "median validation gain over the last quarter", "wall_s": "wall time (s)",
+    "median_cell_sd": "median SD of the cells over units", "not_converged": "not converged",
+    "p_holm_vs_first": "p (Holm) against the first", "tied_with_first": "tied with the first",
+    "between": "variance between folds", "within": "variance within folds", "between_share": "share between folds",
+    "runner_up": "runner-up", "first_score": "first's MAP@R", "runner_up_score": "runner-up's MAP@R",
+    "status": "against the best",
 }
 SUFFIX_WORDS = {"low": "low", "high": "high", "std": "SD", "lost": "lost"}  # after a metric's name
 VERDICTS = {"better than the baseline": "better", "worse than the baseline": "worse",

@@ -207,6 +207,14 @@ def _baselines_sentence(baselines: list[dict], rows: list[dict]) -> str | None:
     return text + "."
 
 
+def _agreement_sentence(agreement: dict) -> str | None:
+    """Kendall's tau of validation against test MAP@R over the best cells (summary.json's ``protocol``)."""
+    if agreement.get("tau") is None:
+        return None
+    return (f"Validation orders the {agreement['cells']} best cells as the test does at Kendall's tau "
+            f"{agreement['tau']:.2f} (MAP@R).")
+
+
 def render_answer(summary: dict, tuned: dict | None = None, basis: str | None = None) -> list[str]:
     """The results block's opening lines: which loss and miner lead, how sure (cells whose intervals
     overlap the leader's are called tied, not ranked), and what the findings rest on (``basis``)."""
@@ -219,7 +227,8 @@ def render_answer(summary: dict, tuned: dict | None = None, basis: str | None = 
     protocol = (summary.get("protocol") or {}).get(main) or {}
     if protocol.get("tied_with_best"):
         text = [_tied_sentence(protocol["tied_with_best"], where, _unit_counts(tables[main], seeds))]
-        text += [line for line in [_baselines_sentence(protocol.get("baselines", []), tables[main])] if line]
+        text += [line for line in [_baselines_sentence(protocol.get("baselines", []), tables[main]),
+                                   _agreement_sentence(protocol.get("validation_agreement") or {})] if line]
     else:
         text = [_lead_sentence(tables[main], where, seeds)]
     tuning = (tuned or {}).get("tuning", {}).get("datasets", {}).get(main)

@@ -23,6 +23,8 @@ per seed, as before. Every cell ran on the same units, so cells are compared uni
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
@@ -187,14 +189,18 @@ def entry_matrix(runs: pd.DataFrame, metric: str, by: str):
 
 def entry_scores(matrix: np.ndarray, member: np.ndarray) -> np.ndarray:
     """Each entry's score: the mean over its cells of the cell's mean over the rows of ``matrix``."""
-    cell_means = np.nanmean(matrix, axis=0)  # (cells,)
+    with warnings.catch_warnings():  # a cell with no value in a draw's units: NaN, said nowhere else
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cell_means = np.nanmean(matrix, axis=0)  # (cells,)
     return (member * cell_means).sum(axis=1) / member.sum(axis=1)
 
 
 def entry_by_unit(matrix: np.ndarray, member: np.ndarray, units: list, entry: int) -> pd.Series:
     """One entry's score per unit: the mean over its cells at that unit."""
     cells = matrix[:, member[entry] > 0]
-    return pd.Series(np.nanmean(cells, axis=1), index=units)
+    with warnings.catch_warnings():  # a unit none of its cells ran: NaN, left out of the pairs
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return pd.Series(np.nanmean(cells, axis=1), index=units)
 
 
 def ties_with_first(matrix: np.ndarray, member: np.ndarray, units: list, order: np.ndarray,
