@@ -107,12 +107,13 @@ def baselines_line(seeds: pd.DataFrame, baselines: pd.DataFrame) -> str | None:
     floor = float(raw["map@r"].iloc[0])
     ranked = seeds.sort_values("map@r", ascending=False, kind="stable")
     best, below = ranked.iloc[0], ranked[ranked["map@r"] < floor]
-    line += (f" The best cell, {cell_label(best['loss'], best['miner'])}, is {best['map@r'] - floor:+.4f} above raw "
-             f"pixels; ")
+    gap = best["map@r"] - floor
+    line += (f" The best cell, {cell_label(best['loss'], best['miner'])}, is {abs(gap):.4f} "
+             f"{'above' if gap >= 0 else 'below'} raw pixels; ")
     if below.empty:
         weakest = ranked.iloc[-1]
         return line + (f"every cell is above them (the weakest, {cell_label(weakest['loss'], weakest['miner'])}, "
-                       f"by {weakest['map@r'] - floor:+.4f}).")
+                       f"by {weakest['map@r'] - floor:.4f}).")
     names = [f"{cell_label(l, m)} ({v:.4f})" for l, m, v in zip(below["loss"], below["miner"], below["map@r"])]
     return line + f"**{plural(len(below), 'cell')} below raw pixels**: {_names(names)}."
 

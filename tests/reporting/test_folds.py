@@ -252,3 +252,49 @@ def test_the_readme_block_leads_with_the_tied_group_and_the_baselines():
     assert "closest cell not tied is b + x (Holm p 0.0012)" in answer
     assert "Baselines without metric learning: raw pixels MAP@R 0.400; 1 cell below raw pixels (b + x)." in answer
     assert "| raw pixels | (baseline, no training) | 0.7000 | – | – | – | 0.4000 [0.3800, 0.4200] | 0.4500 | – |" in block
+
+
+def test_the_built_report_leads_with_the_tied_group_and_shows_the_baselines(isolated, tmp_path):
+    """A study of three cells x three seeds, its records and baseline records written here, through the
+    real report notebook: the first screen's findings and table, the new section, summary.json."""
+    import yaml
+
+    from dmlbench.reporting.report import build_report
+    from dmlbench.study.cells import load_study
+
+    from ..support import tiny_settings
+    from .test_first_screen import prose
+
+    path = tmp_path / "folds.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "folds", "datasets": ["fashion-mnist"], "seeds": [0, 1, 2], "settings": tiny_settings(),
+        "cells": [{"loss": "contrastive", "miner": "none"}, {"loss": "triplet", "miner": "semi-hard"},
+                  {"loss": "angular", "miner": "none"}]}))
+    planted = {"contrastive": 0.40, "triplet": 0.30, "angular": 0.399}
+    for cell in load_study(path).cells:
+        c = cell.config
+        value = planted[c.loss] + 0.002 * c.seed * (1 if c.loss == "angular" else -1)
+        metrics = {"recall@1": 0.8, "recall@2": 0.85, "recall@4": 0.9, "recall@8": 0.95, "r_precision": value + 0.05,
+                   "map@r": value, "nmi": 0.5, "ami": 0.49}
+        record = complete_record(cell.run_id, c.dataset, c.loss, c.miner, c.seed, c.epochs, metrics, c.to_dict())
+        record["config_hash"] = c.config_hash()
+        RunDir(cell.run_dir).path.mkdir(parents=True)
+        cell.metrics_path.write_text(json.dumps(record))
+    write_baselines(isolated / "results", "fashion-mnist")
+    page = build_report(path).read_text()
+    first = prose(page[:page.index('id="Protocol"')])
+    assert "Best by test MAP@R: angular + none , MAP@R 0.4010 [0.3960, 0.4060] (R-Precision 0.4510; 3 units" in first
+    assert ("Holm over that family of 2; tied = not worse at 0.05): contrastive + none (1 cell); the closest cell "
+            "not tied: triplet + semi-hard") in first
+    assert "2/2^3 = 0.2500, above Holm's first threshold 0.05/2 = 0.0250" in first  # 3 seeds cannot reach it
+    assert "angular and contrastive are tied" in first and "is the best loss" not in first
+    summary = json.loads((isolated / "results" / "summary.json").read_text())
+    protocol = summary["protocol"]["fashion-mnist"]
+    assert protocol["tied_with_best"]["family"] == 2 and protocol["tied_with_best"]["units"] == 3
+    if protocol["baselines"]:  # this checkout has dmlbench.study.baselines
+        assert "Baselines without metric learning" in first and " raw pixels (baseline, no training) 0.4600" in first
+        assert "The best cell, angular + none, is 0.0590 below raw pixels" in first
+        assert [b["baseline"] for b in protocol["baselines"]] == ["raw pixels", "untrained network"]
+    assert (isolated / "results" / "tables" / "fashion-mnist__tied_with_best.csv").is_file()
+    assert (isolated / "results" / "tables" / "fold_variance.csv").is_file()
+    assert "Kendall's tau" in prose(page) or "too few cells with a validation MAP@R" in prose(page)
