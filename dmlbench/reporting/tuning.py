@@ -25,7 +25,7 @@ from scipy import stats as sps
 from ..fileio import read_json
 from ..training.rundir import RunDir
 from .narrative import pct
-from .stats import t_interval
+from .stats import DIFFERENCE_RANGE, METRIC_RANGE, by_unit, t_interval
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:
@@ -86,8 +86,8 @@ def _cell_runs(runs: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
 
 
 def _paired(default: pd.DataFrame, tuned: pd.DataFrame, metric: str, confidence: float) -> tuple[float, float, float]:
-    both = default.set_index("seed")[metric].to_frame("d").join(tuned.set_index("seed")[metric].to_frame("t"), how="inner")
-    return t_interval(both["t"] - both["d"], confidence)
+    both = by_unit(default, metric).to_frame("d").join(by_unit(tuned, metric).to_frame("t"), how="inner")
+    return t_interval(both["t"] - both["d"], confidence, DIFFERENCE_RANGE)
 
 
 def _search_row(search, manifest_cells: list[dict], runs: pd.DataFrame, confidence: float) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ def _search_row(search, manifest_cells: list[dict], runs: pd.DataFrame, confiden
     for metric in ("recall@1", "map@r"):
         for name, part in (("default", default), ("tuned", tuned)):
             row[f"{name}_{metric}"], row[f"{name}_{metric}_low"], row[f"{name}_{metric}_high"] = \
-                t_interval(part[metric], confidence)
+                t_interval(part[metric], confidence, METRIC_RANGE)
         row[f"gain_{metric}"], row[f"gain_{metric}_low"], row[f"gain_{metric}_high"] = \
             _paired(default, tuned, metric, confidence) if len(default) and len(tuned) else (np.nan,) * 3
     return row
