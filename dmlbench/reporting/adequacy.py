@@ -1,9 +1,9 @@
 """Can the study answer its question? Convergence, statistical power and where a cell's time goes.
 
 - **Convergence**: a run converged when its validation gain (its selection metric, best so far) over
-  the last quarter of its epoch budget is below its cell's standard deviation over units (fold, seed)
-  of the validation score at the selected epoch: what training longer would still add is smaller than
-  what another fold or seed moves. "Peaked before the last epoch" is no test under a cosine schedule
+  the last quarter of its epoch budget is below its cell's seed standard deviation (pooled within
+  folds, so that a fold's harder split is not counted as noise) of the validation score at the
+  selected epoch: what training longer would still add is smaller than what another seed moves. "Peaked before the last epoch" is no test under a cosine schedule
   that anneals to zero, and is not used.
 - **Power**: per dataset and metric, the cells' 95% t-interval half-widths over seeds (in points of
   percent), the standard deviation of the paired differences with the baseline, and the seeds a
@@ -53,15 +53,29 @@ def last_quarter_gain(history: pd.DataFrame, metric: str, budget: int) -> float:
     return float(best.iloc[-1] - best[before].iloc[-1])
 
 
+def seed_sd(values: pd.Series, folds: pd.Series) -> float:
+    """The standard deviation of ``values`` between seeds: pooled within folds (each value against its
+    fold's mean, n - folds degrees of freedom), so that a fold's easier or harder split does not count
+    as noise; over all values where there are no folds (NaN). NaN without two values in one fold."""
+    frame = pd.DataFrame({"y": values.to_numpy(float), "g": folds.fillna(-1).to_numpy()}).dropna(subset=["y"])
+    dof = len(frame) - frame["g"].nunique()
+    if dof < 1:
+        return float("nan")
+    residuals = frame["y"] - frame.groupby("g")["y"].transform("mean")
+    return float(np.sqrt((residuals ** 2).sum() / dof))
+
+
 def run_convergence(runs: pd.DataFrame, histories: pd.DataFrame | None) -> pd.DataFrame:
     """One row per run: its validation gain over the last quarter of its budget (:func:`last_quarter_gain`
-    on its selection metric), its cell's standard deviation over units of the validation score at the
-    selected epoch, and whether it converged: gain below that deviation (None where the cell has one unit
-    or the history lacks what is needed, so that it cannot be told)."""
+    on its selection metric), its cell's seed standard deviation (:func:`seed_sd`, within folds) of the
+    validation score at the selected epoch, and whether it converged: gain below that deviation (None
+    where the cell has no two seeds in one fold or the history lacks what is needed: it cannot be told)."""
     by_run = {} if histories is None or histories.empty else dict(list(histories.groupby("run_id", sort=False)))
-    cell_sd = runs.groupby(["dataset", "loss", "miner"], sort=False)["val_at_best"].transform(
-        lambda v: v.std(ddof=1) if v.notna().sum() >= 2 else np.nan) if "val_at_best" in runs else \
-        pd.Series(np.nan, index=runs.index)
+    folds = runs["fold"] if "fold" in runs else pd.Series(np.nan, index=runs.index)
+    cell_sd = pd.Series(np.nan, index=runs.index)
+    if "val_at_best" in runs:
+        for _, part in runs.groupby(["dataset", "loss", "miner"], sort=False):
+            cell_sd[part.index] = seed_sd(part["val_at_best"], folds[part.index])
     rows = []
     for (_, run), sd in zip(runs.iterrows(), cell_sd):
         metric = run.get("selected_by") if isinstance(run.get("selected_by"), str) else "val_map@r"
@@ -77,8 +91,8 @@ def run_convergence(runs: pd.DataFrame, histories: pd.DataFrame | None) -> pd.Da
 
 def convergence(runs: pd.DataFrame, histories: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per dataset: runs, converged (validation gain over the last quarter of the budget below the cell's
-    standard deviation over units: :func:`run_convergence`), their share, not converged, undetermined
-    (one unit in the cell, or no history), stopped on a plateau, median epochs trained, the budget, and the
+    seed standard deviation within folds: :func:`run_convergence`), their share, not converged, undetermined
+    (no two seeds of the cell in one fold, or no history), stopped on a plateau, median epochs trained, the budget, and the
     medians of the gains and of the cells' deviations."""
     rows = []
     if not {"dataset", "epochs", "best_epoch"} <= set(runs.columns):  # runs without their training record
@@ -224,13 +238,13 @@ def metric_verdicts(comparisons: dict, dataset: str, metrics=("recall@1", "map@r
 
 def convergence_text(row: dict) -> str:
     """A dataset's row of :func:`convergence` in words, as the report and ``--status`` say it."""
-    undecided = f", {row['undetermined']} undetermined (one unit in their cell)" if row["undetermined"] else ""
+    undecided = f", {row['undetermined']} undetermined (no two seeds in one fold)" if row["undetermined"] else ""
     def points(value: float) -> str:
         return f"{value * 100:.2f} points" if value == value else "none measured"
 
     return (f"{row['converged']} of {row['runs']} converged ({row['converged_share']:.0%}: validation gain over the "
-            f"last quarter of the {row['epoch_budget']}-epoch budget below the cell's standard deviation over "
-            f"units; median gain {points(row['median_gain_last_quarter'])}, median deviation "
+            f"last quarter of the {row['epoch_budget']}-epoch budget below the cell's standard deviation between "
+            f"seeds within a fold; median gain {points(row['median_gain_last_quarter'])}, median deviation "
             f"{points(row['median_cell_sd'])}){undecided}")
 
 

@@ -172,7 +172,7 @@ def _caveats_line(runs: pd.DataFrame, identical: list[list[str]], n_seeds: int,
         late = int(convergence["runs"]) - int(convergence["converged"])
         if late:
             caveats.append(f"{late} of {convergence['runs']} runs had not converged (their validation gain over the "
-                           "last quarter of the budget exceeds their cell's standard deviation over units)")
+                           "last quarter of the budget is not below their cell's seed standard deviation)")
     if identical:
         caveats.append(f"{plural(len(identical), 'group')} of cells trained identically, each merged into one row "
                         "and counted once (notes under the table)")
@@ -625,7 +625,7 @@ def _against_every_tuple(summary: pd.DataFrame, losses: list[str]) -> list[str]:
 def _training_and_noise(summary: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """Where convergence is judged, and how large the noise over units (fold x seed) is."""
     lines = ["The test numbers are always those of the validation-best epoch; whether the runs had converged "
-             "(their validation gain over the last quarter of the budget against their cell's spread over units) "
+             "(their validation gain over the last quarter of the budget against their cell's seed deviation) "
              "is in the convergence table above."]
     seeds = int(summary["seeds"].min())
     if seeds < 2:
@@ -673,8 +673,8 @@ def literature_caption(dataset: str, comparison: pd.DataFrame) -> str:
 def adequacy_intro(confidence: float) -> str:
     return (f"Whether the study can tell its cells apart. **Convergence**: a run converged when its validation gain "
             f"over the last quarter of its epoch budget (its selection metric, best so far) is below its cell's "
-            f"standard deviation over units of the validation score at the selected epoch: training longer would "
-            f"add less than another fold or seed moves. A run that has not converged is ranked partly by how fast it "
+            f"seed standard deviation of the validation score at the selected epoch (pooled within folds, so that "
+            f"a harder fold is not counted as noise): training longer would add less than another seed moves. A run that has not converged is ranked partly by how fast it "
             f"learns. **Power**: the half-width of each cell's {confidence:.0%} t-interval over units, and the units a "
             f"paired difference of a given size needs (for its interval to exclude zero, at the median standard "
             f"deviation of the cells' paired differences with the baseline). **Cost**: where a cell's papermill time "

@@ -121,7 +121,7 @@ def _adequacy_line(dataset: str, facts: dict) -> str | None:
         return None
     half = facts.get("map@r_median_half_width_pts")
     parts = [f"{facts['converged']} of {facts['runs']} runs converged (validation gain over the last quarter of the "
-             f"{facts['epoch_budget']}-epoch budget below the cell's standard deviation over units)"]
+             f"{facts['epoch_budget']}-epoch budget below the cell's seed standard deviation)"]
     if half is not None and half == half:
         parts.append(f"median MAP@R interval half-width {half:.2f} points")
     if facts.get("training_share") is not None:

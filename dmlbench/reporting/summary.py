@@ -35,12 +35,12 @@ indent 2, a newline at the end):
     adequacy      object dataset -> whether its runs can tell cells apart (dmlbench.reporting.adequacy):
         runs, converged, not_converged, undetermined, stopped_on_plateau   int
                                              converged: validation gain over the last quarter of the
-                                             budget below the cell's standard deviation over units;
-                                             undetermined: a cell with one unit, or no history
+                                             budget below the cell's seed standard deviation (within
+                                             folds); undetermined: no two seeds in one fold, or no history
         converged_share                      float  converged / runs
         epoch_budget                         int    the most epochs a run may train
         median_gain_last_quarter             float  of the selection metric, over the runs (0-1 scale)
-        median_cell_sd                       float  the cells' deviation over units of it at the selected epoch
+        median_cell_sd                       float  the cells' seed deviation of it at the selected epoch
         recall@1_median_half_width_pts,
         map@r_median_half_width_pts          float  median over cells of the t-interval half-width (points)
         training_share                       float  training steps / papermill wall time, summed over its runs

@@ -6,7 +6,7 @@ files, read back by the report's own loader) with planted effects whose answers 
 - rank intervals never say "1-1" when the first two cannot be told apart;
 - intervals clipped to [0, 1], and said so; two replicates said to be 12.7 standard errors wide;
 - the share of variance between folds on data with a known between-fold component;
-- convergence: the validation gain over the last quarter of the budget against the cell's deviation;
+- convergence: the validation gain over the last quarter of the budget against the cell's seed deviation;
 - Kendall's tau of validation against test over the best cells;
 - the baselines as rows of the results tables, in summary.json and in the README block.
 """
@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from dmlbench.reporting import claims, findings, readme
-from dmlbench.reporting.adequacy import convergence, last_quarter_gain, run_convergence
+from dmlbench.reporting.adequacy import convergence, last_quarter_gain, run_convergence, seed_sd
 from dmlbench.reporting.htmltables import results_table
 from dmlbench.reporting.runs import load_histories, load_runs
 from dmlbench.reporting.stats import ranking, seed_summary
@@ -182,6 +182,13 @@ def test_a_run_converged_when_its_last_quarter_gain_is_below_its_cells_deviation
     assert judged.loc["b", "converged"] is False and judged.loc["d", "converged"] is None
     row = convergence(runs, histories).iloc[0]
     assert (row["converged"], row["not_converged"], row["undetermined"]) == (2, 1, 1)
+    # the deviation is between seeds within a fold: a harder fold is not noise
+    values, folds = pd.Series([0.50, 0.52, 0.70, 0.72]), pd.Series([0, 0, 1, 1])
+    assert seed_sd(values, folds) == pytest.approx(np.sqrt(4 * 0.01 ** 2 / 2)) and seed_sd(values, folds) < values.std()
+    assert np.isnan(seed_sd(pd.Series([0.5, 0.7]), pd.Series([0, 1])))  # one seed per fold: cannot be told
+    on_folds = runs.assign(fold=[0, 0, 1, 1], val_at_best=[0.60, 0.61, 0.70, 0.5])
+    assert run_convergence(on_folds, histories).set_index("run_id").loc["a", "cell_sd"] == \
+        pytest.approx(np.sqrt(0.01 ** 2 / 2))  # fold 0's two seeds only: fold 1 holds one run of the cell
 
 
 def test_kendall_tau_of_validation_against_test_over_the_best_cells(tmp_path):
