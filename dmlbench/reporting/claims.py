@@ -144,14 +144,21 @@ def fold_variance(runs: pd.DataFrame, metric: str = "map@r") -> pd.DataFrame:
                                        "between_share"])
 
 
+def agreement_cells(runs: pd.DataFrame, top: int = 15, validation: str = "val_map@r",
+                    test: str = "map@r") -> pd.DataFrame:
+    """The ``top`` best cells by mean ``test`` score with their mean ``validation`` score (at the selected
+    epoch), best first: what :func:`validation_agreement` ranks."""
+    if validation not in runs or runs.empty:
+        return pd.DataFrame(columns=["loss", "miner", test, validation])
+    return _cell_means(runs, [test, validation]).dropna(subset=[test, validation]).head(top)
+
+
 def validation_agreement(runs: pd.DataFrame, top: int = 15, validation: str = "val_map@r",
                          test: str = "map@r") -> dict:
     """Kendall's tau-b between the cells' mean ``validation`` score (at the selected epoch) and their
     mean ``test`` score over the ``top`` best cells by test score (fewer when there are fewer), with its
     p value; tau None where fewer than three cells have both."""
-    if validation not in runs or runs.empty:
-        return {"cells": 0, "tau": None, "p": None, "validation": validation, "test": test}
-    means = _cell_means(runs, [test, validation]).dropna(subset=[test, validation]).head(top)
+    means = agreement_cells(runs, top, validation, test)
     if len(means) < 3:
         return {"cells": len(means), "tau": None, "p": None, "validation": validation, "test": test}
     result = sps.kendalltau(means[validation], means[test])

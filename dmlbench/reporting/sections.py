@@ -208,8 +208,15 @@ def fold_share(ctx) -> pd.DataFrame:
 
 
 def validation_agreement(ctx) -> None:
-    """Kendall's tau between validation and test MAP@R over the 15 best cells, per dataset, in a sentence."""
-    lines = [findings.agreement_line(ctx.agreement(d), d) for d in ctx.datasets if d in ctx.seed_tables]
+    """Kendall's tau between validation and test MAP@R over the 15 best cells, per dataset, in a sentence,
+    the cells it ranks written to <dataset>__validation_agreement.csv."""
+    from .claims import agreement_cells
+
+    lines = []
+    for dataset in [d for d in ctx.datasets if d in ctx.seed_tables]:
+        save_table(agreement_cells(ctx.kept(ctx.runs_of(dataset))), f"{dataset}__validation_agreement", ctx.tables,
+                   index=False)
+        lines.append(findings.agreement_line(ctx.agreement(dataset), dataset))
     _show(narrative.joined(lines, "No finished cell."))
 
 

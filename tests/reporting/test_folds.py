@@ -304,4 +304,6 @@ def test_the_built_report_leads_with_the_tied_group_and_shows_the_baselines(isol
         assert [b["baseline"] for b in protocol["baselines"]] == ["raw pixels", "untrained network"]
     assert (isolated / "results" / "tables" / "fashion-mnist__tied_with_best.csv").is_file()
     assert (isolated / "results" / "tables" / "fold_variance.csv").is_file()
+    agreement = pd.read_csv(isolated / "results" / "tables" / "fashion-mnist__validation_agreement.csv")
+    assert list(agreement["loss"]) == ["angular", "contrastive", "triplet"]  # best first by test MAP@R
     assert "Kendall's tau" in prose(page) or "too few cells with a validation MAP@R" in prose(page)
