@@ -56,16 +56,18 @@ def tied_with_best(runs: pd.DataFrame, metric: str = "map@r", confidence: float 
 def tied_facts(table: pd.DataFrame, confidence: float = 0.95) -> dict:
     """What the first screen says of a :func:`tied_with_best` table: the best cell, the tied ones, the
     family size, the closest cell not tied (the largest Holm-adjusted p among the worse) and its p, the
-    fewest units a comparison had, and whether an exact test could pass the family's first Holm step."""
+    units of the design (the most a comparison had), whether an exact test over them could pass the
+    family's first Holm step, and the tied cells that had too few shared units for any test."""
     if table.empty:
         return {}
     tied = table[table["status"] == "tied"]
     worse = table[table["status"] == "worse"].sort_values("p_holm", ascending=False, kind="stable")
     family = len(table) - 1
-    n_units = int(table["units"].iloc[1:].min()) if family else int(table["units"].iloc[0])
+    n_units = int(table["units"].max())  # the design's units (a cell still running may have fewer)
     closest = worse.iloc[0] if len(worse) else None
     return {"best": f"{table.loc[0, 'loss']} + {table.loc[0, 'miner']}", "best_map@r": float(table.loc[0, "map@r"]),
             "tied": [f"{r.loss} + {r.miner}" for r in tied.itertuples()], "family": family,
+            "untested": [f"{r.loss} + {r.miner}" for r in tied.itertuples() if not np.isfinite(r.p)],
             "closest_not_tied": None if closest is None else f"{closest['loss']} + {closest['miner']}",
             "closest_p_holm": None if closest is None else float(closest["p_holm"]),
             "units": n_units, "level": round(1 - confidence, 10),

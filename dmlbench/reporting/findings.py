@@ -58,16 +58,19 @@ def tied_line(table: pd.DataFrame, seeds: pd.DataFrame, confidence: float, tuned
     if family == 0:
         return line + "; it is the only cell."
     names = [cell_label(r.loss, r.miner) for r in tied.itertuples()]
+    untested = int((~np.isfinite(tied["p"].astype(float))).sum())
     line += (f". **Tied with it** (each of the other {plural(family, 'cell')} against it, paired by unit, Holm over "
              f"that family of {family}; tied = not worse at {1 - confidence:.2g}): "
-             + (f"**{_names(names)}** ({plural(len(names), 'cell')})" if names else "none"))
+             + (f"**{_names(names)}** ({plural(len(names), 'cell')}"
+                + (f", {untested} of them with too few shared units for a test" if untested else "") + ")"
+                if names else "none"))
     if len(worse):
         closest = worse.iloc[0]
         line += (f"; the closest cell not tied: {cell_label(closest['loss'], closest['miner'])} "
                  f"({closest['difference']:+.4f}, Holm-adjusted p = {closest['p_holm']:.4f})")
     else:
         line += "; no cell is significantly worse than it"
-    exact = reachability_line(int(table["units"].iloc[1:].min()), family, 1 - confidence)
+    exact = reachability_line(int(table["units"].max()), family, 1 - confidence)  # the design's units
     return line + "." + (f" {exact}" if exact else "")
 
 
@@ -87,7 +90,7 @@ def claims_line(claims: pd.DataFrame, confidence: float) -> str | None:
         parts.append(f"{what.get(r.claim, r.claim)}: {r.first} minus {r.runner_up} {r.difference:+.4f} {tested}: "
                      f"{verdict}")
     family_text = ", ".join(claims["claim"])
-    exact = reachability_line(int(claims["units"].min()), family, 1 - confidence) if claims["units"].min() > 1 else None
+    exact = reachability_line(int(claims["units"].max()), family, 1 - confidence) if claims["units"].max() > 1 else None
     return (f"Named claims, each the first against the runner-up by mean test MAP@R, paired by unit (family of "
             f"{family}: {family_text}; Holm): " + "; ".join(parts) + "." + (f" {exact}" if exact else ""))
 

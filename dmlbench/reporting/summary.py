@@ -48,8 +48,9 @@ indent 2, a newline at the end):
       and "all": the training share and medians over every run
     protocol      object dataset -> the claims over units (fold, seed) (dmlbench.reporting.claims):
         tied_with_best   object  best (cell), best_map@r, tied (the cells not significantly worse than it,
-                                 paired by unit, Holm), family (comparisons), closest_not_tied and
-                                 closest_p_holm (null when none), units (fewest per comparison), level,
+                                 paired by unit, Holm), untested (those of them with too few shared units
+                                 for a test), family (comparisons), closest_not_tied and closest_p_holm
+                                 (null when none), units (the design's: the most a comparison had), level,
                                  exact_reachable (whether an exact sign-flip test can pass Holm's first step)
         claims           list    best miner / best loss against the runner-up: claim, first, runner_up,
                                  first_score, runner_up_score, entries, units, difference, p, p_holm,

@@ -93,6 +93,11 @@ def test_cells_the_paired_test_cannot_separate_are_tied_with_the_best(tmp_path):
     assert table.loc[runner_up, "p_holm"] >= 0.05 > table.loc["c", "p_holm"]
     # Holm: the smaller p is multiplied by the family size (2)
     assert table.loc["c", "p_holm"] == pytest.approx(min(1.0, 2 * table.loc["c", "p"]))
+    # a cell still running, one unit shared with the best: no test, so it is not called worse, and said so
+    runs = load_runs(tmp_path / "runs")
+    early = runs[runs["loss"] == "c"].head(1).assign(loss="d")
+    facts = claims.tied_facts(claims.tied_with_best(pd.concat([runs, early])))
+    assert "d + x" in facts["tied"] and facts["untested"] == ["d + x"] and facts["units"] == 12
 
 
 def test_no_rank_one_to_one_when_the_first_two_cannot_be_separated(tmp_path):
