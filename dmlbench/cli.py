@@ -343,8 +343,13 @@ def report_and_readme(study: Path, readme: bool = True) -> int:
 def cmd_report(args) -> int:
     from .study.cells import load_study
 
+    from .paths import study_results_dir
+    from .study.baselines import ensure_baselines
+
     _enter_study(args.study)
-    load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
+    study = load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
+    # raw pixels and the untrained network beside the cells (seconds each; a finished record is kept)
+    ensure_baselines([cell.config for cell in study.cells if cell.role != "tuned"], study_results_dir(study.name))
     return report_and_readme(args.study, readme=not args.no_readme)
 
 
