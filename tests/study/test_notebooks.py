@@ -230,7 +230,7 @@ def test_report_over_seeds_with_intervals_comparisons_rankings_and_diagnostics(i
                  "retrieval_fashion-mnist__best", "diagnostics_fashion-mnist",
                  "training_loss_fashion-mnist"):
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000, name
-    assert "paired seeds" in html and "Roth et al. report that Recall@1" in html
+    assert "paired units" in html and "Roth et al. report that Recall@1" in html
 
 
 def test_papermill_reads_every_parameter_of_the_experiment_notebook():
