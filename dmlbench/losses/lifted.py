@@ -13,6 +13,12 @@ Each ordered positive pair gives the term max(0, J_ij)^2 / 2 and the default red
 averages them; as J_ij = J_ji, the mean over the ordered pairs of all pairs equals the paper's sum
 over unordered pairs divided by 2|P|.
 
+On the unit sphere every distance lies in [0, 2], while the paper's features were unnormalised: with
+about 250 negatives per pair the log-sum-exp then stays near log 250 whatever the network does, and the
+loss barely separates classes. ``scale`` (default 1: the embeddings as given) measures the distances on
+a sphere of that radius, the embeddings times ``scale``; the margin is in those units (the default study
+sets it, chosen on validation: studies/default.yaml).
+
 Which negatives an end sees when a miner chose the pairs (``mined_negatives``):
 
 - ``"either"`` (default): the paper's pair set is unordered, so the negatives of an end e are the
@@ -55,10 +61,15 @@ class LiftedStructureLoss(Loss):
 
     consumes = "pairs"
 
-    def __init__(self, margin: float = 1.0, mined_negatives: str = "either", reduction: str = "mean"):
+    def __init__(self, margin: float = 1.0, mined_negatives: str = "either", reduction: str = "mean",
+                 scale: float = 1.0):
         super().__init__(reduction)
         if not margin > 0:
             raise ConfigError(f"lifted-structure margin must be positive (the paper uses 1), got {margin}")
+        if not scale > 0:
+            raise ConfigError(f"lifted-structure scale (the radius of the sphere distances are measured on) must be "
+                              f"positive, got {scale}")
+        self.scale = float(scale)
         if mined_negatives not in MINED_NEGATIVES:
             raise ConfigError(f"unknown lifted-structure mined_negatives {mined_negatives!r}; "
                               f"valid values: {', '.join(MINED_NEGATIVES)}")
@@ -78,7 +89,7 @@ class LiftedStructureLoss(Loss):
 
     def terms(self, embeddings, labels, pairs):
         n = len(embeddings)
-        dist = euclidean(embeddings)  # (B, B)
+        dist = euclidean(embeddings * self.scale if self.scale != 1.0 else embeddings)  # (B, B)
         weights = self.negative_weights(pairs, n, dist.detach())  # (B, B)
         valid = weights > 0  # (B, B)
         has_negative = valid.any(dim=1)  # (B,)

@@ -216,3 +216,18 @@ def test_documented_difference_from_pml_for_a_pair_without_negatives():
     theirs = pml_losses.LiftedStructureLoss(neg_margin=1, pos_margin=0, reducer=pml_reducers.SumReducer())
     d01 = torch.linalg.vector_norm(x[0] - x[1])
     torch.testing.assert_close(theirs(embeddings, labels, as_tuple(mined)), ours[1] + d01 ** 2 / 2)
+
+
+def test_scale_measures_the_distances_on_a_larger_sphere():
+    """``scale`` s on unit embeddings x is the paper's loss on s * x (margin in the scaled units), and a
+    scale that is not positive is refused."""
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(12, 6, dtype=torch.float64))
+    labels = torch.arange(4).repeat(3)
+    pairs = all_pairs(labels)
+    scaled = LiftedStructureLoss(scale=8.0).terms(x, labels, pairs)["lifted"]
+    plain = LiftedStructureLoss().terms(8.0 * x, labels, pairs)["lifted"]
+    torch.testing.assert_close(scaled, plain)
+    assert not torch.allclose(scaled, LiftedStructureLoss().terms(x, labels, pairs)["lifted"])
+    with pytest.raises(ConfigError, match="scale"):
+        LiftedStructureLoss(scale=0.0)
