@@ -301,13 +301,14 @@ def _prepare_study_data(study) -> int:
     from .datasets import load_dataset
     from .datasets.benchmarks import PHOTO_DATASETS, prepare_benchmark
 
-    needs = dict.fromkeys((c.config.dataset, c.config.data_root, c.config.image_size) for c in study.cells)
-    for dataset, root, image_size in needs:
+    needs = dict.fromkeys((c.config.dataset, c.config.data_root, c.config.image_size, c.config.fold)
+                          for c in study.cells)
+    for dataset, root, image_size, fold in needs:
         if dataset in PHOTO_DATASETS:
             print(prepare_benchmark(dataset, root, image_size=image_size))
         else:
-            splits = load_dataset(dataset, root=root)
-            print(_describe_splits(dataset, splits))
+            splits = load_dataset(dataset, root=root, **({} if fold is None else {"fold": fold}))
+            print(("" if fold is None else f"fold {fold}: ") + _describe_splits(dataset, splits))
     return 0
 
 
@@ -399,7 +400,9 @@ def cmd_data(args) -> int:
             faces = discover_faces(FONT_PACKAGES)  # a missing package fails naming it and the install command
             print(f"{len(faces)} faces in {len(FONT_PACKAGES)} Debian font packages")
             return 0
-        print(_describe_splits(args.name, DATASETS.get(args.name).load()))
+        dataset = DATASETS.get(args.name)
+        for fold in range(dataset.folds):  # every fold is built at once the first time, then read from the cache
+            print(f"fold {fold}: " + _describe_splits(args.name, dataset.load(fold=fold)))
         return 0
     if args.name != "fashion-mnist":
         raise ConfigError(f"'dmlbench data {args.action}' knows fashion-mnist, han-typefaces and "
