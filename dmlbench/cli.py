@@ -326,15 +326,19 @@ def _describe_splits(name: str, splits) -> str:
 def report_and_readme(study: Path, readme: bool = True) -> int:
     """The study's report in its own results folder (with links to the runs it reuses); the README's
     results blocks are refreshed from the default study's results in results/ only."""
-    from .paths import DEFAULT_STUDY
+    from .paths import DEFAULT_STUDY, results_dir
     from .reporting.readme import describes_repo_results, update_readme
     from .reporting.report import build_report
     from .study.cells import claim_results, link_reused_runs, load_study
 
     _enter_study(study)
+    from .study.baselines import ensure_baselines
+
     loaded = load_study(study, check_networks=False)
     claim_results(loaded)
     link_reused_runs(loaded)
+    # raw pixels and the untrained network beside the cells (seconds each; a finished record is kept)
+    ensure_baselines([cell.config for cell in loaded.cells if cell.role != "tuned"], results_dir())
     print(build_report(study))
     if readme and loaded.name == DEFAULT_STUDY and describes_repo_results():  # a rerun elsewhere leaves them alone
         update_readme()
@@ -344,13 +348,8 @@ def report_and_readme(study: Path, readme: bool = True) -> int:
 def cmd_report(args) -> int:
     from .study.cells import load_study
 
-    from .paths import study_results_dir
-    from .study.baselines import ensure_baselines
-
     _enter_study(args.study)
-    study = load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
-    # raw pixels and the untrained network beside the cells (seconds each; a finished record is kept)
-    ensure_baselines([cell.config for cell in study.cells if cell.role != "tuned"], study_results_dir(study.name))
+    load_study(args.study, check_networks=False)  # a bad study file fails here, naming the problem
     return report_and_readme(args.study, readme=not args.no_readme)
 
 

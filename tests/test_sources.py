@@ -49,9 +49,12 @@ def test_the_record_holds_the_code_of_every_component():
 
 
 def test_recorded_components_keep_their_plain_version():
-    config = RunConfig(dataset="han-typefaces", loss="triplet", miner="semi-hard")
+    config = RunConfig(dataset="fashion-mnist", loss="triplet", miner="semi-hard")
     assert config.component_versions() == {"dataset": 1, "loss": 1, "miner": 1, "sampler": 1, "model": 1}
     assert "component_versions" not in config.hashed_dict()
+    # han-typefaces' version 2 (typeface groups and folds) is hashed: its runs are new runs
+    folded = RunConfig(dataset="han-typefaces", loss="triplet", miner="semi-hard")
+    assert folded.component_versions()["dataset"] == 2 and folded.hashed_dict()["component_versions"] == {"dataset": 2}
 
 
 def test_an_edited_package_loss_gets_new_runs(monkeypatch):

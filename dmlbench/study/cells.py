@@ -785,7 +785,9 @@ def adhoc_config(study_path: str | os.PathLike, values: dict[str, Any]) -> tuple
     'dataset', else the study's first: :func:`protocol`) with ``values`` over it; and a sentence saying
     how it relates to the study's cells."""
     dataset, settings = protocol(study_path, values.get("dataset"))
-    values = {**_study_kwargs(Path(study_path), values.get("loss"), values.get("miner")), **values}
+    given = _study_kwargs(Path(study_path), values.get("loss"), values.get("miner"))
+    settings = {**settings, **given.pop("settings", {})}  # a 'cells' entry's own settings are its protocol too
+    values = {**given, **values}
     config = RunConfig.from_dict({**settings, **values}, where="--set").validate()
     cell = RunConfig.from_dict({**settings, **{k: v for k, v in values.items() if k in AXES}}, where="--set")
     changed = [f"{name}={getattr(config, name)!r} (the study's: {getattr(cell, name)!r})"
@@ -797,12 +799,12 @@ def adhoc_config(study_path: str | os.PathLike, values: dict[str, Any]) -> tuple
 
 
 def _study_kwargs(path: Path, loss: str | None, miner: str | None) -> dict[str, Any]:
-    """The keyword arguments the study gives ``loss`` and ``miner``: a 'cells' entry of that pair's, else
-    its losses and miners mappings'."""
+    """The keyword arguments the study gives ``loss`` and ``miner``: a 'cells' entry of that pair's (with the
+    entry's own settings under "settings"), else its losses and miners mappings'."""
     raw = _read_study_file(path)
     for entry in _extra_pairs(path, raw.get("cells") or []):
         if (entry[0], entry[2]) == (loss, miner):
-            return {"loss_kwargs": dict(entry[1]), "miner_kwargs": dict(entry[3])}
+            return {"loss_kwargs": dict(entry[1]), "miner_kwargs": dict(entry[3]), "settings": dict(entry[4])}
     losses = _named_kwargs(path, "losses", raw["losses"]) if raw.get("losses") else {}
     miners = _named_kwargs(path, "miners", raw["miners"]) if raw.get("miners") else {}
     return {"loss_kwargs": dict(losses.get(loss, {})), "miner_kwargs": dict(miners.get(miner, {}))}

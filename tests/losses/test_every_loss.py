@@ -33,8 +33,8 @@ def fashion_mnist(tmp_path_factory):
 
 
 def default_settings():
-    """The default study's settings for its Fashion-MNIST cells (the data these tests train on)."""
-    study = load_study(REPO_ROOT / "studies" / "default.yaml")
+    """The demo study's settings for its Fashion-MNIST cells (the data these tests train on)."""
+    study = load_study(REPO_ROOT / "studies" / "demo.yaml")
     return next(c.config for c in study.cells if c.config.dataset == "fashion-mnist")
 
 
@@ -72,13 +72,21 @@ def test_full_study_crosses_every_loss_with_every_compatible_miner_over_three_se
     assert {c.config.seed for c in study.cells} == {0, 1, 2}
 
 
-def test_default_study_crosses_every_miner_with_triplet_and_contrastive():
+def test_default_study_crosses_its_miners_with_triplet_and_contrastive():
+    """The default study's grid: both classic tuple losses with every miner it lists (a pair-only miner is
+    skipped with the triplet loss); the miners it leaves out are run by the full study."""
+    from dmlbench.config import read_yaml_file
     from dmlbench.criterion import compatible_miners
     from dmlbench.miners import MINERS
 
+    listed = list(read_yaml_file(REPO_ROOT / "studies" / "default.yaml")["miners"])
+    assert len(listed) >= 9 and set(listed) <= set(MINERS.names())
     study = load_study(REPO_ROOT / "studies" / "default.yaml")
     pairs = {(c.config.loss, c.config.miner) for c in study.cells}
     skipped = {(s.loss, s.miner) for s in study.skipped}
     for loss in ("triplet", "contrastive"):
-        for miner in MINERS.names():
+        for miner in listed:
             assert (loss, miner) in pairs or ((loss, miner) in skipped and miner not in compatible_miners(loss))
+    full = load_study(REPO_ROOT / "studies" / "full.yaml", check_networks=False)
+    assert {c.config.miner for c in full.cells} >= set(MINERS.names()) - {"none"} or \
+        {c.config.miner for c in full.cells} >= set(MINERS.names())

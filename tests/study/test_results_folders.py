@@ -115,17 +115,17 @@ def test_finished_runs_and_searches_of_a_shipped_folder_are_reused_read_only(tmp
     assert not load_study(path).cells[0].is_done()
 
 
-def test_the_tuned_study_resolves_every_cell_and_search_in_the_shipped_folders(tmp_path, monkeypatch):
-    # results/tuned/runs repeats the default cells that results/runs holds: with reuse, an empty folder of the
-    # tuned study finds every default cell, every search and so every tuned cell in the shipped ones.
+def test_the_tuned_study_awaits_its_rerun_in_the_protocol_of_typeface_groups_and_folds(tmp_path, monkeypatch):
+    # The shipped results/tuned predate han-typefaces' typeface groups and folds (dataset version 2): the tuned
+    # study file asks for new runs on fold 0, none of which a shipped folder holds, and its searches are new.
     monkeypatch.setenv("DMLBENCH_RESULTS", str(tmp_path / "tuned"))
     monkeypatch.delenv("DMLBENCH_REUSE", raising=False)
     study = load_study(REPO_ROOT / "studies" / "tuned.yaml", check_networks=False)
-    assert not study.pending and all(s.folder.parent == REPO_ROOT / "results" / "tuned" / "tuning" for s in study.searches)
-    where = {c.run_id: c.run_dir.parent for c in study.cells}
-    assert all(c.is_done() for c in study.cells), [c.run_id for c in study.cells if not c.is_done()]
-    assert {where[c.run_id] for c in study.cells if c.role == "default"} == {REPO_ROOT / "results" / "runs"}
-    assert len([c for c in study.cells if c.role == "tuned"]) == 39
+    assert study.cells and {(c.config.dataset, c.config.fold) for c in study.cells} == {("han-typefaces", 0)}
+    assert all(c.config.component_versions()["dataset"] == 2 for c in study.cells)
+    assert not any(c.is_done() for c in study.cells) and len(study.pending) == len(study.searches)
+    shipped = json.loads((REPO_ROOT / "results" / "tuned" / "summary.json").read_text())
+    assert shipped["study"] == "tuned"
 
 
 def test_status_counts_the_trials_and_tuned_cells_left(tmp_path, isolated):
@@ -140,7 +140,8 @@ def test_status_counts_the_trials_and_tuned_cells_left(tmp_path, isolated):
 def test_estimate_covers_the_shipped_datasets(capsys):
     assert main(["study", str(REPO_ROOT / "studies" / "default.yaml"), "--estimate", "5000"]) == 0
     table = capsys.readouterr().out
-    assert "han-typefaces   128" in table and "fashion-mnist    26" in table, table
+    runs = len(load_study(REPO_ROOT / "studies" / "default.yaml", check_networks=False).cells)
+    assert f"han-typefaces   {runs}" in table and "fashion-mnist" not in table, table
 
 
 def test_an_adhoc_run_uses_the_default_studys_protocol(tmp_path, isolated, capsys):
@@ -149,10 +150,10 @@ def test_an_adhoc_run_uses_the_default_studys_protocol(tmp_path, isolated, capsy
     cells = {c.run_id: c for c in load_study(default, check_networks=False).cells}
     config, note = adhoc_config(default, {"loss": "triplet", "miner": "semi-hard"})
     assert config.run_id() in cells and config.dataset == "han-typefaces" and "comparable" in note
-    config, note = adhoc_config(default, {"loss": "triplet", "miner": "semi-hard", "dataset": "fashion-mnist",
-                                          "epochs": 2})
-    assert (config.P, config.K, config.iters_per_epoch, config.lr_schedule) == (5, 16, 300, "cosine")
-    assert "epochs=2 (the study's: 8)" in note and "not comparable" in note
+    demo = REPO_ROOT / "studies" / "demo.yaml"
+    config, note = adhoc_config(demo, {"loss": "triplet", "miner": "semi-hard", "dataset": "fashion-mnist", "epochs": 2})
+    assert (config.P, config.K, config.iters_per_epoch, config.lr_schedule) == (5, 16, 100, "cosine")
+    assert "epochs=2 (the study's: 4)" in note and "not comparable" in note
     # the same run as a shipped one is found there, not trained again, and nothing lands in results/runs
     assert main(["run", "--loss", "triplet", "--miner", "semi-hard"]) == 0
     out = capsys.readouterr().out

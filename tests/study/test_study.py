@@ -109,8 +109,9 @@ def test_a_changed_component_version_makes_its_cells_new_runs_and_leaves_the_oth
     monkeypatch.setattr(miner, "version", miner.version + 1)
     monkeypatch.setattr(loss, "version", loss.version + 1)
     changed = [c for c in study.cells if c.config.miner == "smooth-hard" or c.config.loss == "center"]
-    # han-typefaces: contrastive and triplet with smooth-hard, center alone, four seeds each; Fashion-MNIST: center, two
-    assert len(changed) == 3 * 4 + 2
+    # han-typefaces: contrastive and triplet with smooth-hard, center alone, on every (fold, seed) unit
+    units = {(c.config.fold, c.config.seed) for c in study.cells}
+    assert len(units) == 6 and len(changed) == 3 * len(units)
     for cell in study.cells:
         if cell in changed:
             assert cell.run_id not in before and cell.state() == "to run"
@@ -135,20 +136,20 @@ def test_datasets_mapping_is_parsed_and_names_or_lists_stay_as_they_were(tmp_pat
     assert _datasets(path, given) == {"fashion-mnist": {}, "cub": given["cub"]}
 
 
-VALID_KEYS = "valid keys: seeds, settings, grid"
+VALID_KEYS = "valid keys: seeds, folds, settings, grid"
 NOT_A_MAPPING_OR_BOOL = "settings must be a mapping and grid true or false"
 
 
 @pytest.mark.parametrize("datasets,message", [
     ({"fashion-mnist": {"seed": [1]}}, f"datasets: fashion-mnist: unknown key 'seed'; {VALID_KEYS}"),
-    ({"fashion-mnist": ["seeds"]}, "datasets: fashion-mnist: expected a mapping with keys seeds, settings, grid"),
+    ({"fashion-mnist": ["seeds"]}, "datasets: fashion-mnist: expected a mapping with keys seeds, folds, settings, grid"),
     ({"fashion-mnist": {"settings": [1]}}, f"datasets: fashion-mnist: {NOT_A_MAPPING_OR_BOOL}"),
     ({"fashion-mnist": {"grid": "no"}}, f"datasets: fashion-mnist: {NOT_A_MAPPING_OR_BOOL}"),
     ({"fashion-mnist": {"seeds": [-1]}}, "seeds: expected a list of non-negative integers"),
     ({"fashion-mnist": {"settings": {"epoch": 2}}}, "settings: unknown setting 'epoch'; valid settings:"),
     ({"fashion-mnist": {"settings": {"loss": "triplet"}}}, "unknown setting 'loss'"),
     ({"imagenet": {}}, "datasets: unknown dataset 'imagenet'; valid dataset names:"),
-    ([{"fashion-mnist": {}}], "datasets: expected a name, a list of names or a mapping name -> {seeds, settings, grid}"),
+    ([{"fashion-mnist": {}}], "datasets: expected a name, a list of names or a mapping name -> {seeds, folds, settings, grid}"),
 ])
 def test_bad_per_dataset_entries_fail_naming_the_valid_keys(tmp_path, datasets, message):
     with pytest.raises(ConfigError) as info:
