@@ -286,14 +286,19 @@ def render_block(summary: dict, tuned: dict | None = None, basis: str | None = N
         lines += answer + [""]
     tables = summary.get("tables") or {summary["dataset"]: summary["table"]}
     intervals = any("map@r_low" in row for rows in tables.values() for row in rows)
+    folded = any(row.get("folds") for rows in tables.values() for row in rows)
     lines.append(f"Study `{summary['study']}` on {', '.join(tables)}: {summary['done']} of {summary['cells']} cells "
-                 f"finished; test split, best validation epoch; means over seeds"
+                 f"finished; test split, best validation epoch; means over "
+                 + ("(fold, seed) units" if folded else "seeds")
                  + (f", with {summary.get('confidence', 0.95):.0%} t-intervals in brackets." if intervals else "."))
     for dataset, rows in tables.items():  # the main dataset's table in full; the others' in the report
         seeds = sorted({row["seeds"] for row in rows if "seeds" in row}) or [summary.get("seeds", "?")]
+        folds = sorted({row["folds"] for row in rows if row.get("folds")})
+        replicates = (f"{'/'.join(map(str, folds))} folds x {'/'.join(map(str, seeds))} seeds per cell" if folds
+                      else f"{'/'.join(map(str, seeds))} seeds per cell")
         if dataset == summary["dataset"]:
             baselines = ((summary.get("protocol") or {}).get(dataset) or {}).get("baselines", [])
-            lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell):", ""] + _table_lines(rows, baselines)
+            lines += ["", f"**{dataset}** ({replicates}):", ""] + _table_lines(rows, baselines)
         else:
             lines += ["", f"**{dataset}** ({'/'.join(map(str, seeds))} seeds per cell): its {len(rows)} cells' table is in "
                           f"the report and `results/summary.json`."]

@@ -355,7 +355,9 @@ def _record_reloaded(ctx, dataset: str, rows: list[tuple[str, str, str]]) -> Non
     the only checkpoints the repository ships (dmlbench.study.footprint)."""
     path = ctx.tables / "reloaded_runs.csv"
     kept = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["dataset", "which", "run_id"])
-    table = pd.concat([kept[kept["dataset"] != dataset], pd.DataFrame(rows, columns=["dataset", "which", "run_id"])])
+    studied = {cell.config.dataset for cell in ctx.study.cells}  # a dataset the study no longer runs is dropped
+    kept = kept[kept["dataset"].isin(studied) & (kept["dataset"] != dataset)]
+    table = pd.concat([kept, pd.DataFrame(rows, columns=["dataset", "which", "run_id"])])
     save_table(table.sort_values(["dataset", "which"]), "reloaded_runs", ctx.tables, index=False)
 
 
