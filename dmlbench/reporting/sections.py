@@ -65,10 +65,11 @@ def with_untuned(ctx, dataset: str, table: pd.DataFrame) -> pd.DataFrame:
     untuned = ctx.untuned_seeds(dataset)
     at_defaults = dict(zip(zip(untuned["loss"], untuned["miner"]), with_interval(untuned, "map@r"))) \
         if len(untuned) else {}
+    rows = list(zip(table["loss"], table["miner"]))  # the cells, then any baseline rows (no settings)
     table.insert(list(table.columns).index("miner") + 1, "tuned settings",
-                 [settings.get(cell, "not searched") for cell in cells])
+                 [settings.get(cell, "not searched") if cell in cells else "" for cell in rows])
     table.insert(list(table.columns).index("map@r") + 1, "MAP@R at default settings",
-                 [at_defaults.get(cell, "") for cell in cells])
+                 [at_defaults.get(cell, "") for cell in rows])
     return table
 
 

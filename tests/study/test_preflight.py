@@ -34,7 +34,8 @@ def set_options(settings: dict) -> list[str]:
 
 def run_line(capsys, settings: dict, loss: str = "triplet", miner: str = "semi-hard") -> tuple[int, str]:
     """``dmlbench run --loss ... --set ...`` in this process: (exit code, first line of stderr)."""
-    code = main(["run", "--loss", loss, "--miner", miner, *set_options(settings)])
+    code = main(["run", "--study", str(REPO_ROOT / "studies" / "demo.yaml"), "--loss", loss, "--miner", miner,
+                 *set_options(settings)])  # the demo study's Fashion-MNIST protocol
     err = capsys.readouterr().err.strip()
     return code, err.splitlines()[0] if err else ""
 
