@@ -365,6 +365,12 @@ def cmd_budget(args) -> int:
     cells, taus = budget_table(runs) if not runs.empty else (runs, runs)
     if args.table and not cells.empty:
         print(cells.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    wanted = {c.config.epochs for c in study.cells} | {int(runs["epochs"].min())} if not runs.empty else set()
+    missing = sorted(wanted - set(cells["epochs"])) if not cells.empty else sorted(wanted)
+    if missing or cells.empty or cells.groupby("epochs").size().min() < len({(c.config.loss, c.config.miner)
+                                                                                for c in study.cells}):
+        print(f"INCOMPLETE: the ablation lacks cells at {missing or 'some budgets'} epochs; no verdict on the budget")
+        return 1
     print("\n".join(budget_lines(cells, taus)))
     return 0
 
