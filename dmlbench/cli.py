@@ -375,6 +375,17 @@ def cmd_budget(args) -> int:
     return 0
 
 
+def cmd_agreement(args) -> int:
+    """Does the miniature resemble the field? A study's ranking of its cells against the published
+    fair-protocol rankings and a reference study's (dmlbench.reporting.field)."""
+    from .reporting.field import command_lines
+
+    lines, status = command_lines(args.study, args.reference, args.results, args.reference_results,
+                                  resamples=args.resamples)
+    print("\n".join(lines))
+    return status
+
+
 MEASURED = object()  # --estimate without a number: the throughput the GPU check measured
 
 
@@ -507,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="also print every cell's mean at every budget")
     p.set_defaults(func=cmd_budget)
 
+    _add_agreement_command(sub)
     _add_search_command(sub)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
@@ -601,6 +613,21 @@ def _add_compare_command(sub) -> None:
     p.add_argument("--jobs", type=_cells_at_once, metavar="N", help="cells (and searches) at once (default 1)")
     p.add_argument("--estimate", action="store_true", help="print what would run and how long it should take, and stop")
     p.set_defaults(func=cmd_compare)
+
+
+def _add_agreement_command(sub) -> None:
+    p = sub.add_parser("agreement", help="does the miniature resemble the field? Kendall's tau between a study's "
+                       "ranking of its cells and the published fair-protocol rankings (and a reference study's)")
+    _add_study_option(p, default=DEFAULT_STUDY)
+    p.add_argument("--reference", type=Path, default=None, metavar="FILE",
+                   help="a second study to rank beside it (default: the study file's reference_study, if any)")
+    p.add_argument("--results", type=Path, default=None, metavar="DIR",
+                   help="the study's results folder (default: its own, results/<name>/)")
+    p.add_argument("--reference-results", type=Path, default=None, metavar="DIR",
+                   help="the reference study's results folder (default: its shipped one)")
+    p.add_argument("--resamples", type=_positive(int, "a whole number of bootstrap draws"), default=2000,
+                   help="bootstrap draws over folds and seeds (default 2000)")
+    p.set_defaults(func=cmd_agreement)
 
 
 def _add_search_command(sub) -> None:

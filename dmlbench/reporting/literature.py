@@ -31,6 +31,23 @@ class Published:
 
 
 ORIGINAL = "the paper's own training setup"
+FAIR_BACKBONES = {"mlrc": "BN-Inception, 4 x 128-d concatenated", "roth2020": "ResNet-50, 128-d"}
+
+
+def _fair_rows() -> list[Published]:
+    """The rows of dmlbench/reporting/published_fair.csv, one per (protocol, dataset, method), its metrics
+    together."""
+    from .field import published_fair
+
+    rows = []
+    for (protocol, dataset, method), part in published_fair().groupby(["protocol", "dataset", "method"], sort=False):
+        first = part.iloc[0]
+        cell = (first["loss"], first["miner"]) if first["loss"] else None
+        rows.append(Published(dataset, method, cell, protocol, FAIR_BACKBONES[protocol],
+                              dict(zip(part["metric"], part["value"].astype(float))), first["source"]))
+    return rows
+
+
 _SONG = "Song et al., CVPR 2016"
 PUBLISHED: tuple[Published, ...] = (
     # Original papers, CUB-200-2011 Recall@1.
@@ -50,30 +67,12 @@ PUBLISHED: tuple[Published, ...] = (
               {"recall@1": 65.7}, "Wang et al., CVPR 2019"),
     Published("cub", "Proxy-Anchor", ("proxy-anchor", "none"), "paper", "BN-Inception, 512-d", {"recall@1": 68.4},
               "Kim et al., CVPR 2020"),
-    # A Metric Learning Reality Check: 4 fold models concatenated to 512-d; P@1 / R-Precision / MAP@R.
-    *(Published("cub", method, cell, "mlrc", "BN-Inception, 4 x 128-d concatenated",
-                 {"recall@1": p1, "r_precision": rp, "map@r": mapr}, "Musgrave et al., ECCV 2020")
-      for method, cell, p1, rp, mapr in (
-          ("contrastive", ("contrastive", "none"), 68.13, 37.24, 26.53),
-          ("triplet", ("triplet", "none"), 64.24, 34.55, 23.69),
-          ("ProxyNCA", ("proxy-nca", "none"), 65.69, 35.14, 24.21),
-          ("margin", ("margin", "none"), 63.60, 33.94, 23.09),
-          ("ArcFace", ("arcface", "none"), 67.50, 37.31, 26.45),
-          ("multi-similarity", ("multi-similarity", "none"), 65.04, 35.40, 24.70),
-          ("multi-similarity + miner", ("multi-similarity", "multi-similarity"), 67.73, 37.37, 26.52),
-          ("SoftTriple", None, 67.27, 37.34, 26.51),
-          ("pretrained, no training", None, 51.05, 24.85, 14.21),
-      )),
-    # Roth et al. 2020, read from the authors' figures (about +-0.1).
-    *(Published("cub", method, cell, "roth2020", "ResNet-50, 128-d", {"recall@1": r1}, "Roth et al., ICML 2020")
-      for method, cell, r1 in (
-          ("margin (distance sampling)", ("margin", "distance-weighted"), 63.1),
-          ("multi-similarity", ("multi-similarity", "multi-similarity"), 62.8),
-          ("triplet, random", ("triplet", "random"), 58.5),
-          ("triplet, semi-hard", ("triplet", "semi-hard"), 60.1),
-          ("triplet, distance-weighted", ("triplet", "distance-weighted"), 62.9),
-          ("contrastive (distance sampling)", ("contrastive", "distance-weighted"), 61.5),
-      )),
+    # The fair-protocol numbers (the Reality Check on CUB and Cars196, Roth et al. on CUB) come from
+    # published_fair.csv (dmlbench.reporting.field), one row per method and dataset here.
+    *_fair_rows(),
+    # Roth et al. 2020's multi-similarity, read from the authors' figures (not among the fair-protocol rows).
+    Published("cub", "multi-similarity", ("multi-similarity", "multi-similarity"), "roth2020", "ResNet-50, 128-d",
+              {"recall@1": 62.8}, "Roth et al., ICML 2020"),
 )
 
 NO_TABLE = {"fashion-mnist": "Fashion-MNIST has no published zero-shot DML table; its numbers are this project's own."}

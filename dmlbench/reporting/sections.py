@@ -418,6 +418,20 @@ def literature(ctx, dataset: str) -> None:
                             "comparison"]], digits=2, wrap=("comparison",)))
 
 
+def field_agreement(ctx) -> pd.DataFrame:
+    """Does the miniature resemble the field? The study's ranking against the published fair-protocol
+    rankings and its file's reference study (dmlbench.reporting.field; written to tables/field_agreement.csv)."""
+    from .field import TABLE_NAME, report_section
+
+    table, lines = report_section(ctx)
+    if table.empty:
+        _show(" ".join(lines) or "No finished cell shares a ranking with the published fair-protocol comparisons.")
+        return table
+    save_table(table, TABLE_NAME, ctx.tables, index=False)
+    _show(" ".join(lines), html_table(table, digits=3, wrap=("verdict", "cells_in_common")))
+    return table
+
+
 def runs_table(ctx) -> None:
     """One row per finished run, cells best first: epochs, the selected epoch, time, throughput (in a
     study with a tuning block, each cell's runs at its tuned settings, then at its defaults)."""

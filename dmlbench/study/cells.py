@@ -25,6 +25,8 @@ A study file (YAML) looks like::
     slurm:                       # optional: how 'dmlbench study --executor slurm' submits the cells
       partition: gpu             # (every key: dmlbench.study.executors)
       timeout_min: 240
+    reference_study: studies/default.yaml  # optional: the report ranks this study's cells beside that one's
+                                           # and beside the published fair-protocol rankings (reporting.field)
 
 Every cell runs on every dataset and seed (a dataset's own seeds, settings and grid when given). Every name is checked before anything runs; an unknown
 one fails naming the valid choices. A loss crossed with a miner it cannot consume is not run: the
@@ -71,7 +73,7 @@ from ..training.rundir import CellBusy, RunDir  # noqa: F401 (CellBusy: run_conf
 log = logging.getLogger("dmlbench")
 
 STUDY_KEYS = ("name", "description", "datasets", "losses", "miners", "cells", "seeds", "settings", "slurm", "tuning",
-              "indexes")
+              "indexes", "reference_study")
 CELL_KEYS = ("loss", "miner", "loss_kwargs", "miner_kwargs", "settings")
 DATASET_KEYS = ("seeds", "folds", "settings", "grid")  # what a study's datasets mapping may give per dataset
 AXES = ("dataset", "loss", "miner", "loss_kwargs", "miner_kwargs", "fold", "seed")
@@ -136,6 +138,8 @@ class Study:
     tuning: Any = None  # the tuning block (dmlbench.study.tuning.TuningSpec), or None
     searches: list = field(default_factory=list)  # one dmlbench.study.tuning.Search per searched cell
     indexes: Any = None  # the indexes block (dmlbench.study.indexes.IndexPlan), or None
+    # another study file whose cells the report ranks beside this one's (dmlbench.reporting.field), or None
+    reference_study: Path | None = None
 
     @property
     def pending(self) -> list:
@@ -198,7 +202,7 @@ def load_study(path: str | os.PathLike, *, check_networks: bool = True) -> Study
     shared = raw.get("settings") or {}
     _check_names(path, list(per_dataset), grid + extra)
     study = Study(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
-                  slurm=slurm, indexes=_index_plan(path, raw))
+                  slurm=slurm, indexes=_index_plan(path, raw), reference_study=_reference_study(path, raw))
     seeds_of = {}
     for dataset, own in per_dataset.items():
         if not isinstance(shared, dict):
@@ -224,6 +228,28 @@ def _index_plan(path: Path, raw: dict[str, Any]):
     from .indexes import parse_plan
 
     return parse_plan(path, {} if raw["indexes"] is None else raw["indexes"])
+
+
+def known_study_files() -> list[str]:
+    """The repository's study files, as paths from the repository (what an error about a study names)."""
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "studies").glob("*.yaml"))
+
+
+def _reference_study(path: Path, raw: dict[str, Any]) -> Path | None:
+    """The study file that ``reference_study`` names (relative to the folder the command runs in, else to the
+    repository), or None without one; not read here, only found."""
+    if raw.get("reference_study") is None:
+        return None
+    value, known = raw["reference_study"], ", ".join(known_study_files())
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: reference_study: expected the path of another study file, got {value!r}; "
+                          f"the studies: {known}")
+    found = next((p for p in (Path(value), REPO_ROOT / value) if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"{path}: reference_study: {value} is not a study file; the studies: {known}")
+    if found.resolve() == path.resolve():
+        raise ConfigError(f"{path}: reference_study: names the study itself; give another study file ({known})")
+    return found
 
 
 # loss, its keyword arguments, miner, its keyword arguments (and, in a 'cells' entry, settings of its own)
