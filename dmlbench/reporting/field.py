@@ -168,7 +168,7 @@ def verdict(row: dict) -> str:
     if row["tau_low"] <= 0 <= row["tau_high"]:
         return "no detectable agreement (the interval contains 0)"
     if not row["p"] < 1 - CONFIDENCE:  # our ranking is stable, but a tau this size over so few cells is chance
-        return f"no detectable agreement (the interval excludes 0 but the exact p is {row['p']:.2f})"
+        return f"no detectable agreement (the interval excludes 0 but Kendall's p is {row['p']:.2f})"
     if row["tau_low"] > 0:
         return "agreement (the interval lies above 0 and p < 0.05)"
     return "reversed ranking (the interval lies below 0 and p < 0.05)"
