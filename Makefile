@@ -44,7 +44,7 @@ EXECUTOR_JOBS := $(if $(and $(filter slurm,$(EXECUTOR)),$(filter file,$(origin J
 # pip's machine-wide configuration here lists local indexes that do not exist; their warnings are noise.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: all setup data browser study report cells indexes cells-makefile test readme list clean distclean lock \
+.PHONY: all setup data browser pretrain study report cells indexes cells-makefile test readme list clean distclean lock \
 	gpu-prepare gpu-dry gpu-check gpu-results
 
 all: report
@@ -90,7 +90,7 @@ browser:
 
 # One make target per cell (results/runs/<run id>/metrics.json), generated from the study file, so
 # finished cells are skipped and `make -j N all` runs N cells at once.
-$(CELLS_MK): FORCE $(STAMP)
+$(CELLS_MK): FORCE $(STAMP) pretrain
 	@mkdir -p $(dir $@)
 	$(PY) -m dmlbench study $(STUDY) --emit-make $@
 
@@ -98,7 +98,14 @@ $(CELLS_MK): FORCE $(STAMP)
 cells-makefile: $(CELLS_MK)
 	@echo $(CELLS_MK)
 
-cells: data $(CELLS_MK)
+# The pretrained glyph backbones a study's cells fine-tune (studies/transfer.yaml; dmlbench/training/pretrain.py):
+# each fold's, pretrained on its pretraining pool unless the shipped pretrained/han-typefaces/foldK.pt is current
+# (same recipe, same pool); nothing for a study that uses no pretrained network. `dmlbench pretrain --verify`
+# retrains and compares with the shipped weights.
+pretrain: data
+	$(PY) -m dmlbench pretrain --study $(STUDY)
+
+cells: data pretrain $(CELLS_MK)
 ifeq ($(EXECUTOR),local)
 	OMP_NUM_THREADS=$(CELL_THREADS) $(MAKE) --no-print-directory $(if $(findstring jobserver,$(MAKEFLAGS)),,-j$(JOBS)) -f $(CELLS_MK) cells
 else ifeq ($(EXECUTOR),slurm)

@@ -375,6 +375,36 @@ def cmd_budget(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    """``make pretrain``: each fold's pretrained glyph backbone (dmlbench.training.pretrain), made unless the
+    shipped one is current; with --study, only when the study uses a pretrained network; --verify retrains into
+    a temporary folder and compares the tensors with the shipped ones."""
+    from .models import MODELS
+    from .study.cells import load_study
+    from .training.pretrain import pretrain_folds, verify_folds
+
+    folds = args.folds if args.folds else list(range(3))
+    if args.study is not None and not any(getattr(MODELS.get(cell.config.model), "per_fold", False)
+                                          for cell in load_study(args.study, check_networks=False).cells):
+        print(f"{args.study}: no cell uses a pretrained network; nothing to pretrain")
+        return 0
+    if args.verify:
+        return verify_folds(folds)
+    pretrain_folds(folds, force=args.force)
+    return 0
+
+
+def _add_pretrain_command(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain the glyph backbone of each han-typefaces fold on its pretraining "
+                       "pool (pretrained/han-typefaces/); kept when current")
+    p.add_argument("--study", type=Path, default=None, help="only when this study file uses a pretrained network")
+    p.add_argument("--folds", type=int, nargs="+", choices=range(3), help="which folds (default: all three)")
+    p.add_argument("--force", action="store_true", help="retrain even when the shipped weights are current")
+    p.add_argument("--verify", action="store_true", help="retrain into a temporary folder and compare the weights "
+                   "with the shipped ones (exit 1 when they differ)")
+    p.set_defaults(func=cmd_pretrain)
+
+
 def cmd_agreement(args) -> int:
     """Does the miniature resemble the field? A study's ranking of its cells against the published
     fair-protocol rankings and a reference study's (dmlbench.reporting.field)."""
@@ -518,8 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="also print every cell's mean at every budget")
     p.set_defaults(func=cmd_budget)
 
-    _add_agreement_command(sub)
-    _add_search_command(sub)
+    for add in (_add_agreement_command, _add_pretrain_command, _add_search_command):
+        add(sub)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
     from .bench.cli import BENCHMARKS

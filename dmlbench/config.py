@@ -74,6 +74,10 @@ class RunConfig:
     lr: float = 1e-3
     loss_lr: float | None = None  # learning rate of the loss's own parameters; None = lr x the loss's paper factor
     weight_decay: float = 0.0  # of the network's parameters
+    trunk_lr: float | None = None  # fine-tuning: the learning rate of a network's pretrained trunk (its `trunk`);
+    #                                None = lr. The head (and the loss's parameters) keep theirs
+    warmup_epochs: int | None = None  # fine-tuning: the first epochs train the head and the loss's parameters only
+    #                                   (the trunk's lr held at 0), as Proxy-Anchor's recipe; None = none
     loss_weight_decay: float | None = None  # of the loss's own parameters (proxies, classifiers, centres' softmax,
     #                                         beta); None = none, as Roth et al.'s code. Hashed as its effect: see
     #                                         hashed_dict
@@ -154,6 +158,9 @@ class RunConfig:
             del settings["precision"]
         if _dataset_folds(self.dataset):  # one split, one id: a folded dataset's fold None is its fold 0
             settings["fold"] = self.fold or 0
+        weights = _model_weights(self.model, self.model_kwargs, self.fold or 0)
+        if weights is not None:  # pretrained weights are part of what the run computes: their sha256
+            settings["model_weights"] = weights
         if settings.get("augment") == {} or (settings.get("augment") and not any(settings["augment"].values())):
             del settings["augment"]
         effective, before = self.loss_parameter_settings(), self._loss_parameter_settings_before()
@@ -271,6 +278,16 @@ class RunConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(choices)}")
 
+    def _check_fine_tuning(self) -> None:
+        if self.trunk_lr is not None and (not isinstance(self.trunk_lr, (int, float)) or isinstance(self.trunk_lr, bool)
+                                          or not math.isfinite(self.trunk_lr) or self.trunk_lr < 0):
+            raise ConfigError(f"trunk_lr must be a non-negative number or None (the network's lr), got {self.trunk_lr!r}")
+        if self.warmup_epochs is not None:
+            if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) \
+                    or not 0 <= self.warmup_epochs < self.epochs:
+                raise ConfigError(f"warmup_epochs must be an integer in 0..epochs-1 ({self.epochs - 1}) or None, "
+                                  f"got {self.warmup_epochs!r}")
+
     def _check_optional_settings(self) -> None:
         """The settings that may be left None: image_size, num_workers, torch_compile, processes, preset."""
         if self.image_size is not None:
@@ -287,6 +304,7 @@ class RunConfig:
             raise ConfigError(f"num_workers must be a non-negative integer or None (automatic), got {self.num_workers!r}")
         if self.patience is not None:
             _positive_int(self, "patience")
+        self._check_fine_tuning()
         if self.lr_schedule == "plateau" and self.patience is None:
             raise ConfigError("lr_schedule 'plateau' drops the learning rate on a validation plateau: set patience "
                               "(the epochs without a gain that make one)")
@@ -397,7 +415,8 @@ class RunConfig:
         model_spec = json.dumps([self.model, self.model_kwargs, self.embedding_dim], sort_keys=True, default=str)
         if checked_models is None or model_spec not in checked_models:
             with _field("model_kwargs"):
-                MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}))
+                MODELS.create(self.model, **(self.model_kwargs | {"embedding_dim": self.embedding_dim}
+                                             | model_fold(self.model, self.fold)))
             if checked_models is not None:
                 checked_models.add(model_spec)
 
@@ -646,3 +665,26 @@ def _dataset_folds(name: str) -> int:
     from .datasets.base import dataset_fact
 
     return int(dataset_fact(name, "folds", 0) or 0)
+
+
+def model_fold(model: str, fold: int | None) -> dict[str, int]:
+    """{"fold": fold} for a network whose weights differ per fold (``per_fold``, e.g. pretrained-glyphnet), else {}."""
+    from .models import MODELS
+
+    try:
+        cls = MODELS.get(model)
+    except ConfigError:
+        return {}
+    return {"fold": fold or 0} if getattr(cls, "per_fold", False) else {}
+
+
+def _model_weights(model: str, model_kwargs: dict, fold: int) -> str | None:
+    """The identity of a network's pretrained weights where it declares one (``weights_identity``), else None."""
+    from .models import MODELS
+
+    try:
+        cls = MODELS.get(model)
+    except ConfigError:
+        return None
+    identity = getattr(cls, "weights_identity", None)
+    return identity(model_kwargs, fold) if identity is not None else None

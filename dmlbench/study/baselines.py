@@ -4,7 +4,10 @@
   dataset and fold (no seed: nothing is random); in-memory grey datasets only (a photo's 150,528 pixel
   values are no embedding anyone serves);
 - **untrained network**: the study's network at its random initialisation (the cell's seed), in eval
-  mode, one record per dataset, fold and seed.
+  mode, one record per dataset, fold and seed; for a pretrained network (one that declares
+  ``weights_identity``, e.g. pretrained-glyphnet) the same architecture from scratch (glyph-resnet);
+- **pretrained features**: for a pretrained network, its pretrained trunk's pooled features without any
+  metric learning (the Reality Check's "pretrained, no training" row), one record per dataset and fold.
 
 Both embed the validation and the test split and are scored by the same evaluation as a run's test
 (:func:`dmlbench.evaluation.metrics.evaluate`: L2-normalised, exact neighbours, the dataset's Recall@K,
@@ -28,7 +31,9 @@ import pandas as pd
 from ..config import EVALUATION_PROTOCOL, RunConfig
 from ..fileio import atomic_write_json, read_json
 
-BASELINES = ("raw pixels", "untrained network")
+BASELINES = ("raw pixels", "untrained network", "pretrained features")
+# the architecture a pretrained network is built from, trained from scratch: its "untrained network"
+FROM_SCRATCH = {"pretrained-glyphnet": "glyph-resnet"}
 # what an untrained network's numbers depend on (besides dataset, fold and seed)
 NETWORK_SETTINGS = ("model", "model_kwargs", "embedding_dim", "precision", "image_size")
 
@@ -48,6 +53,10 @@ class Baseline:
         if self.kind == "untrained network":
             identity |= {name: getattr(config, name) for name in NETWORK_SETTINGS} | {
                 "seed": config.seed, "model_version": config.component_versions()["model"]}
+        if self.kind == "pretrained features":
+            identity |= {name: getattr(config, name) for name in NETWORK_SETTINGS if name != "embedding_dim"} | {
+                "model_weights": config.hashed_dict()["model_weights"],
+                "model_version": config.component_versions()["model"]}
         return identity
 
     @property
@@ -65,8 +74,13 @@ def baselines_for(configs) -> list[Baseline]:
 
     found: dict[str, Baseline] = {}
     for config in configs:
-        kinds = ("untrained network",) if config.dataset in PHOTO_DATASETS else BASELINES
-        for kind in kinds:
+        pretrained = "model_weights" in config.hashed_dict()
+        kinds = ("untrained network",) if config.dataset in PHOTO_DATASETS else ("raw pixels", "untrained network")
+        for kind in kinds + (("pretrained features",) if pretrained else ()):
+            if kind == "untrained network" and pretrained:  # the same architecture, from scratch
+                config = dataclasses.replace(config, model=FROM_SCRATCH.get(config.model, config.model),
+                                             model_kwargs={k: v for k, v in config.model_kwargs.items()
+                                                           if k not in ("weights", "fold")})
             baseline = Baseline(kind, config)
             found.setdefault(baseline.baseline_id, baseline)
     return list(found.values())
@@ -90,6 +104,8 @@ def _embeddings(baseline: Baseline, splits, part: str) -> "torch.Tensor":
         return image_tensor(images, splits.mean, splits.std, torch.device("cpu")).flatten(1).float()
     seed_everything(config.seed)  # the network a run of this seed starts from
     model = build_model(config).to(memory_format=torch.channels_last)
+    if baseline.kind == "pretrained features":  # the trunk's pooled features, L2-normalised by evaluate
+        model = torch.nn.Sequential(model.trunk)
     return forward_embed(model, batches_of_test_split(splits, model, config, torch.device("cpu"), part=part),
                          torch.device("cpu"), config.precision).cpu()
 

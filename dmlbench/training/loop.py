@@ -115,7 +115,10 @@ def optimisation_step(forward, criterion: Criterion, optimizer: torch.optim.Opti
 
 def build_model(config: RunConfig, **overrides) -> torch.nn.Module:
     """The run's embedding network (``overrides`` replace model_kwargs entries, e.g. pretrained=False)."""
-    return MODELS.create(config.model, embedding_dim=config.embedding_dim, **(config.model_kwargs | overrides))
+    from ..config import model_fold
+
+    return MODELS.create(config.model, embedding_dim=config.embedding_dim,
+                         **(config.model_kwargs | model_fold(config.model, config.fold) | overrides))
 
 
 def build_run_criterion(config: RunConfig, num_classes: int) -> Criterion:
@@ -128,8 +131,22 @@ def optimiser_groups(config: RunConfig, model: torch.nn.Module, criterion: Crite
     """The network's parameters (lr, weight_decay) and the loss's own (its effective lr and weight decay:
     RunConfig.loss_parameter_settings, by default no weight decay, as Roth et al.'s code)."""
     loss_params = config.loss_parameter_settings()
-    return [{"params": list(model.parameters())}] + criterion.param_groups(
+    return network_groups(config, model) + criterion.param_groups(
         config.lr, config.loss_lr, weight_decay=loss_params["weight_decay"], lr_scale=loss_params["lr_scale"])
+
+
+def network_groups(config: RunConfig, model: torch.nn.Module) -> list[dict]:
+    """The network's parameter groups: one at lr, or, for fine-tuning (trunk_lr or warmup_epochs set, a network
+    with a ``trunk``), the trunk at trunk_lr (held at 0 for the warm-up's epochs: ``warmup_epochs``) and the rest
+    (the head) at lr. Parameters that do not train (a frozen BatchNorm's) are left out."""
+    trunk = getattr(model, "trunk", None)
+    if (config.trunk_lr is None and not config.warmup_epochs) or trunk is None:
+        return [{"params": list(model.parameters())}]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    in_trunk = {id(p) for p in trunk.parameters()}
+    return [{"params": [p for p in trainable if id(p) in in_trunk], "warmup_epochs": config.warmup_epochs or 0,
+             "lr": config.lr if config.trunk_lr is None else config.trunk_lr},
+            {"params": [p for p in trainable if id(p) not in in_trunk]}]
 
 
 def check_embedding_space(model: torch.nn.Module, criterion: Criterion) -> None:
@@ -282,12 +299,19 @@ def _start_or_resume(config: RunConfig, run: _Run, splits: Splits,
 def set_learning_rates(config: RunConfig, optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
     """lr_schedule "cosine": every group's lr is its initial lr x (1 + cos(pi step / total)) / 2 before step
     ``step`` (0-based) of ``total``; computed from the step alone, so a resumed run needs no saved schedule."""
-    if config.lr_schedule != "cosine":
-        return
-    factor = 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    factor = 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))) if config.lr_schedule == "cosine" \
+        else None
     for group in optimizer.param_groups:
+        warm = group.get("warmup_epochs", 0) * total // max(config.epochs, 1)  # the trunk's warm-up steps
+        if factor is None and not warm:
+            continue
         group.setdefault("initial_lr", group["lr"])
-        group["lr"] = group["initial_lr"] * factor
+        if step < warm:
+            group["lr"] = 0.0
+        elif factor is not None:
+            group["lr"] = group["initial_lr"] * factor
+        elif step == warm:  # the warm-up's end under a constant (or plateau) schedule
+            group["lr"] = group["initial_lr"]
 
 
 def _train_epoch(config: RunConfig, run: _Run, state: _RunState, epoch: int, bar) -> dict:
