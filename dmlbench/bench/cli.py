@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHMARKS = ("losses", "miners", "eval", "train", "cell", "equal", "indexes", "cache", "footprint")
+BENCHMARKS = ("losses", "miners", "eval", "train", "cell", "equal", "indexes", "cache", "footprint", "backbones")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         from .cell import main as run
     elif what == "equal":
         from .equal import main as run
+    elif what == "backbones":
+        from .backbones import main as run
     else:
         from .train import main as run
 

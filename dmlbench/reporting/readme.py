@@ -711,7 +711,29 @@ def _blocks(results: Path | None) -> list[tuple[str, str, str, str]]:
             ("index-study", INDEX_STUDY_BEGIN, INDEX_STUDY_END,
              render_index_study(read_json((results or REPO_RESULTS) / "summary.json").get("indexes"))),
             ("cell-bench", CELL_BEGIN, CELL_END, render_cell_block(results or REPO_RESULTS)),
-            ("field-agreement", FIELD_BEGIN, FIELD_END, render_field_block(results or REPO_RESULTS))]
+            ("field-agreement", FIELD_BEGIN, FIELD_END,
+             render_field_block(results or REPO_RESULTS, transfer_answer(results or REPO_RESULTS)))]
+
+
+def transfer_answer(results: Path) -> str | None:
+    """The transfer study's answer (results/transfer/summary.json): its leader and the cells tied with it,
+    and the baselines, pretrained features among them; None before it has run."""
+    path = results / "transfer" / "summary.json"
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    tables = summary.get("tables") or {summary["dataset"]: summary["table"]}
+    main = summary["dataset"]
+    facts = ((summary.get("protocol") or {}).get(main) or {})
+    if not tables.get(main) or not facts.get("tied_with_best"):
+        return None
+    units = _unit_counts(tables[main], _seed_counts(tables[main], str(summary.get("seeds", "?"))))
+    where = (f"In the study's {len(tables[main])} cells fine-tuned from a backbone pretrained on 3,000 other "
+             f"characters in the training typefaces")
+    text = [_tied_sentence(facts["tied_with_best"], where, units),
+            _baselines_sentence(facts.get("baselines", []), tables[main])]
+    return ("**Fine-tuned** (`studies/transfer.yaml`, [docs/transfer.md](docs/transfer.md), "
+            "`results/transfer/report.html`): " + " ".join(t for t in text if t))
 
 
 def _root(readme: Path | None, root: Path | None) -> Path:

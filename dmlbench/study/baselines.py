@@ -77,11 +77,12 @@ def baselines_for(configs) -> list[Baseline]:
         pretrained = "model_weights" in config.hashed_dict()
         kinds = ("untrained network",) if config.dataset in PHOTO_DATASETS else ("raw pixels", "untrained network")
         for kind in kinds + (("pretrained features",) if pretrained else ()):
+            beside = config
             if kind == "untrained network" and pretrained:  # the same architecture, from scratch
-                config = dataclasses.replace(config, model=FROM_SCRATCH.get(config.model, config.model),
+                beside = dataclasses.replace(config, model=FROM_SCRATCH.get(config.model, config.model),
                                              model_kwargs={k: v for k, v in config.model_kwargs.items()
                                                            if k not in ("weights", "fold")})
-            baseline = Baseline(kind, config)
+            baseline = Baseline(kind, beside)
             found.setdefault(baseline.baseline_id, baseline)
     return list(found.values())
 
