@@ -248,3 +248,25 @@ def test_the_field_against_itself_is_scipys_tau_over_every_loss_the_source_train
     assert rows[0]["cells"] == len(cub) == 12 and "SoftTriple" in rows[0]["cells_in_common"]
     assert rows[0]["tau"] == pytest.approx(sps.kendalltau(cub, cars.reindex(cub.index)).statistic)
     assert rows[0]["verdict"].startswith("agreement") == (rows[0]["p"] < 0.05)
+
+
+def test_the_readme_block_leads_with_the_transfer_studys_answer_from_its_summary(tmp_path):
+    import json
+
+    from dmlbench.reporting.readme import transfer_answer
+
+    results = tmp_path / "results"
+    assert transfer_answer(results) is None  # before the transfer study has run
+    rows = [{"loss": "contrastive", "miner": "none", "map@r": 0.81, "folds": 3, "seeds": 2, "units": 6},
+            {"loss": "arcface", "miner": "none", "map@r": 0.62, "folds": 3, "seeds": 2, "units": 6}]
+    facts = {"best": "contrastive + none", "best_map@r": 0.81, "tied": [], "family": 1,
+             "closest_not_tied": "arcface + none", "closest_p_holm": 0.031, "exact_reachable": True}
+    baselines = [{"baseline": "raw pixels", "map@r": 0.19}, {"baseline": "pretrained features", "map@r": 0.70}]
+    (results / "transfer").mkdir(parents=True)
+    (results / "transfer" / "summary.json").write_text(json.dumps(
+        {"dataset": "han-typefaces", "table": rows, "seeds": 2,
+         "protocol": {"han-typefaces": {"tied_with_best": facts, "baselines": baselines}}}))
+    answer = transfer_answer(results)
+    assert answer.startswith("**Fine-tuned**") and "**contrastive + none**" in answer and "0.810" in answer
+    assert "6 units (3 folds x 2 seeds)" in answer and "pretrained features MAP@R 0.700" in answer
+    assert "0 cells below raw pixels" in answer
