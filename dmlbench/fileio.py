@@ -97,8 +97,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
+    """``obj`` as JSON, indented, or on one line with ``compact`` (a run's record: about half the bytes)."""
+    text = json.dumps(_finite(obj), separators=(",", ":")) if compact else json.dumps(_finite(obj), indent=2)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

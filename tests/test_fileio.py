@@ -61,3 +61,14 @@ def test_write_if_changed_leaves_an_equal_file_untouched(tmp_path):
     assert os.stat(path).st_mtime_ns == stamped
     assert write_if_changed(path, "a,b\n1,3\n") is True
     assert path.read_text() == "a,b\n1,3\n"
+
+
+def test_compact_json_is_one_line_with_the_same_content(tmp_path):
+    from dmlbench.fileio import atomic_write_json, read_json
+
+    record = {"test": {"map@r": 0.5, "recall@1": 0.75}, "classes": list(range(50)), "name": "α"}
+    atomic_write_json(tmp_path / "wide.json", record)
+    atomic_write_json(tmp_path / "compact.json", record, compact=True)
+    assert read_json(tmp_path / "wide.json") == read_json(tmp_path / "compact.json") == record
+    assert len((tmp_path / "compact.json").read_text().splitlines()) == 1
+    assert (tmp_path / "compact.json").stat().st_size < (tmp_path / "wide.json").stat().st_size / 2

@@ -145,7 +145,7 @@ def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
                               f"(change a setting to get a new run id, or delete the folder deliberately)")
     if folder.checkpoint.is_file() and "checkpoint" not in record:
         record = {**record, "checkpoint": checkpoint_digest(folder.checkpoint)}
-    atomic_write_json(path, record)
+    atomic_write_json(path, record, compact=True)  # one line: every run's record ships with the study
     folder.resume.unlink(missing_ok=True)  # the run is finished: its training state is not needed
     return path
 
