@@ -269,4 +269,4 @@ def test_the_readme_block_leads_with_the_transfer_studys_answer_from_its_summary
     answer = transfer_answer(results)
     assert answer.startswith("**Fine-tuned**") and "**contrastive + none**" in answer and "0.810" in answer
     assert "6 units (3 folds x 2 seeds)" in answer and "pretrained features MAP@R 0.700" in answer
-    assert "0 cells below raw pixels" in answer
+    assert "0 cells below raw pixels; 1 cell below pretrained features (arcface + none)" in answer

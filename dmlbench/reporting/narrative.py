@@ -425,7 +425,7 @@ def protocol(settings, splits: dict[str, dict[str, Any]], losses: list[str], min
         f"gives it); the epoch with the best validation {METRIC_LABELS.get(s.select_metric, s.select_metric)} "
         "is kept. The test split is embedded and scored **once**, on that model. Most published DML code picks the best "
         "epoch on the test set; this study does not.",
-        f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d embedding, trained from scratch.",
+        network_line(s),
         space_line(losses),
         *([batches_line(c, d) for d, c in per_dataset.items()] if per_dataset and len(per_dataset) > 1
           else [batches_line(s)]),
@@ -785,3 +785,14 @@ def indexes_method(plan, evaluated: int, runs: int) -> str:
             f"Speed is batch throughput on one thread and on every core, the best of up to three searches. "
             f"'At matched speed', HNSW and IVF count at their most accurate setting that is at least as fast on one "
             f"thread as brute force (the flat index); an index that cannot be is shown as missing.")
+
+
+def network_line(s) -> str:
+    """The network and how it starts: from scratch, or a pretrained trunk fine-tuned (its learning rates)."""
+    if s.model == "pretrained-glyphnet" or s.model_kwargs.get("pretrained"):
+        trunk = f"the trunk at lr {s.trunk_lr:g}" if s.trunk_lr is not None else "the trunk at the same lr"
+        frozen = ", BatchNorm frozen" if s.model_kwargs.get("freeze_bn") else ""
+        return (f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a new {s.embedding_dim}-d head, fine-tuned "
+                f"from pretrained weights (the head at lr {s.lr:g}, {trunk}{frozen}; pretraining: "
+                f"docs/transfer.md).")
+    return f"- **Network**: `{s.model}` {s.model_kwargs or ''} with a {s.embedding_dim}-d embedding, trained from scratch."

@@ -199,12 +199,13 @@ def _baselines_sentence(baselines: list[dict], rows: list[dict]) -> str | None:
         return None
     text = "Baselines without metric learning: " + ", ".join(
         f"{b['baseline']} MAP@R {b['map@r']:.3f}" for b in baselines if b.get("map@r") is not None)
-    raw = [b for b in baselines if b["baseline"] == "raw pixels" and b.get("map@r") is not None]
-    if raw:
-        below = [f"{r['loss']} + {r['miner']}" for r in rows if not r.get("identical_to") and
-                 r.get("map@r") is not None and r["map@r"] < raw[0]["map@r"]]
-        text += (f"; {len(below)} cell{'s' if len(below) != 1 else ''} below raw pixels" +
-                 (f" ({_names_list(below, 4)})" if below else ""))
+    for kind in ("raw pixels", "pretrained features"):  # the floors a cell should clear
+        floor = [b for b in baselines if b["baseline"] == kind and b.get("map@r") is not None]
+        if floor:
+            below = [f"{r['loss']} + {r['miner']}" for r in rows if not r.get("identical_to") and
+                     r.get("map@r") is not None and r["map@r"] < floor[0]["map@r"]]
+            text += (f"; {len(below)} cell{'s' if len(below) != 1 else ''} below {kind}" +
+                     (f" ({_names_list(below, 4)})" if below else ""))
     return text + "."
 
 
