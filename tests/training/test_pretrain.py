@@ -116,3 +116,29 @@ def test_fine_tuning_with_a_frozen_trunk_trains_the_head_only(shipped, isolated)
         assert torch.equal(tensor, made["trunk"][name]), name
     moving = train(RunConfig(**settings | {"trunk_lr": 1e-2}), load_dataset("fashion-mnist"), progress=False)
     assert any(not torch.equal(t, made["trunk"][n]) for n, t in moving.model.trunk.state_dict().items())
+
+
+def test_a_study_without_a_pretrained_network_pretrains_nothing(capsys):
+    from dmlbench.cli import main
+
+    assert main(["pretrain", "--study", "studies/default.yaml"]) == 0
+    assert "nothing to pretrain" in capsys.readouterr().out
+
+
+def test_the_baselines_of_a_pretrained_network_are_its_features_and_its_architecture_untrained(shipped, isolated):
+    from dmlbench.evaluation.metrics import evaluate
+    from dmlbench.study.baselines import baselines_for, compute
+    from dmlbench.training.feeds import image_tensor
+
+    config = RunConfig(**tiny_settings(device="cpu") | dict(model="pretrained-glyphnet", model_kwargs={}, precision="fp32"))
+    kinds = {b.kind: b for b in baselines_for([config])}
+    assert set(kinds) == {"raw pixels", "untrained network", "pretrained features"}
+    assert kinds["untrained network"].config.model == "glyph-resnet"
+    assert kinds["pretrained features"].config.model == "pretrained-glyphnet"
+    splits = load_dataset("fashion-mnist")
+    record = compute(kinds["pretrained features"], splits)
+    model = MODELS.create("pretrained-glyphnet", embedding_dim=8, fold=0).eval()
+    with torch.no_grad():
+        features = model.trunk(image_tensor(splits.test.images, splits.mean, splits.std, torch.device("cpu")))
+    expected = evaluate(features.float(), torch.from_numpy(splits.test.labels), ks=(1, 2, 4, 8))
+    assert features.shape[1] == 8 and record["test"]["map@r"] == pytest.approx(expected["map@r"], abs=1e-6)
