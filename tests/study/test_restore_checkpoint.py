@@ -3,6 +3,7 @@ finished record, which stays as it was (issue 30: a truncated checkpoint was nev
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -36,7 +37,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_restored_by_a_rerun(at_study, tmp
 def test_a_rerun_that_differs_leaves_the_finished_record_and_names_the_rerun(at_study, tmp_path):
     folder, config = _copy_of_a_finished_run(at_study, tmp_path)
     record = folder.metrics.read_text()
-    edited = record.replace('"test": {', '"test": {"planted": 1, ', 1)  # a record the rerun cannot reproduce
+    data = json.loads(record)
+    data["test"] = {"planted": 1, **data["test"]}  # a record the rerun cannot reproduce
+    edited = json.dumps(data, separators=(",", ":")) + "\n"
     assert edited != record
     folder.metrics.write_text(edited)
     folder.checkpoint.write_bytes(folder.checkpoint.read_bytes()[:100])
