@@ -383,7 +383,9 @@ def cmd_pretrain(args) -> int:
     from .study.cells import load_study
     from .training.pretrain import pretrain_folds, verify_folds
 
-    folds = args.folds if args.folds else list(range(3))
+    from .datasets.typefaces import HanTypefaces
+
+    folds = args.folds if args.folds else list(range(HanTypefaces.spec.folds))
     if args.study is not None and not any(getattr(MODELS.get(cell.config.model), "per_fold", False)
                                           for cell in load_study(args.study, check_networks=False).cells):
         print(f"{args.study}: no cell uses a pretrained network; nothing to pretrain")

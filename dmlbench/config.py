@@ -667,24 +667,22 @@ def _dataset_folds(name: str) -> int:
     return int(dataset_fact(name, "folds", 0) or 0)
 
 
-def model_fold(model: str, fold: int | None) -> dict[str, int]:
-    """{"fold": fold} for a network whose weights differ per fold (``per_fold``, e.g. pretrained-glyphnet), else {}."""
+def _model_class(model: str) -> type | None:
+    """The registered network class named ``model``; None when the name is unknown (validation says so)."""
     from .models import MODELS
 
     try:
-        cls = MODELS.get(model)
+        return MODELS.get(model)
     except ConfigError:
-        return {}
-    return {"fold": fold or 0} if getattr(cls, "per_fold", False) else {}
+        return None
+
+
+def model_fold(model: str, fold: int | None) -> dict[str, int]:
+    """{"fold": fold} for a network whose weights differ per fold (``per_fold``, e.g. pretrained-glyphnet), else {}."""
+    return {"fold": fold or 0} if getattr(_model_class(model), "per_fold", False) else {}
 
 
 def _model_weights(model: str, model_kwargs: dict, fold: int) -> str | None:
     """The identity of a network's pretrained weights where it declares one (``weights_identity``), else None."""
-    from .models import MODELS
-
-    try:
-        cls = MODELS.get(model)
-    except ConfigError:
-        return None
-    identity = getattr(cls, "weights_identity", None)
+    identity = getattr(_model_class(model), "weights_identity", None)
     return identity(model_kwargs, fold) if identity is not None else None
