@@ -768,8 +768,12 @@ def _work_left(study: Study, cells_left: int) -> str:
     follow them (not cells yet: their settings are what the searches find)."""
     if not study.pending:
         return ""
-    trials = sum(search.spec.trials - min(search.spec.trials, _trials_started(search)) for search in study.pending)
     tuned = sum(1 for cell in study.cells for search in study.pending if cell.search == search.search_id)
+    if study.tuning.trials is None:
+        return (f"; {len(study.pending)} searches to finish ({study.tuning.budget_text()} each, then "
+                f"{study.tuning.finalists} finalists and the defaults at {study.tuning.rescore_seeds} seeds), then up to "
+                f"{tuned} tuned cells: {cells_left + tuned} runs in all beside the searches")
+    trials = sum(search.spec.trials - min(search.spec.trials, _trials_started(search)) for search in study.pending)
     return (f"; {len(study.pending)} searches to finish ({trials} trials to run), then up to {tuned} tuned cells: "
             f"{cells_left + tuned} runs and {trials} trials to run in all")
 
@@ -786,7 +790,8 @@ def search_state(search) -> str:
 
         return f"done (best trial {read_json(search.best_path)['best_trial']})"
     started = _trials_started(search)
-    return f"{started} trials started of {search.spec.trials}" if started else "to run"
+    of = search.spec.trials if search.spec.trials is not None else f"a budget of {search.spec.budget_text()}"
+    return f"{started} trials started of {of}" if started else "to run"
 
 
 def study_manifest(study: Study) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def plan_lines(study) -> list[str]:
     todo = [cell for cell in study.cells if not cell.is_done()]
     done = [cell for cell in study.cells if cell.is_done()]
     pending = study.pending
-    trials = sum(search.spec.trials for search in pending)
+    trials = sum(search.spec.trials if search.spec.trials is not None else search.spec.min_configs for search in pending)
     tuned = sum(1 for cell in study.cells for search in pending if cell.search == search.search_id)
     own = results_dir().resolve()
     elsewhere = sorted({str(cell.run_dir.parent.parent) for cell in done if cell.run_dir.parent.parent.resolve() != own})

@@ -330,7 +330,7 @@ def run_searches(study: Study, *, executor: str = "local", jobs: int | None = No
     pending = study.pending
     if not pending:
         return
-    log.info("%s: %d searches to finish (%d trials each)", study.name, len(pending), study.tuning.trials)
+    log.info("%s: %d searches to finish (%s each)", study.name, len(pending), study.tuning.budget_text())
     if executor == "local" and (jobs or 1) == 1:
         from .tuner import tune
 
@@ -363,7 +363,10 @@ def _tuner_jobs(study: Study, pending: list, executor: str, jobs: int | None) ->
     submitter = submitit_executor(study, cluster, jobs=jobs)
     study_path, environ = str(study.path.absolute()), _job_environ(cluster)
     if cluster == "slurm":
-        tasks = [TuneJob(study_path, s.search_id, environ, 1) for s in pending for _ in range(study.tuning.trials)]
+        if study.tuning.trials is not None:  # a budget in trials: one task per trial
+            tasks = [TuneJob(study_path, s.search_id, environ, 1) for s in pending for _ in range(study.tuning.trials)]
+        else:  # a budget in epochs: a few tuners per search, each until the budget is spent (they share it)
+            tasks = [TuneJob(study_path, s.search_id, environ, None) for s in pending for _ in range(jobs or 4)]
         submitted = submitter.submit_array(tasks)
         for job in submitted:  # a failed task's trial is retried by the next tuner on its search
             _wait_quietly(job)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import socket
 import time
@@ -150,9 +151,34 @@ def _pruner(search: Search):
     if spec["name"] == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=spec["startup_trials"], n_warmup_steps=spec["warmup_epochs"])
     if spec["name"] == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec["min_epochs"],
-                                                      reduction_factor=spec["reduction_factor"])
+        return _WithoutFailed.pruner(optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=spec["min_epochs"], reduction_factor=spec["reduction_factor"]))
     return optuna.pruners.NopPruner()
+
+
+class _WithoutFailed:
+    """A study as a pruner sees it, less its failed trials: an interrupted trial's rung scores would
+    otherwise stay among the competitors beside its retry's, and a restarted search would prune
+    differently from an uninterrupted one."""
+
+    def __init__(self, study):
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.state.name != "FAIL"]
+
+    @staticmethod
+    def pruner(inner):
+        import optuna
+
+        class Pruner(optuna.pruners.BasePruner):
+            def prune(self, study, trial) -> bool:
+                return inner.prune(_WithoutFailed(study), trial)
+
+        return Pruner()
 
 
 def open_study(search: Search, backend=None, *, finished: int = 0):
@@ -196,19 +222,25 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
         study = open_study(search, backend, finished=_count(study, FINISHED))
         with _search_lock(search):  # one tuner fails and requeues a given orphan
             _fail_orphans(search, study, backend)
-        if _count(study, (*FINISHED, "RUNNING", "WAITING")) >= search.spec.trials and not _waiting(study):
+        if not budget_left(search, study) and not _waiting(study):
             break
         if splits is None:
             splits = tuning_splits(search)
         elif not isinstance(splits, TuningSplits):  # whatever is passed in, a trial sees no test split
             splits = TuningSplits(splits)
         trial = study.ask()
-        if _earlier_taken(study, trial.number) >= search.spec.trials:  # another tuner took the last one meanwhile
+        if search.spec.trials is not None and _earlier_taken(study, trial.number) >= search.spec.trials:  # another
+            # tuner took the last one meanwhile
             _give_up(study, trial, "the budget was taken by another tuner")
             break
         run_trial(search, study, trial, splits)
         run += 1
     _write_table(search, study)
+    if search.spec.finalists and searched(search, study):
+        from .finalists import rescore
+
+        if not rescore(search, study, splits):
+            return None
     return finish(search, study)
 
 
@@ -221,6 +253,43 @@ def _search_lock(search: Search):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def epochs_of(trial) -> int:
+    """The epochs a trial trained (its reported epochs; a pruned or stopped trial's up to its stop)."""
+    return max(trial.intermediate_values, default=0)
+
+
+def spent_epochs(study) -> int:
+    """The epochs a search's budget has paid for: its finished and running trials' (a failed trial's are
+    not counted: it is retried with the same values)."""
+    return sum(epochs_of(t) for t in study.get_trials(deepcopy=False) if t.state.name in (*FINISHED, "RUNNING"))
+
+
+def budget_left(search: Search, study) -> bool:
+    """Whether the search may start another trial."""
+    if search.spec.budget_epochs is not None:
+        return spent_epochs(study) < search.spec.budget_epochs
+    return _count(study, (*FINISHED, "RUNNING", "WAITING")) < search.spec.trials
+
+
+class BudgetSpent(Exception):
+    """A trial stopped because the search's epoch budget is spent (or held back for configurations to come)."""
+
+
+def check_budget(search: Search, study, epoch: int, last_epoch: int) -> None:
+    """After a trial's ``epoch``: raise :class:`BudgetSpent` when the budget has no epoch left for it, or
+    when one more would eat the epochs held back so that ``min_configs`` configurations can start."""
+    spec = search.spec
+    if spec.budget_epochs is None or epoch >= last_epoch:
+        return
+    spent = spent_epochs(study)
+    if spent >= spec.budget_epochs:
+        raise BudgetSpent("the search's epoch budget is spent")
+    started = _count(study, (*FINISHED, "RUNNING"))
+    held = max(0, spec.min_configs - started) * int(spec.pruner.get("min_epochs", 1) or 1)
+    if spent + 1 + held > spec.budget_epochs:
+        raise BudgetSpent(f"its epochs are held back for the {spec.min_configs - started} configurations still to start")
 
 
 def _count(study, states: tuple[str, ...]) -> int:
@@ -381,12 +450,14 @@ def run_trial(search: Search, study, trial, splits: TuningSplits) -> None:
             trial.report(float(epoch[metric]), epoch["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned()
+            check_budget(search, study, epoch["epoch"], config.epochs)
 
     try:
         _run, state = fit(config, splits, on_epoch_end=on_epoch, progress=False)
-    except optuna.TrialPruned:
+    except (optuna.TrialPruned, BudgetSpent) as stop:
+        why = {"stopped_by": str(stop)} if isinstance(stop, BudgetSpent) else {}
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        _close(search, record, "PRUNED", value=max(c[metric] for c in record["curve"][1:]))
+        _close(search, record, "PRUNED", value=max(c[metric] for c in record["curve"][1:]), **why)
     except FloatingPointError as error:  # the settings diverge: a legitimate, bad outcome, scored 0
         study.tell(trial, 0.0)
         _close(search, record, "COMPLETE", value=0.0, diverged=str(error))
@@ -412,14 +483,27 @@ def _write_table(search: Search, study) -> None:
     atomic_write_text(search.folder / "trials.csv", frame.to_csv(index=False))
 
 
+def searched(search: Search, study) -> bool:
+    """The search's budget is spent and no trial of it runs or waits."""
+    return not budget_left(search, study) and not _count(study, ("RUNNING", "WAITING"))
+
+
+def budget_trials(search: Search, study) -> list:
+    """The finished trials the budget paid for, in order (a budget in trials: its first that many)."""
+    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED), key=lambda t: t.number)
+    return trials if search.spec.trials is None else trials[:search.spec.trials]
+
+
 def finish(search: Search, study) -> dict | None:
-    """best.json once the budget's trials are all finished: the best complete trial (ties: the earliest)."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
-    if len(trials) < search.spec.trials or _count(study, ("RUNNING", "WAITING")):
+    """best.json once the budget's trials are all finished (and, with finalists, re-scored): the best
+    complete trial (ties: the earliest), or the finalist with the best mean re-score."""
+    if not searched(search, study):
         return None
-    trials = sorted(trials, key=lambda t: t.number)[:search.spec.trials]
+    trials = budget_trials(search, study)
+    if search.spec.trials is not None and len(trials) < search.spec.trials:
+        return None
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    best = max(complete, key=lambda t: (t.value, -t.number))
+    best = max(complete or trials, key=lambda t: (t.value if t.value is not None else -math.inf, -t.number))
     records = [_record_of(search, t) for t in trials]
     by_number = {r.get("number"): r for r in records}
     best_record = {"search_id": search.search_id, "objective": search.spec.objective, "trials": len(trials),
@@ -428,6 +512,11 @@ def finish(search: Search, study) -> dict | None:
                    "default_value": next((t.value for t in complete if t.user_attrs.get("role") == "default settings"),
                                          None),
                    "states": {s: sum(t.state.name == s for t in trials) for s in FINISHED},
+                   "epochs_spent": sum(epochs_of(t) for t in trials), "budget": search.spec.budget_text(),
                    "trial_seconds": sum(r.get("duration_s", 0.0) for r in records)}
+    if search.spec.finalists:
+        from .finalists import choose
+
+        best_record.update(choose(search, study))
     atomic_write_json(search.best_path, best_record)
     return best_record

@@ -4,7 +4,11 @@ A study file may hold::
 
     tuning:
       objective: map@r           # the validation metric a search maximises: map@r (default) or recall@1
-      trials: 8                  # the budget: trials per cell, the same for every cell
+      trials: 8                  # the budget in trials per cell, the same for every cell; or, instead:
+      budget_epochs: 75          # the budget in training epochs per cell (pruned and stopped epochs counted)
+      min_configs: 30            # with budget_epochs: epochs held back so that at least this many configurations start
+      finalists: 3               # the best trials re-scored (with the cell's own defaults) at full length ...
+      rescore_seeds: 2           # ... at this many new seeds before one is chosen (0: the best trial is chosen)
       seed: 0                    # the sampler's seed, and the seed the trials train with
       startup_trials: 3          # random trials before TPE models the results (default: min(3, trials))
       pruner: {name: median, startup_trials: 3, warmup_epochs: 4}
@@ -46,7 +50,8 @@ from ..errors import ConfigError
 from ..fileio import read_json
 from ..paths import results_dir, reuse_folders
 
-TUNING_KEYS = ("objective", "trials", "seed", "startup_trials", "pruner", "storage", "stale_after_min", "space")
+TUNING_KEYS = ("objective", "trials", "budget_epochs", "min_configs", "finalists", "rescore_seeds", "seed",
+               "startup_trials", "pruner", "storage", "stale_after_min", "space")
 SPACE_KEYS = ("settings", "losses", "miners")
 OBJECTIVES = ("map@r", "recall@1")
 STORAGES = ("sqlite", "journal")
@@ -56,7 +61,7 @@ RANGE_KEYS = ("low", "high", "log", "int")
 # run settings a search may tune (numbers that change what a run trains, not where it runs)
 TUNABLE_SETTINGS = ("lr", "loss_lr", "weight_decay", "loss_weight_decay", "embedding_dim", "P", "K")
 # bumped when what a trial computes changes (how it trains, scores, prunes): searches get new ids
-TUNER_VERSION = 1
+TUNER_VERSION = 2  # 2: the successive-halving pruner ignores failed (interrupted) trials; epoch budgets; finalists
 SIGNIFICANT_DIGITS = 3  # suggested floats are rounded to this many digits: the settings a reader can write down
 
 
@@ -106,8 +111,12 @@ def rounded(value: float) -> float:
 @dataclass(frozen=True)
 class TuningSpec:
     objective: str = "map@r"
-    trials: int = 8
+    trials: int | None = 8  # None: the budget is budget_epochs
     seed: int = 0
+    budget_epochs: int | None = None
+    min_configs: int = 0
+    finalists: int = 0
+    rescore_seeds: int = 0
     startup_trials: int = 3
     pruner: dict = field(default_factory=lambda: {"name": "median", "startup_trials": 3, "warmup_epochs": 4})
     storage: str = "sqlite"
@@ -125,8 +134,23 @@ class TuningSpec:
 
     def identity(self) -> dict[str, Any]:
         """What changes a search's outcome (the storage kind does not)."""
-        return {"objective": self.objective, "trials": self.trials, "seed": self.seed,
-                "startup_trials": self.startup_trials, "pruner": self.pruner, "tuner_version": TUNER_VERSION}
+        out = {"objective": self.objective, "trials": self.trials, "seed": self.seed,
+               "startup_trials": self.startup_trials, "pruner": self.pruner, "tuner_version": TUNER_VERSION}
+        if self.budget_epochs is not None or self.finalists:  # kept out otherwise: older searches keep their ids
+            out.update(budget_epochs=self.budget_epochs, min_configs=self.min_configs, finalists=self.finalists,
+                       rescore_seeds=self.rescore_seeds)
+        return out
+
+    @property
+    def rescore_seed_list(self) -> list[int]:
+        """The seeds the finalists are re-scored at: the ones after the trials' own."""
+        return [self.seed + 1 + i for i in range(self.rescore_seeds)] if self.finalists else []
+
+    def budget_text(self) -> str:
+        """The budget in words: "8 trials" or "75 epochs (at least 30 configurations)"."""
+        if self.budget_epochs is None:
+            return f"{self.trials} trials"
+        return f"{self.budget_epochs} epochs (at least {self.min_configs} configurations)"
 
 
 def parse_tuning(path: Path, raw: Any) -> TuningSpec:
@@ -138,10 +162,15 @@ def parse_tuning(path: Path, raw: Any) -> TuningSpec:
     objective = str(raw.get("objective", "map@r"))
     if objective not in OBJECTIVES:
         raise ConfigError(f"{where}: objective: {objective!r} is not a validation metric; valid: {', '.join(OBJECTIVES)}")
-    trials = _whole(where, "trials", raw.get("trials", 8), at_least=1,
-                    why="the budget: trials per cell, at least 1 (a budget of zero tunes nothing)")
+    trials, budget, min_configs = _budget(where, raw)
+    finalists = _whole(where, "finalists", raw.get("finalists", 0), at_least=0,
+                       why="how many of the best trials are re-scored, 0 or more")
+    rescore = _whole(where, "rescore_seeds", raw.get("rescore_seeds", 2 if finalists else 0),
+                     at_least=1 if finalists else 0, why="the seeds finalists are re-scored at (at least 1 with finalists)")
+    if rescore and not finalists:
+        raise ConfigError(f"{where}: rescore_seeds: {rescore} seeds but no finalists to re-score; give finalists: 3")
     seed = _whole(where, "seed", raw.get("seed", 0), at_least=0, why="a non-negative integer")
-    startup = _whole(where, "startup_trials", raw.get("startup_trials", min(3, trials)), at_least=0,
+    startup = _whole(where, "startup_trials", raw.get("startup_trials", min(3, trials or 3)), at_least=0,
                      why="random trials before TPE, 0 or more")
     storage = str(raw.get("storage", "sqlite"))
     if storage not in STORAGES:
@@ -150,9 +179,28 @@ def parse_tuning(path: Path, raw: Any) -> TuningSpec:
     if not isinstance(stale, (int, float)) or isinstance(stale, bool) or stale <= 0:
         raise ConfigError(f"{where}: stale_after_min: expected a positive number of minutes, got {stale!r}")
     settings, losses, miners = _space(where, raw.get("space"))
-    return TuningSpec(objective=objective, trials=trials, seed=seed, startup_trials=startup,
+    return TuningSpec(objective=objective, trials=trials, seed=seed, startup_trials=startup, budget_epochs=budget,
+                      min_configs=min_configs, finalists=finalists, rescore_seeds=rescore,
                       pruner=_pruner(where, raw.get("pruner", {"name": "median"})), storage=storage,
                       stale_after_min=float(stale), settings=settings, losses=losses, miners=miners)
+
+
+def _budget(where: str, raw: dict) -> tuple[int | None, int | None, int]:
+    """(trials, budget_epochs, min_configs): a budget in trials, or one in epochs, not both."""
+    if "budget_epochs" not in raw:
+        if "min_configs" in raw:
+            raise ConfigError(f"{where}: min_configs: only with budget_epochs (a budget in trials starts that many)")
+        return _whole(where, "trials", raw.get("trials", 8), at_least=1,
+                      why="the budget: trials per cell, at least 1 (a budget of zero tunes nothing)"), None, 0
+    if "trials" in raw:
+        raise ConfigError(f"{where}: give the budget as trials or as budget_epochs, not both")
+    budget = _whole(where, "budget_epochs", raw["budget_epochs"], at_least=1,
+                    why="the budget: training epochs per cell, at least 1 (a budget of zero tunes nothing)")
+    least = _whole(where, "min_configs", raw.get("min_configs", 1), at_least=1, why="a whole number of at least 1")
+    if least > budget:
+        raise ConfigError(f"{where}: min_configs: {least} configurations need at least {least} epochs, "
+                          f"but budget_epochs is {budget}")
+    return None, budget, least
 
 
 def _no_unknown(where: str, raw: dict, keys: tuple[str, ...]) -> None:

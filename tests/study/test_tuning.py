@@ -310,3 +310,61 @@ def test_the_shipped_tuned_study_is_finished_and_its_cells_are_its_searches_best
         assert len(finished) == 8 and best["value"] == max(r["value"] for r in finished if r["state"] == "COMPLETE")
     summary = json.loads((results / "summary.json").read_text())
     assert len(summary["tuning"]["datasets"]["han-typefaces"]["rows"]) == 13
+
+
+BUDGETED = {"budget_epochs": 14, "min_configs": 6, "finalists": 2, "rescore_seeds": 2, "seed": 3, "startup_trials": 3,
+            "pruner": {"name": "successive-halving", "min_epochs": 1, "reduction_factor": 3},
+            "space": {"settings": {"lr": {"low": 1e-5, "high": 3e-3, "log": True}},
+                      "losses": {"triplet": {"margin": {"low": 0.05, "high": 0.5}}}}}
+
+
+def test_an_epoch_budget_is_spent_exactly_on_enough_configurations_and_finalists_are_rescored(isolated, tmp_path):
+    from dmlbench.study.finalists import pooled_sd, record_path
+
+    path = write_tuned_study(tmp_path, BUDGETED, epochs=4, iters_per_epoch=6, lr=1e-4)
+    (search,) = load_study(path).searches
+    best = tune(search)
+    records = [json.loads(p.read_text()) for p in sorted((search.folder / "trials").glob("*.json"))]
+    finished = [r for r in records if r["state"] in ("COMPLETE", "PRUNED")]
+    epochs = [len(r["curve"]) - 1 for r in finished]
+    assert sum(epochs) == 14 == best["epochs_spent"], "the budget is spent to the epoch, pruned epochs counted"
+    assert len(finished) >= 6 == best["trials"] - (len(finished) - 6), "at least min_configs configurations"
+    assert any(r.get("stopped_by") for r in finished) or sum(epochs) == 14
+    # the finalists: the 2 best trials and the defaults (trial 0's settings when it is one of them), each at
+    # seeds 4 and 5 (after the trials' seed 3)
+    keys = [f["key"] for f in best["finalists"]]
+    trials = [f for f in best["finalists"] if f["key"] != "defaults"]
+    assert len(trials) == 2 and len(set(keys)) == len(keys) == 2 + ("defaults" in keys)
+    assert search.base.config_hash() in {search.apply(f["values"]).config_hash() for f in best["finalists"]}
+    for entry in best["finalists"]:
+        assert sorted(entry["rescores"]) == ["4", "5"]
+        for seed in (4, 5):
+            rescore = json.loads(record_path(search, entry["key"], seed).read_text())
+            assert rescore["run_config"]["seed"] == seed and len(rescore["curve"]) == 5  # epoch 0 and 4 epochs
+            assert rescore["value"] == entry["rescores"][str(seed)]
+    means = {f["key"]: np.mean(list(f["rescores"].values())) for f in best["finalists"]}
+    assert best["winner"] == max(means, key=means.get) and best["value"] == pytest.approx(max(means.values()))
+    assert best["gap"] == pytest.approx(sorted(means.values())[-1] - sorted(means.values())[-2])
+    assert best["seed_sd"] == pytest.approx(pooled_sd([list(f["rescores"].values()) for f in best["finalists"]]))
+    assert best["tie"] == (best["gap"] < best["seed_sd"])
+    assert search.apply(best["values"]).config_hash() in {
+        search.apply(f["values"]).config_hash() for f in best["finalists"] if f["key"] == best["winner"]}
+
+
+def test_pooled_sd_is_the_within_group_spread():
+    from dmlbench.study.finalists import pooled_sd
+
+    assert pooled_sd([[1.0, 3.0], [10.0, 12.0]]) == pytest.approx(np.sqrt(2.0))
+    assert pooled_sd([[1.0], [2.0]]) is None
+    assert pooled_sd([[0.0, 2.0, 4.0], [5.0]]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"trials": 4}, "give the budget as trials or as budget_epochs, not both"),
+    ({"min_configs": 20}, "20 configurations need at least 20 epochs, but budget_epochs is 14"),
+    ({"finalists": 0, "rescore_seeds": 2}, "no finalists to re-score"),
+])
+def test_bad_epoch_budgets_fail_before_anything_runs(isolated, tmp_path, changes, message):
+    path = write_tuned_study(tmp_path, {**BUDGETED, **changes})
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
