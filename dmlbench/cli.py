@@ -6,6 +6,7 @@
     dmlbench study --study studies/default.yaml [--executor local|submitit-local|slurm] [--jobs N] [--no-report]
     dmlbench study --study studies/default.yaml --emit-make build/cells.mk | --status
     dmlbench tune --study studies/tuned.yaml [--search ID] [--trials N]   a study's hyperparameter searches
+    dmlbench tuning --study studies/tuned.yaml   epochs per search, winners' gaps and places, ties after tuning
     dmlbench report --study studies/default.yaml
     dmlbench indexes --study studies/default.yaml   every finished run's embeddings under the study's indexes
     dmlbench search build RUN [--images DIR]   index images with a run's network; search query RUN --image F
@@ -407,6 +408,16 @@ def _add_pretrain_command(sub) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+def cmd_tuning(args) -> int:
+    """A tuned study's searches: epochs per search, each choice's gap against the seeds' noise, the
+    winners' places in their ranges, the losses tied with the best after tuning."""
+    from .reporting.search_audit import command_lines
+
+    lines, status = command_lines(args.study, args.results)
+    print("\n".join(lines))
+    return status
+
+
 def cmd_agreement(args) -> int:
     """Does the miniature resemble the field? A study's ranking of its cells against the published
     fair-protocol rankings and a reference study's (dmlbench.reporting.field)."""
@@ -550,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="also print every cell's mean at every budget")
     p.set_defaults(func=cmd_budget)
 
-    for add in (_add_agreement_command, _add_pretrain_command, _add_search_command):
+    for add in (_add_agreement_command, _add_tuning_command, _add_pretrain_command, _add_search_command):
         add(sub)
 
     p = sub.add_parser("bench", help="benchmarks against pytorch-metric-learning (results/bench/)")
@@ -660,6 +671,15 @@ def _add_agreement_command(sub) -> None:
     p.add_argument("--resamples", type=_positive(int, "a whole number of bootstrap draws"), default=2000,
                    help="bootstrap draws over folds and seeds (default 2000)")
     p.set_defaults(func=cmd_agreement)
+
+
+def _add_tuning_command(sub) -> None:
+    p = sub.add_parser("tuning", help="audit a tuned study's searches: epochs each trained, each winner's gap against "
+                       "the seeds' noise, winners' places in their ranges, the losses tied with the best after tuning")
+    _add_study_option(p, default=Path("studies") / "tuned.yaml")
+    p.add_argument("--results", type=Path, default=None, metavar="DIR",
+                   help="the study's results folder (default: its own, results/<name>/)")
+    p.set_defaults(func=cmd_tuning)
 
 
 def _add_search_command(sub) -> None:

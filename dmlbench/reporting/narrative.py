@@ -757,15 +757,28 @@ def tuning_method(spec, confidence: float) -> str:
               f"the median pruner stops a trial at epoch {pruner['warmup_epochs']} or later when its validation "
               f"score falls below the median of earlier trials at that epoch (after {pruner['startup_trials']} "
               f"complete trials)" if pruner["name"] == "median" else
-              f"successive halving from epoch {pruner['min_epochs']}, keeping 1 in {pruner['reduction_factor']}")
-    return (f"Every searched cell had the same budget: {spec.trials} trials of Optuna's TPE sampler (seed {spec.seed}; "
-            f"the first trial at the cell's defaults, then {spec.startup_trials} at random), each trial trained at "
-            f"seed {spec.seed} on the training classes and scored by its best validation {spec.objective.upper() if spec.objective == 'map@r' else spec.objective} "
-            f"on the validation classes; pruning: {pruned}. The test classes are sealed while tuning. "
-            f"The best trial's settings then ran as ordinary cells over the study's seeds: the tuned numbers below are "
-            f"those cells' test scores, beside the default cells', each with its {confidence:.0%} t-interval over "
-            f"seeds; the gain is tuned minus default, paired by seed. Ranks are among the searched cells by mean "
-            f"test MAP@R (1: best).")
+              f"successive halving (Optuna's asynchronous pruner) with rungs from epoch {pruner['min_epochs']}, "
+              f"promoting 1 in {pruner['reduction_factor']} of the trials that reached a rung")
+    metric = spec.objective.upper() if spec.objective == "map@r" else spec.objective
+    if spec.budget_epochs is None:
+        budget = (f"{spec.trials} trials of Optuna's TPE sampler (seed {spec.seed}; the first trial at the cell's "
+                  f"defaults, then {spec.startup_trials} at random)")
+    else:
+        budget = (f"{spec.budget_epochs} training epochs, pruned and budget-stopped epochs counted, spent on trials "
+                  f"proposed by Optuna's TPE sampler (seed {spec.seed}; the first trial at the cell's defaults, then "
+                  f"{spec.startup_trials} at random), with epochs held back so that at least {spec.min_configs} "
+                  f"configurations start")
+    chosen = ("The best trial's settings" if not spec.finalists else
+              f"Once the budget was spent, the {spec.finalists} best trials (by the epochs they reached, then their "
+              f"score) and the cell's defaults trained again at full length at seeds "
+              f"{', '.join(map(str, spec.rescore_seed_list))}, unpruned, and the best mean validation {metric} was "
+              f"chosen (a gap to the runner-up below the seeds' pooled standard deviation is a tie). Its settings")
+    return (f"Every searched cell had the same budget: {budget}; each trial trained at seed {spec.seed} on the "
+            f"training classes and was scored by its best validation {metric} on the validation classes; pruning: "
+            f"{pruned}. The test classes are sealed while tuning. {chosen} then ran as ordinary cells over the "
+            f"study's seeds: the tuned numbers below are those cells' test scores, beside the default cells', each "
+            f"with its {confidence:.0%} t-interval over seeds; the gain is tuned minus default, paired by seed. Ranks "
+            f"are among the searched cells by mean test MAP@R (1: best).")
 
 
 def cell_name(loss: str, miner: str) -> str:

@@ -334,13 +334,21 @@ def render_tuned_block(summary: dict | None) -> str:
                           "", TUNED_END])
     tuning, machine = summary["tuning"], summary["machine"]
     timing = tuning["timing"]
-    verdicts = " ".join(facts["verdict"] for facts in tuning["datasets"].values())
+    verdicts = " ".join(facts["verdict"] for facts in tuning["datasets"].values()) + _tied_after(tuning)
     lines = [TUNED_BEGIN, "", f"**Tuned** (`studies/tuned.yaml`, [table](docs/tuning.md)): {verdicts} "
              f"Its runs and trials took {_minutes(timing['study_span_s'])} on {machine['cpu']} ({machine['cpu_count']} cores) "
              f"from the first cell's or trial's start to the last one's end{_sessions(timing)}: "
              f"{timing['trials']} trials ({_minutes(timing['trials_s'])}) and {timing['cells_timed']} cells "
              f"({_minutes(timing['cells_wall_s'])} of papermill time), plus {_report_time(summary)}.", "", TUNED_END]
     return "\n".join(lines)
+
+
+def _tied_after(tuning: dict) -> str:
+    """' After tuning, ... tied with it: ...' from summary.json's tuning facts ('' where there are none)."""
+    from .tuning import tied_after_sentence
+
+    sentence = tied_after_sentence(tuning.get("tied_after_tuning"))
+    return " " + sentence if sentence else ""
 
 
 def render_tuned_table(summary: dict | None) -> str:
@@ -350,7 +358,7 @@ def render_tuned_table(summary: dict | None) -> str:
     lines = [TUNED_TABLE_BEGIN, ""]
     for dataset, facts in summary["tuning"]["datasets"].items():
         lines += [f"**{dataset}**: {facts['finished']} of {facts['searches']} searches finished, "
-                  f"{summary['tuning']['trials']} trials each; test scores over {_seed_counts(facts['rows'])} seeds "
+                  f"{summary['tuning'].get('budget') or str(summary['tuning']['trials']) + ' trials'} each; test scores over {_seed_counts(facts['rows'])} seeds "
                   f"with {summary.get('confidence', 0.95):.0%} t-intervals; gain: tuned minus default, paired by seed.", "",
                   "| loss | miner | default settings | tuned settings | R@1 default | R@1 tuned | MAP@R default | "
                   "MAP@R tuned | MAP@R gain | rank |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -359,8 +367,33 @@ def render_tuned_table(summary: dict | None) -> str:
                          f"{_cell_value(_prefixed(row, 'default'), 'recall@1')} | {_cell_value(_prefixed(row, 'tuned'), 'recall@1')} | "
                          f"{_cell_value(_prefixed(row, 'default'), 'map@r')} | {_cell_value(_prefixed(row, 'tuned'), 'map@r')} | "
                          f"{_cell_value(_prefixed(row, 'gain'), 'map@r')} | {row['rank_default']} → {row['rank_tuned']} |")
-        lines += ["", facts["verdict"], ""]
+        lines += ["", facts["verdict"], "", *_search_table(facts["rows"])]
     return "\n".join(lines + [TUNED_TABLE_END])
+
+
+def _search_table(rows: list[dict]) -> list[str]:
+    """Each epoch-budget search: epochs and configurations, its choice's gap against the seeds' noise,
+    the validation gain over the defaults, and the winner's parameters at a range's edge ([] for searches
+    with a budget in trials)."""
+    if not rows or rows[0].get("gap") is None:
+        return []
+
+    def signed(row: dict, key: str) -> str:
+        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+        spread = f" [{low * 100:+.1f}, {high * 100:+.1f}]" if low is not None and high is not None else ""
+        return f"{row[key] * 100:+.1f}{spread}" if row.get(key) is not None else "n/a"
+
+    lines = ["Each search (`dmlbench tuning`): epochs trained and configurations tried; the winner's lead over the "
+             "runner-up among the re-scored finalists against the re-scores' pooled seed standard deviation "
+             "(points of validation MAP@R); the winner's validation gain over the defaults, paired by re-score "
+             "seed; parameters of the winner in the outer tenth of their range.", "",
+             "| loss | epochs | configurations | lead vs seed SD | verdict | validation gain | at an edge |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        sd = f"{row['seed_sd'] * 100:.2f}" if row.get("seed_sd") is not None else "n/a"
+        lines.append(f"| {row['loss']} | {row.get('epochs')} | {row.get('trials')} | {row['gap'] * 100:.2f} vs {sd} | "
+                     f"{'tie' if row.get('tie') else 'winner'} | {signed(row, 'val_gain')} | {row.get('at_edge') or 'none'} |")
+    return lines + [""]
 
 
 def _prefixed(row: dict, prefix: str) -> dict:

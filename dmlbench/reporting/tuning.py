@@ -25,6 +25,7 @@ from scipy import stats as sps
 from ..fileio import read_json
 from ..training.rundir import RunDir
 from .narrative import pct
+from .search_audit import search_row
 from .stats import DIFFERENCE_RANGE, METRIC_RANGE, by_unit, t_interval
 
 
@@ -76,9 +77,15 @@ def best_settings(searches: list) -> dict[tuple[str, str], str]:
     for search in searches:
         if search.is_done():
             best = read_json(search.best_path)
-            out[(search.base.loss, search.base.miner)] = ("its defaults" if best["values"] == best["default_values"]
+            out[(search.base.loss, search.base.miner)] = ("its defaults" if are_defaults(search, best)
                                                           else settings_text(best["values"]))
     return out
+
+
+def are_defaults(search, best: dict) -> bool:
+    """Whether a search's chosen settings are its cell's own."""
+    return (best["values"] == best["default_values"]
+            or search.apply(best["values"]).config_hash() == search.base.config_hash())
 
 
 def _cell_runs(runs: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
@@ -97,12 +104,17 @@ def _search_row(search, manifest_cells: list[dict], runs: pd.DataFrame, confiden
     best = read_json(search.best_path)
     default_ids = [c["run_id"] for c in manifest_cells if c["role"] == "default" and c["search"] == search.search_id]
     tuned_ids = [c["run_id"] for c in manifest_cells if c["role"] == "tuned" and c["search"] == search.search_id]
-    same = best["values"] == best["default_values"] or not tuned_ids  # the defaults won: one set of runs
+    same = are_defaults(search, best) or not tuned_ids  # the defaults won: one set of runs
     default, tuned = _cell_runs(runs, default_ids), _cell_runs(runs, default_ids if same else tuned_ids)
-    row = {"loss": search.base.loss, "miner": search.base.miner, "default": settings_text(best["default_values"]),
+    audit = search_row(search)
+    shown_defaults = {k: v for k, v in best["default_values"].items() if v is not None}
+    row = {"loss": search.base.loss, "miner": search.base.miner, "default": settings_text(shown_defaults),
            "tuned": settings_text(best["values"]) + (" (the defaults)" if same else ""), "changed": not same,
-           "val_default": best.get("default_value"), "val_tuned": best["value"], "best_trial": best["best_trial"],
+           "val_default": audit["defaults_val"], "val_tuned": best["value"], "best_trial": best["best_trial"],
            "trials": best["trials"], "pruned": best["states"].get("PRUNED", 0), "trial_s": best["trial_seconds"],
+           "epochs": audit["epochs"], "gap": audit["gap"], "seed_sd": audit["seed_sd"], "tie": audit["tie"],
+           "val_gain": audit["val_gain"], "val_gain_low": audit["val_gain_low"], "val_gain_high": audit["val_gain_high"],
+           "at_edge": ", ".join(audit["at_edge"]),
            "seeds": int(min(default["seed"].nunique(), tuned["seed"].nunique())) if len(default) and len(tuned) else 0}
     for metric in ("recall@1", "map@r"):
         for name, part in (("default", default), ("tuned", tuned)):
@@ -146,6 +158,14 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
         shown[f"test {label}, tuned"] = [interval(r, f"tuned_{metric}") for _, r in table.iterrows()]
     shown["MAP@R gain (points, paired)"] = [points(r, "gain_map@r") for _, r in table.iterrows()]
     shown["rank, default → tuned"] = [f"{a} → {b}" for a, b in zip(table["rank_default"], table["rank_tuned"])]
+    if "gap" in table and table["gap"].notna().any():
+        shown["validation gain over the defaults (points, paired)"] = [points(r, "val_gain") for _, r in table.iterrows()]
+        shown["choice: gap to the runner-up vs seed SD (points)"] = [
+            f"{r['gap'] * 100:.1f} vs {r['seed_sd'] * 100:.1f}: {'tie' if r['tie'] else 'winner'}"
+            if r["gap"] is not None and np.isfinite(r["gap"]) and r["seed_sd"] is not None else "–"
+            for _, r in table.iterrows()]
+        shown["epochs searched"] = table["epochs"]
+        shown["winner at a range's edge"] = [edge or "none" for edge in table["at_edge"]]
     return shown
 
 
@@ -158,10 +178,11 @@ def points(row, key: str) -> str:
 def summary_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     """summary.json's rows of a dataset's tuning table (the README's tuned-study block reads them)."""
     keys = ["loss", "miner", "default", "tuned", "changed", "val_default", "val_tuned", "seeds", "rank_default",
-            "rank_tuned"] + [f"{kind}_{metric}{end}" for kind in ("default", "tuned", "gain")
+            "rank_tuned", "trials", "epochs", "gap", "seed_sd", "tie", "val_gain", "val_gain_low", "val_gain_high",
+            "at_edge"] + [f"{kind}_{metric}{end}" for kind in ("default", "tuned", "gain")
                              for metric in ("recall@1", "map@r") for end in ("", "_low", "_high")]
     return [{key: (None if isinstance(row[key], float) and not np.isfinite(row[key]) else
-                   row[key].item() if hasattr(row[key], "item") else row[key]) for key in keys}
+                   row[key].item() if hasattr(row[key], "item") else row[key]) for key in keys if key in row}
             for _, row in table.iterrows()]
 
 
@@ -175,8 +196,27 @@ def tuning_summary(ctx) -> dict[str, Any] | None:
         out[dataset] = {"rows": summary_rows(table), "verdict": tuning_verdict(table, ctx.named(dataset)),
                         "searches": sum(s.base.dataset == dataset for s in ctx.study.searches),
                         "finished": len(table)}
-    return {"trials": spec.trials, "objective": spec.objective, "seed": spec.seed, "datasets": out,
-            "timing": tuning_timing(ctx)}
+    return {"trials": spec.trials, "budget": spec.budget_text(), "budget_epochs": spec.budget_epochs,
+            "finalists": spec.finalists, "rescore_seeds": spec.rescore_seed_list, "objective": spec.objective,
+            "seed": spec.seed, "datasets": out, "tied_after_tuning": tied_summary(ctx), "timing": tuning_timing(ctx)}
+
+
+def tied_after_sentence(facts: dict | None) -> str:
+    """The losses tied with the best after tuning, in a sentence ('' without facts)."""
+    if not facts:
+        return ""
+    return (f"After tuning, {facts['best']} leads (test MAP@R {facts['best_map@r']:.4f}); tied with it, each loss at "
+            f"its chosen settings against it paired over {facts['units']} units with Holm over {facts['family']}: "
+            f"{', '.join(facts['tied']) or 'none'}.")
+
+
+def tied_summary(ctx) -> dict[str, Any] | None:
+    """The losses tied with the best at their chosen settings (dmlbench.reporting.search_audit)."""
+    from .claims import tied_facts
+    from .search_audit import tied_after_tuning
+
+    table = tied_after_tuning(ctx.study)
+    return tied_facts(table, ctx.confidence) if not table.empty else None
 
 
 def _beyond_noise(table: pd.DataFrame, metric: str) -> tuple[list[str], list[str]]:
@@ -208,7 +248,7 @@ def tuning_verdict(table: pd.DataFrame, dataset: str | None = None) -> str:
     changed = int(table["changed"].sum())
     tau = sps.kendalltau(table["rank_default"], table["rank_tuned"]).statistic if len(table) > 1 else np.nan
     up, down = _beyond_noise(table, "map@r")
-    lines = [f"The searches{where} ({int(table['trials'].iloc[0])} trials each) moved {changed} of {len(table)} "
+    lines = [f"The searches{where} ({_budget_words(table)}) moved {changed} of {len(table)} "
              f"losses away from their defaults. Tuning raised test MAP@R beyond seed noise (paired interval above "
              f"zero) for {len(up)} ({', '.join(up) or 'none'}) and lowered it beyond noise for {len(down)} "
              f"({', '.join(down) or 'none'}); the mean change is {table['gain_map@r'].mean() * 100:+.1f} points.",
@@ -222,6 +262,17 @@ def tuning_verdict(table: pd.DataFrame, dataset: str | None = None) -> str:
                "changes" if not _leader_kept(table) else "reorders the middle of")
     lines.append(f"In short, tuning {verdict} the untuned study's ranking of the losses{where}.")
     return " ".join(lines)
+
+
+def _budget_words(table: pd.DataFrame) -> str:
+    """'8 trials each', or the epochs and configurations of epoch-budget searches."""
+    if "epochs" not in table or table["gap"].isna().all():
+        return f"{int(table['trials'].iloc[0])} trials each"
+    ties = table.loc[table["tie"].astype(bool), "loss"].tolist()
+    return (f"{int(table['epochs'].min())} to {int(table['epochs'].max())} training epochs each, on "
+            f"{int(table['trials'].min())} to {int(table['trials'].max())} configurations; in {len(ties)} of them "
+            f"({', '.join(ties) or 'none'}) the chosen finalist led the runner-up by less than the seeds' "
+            f"standard deviation, a tie")
 
 
 def _leader_kept(table: pd.DataFrame) -> bool:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets.base import TuningSplits
-from ..errors import DamagedFileError
+from ..errors import ConfigError, DamagedFileError
 from ..fileio import atomic_write_json, atomic_write_text, read_json, set_aside
 from .tuning import Search, rounded
 
@@ -239,7 +239,7 @@ def tune(search: Search, *, max_trials: int | None = None, splits: TuningSplits 
     if search.spec.finalists and searched(search, study):
         from .finalists import rescore
 
-        if not rescore(search, study, splits):
+        if not rescore(search, study, splits if splits is not None else tuning_splits(search)):
             return None
     return finish(search, study)
 
@@ -435,6 +435,15 @@ def run_trial(search: Search, study, trial, splits: TuningSplits) -> None:
 
     values = {param.name: param.suggest(trial) for param in search.params}
     config = search.apply(values)
+    try:
+        config.validate()
+    except ConfigError as error:  # values that each pass alone but not together (a margin above another)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        _write_record(search, {"number": trial.number, "search_id": search.search_id, "state": "PRUNED", "values": values,
+                               "curve": [], "value": None, "invalid": str(error), "duration_s": 0.0})
+        log.warning("%s: trial %d's settings make no valid run (%s): pruned untrained", search.search_id, trial.number,
+                    error)
+        return
     record = {"number": trial.number, "search_id": search.search_id, "state": "RUNNING", "values": values,
               "run_config": config.to_dict(), "started": time.time(), "owner": _owner(), "curve": [],
               **{k: v for k, v in trial.user_attrs.items() if k in ("role", "retry_of")}}

@@ -368,3 +368,70 @@ def test_bad_epoch_budgets_fail_before_anything_runs(isolated, tmp_path, changes
     path = write_tuned_study(tmp_path, {**BUDGETED, **changes})
     with pytest.raises(ConfigError, match=message):
         load_study(path)
+
+
+def _kill_when(process, ready, what: str) -> None:
+    deadline = time.time() + 300
+    while not ready():
+        assert process.poll() is None and time.time() < deadline, f"waiting for {what}: {process.communicate()[0]}"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _running_with_epochs(path, epochs: int) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return record["state"] == "RUNNING" and len(record["curve"]) >= epochs + 1
+
+
+def test_a_search_killed_in_a_trial_and_in_a_rescore_ends_as_an_uninterrupted_one(isolated, tmp_path, monkeypatch):
+    # the epoch budget, successive halving and the finalists' re-scores: killed once mid-trial and once
+    # mid-re-score, the search ends with the trials, epochs, re-scores and choice of an uninterrupted one
+    path = write_tuned_study(tmp_path, BUDGETED, epochs=4, iters_per_epoch=40, lr=1e-4)
+    (search,) = load_study(path).searches
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(killed))
+    _kill_when(tuner(path, killed), lambda: _running_with_epochs(trial_path(search, 2), 1), "trial 2's first epoch")
+    claims = search.folder / "finalists"
+    _kill_when(tuner(path, killed), lambda: claims.is_dir() and any(claims.glob("*.claim")), "a re-score")
+    assert not search.is_done() and any(claims.glob("*.claim"))
+    second, third = tuner(path, killed), tuner(path, whole)
+    assert second.wait(timeout=300) == 0, second.communicate()[0]
+    assert third.wait(timeout=300) == 0, third.communicate()[0]
+    after = trials_of(search, killed, monkeypatch)
+    assert after[2].state.name == "FAIL" and any(t.user_attrs.get("retry_of") == 2 for t in after)
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(killed))
+    interrupted = json.loads(search.best_path.read_text())
+    assert not any((search.folder / "finalists").glob("*.claim"))
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(whole))
+    uninterrupted = json.loads(search.best_path.read_text())
+    for key in ("values", "value", "epochs_spent", "trials", "gap", "seed_sd", "tie", "defaults_rescored"):
+        assert interrupted[key] == uninterrupted[key], key
+
+    def numbered_apart(best):  # a retried trial takes a new number: the finalists compare by settings and scores
+        return [{k: v for k, v in f.items() if k not in ("key", "trial")} for f in best["finalists"]]
+
+    assert numbered_apart(interrupted) == numbered_apart(uninterrupted)
+    assert interrupted["epochs_spent"] == 14
+    finished = [t for t in after if t.state.name != "FAIL"]
+    assert [t.params for t in finished] == [t.params for t in trials_of(search, whole, monkeypatch)]
+
+
+def test_values_that_make_no_valid_run_together_are_pruned_untrained(isolated, tmp_path):
+    # each choice is valid alone (check_ranges passes), but neg_margin 0.5 below pos_margin 0.8 is not
+    tuning = with_tuning(trials=4, startup_trials=4, **{
+        "space.losses": {"contrastive": {"pos_margin": [0.8], "neg_margin": [0.5, 1.2]}}})
+    path = write_tuned_study(tmp_path, tuning, epochs=2, iters_per_epoch=3)
+    study = yaml.safe_load(path.read_text())
+    study["cells"] = [{"loss": "contrastive", "miner": "none"}]
+    path.write_text(yaml.safe_dump(study))
+    (search,) = load_study(path).searches
+    best = tune(search)
+    records = [json.loads(p.read_text()) for p in sorted((search.folder / "trials").glob("*.json"))]
+    invalid = [r for r in records if r.get("invalid")]
+    assert invalid and all(r["state"] == "PRUNED" and r["curve"] == [] for r in invalid)
+    assert all(r["values"]["loss.neg_margin"] == 0.5 for r in invalid) and "pos_margin" in invalid[0]["invalid"]
+    assert best is not None and best["values"]["loss.neg_margin"] == 1.2 and len(records) == 4
