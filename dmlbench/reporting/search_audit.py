@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +42,26 @@ def position(param, value) -> float | None:
     return (value - low) / (high - low)
 
 
-def _trial_records(search) -> list[dict]:
-    from .tuning import _records
+def _records(folder: Path) -> list[dict[str, Any]]:
+    """The search's trial records; a damaged one is left out with a warning naming it and the command
+    that writes it again from the search's storage (the tuner does so for a finished search too)."""
+    out = []
+    for path in sorted((folder / "trials").glob("*.json")):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError) as error:
+            record = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if isinstance(record, dict) and "number" in record:
+            out.append(record)
+            continue
+        problem = record if isinstance(record, str) else "not a trial record"
+        logging.getLogger("dmlbench").warning(
+            "%s: a damaged trial record (%s), left out of the report; 'dmlbench tune --study FILE' sets it aside "
+            "and writes it again from the search's storage", path, problem)
+    return out
 
+
+def _trial_records(search) -> list[dict]:
     return [r for r in _records(search.folder) if r.get("state") in ("COMPLETE", "PRUNED")]
 
 

@@ -25,27 +25,8 @@ from scipy import stats as sps
 from ..fileio import read_json
 from ..training.rundir import RunDir
 from .narrative import pct
-from .search_audit import search_row
+from .search_audit import _records, search_row
 from .stats import DIFFERENCE_RANGE, METRIC_RANGE, by_unit, t_interval
-
-
-def _records(folder: Path) -> list[dict[str, Any]]:
-    """The search's trial records; a damaged one is left out with a warning naming it and the command
-    that writes it again from the search's storage (the tuner does so for a finished search too)."""
-    out = []
-    for path in sorted((folder / "trials").glob("*.json")):
-        try:
-            record = read_json(path)
-        except (OSError, ValueError) as error:
-            record = f"{type(error).__name__}: {' '.join(str(error).split())}"
-        if isinstance(record, dict) and "number" in record:
-            out.append(record)
-            continue
-        problem = record if isinstance(record, str) else "not a trial record"
-        logging.getLogger("dmlbench").warning(
-            "%s: a damaged trial record (%s), left out of the report; 'dmlbench tune --study FILE' sets it aside "
-            "and writes it again from the search's storage", path, problem)
-    return out
 
 
 def trials_frame(searches: list) -> pd.DataFrame:

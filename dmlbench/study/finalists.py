@@ -47,7 +47,7 @@ def record_path(search: Search, key: str, seed: int) -> Path:
 def finalists(search: Search, study) -> list[dict[str, Any]]:
     """The trials re-scored: the best ``spec.finalists`` (by epochs reached, then score; distinct
     settings), then the cell's defaults unless one of them has the defaults' settings."""
-    from .tuner import _record_of, budget_trials, epochs_of
+    from .trial_records import _record_of, budget_trials, epochs_of
 
     ranked = sorted(budget_trials(search, study), key=lambda t: (-epochs_of(t), -(t.value or 0.0), t.number))
     out, seen = [], set()
@@ -102,7 +102,7 @@ def _recorded(path: Path) -> bool:
 
 def _claim(search: Search, path: Path) -> bool:
     """Take the run of ``path`` for this tuner: no claim, or one whose tuner is gone."""
-    from .tuner import _alive, _owner
+    from .trial_records import _alive, _owner
 
     claim = path.with_suffix(".claim")
     for _ in range(2):
@@ -128,7 +128,7 @@ def _claim(search: Search, path: Path) -> bool:
 def _run(search: Search, entry: dict, seed: int, splits, path: Path) -> None:
     """One finalist at one seed, at full length and unpruned, scored on the validation classes."""
     from ..training.loop import fit
-    from .tuner import _owner
+    from .trial_records import _owner
 
     config = search.apply(entry["values"], seed=seed)
     metric = f"val_{search.spec.objective}"

@@ -33,8 +33,6 @@ import contextlib
 import fcntl
 import logging
 import math
-import os
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,12 +40,13 @@ from typing import Any
 
 from ..datasets.base import TuningSplits
 from ..errors import ConfigError, DamagedFileError
-from ..fileio import atomic_write_json, atomic_write_text, read_json, set_aside
-from .tuning import Search, rounded
+from ..fileio import atomic_write_json, atomic_write_text, set_aside
+from .trial_records import (FINISHED, _alive, _owner, _read_record, _record_of, _write_record, budget_trials,
+                            epochs_of, trial_path)
+from .tuning import Search
 
 log = logging.getLogger("dmlbench")
 
-FINISHED = ("COMPLETE", "PRUNED")
 HEARTBEAT_S = 30.0  # a running trial's owner writes a sign of life at least this often (at every epoch's end)
 
 
@@ -255,11 +254,6 @@ def _search_lock(search: Search):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def epochs_of(trial) -> int:
-    """The epochs a trial trained (its reported epochs; a pruned or stopped trial's up to its stop)."""
-    return max(trial.intermediate_values, default=0)
-
-
 def spent_epochs(study) -> int:
     """The epochs a search's budget has paid for: its finished and running trials' (a failed trial's are
     not counted: it is retried with the same values)."""
@@ -311,26 +305,6 @@ def _give_up(study, trial, reason: str) -> None:
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-
-
-def _alive(owner: dict[str, Any], stale_after_s: float) -> bool:
-    """Whether a running trial's tuner may still be at work: on this machine its process exists; anywhere,
-    its last sign of life is younger than ``stale_after_s``."""
-    if time.time() - float(owner.get("heartbeat", 0)) > stale_after_s:
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
-
-
 def _fail_orphans(search: Search, study, backend) -> None:
     """Running trials whose tuner is gone: marked failed, and retried with the same values."""
     from optuna.trial import TrialState
@@ -347,49 +321,6 @@ def _fail_orphans(search: Search, study, backend) -> None:
                                "failed_because": "interrupted: its tuner stopped mid-trial; retried"})
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number,
                                                             **{k: v for k, v in trial.user_attrs.items() if k == "role"}})
-
-
-def trial_path(search: Search, number: int) -> Path:
-    return search.folder / "trials" / f"{number:04d}.json"
-
-
-def _read_record(search: Search, number: int) -> dict | None:
-    """Trial ``number``'s record; None where there is none, or it is damaged (then set aside, with a
-    warning naming it: :func:`_record_of` writes it again from the storage)."""
-    path = trial_path(search, number)
-    try:
-        record = read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        problem = f"{type(error).__name__}: {error}"
-    else:
-        if isinstance(record, dict) and record.get("number") == number and isinstance(record.get("state"), str):
-            return record
-        problem = f"not the record of trial {number}"
-    moved = set_aside(path)
-    log.warning("%s: a damaged trial record (%s); set aside as %s", path, problem, moved.name)
-    return None
-
-
-def _record_of(search: Search, trial) -> dict:
-    """A finished trial's record; a missing or damaged one is written again from what the storage holds
-    (its values, state, score, validation curve and times)."""
-    record = _read_record(search, trial.number)
-    if record is not None and record.get("state") == trial.state.name and "values" in record:
-        return record
-    metric = f"val_{search.spec.objective}"
-    record = {"number": trial.number, "search_id": search.search_id, "state": trial.state.name,
-              "values": {name: rounded(v) if isinstance(v, float) else v for name, v in trial.params.items()},
-              "value": trial.value, "curve": [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())],
-              "rebuilt_from_storage": True,
-              **{k: v for k, v in trial.user_attrs.items() if k in ("role", "retry_of")}}
-    if trial.datetime_start and trial.datetime_complete:
-        record.update(started=trial.datetime_start.timestamp(), finished=trial.datetime_complete.timestamp(),
-                      duration_s=(trial.datetime_complete - trial.datetime_start).total_seconds())
-    _write_record(search, record)
-    log.warning("%s: trial %d's record written again from the storage", search.search_id, trial.number)
-    return record
 
 
 def _recorded_finished(search: Search) -> set[int]:
@@ -419,11 +350,6 @@ def _read_owner(search: Search, trial) -> dict:
         return record["owner"]
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
     return {"host": "", "pid": -1, "heartbeat": started}
-
-
-def _write_record(search: Search, record: dict) -> None:
-    trial_path(search, record["number"]).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(trial_path(search, record["number"]), record)
 
 
 def run_trial(search: Search, study, trial, splits: TuningSplits) -> None:
@@ -495,12 +421,6 @@ def _write_table(search: Search, study) -> None:
 def searched(search: Search, study) -> bool:
     """The search's budget is spent and no trial of it runs or waits."""
     return not budget_left(search, study) and not _count(study, ("RUNNING", "WAITING"))
-
-
-def budget_trials(search: Search, study) -> list:
-    """The finished trials the budget paid for, in order (a budget in trials: its first that many)."""
-    trials = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED), key=lambda t: t.number)
-    return trials if search.spec.trials is None else trials[:search.spec.trials]
 
 
 def finish(search: Search, study) -> dict | None:
