@@ -3,9 +3,9 @@
 
 One training run per trial is one draw of the seed's noise: on han-typefaces the winner of an 8-trial
 search often led its runner-up by less than one seed's standard deviation. So once a search's budget is
-spent, its ``finalists`` best trials (ranked by the epochs they reached, then their score: a trial
-that survived every rung of successive halving outranks one pruned early) and the cell's own defaults
-train again at full length, without pruning, at each of ``rescore_seeds`` seeds that no trial used
+spent, its ``finalists`` best trials of settings other than the defaults (ranked by the epochs they
+reached, then their score: a trial that survived every rung of successive halving outranks one pruned
+early) and the cell's own defaults train again at full length, without pruning, at each of ``rescore_seeds`` seeds that no trial used
 (the tuning seed + 1, + 2, ...), and are scored on the validation classes as the trials were. The
 choice is the best mean re-score, so the trials' own scores, which picked the finalists, do not pick
 the winner (no selection bias), and the defaults compete on the same footing.
@@ -45,24 +45,28 @@ def record_path(search: Search, key: str, seed: int) -> Path:
 
 
 def finalists(search: Search, study) -> list[dict[str, Any]]:
-    """The trials re-scored: the best ``spec.finalists`` (by epochs reached, then score; distinct
-    settings), then the cell's defaults unless one of them has the defaults' settings."""
+    """The runs re-scored: the cell's defaults and the ``spec.finalists`` best trials of other settings (by
+    epochs reached, then score; distinct settings). Where a top trial drew the defaults' settings it stands
+    for them and the next trial joins, so every search re-scores ``finalists + 1`` settings: the same
+    re-score epochs for every loss."""
     from .trial_records import _record_of, budget_trials, epochs_of
 
     ranked = sorted(budget_trials(search, study), key=lambda t: (-epochs_of(t), -(t.value or 0.0), t.number))
-    out, seen = [], set()
     defaults = default_values(search)
+    own = search.apply(defaults).config_hash()
+    out, seen, others = [], set(), 0
     for trial in ranked:
         values = _record_of(search, trial)["values"]
         settings = search.apply(values).config_hash()
-        if settings in seen:
+        if settings in seen or (settings != own and others == search.spec.finalists):
             continue
         seen.add(settings)
+        others += settings != own
         out.append({"key": f"trial{trial.number:04d}", "trial": trial.number, "values": values,
                     "search_value": trial.value, "epochs": epochs_of(trial)})
-        if len(out) == search.spec.finalists:
+        if others == search.spec.finalists and own in seen:
             break
-    if search.apply(defaults).config_hash() not in seen:
+    if own not in seen:
         out.append({"key": DEFAULTS, "trial": None, "values": defaults, "search_value": None, "epochs": None})
     return out
 

@@ -115,15 +115,17 @@ def test_finished_runs_and_searches_of_a_shipped_folder_are_reused_read_only(tmp
     assert not load_study(path).cells[0].is_done()
 
 
-def test_the_tuned_study_awaits_its_rerun_in_the_protocol_of_typeface_groups_and_folds(tmp_path, monkeypatch):
-    # The shipped results/tuned predate han-typefaces' typeface groups and folds (dataset version 2): the tuned
-    # study file asks for new runs on fold 0, none of which a shipped folder holds, and its searches are new.
-    monkeypatch.setenv("DMLBENCH_RESULTS", str(tmp_path / "tuned"))
+def test_the_shipped_tuned_study_is_finished_in_the_protocol_of_typeface_groups_and_folds(monkeypatch):
+    # The tuned study runs on fold 0 of han-typefaces' typeface groups (dataset version 2): its default cells at
+    # seeds 0 and 1 are the transfer study's runs (reused, read where they are), the rest are its own.
+    monkeypatch.setenv("DMLBENCH_RESULTS", str(REPO_ROOT / "results" / "tuned"))
     monkeypatch.delenv("DMLBENCH_REUSE", raising=False)
     study = load_study(REPO_ROOT / "studies" / "tuned.yaml", check_networks=False)
     assert study.cells and {(c.config.dataset, c.config.fold) for c in study.cells} == {("han-typefaces", 0)}
     assert all(c.config.component_versions()["dataset"] == 2 for c in study.cells)
-    assert not any(c.is_done() for c in study.cells) and len(study.pending) == len(study.searches)
+    assert all(c.is_done() for c in study.cells) and not study.pending
+    homes = {c.run_dir.parent.parent.name for c in study.cells}
+    assert homes == {"tuned", "transfer"}, homes
     shipped = json.loads((REPO_ROOT / "results" / "tuned" / "summary.json").read_text())
     assert shipped["study"] == "tuned"
 

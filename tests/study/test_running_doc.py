@@ -57,5 +57,4 @@ def test_the_documented_rerun_from_scratch_reuses_nothing(tmp_path, monkeypatch)
         # without REUSE=none the same folder finds every cell finished in the shipped results
         study, reused = study_in(tmp_path, monkeypatch, line, drop="REUSE")
         assert paths.REPO_RESULTS in reused, line
-        if study.name != "tuned":  # the tuned study awaits its rerun in the protocol of typeface groups and folds
-            assert all(cell.is_done() for cell in study.cells), line
+        assert all(cell.is_done() for cell in study.cells), line
