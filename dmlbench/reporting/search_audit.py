@@ -93,13 +93,15 @@ def search_row(search) -> dict[str, Any] | None:
     best, records = read_json(search.best_path), _trial_records(search)
     defaults = _defaults_entry(search, best.get("finalists") or [])
     gain, gain_low, gain_high = _gain(search, best)
-    positions = {p.key: position(p, best["values"].get(p.name, search.current_values().get(p.name)))
-                 for p in search.params}
+    keys = [p.key for p in search.params]  # a loss's and a miner's parameter of one name: both qualified
+    positions = {(p.key if keys.count(p.key) == 1 else p.name):
+                 position(p, best["values"].get(p.name, search.current_values().get(p.name))) for p in search.params}
     edges = [name for name, where in positions.items() if where is not None and min(where, 1 - where) < EDGE]
     return {"loss": search.base.loss, "miner": search.base.miner, "search_id": search.search_id,
             "budget_epochs": search.spec.budget_epochs, "epochs": sum(_epochs(r) for r in records),
-            "configs": len(records), "complete": sum(r["state"] == "COMPLETE" for r in records),
-            "pruned": sum(r["state"] == "PRUNED" and not r.get("stopped_by") for r in records),
+            "configs": sum(not r.get("invalid") for r in records), "invalid": sum(bool(r.get("invalid")) for r in records),
+            "complete": sum(r["state"] == "COMPLETE" for r in records),
+            "pruned": sum(r["state"] == "PRUNED" and not r.get("stopped_by") and not r.get("invalid") for r in records),
             "stopped": sum(bool(r.get("stopped_by")) for r in records),
             "rescore_epochs": sum(_epochs(read_json(p)) for p in (search.folder / "finalists").glob("*.json")),
             "finalists": len(best.get("finalists") or []), "winner": best.get("winner", f"trial{best['best_trial']:04d}"),
@@ -151,10 +153,10 @@ def _number(value, digits: int = 4) -> str:
 
 
 def epochs_lines(rows: pd.DataFrame) -> list[str]:
-    table = rows[["loss", "miner", "epochs", "configs", "complete", "pruned", "stopped", "rescore_epochs"]]
+    table = rows[["loss", "miner", "epochs", "configs", "complete", "pruned", "stopped", "invalid", "rescore_epochs"]]
     check = epochs_check(rows)
-    return ["Epochs each search trained (pruned and budget-stopped epochs counted), the configurations it started, "
-            "and the finalists' re-score epochs beside:", table.to_string(index=False),
+    return ["Epochs each search trained (pruned and budget-stopped epochs counted), the configurations it trained "
+            "(invalid: values that make no valid run together, pruned untrained), and the finalists' re-score epochs:", table.to_string(index=False),
             f"the searches trained {check['least']} to {check['most']} epochs: a spread of {check['spread']:.1%} of the "
             f"most, {'equal' if check['equal'] else 'NOT equal'} within {EQUAL:.0%}; the fewest configurations a search "
             f"started: {int(rows['configs'].min())}"]

@@ -92,7 +92,7 @@ def _search_row(search, manifest_cells: list[dict], runs: pd.DataFrame, confiden
     row = {"loss": search.base.loss, "miner": search.base.miner, "default": settings_text(shown_defaults),
            "tuned": settings_text(best["values"]) + (" (the defaults)" if same else ""), "changed": not same,
            "val_default": audit["defaults_val"], "val_tuned": best["value"], "best_trial": best["best_trial"],
-           "trials": best["trials"], "pruned": best["states"].get("PRUNED", 0), "trial_s": best["trial_seconds"],
+           "trials": audit["configs"], "pruned": best["states"].get("PRUNED", 0), "trial_s": best["trial_seconds"],
            "epochs": audit["epochs"], "gap": audit["gap"], "seed_sd": audit["seed_sd"], "tie": audit["tie"],
            "val_gain": audit["val_gain"], "val_gain_low": audit["val_gain_low"], "val_gain_high": audit["val_gain_high"],
            "at_edge": ", ".join(audit["at_edge"]),
