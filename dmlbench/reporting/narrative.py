@@ -46,7 +46,7 @@ def _cells_text(n: dict[str, Any]) -> str:
     if "default" not in roles:
         return plural(n["cells_per_dataset"], "loss x miner cell")
     default, tuned = roles["default"] // d, roles.get("tuned", 0) // d
-    others = "" if tuned >= default else "; the others have no tuned settings"
+    others = "" if tuned >= default else "; the others run at their defaults, which their search chose or has not yet replaced"
     return (f"{plural(n['cells_per_dataset'], 'cell')} ({default} loss x miner cells at their default settings, "
             f"{tuned} at their tuned settings{others})")
 

@@ -25,7 +25,7 @@ from scipy import stats as sps
 from ..fileio import read_json
 from ..training.rundir import RunDir
 from .narrative import pct
-from .search_audit import _records, search_row
+from .search_audit import _records, is_defaults, search_row
 from .stats import DIFFERENCE_RANGE, METRIC_RANGE, by_unit, t_interval
 
 
@@ -65,8 +65,7 @@ def best_settings(searches: list) -> dict[tuple[str, str], str]:
 
 def are_defaults(search, best: dict) -> bool:
     """Whether a search's chosen settings are its cell's own."""
-    return (best["values"] == best["default_values"]
-            or search.apply(best["values"]).config_hash() == search.base.config_hash())
+    return best["values"] == best["default_values"] or is_defaults(search, best["values"])
 
 
 def _cell_runs(runs: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:

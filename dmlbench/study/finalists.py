@@ -169,12 +169,18 @@ def choose(search: Search, study) -> dict[str, Any]:
     defaults = next((e for e in entries if e["key"] == DEFAULTS), None)
     return {"chosen_by": f"the best mean validation {search.spec.objective} over re-score seeds "
                          f"{', '.join(map(str, seeds))} of {len(entries)} finalists",
-            "best_trial": winner["trial"], "value": winner["mean"], "values": winner["values"],
+            "best_trial": winner["trial"], "value": winner["mean"], "values": _as_cell(search, winner["values"]),
             "winner": winner["key"], "runner_up": runner["key"] if runner else None, "gap": gap, "seed_sd": sd,
             "tie": bool(sd is not None and gap is not None and gap < sd),
             "defaults_rescored": defaults["mean"] if defaults else None,
             "finalists": [{k: e[k] for k in ("key", "trial", "values", "search_value", "epochs", "rescores", "mean")}
                           for e in ranked]}
+
+
+def _as_cell(search: Search, values: dict[str, Any]) -> dict[str, Any]:
+    """The chosen values; {} where they are the cell's own defaults written out, so that the tuned cells
+    are the default cells themselves (one run per seed) rather than copies under other run ids."""
+    return {} if search.apply(values).config_hash() == search.apply(default_values(search)).config_hash() else values
 
 
 def pooled_sd(groups: list[list[float]]) -> float | None:
