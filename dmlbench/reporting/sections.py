@@ -473,7 +473,7 @@ def tuning(ctx) -> None:
             continue
         save_table(table, f"{dataset}__tuning", ctx.tables, index=False)
         _show(tn.tuning_verdict(table, ctx.named(dataset)), html_table(tn.shown_table(table), scroll=True,
-                                                                  wrap=("default settings", "tuned settings")))
+                                                                  wrap=("default settings", "tuned settings", "at an edge")))
         fg.save_figure(tn.search_figure(trials, spec.objective), f"tuning_{dataset}", ctx.figures)
     tied = tn.tied_after_sentence(tn.tied_summary(ctx)) if spec.budget_epochs is not None else ""
     if tied:

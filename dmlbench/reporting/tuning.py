@@ -130,22 +130,23 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame({
         "loss": table["loss"], "miner": table["miner"], "default settings": table["default"],
         "tuned settings": table["tuned"],
-        "validation MAP@R, default → tuned": [f"{pct(a)} → {pct(b)}" if a is not None and np.isfinite(a)
+        "val. MAP@R, default → tuned": [f"{pct(a)} → {pct(b)}" if a is not None and np.isfinite(a)
                                               else f"– → {pct(b)}" for a, b in zip(table["val_default"],
                                                                                      table["val_tuned"])]})
-    for metric, label in (("recall@1", "Recall@1"), ("map@r", "MAP@R")):
+    searched = "gap" in table and table["gap"].notna().any()  # the search columns take Recall@1's place (in the csv)
+    for metric, label in ((("map@r", "MAP@R"),) if searched else (("recall@1", "Recall@1"), ("map@r", "MAP@R"))):
         shown[f"test {label}, default"] = [interval(r, f"default_{metric}") for _, r in table.iterrows()]
         shown[f"test {label}, tuned"] = [interval(r, f"tuned_{metric}") for _, r in table.iterrows()]
-    shown["MAP@R gain (points, paired)"] = [points(r, "gain_map@r") for _, r in table.iterrows()]
+    shown["test gain (pts, paired)"] = [points(r, "gain_map@r") for _, r in table.iterrows()]
     shown["rank, default → tuned"] = [f"{a} → {b}" for a, b in zip(table["rank_default"], table["rank_tuned"])]
-    if "gap" in table and table["gap"].notna().any():
-        shown["validation gain over the defaults (points, paired)"] = [points(r, "val_gain") for _, r in table.iterrows()]
-        shown["choice: gap to the runner-up vs seed SD (points)"] = [
+    if searched:
+        shown["val. gain (pts)"] = [points(r, "val_gain") for _, r in table.iterrows()]
+        shown["lead vs seed SD (pts)"] = [
             f"{r['gap'] * 100:.1f} vs {r['seed_sd'] * 100:.1f}: {'tie' if r['tie'] else 'winner'}"
             if r["gap"] is not None and np.isfinite(r["gap"]) and r["seed_sd"] is not None else "–"
             for _, r in table.iterrows()]
-        shown["epochs searched"] = table["epochs"]
-        shown["winner at a range's edge"] = [edge or "none" for edge in table["at_edge"]]
+        shown["at an edge"] = [edge if isinstance(edge, str) and edge else "none" for edge in table["at_edge"]]
+        shown = shown.drop(columns=["val. MAP@R, default → tuned"])  # its difference, with an interval, is val. gain
     return shown
 
 

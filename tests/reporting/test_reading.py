@@ -31,7 +31,7 @@ def wide_tables() -> dict[str, str]:
                       zip(runs["dataset"], runs["loss"], runs["miner"], runs["seed"])]
     tuning = pd.read_csv(RESULTS / "tuned" / "tables" / "han-typefaces__tuning.csv")
     return {
-        "tuning": html_table(tn.shown_table(tuning), scroll=True, wrap=("default settings", "tuned settings")),
+        "tuning": html_table(tn.shown_table(tuning), scroll=True, wrap=("default settings", "tuned settings", "at an edge")),
         "cost": html_table(pd.read_csv(RESULTS / "tables" / "cost.csv"), digits=3),
         "runs": html_table(runs[["loss", "miner", "seed", "map@r", "epochs", "best_epoch", "val_at_best", "wall_time_s",
                                  "train_time_s", "images_per_s", "device", "run_id"]], digits=3, scroll=True),
