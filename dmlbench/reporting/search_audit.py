@@ -71,16 +71,9 @@ def _epochs(record: dict) -> int:
 
 def _defaults_entry(search, finalists: list[dict]) -> dict | None:
     """The finalist with the cell's own settings (the 'defaults' entry, or a trial that drew them)."""
+    from ..study.finalists import is_defaults
+
     return next((f for f in finalists if is_defaults(search, f["values"])), None)
-
-
-def is_defaults(search, values: dict) -> bool:
-    """Whether ``values`` are the cell's own settings: applied, they give the cell itself, or the cell with
-    its defaults written out (a trial drawing a loss's default margin names it; the cell leaves it unsaid)."""
-    from ..study.finalists import default_values
-
-    applied = search.apply(values).config_hash()
-    return applied in (search.base.config_hash(), search.apply(default_values(search)).config_hash())
 
 
 def _gain(search, best: dict) -> tuple[float, float, float]:

@@ -25,7 +25,8 @@ from scipy import stats as sps
 from ..fileio import read_json
 from ..training.rundir import RunDir
 from .narrative import pct
-from .search_audit import _records, is_defaults, search_row
+from ..study.finalists import is_defaults
+from .search_audit import _records, search_row
 from .stats import DIFFERENCE_RANGE, METRIC_RANGE, by_unit, t_interval
 
 

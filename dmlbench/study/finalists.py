@@ -80,7 +80,7 @@ def rescore(search: Search, study, splits) -> bool:
     """Train every finalist at every re-score seed not yet recorded (skipping runs another live tuner has
     claimed); True once every re-score is recorded."""
     folder(search).mkdir(parents=True, exist_ok=True)
-    waiting = False
+    waiting = False  # a run claimed by another live tuner: it writes that record, and best.json after it
     for entry in finalists(search, study):
         for seed in search.spec.rescore_seed_list:
             path = record_path(search, entry["key"], seed)
@@ -93,8 +93,7 @@ def rescore(search: Search, study, splits) -> bool:
                 _run(search, entry, seed, splits, path)
             finally:
                 path.with_suffix(".claim").unlink(missing_ok=True)
-    return not waiting and all(_recorded(record_path(search, e["key"], s))
-                               for e in finalists(search, study) for s in search.spec.rescore_seed_list)
+    return not waiting  # every other run was recorded, or trained here (a run records its score or raises)
 
 
 def _recorded(path: Path) -> bool:
@@ -177,10 +176,17 @@ def choose(search: Search, study) -> dict[str, Any]:
                           for e in ranked]}
 
 
+def is_defaults(search: Search, values: dict[str, Any]) -> bool:
+    """Whether ``values`` are the cell's own settings: applied, they give the cell itself, or the cell with
+    its defaults written out (a trial drawing a loss's default margin names it; the cell leaves it unsaid)."""
+    applied = search.apply(values).config_hash()
+    return applied in (search.base.config_hash(), search.apply(default_values(search)).config_hash())
+
+
 def _as_cell(search: Search, values: dict[str, Any]) -> dict[str, Any]:
     """The chosen values; {} where they are the cell's own defaults written out, so that the tuned cells
     are the default cells themselves (one run per seed) rather than copies under other run ids."""
-    return {} if search.apply(values).config_hash() == search.apply(default_values(search)).config_hash() else values
+    return {} if is_defaults(search, values) else values
 
 
 def pooled_sd(groups: list[list[float]]) -> float | None:
