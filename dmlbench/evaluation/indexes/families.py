@@ -40,7 +40,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import ConfigError
-from .pivots import PivotTable
+from .aesa import AESA, MAX_ITEMS as AESA_MAX_ITEMS
+from .pivots import PivotTable, _exact_distances, check_radius
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,20 @@ FAMILIES: dict[str, Family] = {
     "sq8": Family("faiss", False, {}),
     "ball-tree": Family("scikit-learn", True, {"leaf_size": 40}, counts_distances=True),
     "pivots": Family("dmlbench", True, {"pivots": 16}, counts_distances=True),
+    "vp-tree": Family("dmlbench", True, {"leaf_size": 16}, counts_distances=True),
+    "m-tree": Family("dmlbench", True, {"capacity": 16}, counts_distances=True),
+    "aesa": Family("dmlbench", True, {}, counts_distances=True),
 }
+# The exact structures written here (metric_trees, pivots, aesa): k-NN and range queries, counted.
+METRIC_STRUCTURES = ("pivots", "vp-tree", "m-tree", "aesa")
+
+RANGE_SLACK = 1e-6  # a range query's radius widened by this where a library's rounding could drop the boundary
+SCORE_SLACK = 1e-5  # the same for faiss's float32 scores (squared distances or inner products of unit vectors)
 
 # Build settings whose range is narrower than "a positive integer": (lowest, highest or None), and why.
-BUILD_LIMITS: dict[str, tuple[int, int | None]] = {"M": (2, None), "nbits": (1, 16)}
+BUILD_LIMITS: dict[str, tuple[int, int | None]] = {"M": (2, None), "nbits": (1, 16), "capacity": (4, None)}
 BUILD_WHY = {"M": "links per HNSW node; faiss crashes with fewer than 2",
+             "capacity": "entries per M-tree node; a split needs room for two promoted entries and their groups",
              "nbits": "bits per sub-quantizer code; each code book has 2^nbits centroids"}
 # The metric each faiss family ranks by (module docstring): "ip" where it is the ranking of the stored
 # unit vectors, "l2" where codes or centroids are compared.
@@ -129,7 +139,7 @@ def default_specs() -> list[IndexSpec]:
     large galleries: the 1M benchmark has it), PQ at 4, 8 and 16 bytes per vector."""
     return [IndexSpec.make("flat"), IndexSpec.make("hnsw"), IndexSpec.make("ivf-flat"),
             *[IndexSpec.make("pq", m=m) for m in (4, 8, 16)], IndexSpec.make("sq8"), IndexSpec.make("ball-tree"),
-            IndexSpec.make("pivots")]
+            IndexSpec.make("pivots"), IndexSpec.make("vp-tree"), IndexSpec.make("m-tree"), IndexSpec.make("aesa")]
 
 
 def parse_specs(entries: list[dict[str, Any]], where: str = "indexes") -> list[IndexSpec]:
@@ -164,6 +174,9 @@ def check_spec(spec: IndexSpec, items: int | None, dim: int) -> None:
         if items is not None and items < 2 ** nbits:
             raise ConfigError(f"index {spec.family}: nbits={nbits} needs at least {2 ** nbits} vectors to train its "
                               f"codebooks, got {items}; valid nbits: 1 to {min(16, int(math.log2(max(items, 2))))}")
+    if spec.family == "aesa" and items is not None and items > AESA_MAX_ITEMS:
+        raise ConfigError(f"index aesa: {items} items need an {items} x {items} distance matrix; aesa takes up to "
+                          f"{AESA_MAX_ITEMS:,} items (for more use pivots, the LAESA table, or vp-tree or m-tree)")
     nlist = build.get("nlist")
     if spec.family in ("ivf-flat", "ivf-pq") and nlist is not None and items is not None and nlist > items:
         raise ConfigError(f"index {spec.family}: nlist={nlist} inverted lists over {items} items would leave lists "
@@ -180,12 +193,27 @@ class BuiltIndex:
     """A built index: what it costs (build time, bytes per vector) and how to search it."""
 
     def __init__(self, spec: IndexSpec, n: int, dim: int, searcher: Callable, nbytes: int, build_s: float,
-                 apply: Callable[[dict], None] | None = None):
+                 apply: Callable[[dict], None] | None = None, ranger: Callable | None = None):
         self.spec, self.n, self.dim, self.build_s = spec, n, dim, build_s
         self.bytes_per_vector = nbytes / n
         self.exact = FAMILIES[spec.family].exact
-        self._searcher, self._apply = searcher, apply
+        self._searcher, self._apply, self._ranger = searcher, apply, ranger
         self.native = None  # the library's own index object, where it can be saved (faiss)
+        self.structure = None  # the dmlbench structure (pivots, vp-tree, m-tree, aesa), where there is one
+
+    def range_search(self, queries, radius: float, setting: dict | None = None, exclude=None):
+        """Every item within Euclidean ``radius`` of each query (the boundary included): (ids per query,
+        distances per query, each sorted by (distance, id); distance computations (Q,) or None). An exact
+        index returns exactly the brute-force answer; an approximate one what its search finds."""
+        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        radius = check_radius(radius, f"index {self.spec.family}")
+        if self._apply is not None:
+            self._apply(setting or {})
+        ids, dists, computed = self._ranger(queries, radius)
+        if exclude is not None:
+            keep = [i != e for i, e in zip(ids, np.asarray(exclude, dtype=np.int64))]
+            ids, dists = [i[m] for i, m in zip(ids, keep)], [d[m] for d, m in zip(dists, keep)]
+        return ids, dists, computed
 
     def search(self, queries, k: int, setting: dict | None = None, threads: int = 1, exclude=None):
         """(cosine similarities (Q, k), ids (Q, k), distance computations (Q,) or None), best first."""
@@ -251,8 +279,9 @@ def build_index(spec: IndexSpec, vectors, threads: int | None = None) -> BuiltIn
     build = dict(spec.build)
     if spec.family == "ball-tree":
         return _ball_tree(spec, x, build)
-    if spec.family == "pivots":
-        return _pivot_table(spec, x, build)
+    if spec.family in METRIC_STRUCTURES:
+        check_spec(spec, len(x), x.shape[1])
+        return _metric_structure(spec, x, build)
     return _faiss_index(spec, x, build, threads)
 
 
@@ -275,21 +304,60 @@ def _ball_tree(spec: IndexSpec, x: np.ndarray, build: dict) -> BuiltIndex:
         s, i, _ = _in_threads(lambda qq: _complete_ties(counted, qq, depth, len(x)), q, threads)
         return s, i, None
 
-    return BuiltIndex(spec, len(x), x.shape[1], searcher, sum(a.nbytes for a in tree.get_arrays()), build_s)
+    def ranger(q, radius):  # the tree's own distances round differently: fetched a hair wider, then kept by ours
+        tree.reset_n_calls()
+        found = tree.query_radius(q.astype(np.float64), radius + RANGE_SLACK)
+        calls = tree.get_n_calls() / len(q)
+        ids, dists = _verified(x, q, found, radius)
+        return ids, dists, np.full(len(q), calls)
+
+    return BuiltIndex(spec, len(x), x.shape[1], searcher, sum(a.nbytes for a in tree.get_arrays()), build_s,
+                      ranger=ranger)
 
 
-def _pivot_table(spec: IndexSpec, x: np.ndarray, build: dict) -> BuiltIndex:
+def _metric_structure(spec: IndexSpec, x: np.ndarray, build: dict) -> BuiltIndex:
+    """One of the structures written here (pivots, VP-tree, M-tree, AESA): exact k-NN and range
+    queries over float64 distances, each counting its distance computations."""
     start = time.perf_counter()
-    table = PivotTable(x, num_pivots=min(build["pivots"], len(x)))
+    structure = _make_structure(spec.family, x, build)
     build_s = time.perf_counter() - start
+    knn = structure.search if spec.family == "pivots" else structure.knn
 
     def searcher(q, depth, threads):
         def rows(qq):
-            d, i, c = table.search(qq, depth)
+            d, i, c = knn(qq, depth)
             return 1.0 - d * d / 2.0, i, c.astype(np.float64)
         return _in_threads(rows, q, threads)
 
-    return BuiltIndex(spec, len(x), x.shape[1], searcher, table.nbytes, build_s)
+    built = BuiltIndex(spec, len(x), x.shape[1], searcher, structure.nbytes, build_s, ranger=structure.range)
+    built.structure = structure
+    return built
+
+
+def _make_structure(family: str, x: np.ndarray, build: dict):
+    from .metric_trees import MTree, VPTree
+
+    if family == "pivots":
+        return PivotTable(x, num_pivots=min(build["pivots"], len(x)))
+    if family == "vp-tree":
+        return VPTree(x, leaf_size=build["leaf_size"])
+    if family == "m-tree":
+        return MTree(x, capacity=build["capacity"])
+    return AESA(x)
+
+
+def _verified(x: np.ndarray, q: np.ndarray, found, radius: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Candidates of a range query (one id array per query) kept where their float64 distance, computed
+    as the brute force computes it, is within ``radius``; sorted by (distance, id)."""
+    ids, dists = [], []
+    for row, candidates in enumerate(found):
+        candidates = np.asarray(candidates, dtype=np.int64)
+        d = _exact_distances(q[row][None].astype(np.float64), x[candidates].astype(np.float64))[0]
+        keep = d <= radius
+        order = np.lexsort((candidates[keep], d[keep]))
+        ids.append(candidates[keep][order])
+        dists.append(d[keep][order])
+    return ids, dists
 
 
 def _faiss_index(spec: IndexSpec, x: np.ndarray, build: dict, threads: int | None) -> BuiltIndex:
@@ -332,15 +400,64 @@ def wrap_faiss(spec: IndexSpec, index, build_s: float = 0.0) -> BuiltIndex:
         faiss.omp_set_num_threads(threads)
         try:
             if spec.family == "flat":
-                return _complete_ties(fetch, q, depth, n)
-            scores, ids, _ = fetch(q, depth)
-            return np.where(ids < 0, -np.inf, scores), ids, None
+                scores, ids, _ = _complete_ties(fetch, q, depth, n)
+                return scores, ids, np.full(len(q), float(n))
+            with _FaissCount(spec.family, index, len(q)) as count:
+                scores, ids, _ = fetch(q, depth)
+            return np.where(ids < 0, -np.inf, scores), ids, count.per_query
         finally:
             faiss.omp_set_num_threads(before)
 
-    built = BuiltIndex(spec, n, d, searcher, int(faiss.serialize_index(index).nbytes), build_s, _setter(spec, index))
+    stored: dict = {}  # the flat index's vectors, read back once
+
+    def ranger(q, radius):
+        # faiss keeps answers strictly inside, by float32 scores: widened by their rounding, the boundary is in
+        limit = radius * radius + SCORE_SLACK if by_l2 else 1.0 - radius * radius / 2.0 - SCORE_SLACK
+        with _FaissCount(spec.family, index, len(q)) as count:
+            lims, scores, ids = index.range_search(q, limit)
+        found = [ids[lims[r]:lims[r + 1]].astype(np.int64) for r in range(len(q))]
+        if spec.family == "flat":  # exact: kept by the brute force's own float64 distances
+            stored.setdefault("x", index.reconstruct_n(0, n))
+            return (*_verified(stored["x"], q, found, radius), count.per_query)
+        scores = scores.astype(np.float64)
+        d = np.sqrt(np.maximum(scores, 0.0)) if by_l2 else np.sqrt(np.maximum(2.0 - 2.0 * scores, 0.0))
+        parts = [(found[r], d[lims[r]:lims[r + 1]]) for r in range(len(q))]
+        orders = [np.lexsort((i, dd)) for i, dd in parts]
+        return [i[o] for (i, _), o in zip(parts, orders)], [dd[o] for (_, dd), o in zip(parts, orders)], \
+            count.per_query
+
+    built = BuiltIndex(spec, n, d, searcher, int(faiss.serialize_index(index).nbytes), build_s, _setter(spec, index),
+                       ranger=ranger)
     built.native = index
     return built
+
+
+class _FaissCount:
+    """The distance computations of one faiss search, per query: faiss's own counters for HNSW (its
+    graph walk) and IVF (the coarse centroids plus the codes scanned in the probed lists); an exhaustive
+    family (flat, PQ, SQ8) computes one distance, exact or from codes, per item."""
+
+    def __init__(self, family: str, index, queries: int):
+        self.family, self.index, self.queries = family, index, queries
+        self.per_query = np.full(queries, float(index.ntotal))
+
+    def __enter__(self):
+        import faiss
+
+        if self.family == "hnsw":
+            faiss.cvar.hnsw_stats.reset()
+        elif self.family in ("ivf-flat", "ivf-pq"):
+            faiss.cvar.indexIVF_stats.reset()
+        return self
+
+    def __exit__(self, *exc):
+        import faiss
+
+        if self.family == "hnsw":
+            self.per_query[:] = faiss.cvar.hnsw_stats.ndis / self.queries
+        elif self.family in ("ivf-flat", "ivf-pq"):
+            self.per_query[:] = faiss.cvar.indexIVF_stats.ndis / self.queries + self.index.nlist
+        return False
 
 
 def _setter(spec: IndexSpec, index):

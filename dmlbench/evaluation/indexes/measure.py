@@ -74,3 +74,53 @@ def label_metrics(found: np.ndarray, item_labels: np.ndarray, query_labels: np.n
     result: dict[str, float | None] = {f"recall@{k}": out[f"recall@{k}"] for k in ks}
     result["map@r"] = out["map@r"] if with_map else None
     return result
+
+
+def distance_ratio_error(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> float:
+    """The relative error on distances of Zezula et al.'s approximate search chapter: per query and rank j,
+    d(q, j-th answer) / d(q, true j-th neighbour) - 1, both lists in increasing distance, averaged over
+    ranks and queries. A rank whose true distance is 0 counts 0 when the answer is at 0 too, else it is
+    left out (no finite ratio); a missing answer is at the sphere's diameter, 2."""
+    def distances(ids):
+        return np.sqrt(np.clip(2.0 - 2.0 * np.maximum(_similarities(ids, queries, items), -1.0), 0.0, 4.0))
+
+    got, best = np.sort(distances(np.asarray(found)), 1), np.sort(distances(np.asarray(true)), 1)
+    defined = (best > 0) | (got == 0)
+    ratio = np.where(best > 0, got / np.where(best > 0, best, 1.0), 1.0)
+    return float(np.mean((ratio - 1.0)[defined])) if defined.any() else 0.0
+
+
+class Positions:
+    """Each query's rank of every item by similarity, to score an answer's position error.
+
+    The position error (Zezula et al.'s approximate search chapter) of a query's answers o_1..o_k is
+    sum_j |OX(o_j) - j| / (k N): OX(o) is o's position in the whole collection ordered by distance to the
+    query, j its position in the answer, N the collection's size; 0 for an exact answer. Items tied
+    with o (similarities within ``TIE_TOLERANCE``) share a run of positions, and o may stand anywhere
+    in it: the error counts the distance from j to that run. The similarities are float32 products, sorted once per query; queries
+    are limited so that at most ``MAX_POSITION_ENTRIES`` similarities are held (the first ones)."""
+
+    MAX_POSITION_ENTRIES = 50_000_000
+
+    def __init__(self, queries: np.ndarray, items: np.ndarray, exclude: np.ndarray | None = None):
+        count = max(1, min(len(queries), self.MAX_POSITION_ENTRIES // len(items)))
+        q = torch.from_numpy(np.ascontiguousarray(queries[:count], dtype=np.float32))
+        self.sims = (q @ torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)).T).numpy()  # (Q', N)
+        if exclude is not None:  # the query itself is not part of the collection it searches
+            self.sims[np.arange(count), np.asarray(exclude[:count])] = -np.inf
+        self.sorted = np.sort(self.sims, axis=1)  # (Q', N) ascending
+        self.count, self.n = count, len(items) - (exclude is not None)
+
+    def error(self, found: np.ndarray) -> float:
+        """The mean position error of ``found`` (Q, k) over its first ``count`` queries (a missing answer at N)."""
+        found = np.asarray(found)[:self.count]
+        safe = np.where(found < 0, 0, found)
+        s = np.take_along_axis(self.sims[:len(found)], safe, 1)  # (Q', k)
+        # an item tied with others (within TIE_TOLERANCE) may stand anywhere in their run of positions
+        first = np.stack([len(row) - np.searchsorted(row, v + TIE_TOLERANCE, side="right") + 1
+                          for row, v in zip(self.sorted, s)])
+        last = np.stack([len(row) - np.searchsorted(row, v - TIE_TOLERANCE, side="left") for row, v in zip(self.sorted, s)])
+        rank = np.arange(1, found.shape[1] + 1)[None, :]
+        off = np.maximum(0, np.maximum(first - rank, rank - last))
+        off = np.where(found < 0, self.n - rank, off)
+        return float(np.mean(off.sum(1) / (found.shape[1] * self.n)))

@@ -14,9 +14,14 @@ exceeds the current k-th smallest distance, since neither it nor any later item 
 top k (nor tie with its k-th: the bound is strict, with a margin ``TOLERANCE`` for rounding). The
 result is exact, ties broken by the lower item index.
 
-The visits are computed in chunks of growing size for speed, and the count is the sequential
-algorithm's: the number of visits before the first stop (found by bisection, since lb grows and the
-k-th distance shrinks along the visiting order). Distances are Euclidean, in float64.
+The search is vectorised: the lower bounds of a block of queries come from one numpy expression, and
+a query's distances are computed in two batches (the items of smallest bound, then every item whose
+bound does not exceed the k-th distance found among them). The count is the sequential algorithm's:
+the visits before the first stop, replayed on those batches (found by bisection, since lb grows and
+the k-th distance shrinks along the visiting order). Distances are Euclidean, in float64.
+
+A range query (all items within ``radius``, the ball's boundary included) computes the pivots'
+distances and those of the items whose lower bound does not exceed the radius.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 TOLERANCE = 1e-12  # float64 rounding of a lower bound; a visit is skipped only above kth + this
-FIRST_CHUNK = 32  # visits evaluated at once, doubling each time
+FIRST_CHUNK = 64  # items of smallest bound whose distances a k-NN query computes first
+BLOCK_ELEMENTS = 4_000_000  # bound-table entries (queries x items x pivots) held at once
 
 
 def _exact_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -69,39 +75,80 @@ class PivotTable:
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distances (Q, k), item ids (Q, k), distance computations per query (Q,))."""
-        q = np.asarray(queries, dtype=np.float64)
+        q = self._queries(queries)
         n = len(self.x)
         if not 1 <= k <= n:
             raise ValueError(f"pivots: k={k} must be between 1 and the {n} items")
         out_d, out_i = np.empty((len(q), k)), np.empty((len(q), k), dtype=np.int64)
         computed = np.empty(len(q), dtype=np.int64)
-        for row in range(len(q)):
-            out_d[row], out_i[row], computed[row] = self._search_one(q[row], k)
+        for rows, to_pivots, lower in self._bounds(q):
+            for row, near, bound in zip(rows, to_pivots, lower):
+                out_d[row], out_i[row], computed[row] = self._knn_one(q[row], near, bound, k)
         return out_d, out_i, computed
 
-    def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """One query: the sequential LAESA search, visits evaluated chunk by chunk."""
-        to_pivots = _exact_distances(q[None], self.x[self.pivots])[0]  # (P,)
-        lower = np.abs(self.table[self._others] - to_pivots[None, :]).max(axis=1)  # (N - P,)
-        order = np.argsort(lower, kind="stable")
-        lower, visit = lower[order], self._others[order]
-        seen_d, seen_i = list(to_pivots), list(self.pivots)
-        start, chunk, stop = 0, FIRST_CHUNK, len(visit)
-        while start < len(visit):
-            end = min(start + chunk, len(visit))
-            d = _exact_distances(q[None], self.x[visit[start:end]])[0]
-            stop = _first_stop(np.asarray(seen_d), lower[start:end], d, k)
-            seen_d.extend(d[:stop])
-            seen_i.extend(visit[start:start + stop])
-            if stop < end - start:
-                stop += start
-                break
-            start, chunk = end, chunk * 2
-        else:
-            stop = len(visit)
-        seen_d, seen_i = np.asarray(seen_d), np.asarray(seen_i)
+    def range(self, queries, radius: float) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """(item ids per query, their distances, distance computations per query (Q,)): every item with
+        d(q, x) <= radius, sorted by (distance, id). An item whose lower bound exceeds the radius is never
+        computed: the count is the pivots plus the items with lb(x) <= radius (+ rounding margin)."""
+        radius = check_radius(radius, "pivots")
+        q = self._queries(queries)
+        ids, dists = [None] * len(q), [None] * len(q)
+        computed = np.empty(len(q), dtype=np.int64)
+        for rows, to_pivots, lower in self._bounds(q):
+            for row, near, bound in zip(rows, to_pivots, lower):
+                visit = self._others[bound <= radius + TOLERANCE]
+                d = np.concatenate([near, _exact_distances(q[row][None], self.x[visit])[0]])
+                seen = np.concatenate([self.pivots, visit])
+                keep = d <= radius
+                order = np.lexsort((seen[keep], d[keep]))
+                ids[row], dists[row] = seen[keep][order], d[keep][order]
+                computed[row] = len(self.pivots) + len(visit)
+        return ids, dists, computed
+
+    def _queries(self, queries) -> np.ndarray:
+        q = np.asarray(queries, dtype=np.float64)
+        if q.ndim != 2 or q.shape[1] != self.x.shape[1]:
+            raise ValueError(f"pivots: queries must be a (Q, {self.x.shape[1]}) array, got shape {q.shape}")
+        return q
+
+    def _bounds(self, q: np.ndarray):
+        """Blocks of (query rows, distances to the pivots (B, P), lower bounds of the non-pivot items
+        (B, N - P)), all in numpy: lb(x) = max_p |d(q, p) - d(x, p)|, the triangle inequality's."""
+        others = self.table[self._others]  # (N - P, P)
+        block = max(1, BLOCK_ELEMENTS // max(1, others.size))
+        for start in range(0, len(q), block):
+            rows = np.arange(start, min(start + block, len(q)))
+            to_pivots = _exact_distances(q[rows], self.x[self.pivots])  # (B, P)
+            lower = np.abs(others[None, :, :] - to_pivots[:, None, :]).max(axis=2)  # (B, N - P)
+            yield rows, to_pivots, lower
+
+    def _knn_one(self, q: np.ndarray, to_pivots: np.ndarray, lower: np.ndarray, k: int):
+        """One query's exact k nearest and the sequential LAESA count. The distances are computed in two
+        batches: the ``FIRST_CHUNK`` (at least 2k) items of smallest bound, then every item whose bound does
+        not exceed the k-th distance known after them; an item left out has a bound, hence a distance,
+        above the final k-th. The count replays the sequential search (visits in increasing bound, ties by
+        id, stopping at the first bound above the running k-th), whose visits all lie in these batches."""
+        first = min(len(lower), max(FIRST_CHUNK, 2 * k))
+        head = np.argpartition(lower, first - 1)[:first] if first < len(lower) else np.arange(len(lower))
+        d_head = _exact_distances(q[None], self.x[self._others[head]])[0]
+        kth = _kth(np.concatenate([to_pivots, d_head]), k)
+        rest = np.flatnonzero(lower <= kth + TOLERANCE)
+        rest = rest[~np.isin(rest, head)]
+        visit = np.concatenate([head, rest])
+        d = np.concatenate([d_head, _exact_distances(q[None], self.x[self._others[rest]])[0]])
+        order = np.lexsort((visit, lower[visit]))  # the sequential order: bound, then id (others are sorted)
+        stop = _first_stop(to_pivots, lower[visit][order], d[order], k) if len(visit) else 0
+        seen_d, seen_i = np.concatenate([to_pivots, d]), np.concatenate([self.pivots, self._others[visit]])
         best = np.lexsort((seen_i, seen_d))[:k]
         return seen_d[best], seen_i[best], len(self.pivots) + stop
+
+
+def check_radius(radius, where: str) -> float:
+    """A range query's radius: a finite number >= 0 (a ValueError naming it otherwise)."""
+    value = float(radius)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: a range query's radius must be a finite distance >= 0, got {radius!r}")
+    return value
 
 
 def _kth(values: np.ndarray, k: int) -> float:

@@ -25,11 +25,17 @@ import torch
 
 from ..neighbours import knn
 from .families import FAMILIES, IndexSpec, build_index
-from .measure import knn_recall, label_metrics, relative_distance_error, search_depth
+from .pivots import _exact_distances
+from .distribution import distance_statistics
+from .measure import (Positions, distance_ratio_error, knn_recall, label_metrics, relative_distance_error,
+                      search_depth)
 
 ROW_KEYS = ("index", "family", "setting", "exact", "queries", "k", "knn_recall", "relative_distance_error",
-            "recall@1", "map@r", "exact_recall@1", "exact_map@r", "qps_1", "qps_all", "threads_all", "build_s",
-            "bytes_per_vector", "distance_fraction")
+            "distance_ratio_error", "position_error", "mismatches", "recall@1", "map@r", "exact_recall@1",
+            "exact_map@r", "qps_1", "qps_all", "threads_all", "build_s", "bytes_per_vector", "distance_fraction",
+            "distances_per_query", "efficiency_gain")
+RANGE_KEYS = ("index", "family", "setting", "exact", "queries", "radius", "answers", "range_recall",
+              "range_precision", "mismatches", "qps_1", "distance_fraction", "distances_per_query", "efficiency_gain")
 TIMING_BUDGET_S = 1.0  # a search quicker than a third of this is timed again, up to `repeats` times
 
 
@@ -79,7 +85,8 @@ def timed(search: Callable[[], object], repeats: int) -> tuple[float, object]:
 
 
 def evaluate_indexes(items, item_labels, queries: Queries, specs: list[IndexSpec], *, exact_queries: int = 500,
-                     threads_all: int | None = None, repeats: int = 3, log: Callable[[str], None] | None = None) -> dict:
+                     threads_all: int | None = None, repeats: int = 3, log: Callable[[str], None] | None = None,
+                     ranges: bool = True, statistics: bool = True) -> dict:
     """Build every spec over ``items`` and measure every search setting (see the module docstring)."""
     items = normalized(items)
     threads_all = threads_all or os.cpu_count() or 1
@@ -94,15 +101,40 @@ def evaluate_indexes(items, item_labels, queries: Queries, specs: list[IndexSpec
     if labelled:
         reference |= label_metrics(true, item_labels, queries.labels, relevant, with_map=with_map)
     context = dict(items=items, item_labels=item_labels, queries=queries, relevant=relevant, true=true, k=k,
-                   with_map=with_map, threads_all=threads_all, repeats=repeats, exact_queries=exact_queries)
-    rows = []
+                   with_map=with_map, threads_all=threads_all, repeats=repeats, exact_queries=exact_queries,
+                   positions=Positions(queries.vectors, items, queries.exclude))
+    if ranges:
+        context["range"] = range_reference(items, queries.head(min(exact_queries, len(true))), true)
+        reference |= {"radius": context["range"]["radius"], "range_queries": len(context["range"]["ids"])}
+    out = {"exact": reference, "rows": [], "range_rows": []}
     for spec in specs:
-        rows += _measure_spec(spec, context, log)
-    return {"exact": reference, "rows": rows}
+        out["rows"] += _measure_spec(spec, context, log)
+    out["range_rows"] = context.get("range_rows", [])
+    if statistics:
+        out["distribution"] = distance_statistics(items)
+    return out
+
+
+def range_reference(items: np.ndarray, queries: Queries, true: np.ndarray) -> dict:
+    """The exact answers of a range query per query, by brute force over float64 distances computed as
+    the exact structures compute them. The radius is the median over these queries of the distance to
+    their 10th nearest neighbour, so a query finds about ten items within it."""
+    q = queries.vectors.astype(np.float64)
+    d = _exact_distances(q, items.astype(np.float64))  # (Q, N)
+    if queries.exclude is not None:
+        d[np.arange(len(q)), queries.exclude] = np.inf
+    tenth = np.take_along_axis(d, true[:len(q), min(9, true.shape[1] - 1)][:, None], 1)[:, 0]
+    radius = float(np.median(tenth))
+    ids = []
+    for row in d:
+        inside = np.flatnonzero(row <= radius)
+        ids.append(inside[np.lexsort((inside, row[inside]))])
+    return {"radius": radius, "ids": ids, "queries": queries}
 
 
 def _measure_spec(spec: IndexSpec, c: dict, log: Callable[[str], None] | None) -> list[dict]:
-    """One index built, then each search setting of its sweep measured."""
+    """One index built, then each search setting of its sweep measured (k-NN rows; range rows go to
+    ``c["range_rows"]``)."""
     family = FAMILIES[spec.family]
     built = build_index(spec, c["items"], threads=c["threads_all"])
     n_q = min(c["exact_queries"], len(c["true"])) if family.counts_distances else len(c["true"])
@@ -112,25 +144,68 @@ def _measure_spec(spec: IndexSpec, c: dict, log: Callable[[str], None] | None) -
                           with_map=c["with_map"]) if labelled else {}
     rows = []
     for setting in spec.settings:
-        def search(threads: int):
-            return built.search(queries.vectors, c["k"], setting, threads=threads, exclude=queries.exclude)
-        one_s, (_, found, computed) = timed(lambda: search(1), c["repeats"])
-        all_s, _ = timed(lambda: search(c["threads_all"]), c["repeats"])
-        row = {"index": spec.name, "family": spec.family, "setting": setting, "exact": family.exact,
-               "queries": n_q, "k": c["k"], "knn_recall": knn_recall(found, true, queries.vectors, c["items"]),
-               "relative_distance_error": relative_distance_error(found, true, queries.vectors, c["items"]),
-               "qps_1": n_q / one_s, "qps_all": n_q / all_s, "threads_all": c["threads_all"],
-               "build_s": built.build_s, "bytes_per_vector": built.bytes_per_vector,
-               "distance_fraction": None if computed is None else float(np.mean(computed)) / built.n}
+        row = _knn_row(built, spec, setting, queries, true, c)
         if labelled:
-            got = label_metrics(found, c["item_labels"], queries.labels, c["relevant"][:n_q], with_map=c["with_map"])
+            got = label_metrics(row.pop("found"), c["item_labels"], queries.labels, c["relevant"][:n_q],
+                                with_map=c["with_map"])
             row |= {"recall@1": got["recall@1"], "map@r": got["map@r"], "exact_recall@1": exact["recall@1"],
                     "exact_map@r": exact["map@r"]}
         rows.append({key: row.get(key) for key in ROW_KEYS})
+        if "range" in c:
+            c.setdefault("range_rows", []).append(_range_row(built, spec, setting, c))
         if log:
             log(f"  {spec.name:<22} {_setting_text(setting):<14} knn-recall {row['knn_recall']:.4f}  "
                 f"{row['qps_1']:>10.0f} q/s (1 thread)  {row['qps_all']:>10.0f} q/s ({c['threads_all']})")
     return rows
+
+
+def _knn_row(built, spec: IndexSpec, setting: dict, queries: Queries, true: np.ndarray, c: dict) -> dict:
+    """One search setting's k-NN answers timed and scored against the exact ones."""
+    family = FAMILIES[spec.family]
+
+    def search(threads: int):
+        return built.search(queries.vectors, c["k"], setting, threads=threads, exclude=queries.exclude)
+
+    one_s, (_, found, computed) = timed(lambda: search(1), c["repeats"])
+    # the trees walk their nodes in Python, holding the interpreter's lock: on every core they run as on one
+    all_s = one_s if spec.family in ("vp-tree", "m-tree") else timed(lambda: search(c["threads_all"]), c["repeats"])[0]
+    per_query = None if computed is None else float(np.mean(computed))
+    good = per_query_recall(found, true, queries.vectors, c["items"])
+    return {"index": spec.name, "family": spec.family, "setting": setting, "exact": family.exact,
+            "queries": len(true), "k": c["k"], "knn_recall": float(good.mean()),
+            "relative_distance_error": relative_distance_error(found, true, queries.vectors, c["items"]),
+            "distance_ratio_error": distance_ratio_error(found, true, queries.vectors, c["items"]),
+            "position_error": c["positions"].error(found), "mismatches": int((good < 1).sum()),
+            "qps_1": len(true) / one_s, "qps_all": len(true) / all_s, "threads_all": c["threads_all"],
+            "build_s": built.build_s, "bytes_per_vector": built.bytes_per_vector,
+            "distance_fraction": per_query / built.n if family.counts_distances and per_query is not None else None,
+            "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None,
+            "found": found}
+
+
+def per_query_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each query's k-NN recall (Q,): the share of its answers at least as close as its true k-th."""
+    return np.array([knn_recall(found[i:i + 1], true[i:i + 1], queries[i:i + 1], items) for i in range(len(true))])
+
+
+def _range_row(built, spec: IndexSpec, setting: dict, c: dict) -> dict:
+    """One search setting's range query (the reference's radius) timed and scored against the exact answers."""
+    ref = c["range"]
+    queries = ref["queries"]
+    one_s, (ids, _, computed) = timed(lambda: built.range_search(queries.vectors, ref["radius"], setting,
+                                                                exclude=queries.exclude), c["repeats"])
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(ids, ref["ids"]))
+    wanted, given = sum(len(b) for b in ref["ids"]), sum(len(a) for a in ids)
+    per_query = None if computed is None else float(np.mean(computed))
+    family = FAMILIES[spec.family]
+    row = {"index": spec.name, "family": spec.family, "setting": setting, "exact": family.exact,
+           "queries": len(ids), "radius": ref["radius"], "answers": given / len(ids),
+           "range_recall": hits / wanted if wanted else 1.0, "range_precision": hits / given if given else 1.0,
+           "mismatches": int(sum(not np.array_equal(a, b) for a, b in zip(ids, ref["ids"]))),
+           "qps_1": len(ids) / one_s,
+           "distance_fraction": per_query / built.n if family.counts_distances and per_query is not None else None,
+           "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None}
+    return {key: row.get(key) for key in RANGE_KEYS}
 
 
 def _setting_text(setting: dict) -> str:
