@@ -10,7 +10,8 @@ from ..support import tiny_settings
 
 INDEXES = {"queries": 1000, "exact_queries": 25, "families": [
     {"family": "flat"}, {"family": "hnsw", "M": 8, "sweep": [4, 64]}, {"family": "ivf-flat", "nlist": 4, "sweep": [1, 4]},
-    {"family": "pq", "m": 4, "nbits": 4}, {"family": "sq8"}, {"family": "ball-tree"}, {"family": "pivots", "pivots": 4}]}
+    {"family": "pq", "m": 4, "nbits": 4}, {"family": "sq8"}, {"family": "ball-tree"}, {"family": "pivots", "pivots": 4},
+    {"family": "vp-tree", "leaf_size": 4}, {"family": "m-tree", "capacity": 4}, {"family": "aesa"}]}
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +45,19 @@ def at_study(trained_study, monkeypatch, tiny_fmnist):
     monkeypatch.setenv("DMLBENCH_RESULTS", str(root / "results"))
     monkeypatch.setenv("DMLBENCH_DOWNLOAD", "0")
     return trained_study
+
+
+@pytest.fixture
+def image_folder(at_study, tmp_path):
+    """30 test images of the tiny Fashion-MNIST as PNG files, one folder per class."""
+    from PIL import Image
+
+    from dmlbench.datasets import load_dataset
+
+    splits = load_dataset("fashion-mnist")
+    folder = tmp_path / "photos"
+    for i in range(0, 90, 3):
+        label = int(splits.test.labels[i])
+        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(splits.test.images[i]).save(folder / f"class{label}" / f"img{i:03d}.png")
+    return folder

@@ -15,19 +15,6 @@ from dmlbench.errors import DamagedFileError
 from dmlbench.study.search import SearchError, build, query
 
 
-@pytest.fixture
-def image_folder(at_study, tmp_path):
-    """30 test images of the tiny Fashion-MNIST as PNG files, one folder per class."""
-    from dmlbench.datasets import load_dataset
-
-    splits = load_dataset("fashion-mnist")
-    folder = tmp_path / "photos"
-    for i in range(0, 90, 3):
-        label = int(splits.test.labels[i])
-        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(splits.test.images[i]).save(folder / f"class{label}" / f"img{i:03d}.png")
-    return folder
-
 
 def run_folder(at_study, which=0):
     path, study, root = at_study

@@ -1,11 +1,13 @@
 """The search command on files a user was sent: index names stay plain names inside the run folder,
-a query finds the index a build made, damaged index files fail in one line naming the file and the
-rebuild, odd input (one image, --grid a folder, --run-dir a file) is refused in one line, and images
-in every PIL mode (16-bit grey, palette, alpha) reach the network with their values kept."""
+a query uses the run's latest build and says which, damaged index files fail in one line naming the
+file and the rebuild, odd input (one image, --grid a folder, --run-dir a file) is refused in one
+line, unreadable images are skipped and listed, and images in every PIL mode (16-bit grey, palette,
+alpha) reach the network with their values kept, up to the index's embeddings."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,14 +52,41 @@ def test_an_index_name_must_be_a_plain_name_inside_the_run(run, tmp_path, capsys
     assert f"index name {name!r}" in first_line(capsys)
 
 
-def test_a_query_finds_the_index_its_build_made(run, tmp_path):
+def test_a_query_uses_the_runs_latest_build_and_says_which(run, tmp_path, capsys):
     out = build(run, images=write_images(tmp_path / "my photos!"), family="flat")
     assert out.name == "my-photos"  # the folder's name, made plain
-    assert query(run, item=0, k=2)["index"].startswith("flat")  # the run's only index, without --name
-    build(run, images=write_images(tmp_path / "other", seed=1), family="flat")
-    with pytest.raises(SearchError, match=r"several indexes and none named 'test' \(built: my-photos, other\)"):
+    answer = query(run, item=0, k=2)
+    assert (answer["name"], answer["chosen"]) == ("my-photos", "the run's only index")
+    assert answer["index"].startswith("flat")
+    build(run, split="test", family="flat")  # named after the split
+    assert build(run, images=write_images(tmp_path / "photos", seed=1), family="flat").name == "photos"
+    assert (run / "search" / ".latest").read_text() == "photos\n"
+    answer = query(run, item=0, k=3)  # not 'test': the index built last
+    assert (answer["name"], answer["chosen"]) == ("photos", "the run's latest build")
+    assert main(["search", "query", str(run), "--id", "0", "-k", "2"]) == 0
+    assert "index: photos (flat), the run's latest build" in capsys.readouterr().out.splitlines()
+    build(run, images=tmp_path / "my photos!", family="flat")  # built again: the latest once more
+    assert query(run, item=0, k=2)["name"] == "my-photos"
+    # no .latest (indexes built before it was written), or one naming no index: the newest manifest
+    newest = run / "search" / "test" / "manifest.json"
+    os.utime(newest, ns=(newest.stat().st_atime_ns, newest.stat().st_mtime_ns + 10**10))
+    for latest in (None, "../../elsewhere\n", "removed\n"):
+        (run / "search" / ".latest").unlink(missing_ok=True)
+        if latest is not None:
+            (run / "search" / ".latest").write_text(latest)
+        answer = query(run, item=0, k=2)
+        assert (answer["name"], answer["chosen"]) == ("test", "the run's most recently written index")
+    with pytest.raises(SearchError, match=r"run \S+ has no index named 'nameless' \(built: my-photos, photos, test\); "
+                                          r"choose one with --name"):
+        query(run, item=0, name="nameless")
+    assert len(query(run, item=0, k=3, name="my-photos")["neighbours"]) == 3
+
+
+def test_a_run_without_an_index_says_how_to_make_one(run, capsys):
+    with pytest.raises(SearchError, match=r"has no index yet; make one with 'dmlbench search build .* --images FOLDER"):
         query(run, item=0)
-    assert len(query(run, item=0, k=3, name="other")["neighbours"]) == 3
+    assert main(["search", "serve", str(run)]) == 2
+    assert "has no index yet" in first_line(capsys)
 
 
 def damage(where, file: str, how: str) -> None:
@@ -149,3 +178,61 @@ def test_palette_and_alpha_images_convert_by_their_meaning(tmp_path):
     clear = saved(tmp_path, Image.fromarray(rgb).quantize(colors=4), "clear.png")
     clear.info["transparency"] = 0  # palette entry 0 transparent
     assert plain_image(clear, 255).mode == "RGB"
+
+
+def test_unreadable_images_are_skipped_listed_and_recorded(run, tmp_path, capsys):
+    folder = write_images(tmp_path / "photos", count=4)
+    whole = (folder / "img0.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])  # damaged: its data stops halfway
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a picture")
+    assert main(["search", "build", str(run), "--images", str(folder), "--index", "flat"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("indexed 4 images with run") and "as index 'photos'" in out[0]
+    assert out[1].startswith("skipped 3 unreadable images: cut.png (damaged or unreadable (")
+    assert "empty.png (an empty file (0 bytes))" in out[1] and "notes.jpg (not an image" in out[1]
+    manifest = json.loads((run / "search" / "photos" / "manifest.json").read_text())
+    assert [(item["id"], item["source"]) for item in manifest["items"]] == \
+        [(i, str(folder / f"img{i}.png")) for i in range(4)]
+    assert [(s["source"], s["reason"].split(" (")[0]) for s in manifest["skipped"]] == [
+        (str(folder / "cut.png"), "damaged or unreadable"), (str(folder / "empty.png"), "an empty file"),
+        (str(folder / "notes.jpg"), "not an image")]
+    assert len(query(run, item=1, k=3)["neighbours"]) == 3
+    few = write_images(tmp_path / "few", count=1)
+    (few / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(SearchError, match=r"image folder \S+ holds 1 readable image of 2: an index needs two or more; "
+                                          r"skipped 1 unreadable image: broken.png \("):
+        build(run, images=few, family="flat")
+    assert not (run / "search" / "few").exists() and (run / "search" / ".latest").read_text() == "photos\n"
+
+
+def test_16_bit_and_palette_images_index_as_their_8_bit_and_rgb_versions(run, tmp_path):
+    """End to end through build: a 16-bit gradient (read as I;16 from a PNG, as I from a TIFF) embeds
+    as its 8-bit version, not as the white silhouette a clipping conversion makes; a palette PNG as
+    its RGB version."""
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    y, x = np.mgrid[0:28, 0:28]
+    wide = ((x * 28 + y) * 83).astype(np.uint16)  # 0..65000
+    Image.fromarray(np.rint(wide / 257).astype(np.uint8)).save(folder / "a-8bit.png")
+    Image.fromarray(wide).save(folder / "b-16bit.png")
+    Image.fromarray(wide.astype(np.int32)).save(folder / "c-32bit.tif")  # Pillow writes no mode-I PNG
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(folder / "d-white.png")
+    rgb = np.zeros((28, 28, 3), dtype=np.uint8)
+    rgb[:, :10], rgb[:, 10:20], rgb[:, 20:] = (200, 40, 10), (10, 90, 250), (250, 250, 120)
+    Image.fromarray(rgb).save(folder / "e-rgb.png")
+    Image.fromarray(rgb).quantize(colors=4).save(folder / "f-palette.png")
+    assert [Image.open(folder / name).mode for name in ("b-16bit.png", "c-32bit.tif", "f-palette.png")] == \
+        ["I;16", "I", "P"]
+    out = build(run, images=folder, family="flat")
+    vectors = np.load(out / "embeddings.npy")
+    names = [os.path.basename(item["source"]) for item in json.loads((out / "manifest.json").read_text())["items"]]
+    assert names == sorted(os.listdir(folder))
+    eight, sixteen, thirty_two, white, colour, palette = vectors
+    for same in (sixteen, thirty_two):
+        assert np.abs(same - eight).max() < 1e-5
+    assert np.abs(white - eight).max() > 1e-3  # a clipped 16-bit image would embed as this silhouette
+    assert np.abs(palette - colour).max() < 1e-5 and np.abs(colour - eight).max() > 1e-3
+    answer = query(run, image=folder / "b-16bit.png", k=3)  # the three gradients, all at distance 0
+    assert {os.path.basename(n["source"]) for n in answer["neighbours"]} == {"a-8bit.png", "b-16bit.png", "c-32bit.tif"}
+    assert max(n["distance"] for n in answer["neighbours"]) < 1e-3
