@@ -9,6 +9,7 @@
     dmlbench tuning --study studies/tuned.yaml   epochs per search, winners' gaps and places, ties after tuning
     dmlbench report --study studies/default.yaml
     dmlbench indexes --study studies/default.yaml   every finished run's embeddings under the study's indexes
+    dmlbench indexes --study studies/default.yaml --costs   exact structures' distance shares against each run's rho
     dmlbench search build RUN [--images DIR]   index images with a run's network; search query RUN --image F
     dmlbench data prepare fashion-mnist         locate the files and build the decoded cache
     dmlbench data prepare cub --root DIR        find or download, verify, unpack, decode the images once
@@ -260,8 +261,31 @@ def cmd_indexes(args) -> int:
 
     _enter_study(args.study)
     study = load_study(args.study, check_networks=False)
+    if args.costs:
+        return _print_structure_costs(study)
     counts = run_indexes(study, log=print)
     return 0 if counts["computed"] or counts["done"] else 1
+
+
+def _add_indexes_command(sub) -> None:
+    p = sub.add_parser("indexes", help="serve every finished run's test embeddings by similarity-search indexes "
+                       "(the study's indexes: block), measuring recall, speed and memory")
+    _add_study_option(p, default=DEFAULT_STUDY)
+    p.add_argument("--costs", action="store_true", help="compute nothing: print each run's rho and the share of "
+                   "distances each exact structure computed, with their correlation over runs")
+    p.set_defaults(func=cmd_indexes)
+
+
+def _print_structure_costs(study) -> int:
+    """The exact structures' share of distance computations per run against its rho, and the correlations."""
+    from .reporting.metric_costs import command_lines
+    from .study.indexes import read_results
+
+    if study.indexes is None:
+        raise ConfigError(f"{study.path}: has no indexes: block, so no index evaluation to read")
+    results = read_results(study.indexes, [cell.run_id for cell in study.cells])
+    print("\n".join(command_lines(results)))
+    return 0 if results else 1
 
 
 def cmd_search(args) -> int:
@@ -273,15 +297,27 @@ def cmd_search(args) -> int:
         out = search.build(args.run, images=args.images, split=args.split or "test", family=args.index,
                            name=args.name, checkpoint=args.checkpoint)
         manifest = search.read_json(out / "manifest.json")
-        print(f"indexed {len(manifest['items'])} images with run {manifest['run_id']} ({args.index}): {out}")
+        print(f"indexed {len(manifest['items'])} images with run {manifest['run_id']} ({args.index}) as index "
+              f"{out.name!r}, now the run's latest: {out}")
+        if manifest.get("skipped"):
+            print(search.skipped_line(manifest["skipped"], args.images))
+        return 0
+    if args.action == "serve":
+        given = [flag for flag, value in (("--image", args.image), ("--id", args.id), ("--grid", args.grid),
+                                          ("--images", args.images), ("--split", args.split)) if value is not None]
+        if given:
+            raise ConfigError(f"'search serve' reads its queries from standard input, one a line (an image path or "
+                              f"'id N'), and writes each grid beside the index: {', '.join(given)} is not for serve")
+        try:
+            search.serve(args.run, name=args.name, k=args.k, checkpoint=args.checkpoint)
+        except KeyboardInterrupt:
+            print("\ndmlbench: search serve stopped (interrupted)", file=sys.stderr)
+            return INTERRUPTED_EXIT
         return 0
     answer = search.query(args.run, image=args.image, item=args.id, k=args.k, name=args.name,
                           grid=args.grid, checkpoint=args.checkpoint)
-    print(f"query: {answer['query']}  index: {answer['index']}")
-    for n in answer["neighbours"]:
-        print(f"{n['rank']:>3}  id {n['id']:<6} similarity {n['similarity']:.4f}  distance {n['distance']:.4f}  "
-              f"label {n['label']}  {n['source']}")
-    print(f"retrieval grid: {answer['grid']}")
+    for line in search.answer_lines(answer):
+        print(line)
     return 0
 
 
@@ -548,10 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a Slurm array task: 1); default until the budget is spent")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("indexes", help="serve every finished run's test embeddings by similarity-search indexes "
-                       "(the study's indexes: block), measuring recall, speed and memory")
-    _add_study_option(p, default=DEFAULT_STUDY)
-    p.set_defaults(func=cmd_indexes)
+    _add_indexes_command(sub)
 
     p = sub.add_parser("budget", help="the training-length ablation: each budget's ranking of the cells against "
                        "the longest budget's (Kendall's tau)")
@@ -684,7 +717,9 @@ def _add_tuning_command(sub) -> None:
 
 def _add_search_command(sub) -> None:
     p = sub.add_parser("search", help="index images with a trained run's network, and query the index")
-    p.add_argument("action", choices=["build", "query"], help="build an index, or query one")
+    p.add_argument("action", choices=["build", "query", "serve"], help="build an index; query one; or serve one: "
+                   "load it once and answer queries read from standard input, one a line (an image path or 'id N'; "
+                   "an empty line ends)")
     p.add_argument("run", help="a run folder, or a run id under the results folder's runs/")
     p.add_argument("--images", type=Path, help="build: index every image under this folder")
     p.add_argument("--split", choices=["test", "gallery"], help="build: index this split of the run's dataset "
@@ -692,11 +727,11 @@ def _add_search_command(sub) -> None:
     p.add_argument("--index", default="hnsw", help="build: the faiss index family (default hnsw; another name "
                    "fails, listing the families an index beside a run can use)")
     p.add_argument("--name", help="the index's name beside the run: letters, digits, '-', '_', '.' (build's default: "
-                   "the folder's name, or the split; query's: the run's only index, or test)")
+                   "the folder's name, or the split; query's and serve's: the run's latest build)")
     p.add_argument("--image", help="query: an image file")
     p.add_argument("--id", type=int, help="query: an item of the index (it is left out of its own answers)")
     p.add_argument("-k", type=_positive(int, "a whole number of neighbours"), default=8,
-                   help="query: how many neighbours to print and draw (default 8)")
+                   help="query, serve: how many neighbours to print and draw (default 8)")
     p.add_argument("--grid", help="query: where to write the retrieval grid (default beside the index)")
     p.add_argument("--checkpoint", help="a checkpoint file to use instead of the run's (same settings only)")
     p.set_defaults(func=cmd_search)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import metric_costs as mc
 from .figures import loss_colours
 from .labels import DIAGNOSTIC_LABELS, DIAGNOSTICS
 
 SWEPT = ("hnsw", "ivf-flat", "ivf-pq")
 COMPRESSED = ("pq", "sq8")
-FAMILY_ORDER = ("flat", "hnsw", "ivf-flat", "ivf-pq", "pq", "sq8", "ball-tree", "pivots")
+FAMILY_ORDER = ("flat", "hnsw", "ivf-flat", "ivf-pq", "pq", "sq8", "ball-tree", "pivots", "vp-tree", "m-tree", "aesa")
 
 
 def setting_text(setting: dict) -> str:
@@ -191,7 +192,7 @@ def index_lines(part: pd.DataFrame, dataset: str, matched: pd.DataFrame, correla
                          f"float32) a run loses {lost.median():.4f} of Recall@1 at the median "
                          f"(from {lost.min():.4f} to {lost.max():.4f}).")
     lines += _compression_winners(matched, named) + _correlation_lines(correlations)
-    for family in ("ball-tree", "pivots"):
+    for family in ("ball-tree", "pivots", "vp-tree", "m-tree", "aesa"):
         row = table[table["index"].str.startswith(family)]
         if len(row):
             row = row.iloc[0]
@@ -243,6 +244,18 @@ def index_summary(ctx) -> dict | None:
             continue
         matched = matched_speed(part)
         lines = index_lines(part, dataset, matched, compression_correlations(part), cell_name)
+        results = dataset_results(ctx, dataset)
+        costs_table = mc.structure_costs(results)
         out[dataset] = {"runs": int(part["run_id"].nunique()), "lines": lines,
-                        "matched": rounded(matched.to_dict("records"))}
+                        "matched": rounded(matched.to_dict("records")),
+                        "structures": rounded(mc.catalogue_facts(results)),
+                        "cost_lines": mc.cost_lines(costs_table, mc.rho_correlations(costs_table), dataset)}
     return out
+
+
+def dataset_results(ctx, dataset: str) -> list[dict]:
+    """The finished index evaluations of the study's runs of ``dataset``."""
+    from ..study.indexes import read_results
+
+    runs = ctx.runs[ctx.runs["dataset"] == dataset]["run_id"].tolist()
+    return read_results(ctx.study.indexes, runs, ctx.results)

@@ -514,3 +514,20 @@ def indexes(ctx) -> None:
         if strongest:
             fg.save_figure(ix.compression_figure(part, dataset, strongest[len(strongest) // 2]),
                            f"index_compression_{dataset}", ctx.figures)
+        _structure_costs(ctx, dataset)
+
+
+def _structure_costs(ctx, dataset: str) -> None:
+    """The exact structures' share of distance computations per run against its rho (tables/<dataset>__
+    structure_costs.csv, __structure_correlations.csv, figures/structure_costs_<dataset>.png)."""
+    from . import indexes as ix
+    from . import metric_costs as mc
+
+    table = mc.structure_costs(ix.dataset_results(ctx, dataset))
+    if table.empty:
+        return
+    correlations = mc.rho_correlations(table)
+    save_table(table, f"{dataset}__structure_costs", ctx.tables, index=False)
+    save_table(correlations, f"{dataset}__structure_correlations", ctx.tables, index=False)
+    _show(" ".join(mc.cost_lines(table, correlations, dataset)), html_table(correlations, digits=3, scroll=True))
+    fg.save_figure(mc.costs_figure(table, dataset), f"structure_costs_{dataset}", ctx.figures)

@@ -38,14 +38,17 @@ import numpy as np
 
 from ..errors import ConfigError, DamagedFileError, MissingCheckpointError
 from ..evaluation.indexes import IndexSpec, default_specs, parse_specs
+from ..evaluation.indexes.aesa import MAX_ITEMS as AESA_MAX_ITEMS
 from ..evaluation.indexes.sweep import Queries, evaluate_indexes, normalized
 from ..fileio import atomic_write_json, read_json
 from ..paths import results_dir
 
 # Bumped when what the evaluation computes changes: its files are then new ones. 2: a missing answer
 # counts the sphere's diameter in the relative distance error (it counted as infinite). 3: PQ, IVF-PQ,
-# IVF-Flat and SQ8 rank by L2, the embeddings' own metric (they ranked by inner product).
-INDEX_EVAL_VERSION = 3
+# IVF-Flat and SQ8 rank by L2, the embeddings' own metric (they ranked by inner product). 4: range
+# queries, the VP-tree, M-tree and AESA, the distance distribution (rho, LID), position error, the relative
+# error on distances, distances computed by every family and the efficiency gain.
+INDEX_EVAL_VERSION = 4
 PLAN_KEYS = ("queries", "exact_queries", "seed", "families", "folds", "seeds")
 RESULT_KEYS = ("run_id", "plan_id", "dataset", "loss", "miner", "seed", "exact", "rows")
 
@@ -60,6 +63,8 @@ class IndexPlan:
     # geometry a loss learns; one run per cell shows it at a fraction of the cost of every fold x seed.
     folds: tuple[int, ...] | None = None
     seeds: tuple[int, ...] | None = None
+    # whether the block named its families: the defaults leave AESA out of a dataset too large for its N x N table
+    families_given: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"queries": self.queries, "exact_queries": self.exact_queries, "seed": self.seed,
@@ -111,7 +116,7 @@ def parse_plan(path: Path, raw: Any) -> IndexPlan:
             raise ConfigError(f"{where}: {key} must be a list of whole numbers >= 0 (or absent: every one), got {value!r}")
         numbers[key] = None if value is None else tuple(value)
     specs = parse_specs(raw["families"], f"{where}: families") if "families" in raw else default_specs()
-    return IndexPlan(specs=tuple(specs), **numbers)
+    return IndexPlan(specs=tuple(specs), families_given="families" in raw, **numbers)
 
 
 def query_sample(labels: np.ndarray, count: int, seed: int, *, items: np.ndarray | None = None) -> np.ndarray:
@@ -146,14 +151,35 @@ def evaluate_run(cell, splits, plan: IndexPlan, log: Callable[[str], None] | Non
         items, item_labels = test, test_labels
         chosen = query_sample(test_labels, plan.queries, plan.seed)
         queries = Queries(test[chosen], test_labels[chosen], exclude=chosen)
-    measured = evaluate_indexes(items, item_labels, queries, list(plan.specs), exact_queries=plan.exact_queries,
+    specs, skipped = usable_specs(plan, len(items))
+    measured = evaluate_indexes(items, item_labels, queries, specs, exact_queries=plan.exact_queries,
                                 threads_all=_cores(), log=log)
+    measured["skipped"] = skipped
     config = cell.config
     return {"run_id": cell.run_id, "plan_id": plan.plan_id, "plan": plan.to_dict(), "dataset": config.dataset,
             "loss": config.loss, "miner": config.miner, "seed": config.seed, "role": cell.role,
             "items": len(items), "dim": int(items.shape[1]), "gallery": gallery, **measured,
             "embed_s": embed_s, "total_s": time.perf_counter() - started, "threads_all": _cores(),
             "versions": {name: _version(name) for name in ("faiss-cpu", "scikit-learn", "numpy", "torch")}}
+
+
+def usable_specs(plan: IndexPlan, items: int) -> tuple[list[IndexSpec], list[str]]:
+    """The plan's indexes for ``items`` items, and why any was left out: with the default families,
+    AESA is left out of a collection too large for its distance matrix (a named AESA is not)."""
+    if plan.families_given or items <= AESA_MAX_ITEMS:
+        return list(plan.specs), []
+    return ([spec for spec in plan.specs if spec.family != "aesa"],
+            [f"aesa: {items} items exceed the {AESA_MAX_ITEMS} its N x N distance matrix takes"])
+
+
+def run_line(result: dict[str, Any]) -> str:
+    """One line per evaluated run: its intrinsic dimensionality and each exact structure's share of
+    brute force's distance computations (k-NN)."""
+    stats = result.get("distribution") or {}
+    shares = [f"{row['family']} {100 * row['distance_fraction']:.1f}%" for row in result["rows"]
+              if row.get("distance_fraction") is not None]
+    return (f"indexes: {result['run_id']}: rho {stats.get('rho', float('nan')):.2f}, LID "
+            f"{stats.get('lid') or float('nan'):.1f}; distances computed (k-NN): {', '.join(shares) or 'none counted'}")
 
 
 def _cores() -> int:
@@ -233,7 +259,8 @@ def _evaluate_cells(study, plan: IndexPlan, counts: dict[str, int], unusable: li
             log(f"indexes: {cell.run_id}: not evaluated: {error}")
             unusable.append(str(error))
             continue
-        atomic_write_json(path, result)
+        atomic_write_json(path, result, compact=True)  # one line: about half the bytes of an indented file
+        log(run_line(result))
         counts["computed"] += 1
 
 

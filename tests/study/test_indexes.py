@@ -9,7 +9,7 @@ import yaml
 
 from dmlbench.errors import ConfigError
 from dmlbench.study.cells import emit_makefile, load_study
-from dmlbench.study.indexes import IndexPlan, parse_plan, query_sample, read_results, run_indexes
+from dmlbench.study.indexes import IndexPlan, parse_plan, query_sample, read_results, run_indexes, run_line
 
 
 def test_every_run_is_indexed_from_its_own_embeddings_and_a_rerun_computes_nothing(at_study):
@@ -28,16 +28,62 @@ def test_every_run_is_indexed_from_its_own_embeddings_and_a_rerun_computes_nothi
         assert result["exact"]["recall@1"] == pytest.approx(record["test"]["recall@1"], abs=0.011)
         assert result["exact"]["map@r"] == pytest.approx(record["test"]["map@r"], abs=1e-3)
         settings = [(row["index"], json.dumps(row["setting"])) for row in result["rows"]]
-        assert len(settings) == 1 + 2 + 2 + 1 + 1 + 1 + 1 and len(set(settings)) == len(settings)
+        assert len(settings) == 1 + 2 + 2 + 1 + 1 + 1 + 1 + 3 and len(set(settings)) == len(settings)
+        counted = ("ball-tree", "pivots", "vp-tree", "m-tree", "aesa")
         for row in result["rows"]:
             if row["exact"]:
                 assert row["knn_recall"] == 1.0 and row["recall@1"] == row["exact_recall@1"]
-            assert row["queries"] == (25 if row["family"] in ("ball-tree", "pivots") else 100)
+                assert row["mismatches"] == 0 and row["position_error"] == 0.0
+            assert row["queries"] == (25 if row["family"] in counted else 100)
     before = {f: f.stat().st_mtime_ns for f in files}
     again = run_indexes(study, log=lambda line: None)
     assert again == {"computed": 0, "done": 2, "unfinished": 0}
     assert {f: f.stat().st_mtime_ns for f in files} == before
     assert len(read_results(plan, [c.run_id for c in study.cells])) == 2
+
+
+def test_each_run_records_its_distance_distribution_range_queries_and_the_structures_costs(at_study, capsys):
+    from dmlbench.cli import main
+
+    path, study, root = at_study
+    run_indexes(study, log=lambda line: None)
+    for cell in study.cells:
+        result = json.loads(study.indexes.result_path(cell.run_id).read_text())
+        stats = result["distribution"]
+        assert stats["rho"] == pytest.approx(stats["mean"] ** 2 / (2 * stats["std"] ** 2))
+        assert sum(stats["histogram"]["counts"]) == stats["pairs"] and stats["lid"] > 0
+        ranges = {row["family"]: row for row in result["range_rows"]}
+        assert set(ranges) == {"flat", "hnsw", "ivf-flat", "pq", "sq8", "ball-tree", "pivots", "vp-tree", "m-tree",
+                               "aesa"}
+        assert result["exact"]["radius"] > 0 and ranges["flat"]["answers"] > 0
+        for family in ("flat", "ball-tree", "pivots", "vp-tree", "m-tree", "aesa"):
+            assert ranges[family]["mismatches"] == 0 and ranges[family]["range_recall"] == 1.0
+            assert ranges[family]["queries"] == 25
+        shares = {row["family"]: row["distance_fraction"] for row in result["rows"] if row["distance_fraction"]}
+        assert set(shares) == {"ball-tree", "pivots", "vp-tree", "m-tree", "aesa"}
+        assert shares["aesa"] < shares["pivots"] <= 1.0  # AESA's bounds use every item as a pivot
+        line = run_line(result)  # what the pass prints for each run it computes
+        assert f"rho {stats['rho']:.2f}" in line and f"aesa {100 * shares['aesa']:.1f}%" in line
+    assert main(["indexes", "--study", str(path), "--costs"]) == 0
+    out = capsys.readouterr().out
+    assert "chavez_rho" in out and "m-tree knn" in out and "vp-tree range" in out
+    assert "spearman vs chavez_rho" in out
+    assert "queries answered differently from brute force by an exact structure: 0" in out
+
+
+def test_the_structures_correlation_with_rho_is_spearmans_over_runs():
+    from dmlbench.reporting.metric_costs import rho_correlations, structure_costs
+
+    results = [{"run_id": f"r{i}", "dataset": "d", "loss": "l", "miner": "m", "items": 100,
+                "distribution": {"rho": rho, "lid": lid},
+                "rows": [{"family": "pivots", "distance_fraction": share, "mismatches": 0}], "range_rows": []}
+               for i, (rho, lid, share) in enumerate([(2, 3, 0.1), (5, 2, 0.3), (9, 5, 0.35), (20, 4, 0.9)])]
+    table = structure_costs(results)
+    row = rho_correlations(table).iloc[0]
+    assert row["structure"] == "pivots" and row["query"] == "knn" and row["runs"] == 4
+    assert row["spearman vs chavez_rho"] == pytest.approx(1.0)  # the shares rise with rho
+    assert row["spearman vs lid"] == pytest.approx(0.8)  # ranks 2,1,4,3 against 1,2,3,4
+    assert row["median share"] == pytest.approx(0.325)
 
 
 def test_a_damaged_result_is_computed_again_and_a_changed_plan_writes_new_files(at_study):
@@ -117,7 +163,17 @@ def test_the_report_has_the_index_section_with_its_tables_and_figures(at_study):
     assert "brute force (faiss" in section
     costs = (results / "tables" / "fashion-mnist__index_costs.csv").read_text()
     assert "pivots pivots=4" in costs and "ef_search=64" in costs
-    for name in ("indexes_fashion-mnist.png", "index_compression_fashion-mnist.png"):
+    assert "m-tree" in (results / "tables" / "fashion-mnist__structure_costs.csv").read_text()
+    assert "spearman vs chavez_rho" in (results / "tables" / "fashion-mnist__structure_correlations.csv").read_text()
+    assert summary_structures(results)
+    for name in ("indexes_fashion-mnist.png", "index_compression_fashion-mnist.png", "structure_costs_fashion-mnist.png"):
         assert (results / "figures" / name).stat().st_size > 10_000
     summary = json.loads((results / "summary.json").read_text())
     assert summary["indexes"]["fashion-mnist"]["runs"] == 2
+
+
+def summary_structures(results):
+    """summary.json's catalogue facts: an exact structure answered its queries as brute force does."""
+    facts = json.loads((results / "summary.json").read_text())["indexes"]["fashion-mnist"]["structures"]
+    vp = next(f for f in facts if f["family"] == "vp-tree" and f["query"] == "range")
+    return vp["mismatches"] == 0 and vp["queries"] == 2 * 25
