@@ -32,8 +32,11 @@ def test_every_run_is_indexed_from_its_own_embeddings_and_a_rerun_computes_nothi
         counted = ("ball-tree", "pivots", "vp-tree", "m-tree", "aesa")
         for row in result["rows"]:
             if row["exact"]:
-                assert row["knn_recall"] == 1.0 and row["recall@1"] == row["exact_recall@1"]
-                assert row["mismatches"] == 0 and row["position_error"] == 0.0
+                assert row["knn_recall"] == 1.0 and row["mismatches"] == 0 and row["position_error"] == 0.0
+            # the structures that count distances search the items without the queries' own (no label metrics)
+            assert row["held_out"] == (row["family"] in counted)
+            if not row["held_out"]:
+                assert row["recall@1"] is not None and (not row["exact"] or row["recall@1"] == row["exact_recall@1"])
             assert row["queries"] == (25 if row["family"] in counted else 100)
     before = {f: f.stat().st_mtime_ns for f in files}
     again = run_indexes(study, log=lambda line: None)
@@ -82,7 +85,7 @@ def test_the_structures_correlation_with_rho_is_spearmans_over_runs():
     row = rho_correlations(table).iloc[0]
     assert row["structure"] == "pivots" and row["query"] == "knn" and row["runs"] == 4
     assert row["spearman vs chavez_rho"] == pytest.approx(1.0)  # the shares rise with rho
-    assert row["spearman vs lid"] == pytest.approx(0.8)  # ranks 2,1,4,3 against 1,2,3,4
+    assert row["spearman vs lid"] == pytest.approx(0.6)  # ranks 2,1,4,3 against 1,2,3,4: 1 - 6 * 4 / 60
     assert row["median share"] == pytest.approx(0.325)
 
 

@@ -7,9 +7,12 @@ one thread and on every core, and score the answers against the exact neighbours
 
 ``queries`` is a :class:`Queries`: vectors with their labels, and for queries that are items of the
 index (no gallery: every test image queries the others) the item each must not retrieve. The exact
-metric indexes (ball tree, pivots) answer the first ``exact_queries`` queries only: they are slow in
-Python and in high dimension, and exact by construction; their rows carry the exact evaluation of
-that subset for comparison. Queries per second are batch throughput, the best of up to ``repeats``
+metric structures that count their distances (ball tree, pivots, VP-tree, M-tree, AESA) answer the
+first ``exact_queries`` queries only: they are slow in Python and in high dimension, and exact by
+construction. When the queries are items, these structures are built over the other items
+(:func:`held_out`, ``held_out`` in their rows), and their rows carry no label metrics. Every family
+also answers a range query per query of that subset (``range_rows``), of the radius
+:func:`tenth_distance`. Queries per second are batch throughput, the best of up to ``repeats``
 timed searches (ann-benchmarks also keeps the best run).
 """
 
@@ -33,9 +36,10 @@ from .measure import (Positions, distance_ratio_error, knn_recall, label_metrics
 ROW_KEYS = ("index", "family", "setting", "exact", "queries", "k", "knn_recall", "relative_distance_error",
             "distance_ratio_error", "position_error", "mismatches", "recall@1", "map@r", "exact_recall@1",
             "exact_map@r", "qps_1", "qps_all", "threads_all", "build_s", "bytes_per_vector", "distance_fraction",
-            "distances_per_query", "efficiency_gain")
+            "distances_per_query", "efficiency_gain", "held_out")
 RANGE_KEYS = ("index", "family", "setting", "exact", "queries", "radius", "answers", "range_recall",
-              "range_precision", "mismatches", "qps_1", "distance_fraction", "distances_per_query", "efficiency_gain")
+              "range_precision", "mismatches", "qps_1", "distance_fraction", "distances_per_query", "efficiency_gain",
+              "held_out")
 TIMING_BUDGET_S = 1.0  # a search quicker than a third of this is timed again, up to `repeats` times
 
 
@@ -103,9 +107,13 @@ def evaluate_indexes(items, item_labels, queries: Queries, specs: list[IndexSpec
     context = dict(items=items, item_labels=item_labels, queries=queries, relevant=relevant, true=true, k=k,
                    with_map=with_map, threads_all=threads_all, repeats=repeats, exact_queries=exact_queries,
                    positions=Positions(queries.vectors, items, queries.exclude))
+    first = queries.head(min(exact_queries, len(true)))
+    radius = tenth_distance(items, first, true) if ranges else None
     if ranges:
-        context["range"] = range_reference(items, queries.head(min(exact_queries, len(true))), true)
-        reference |= {"radius": context["range"]["radius"], "range_queries": len(context["range"]["ids"])}
+        context["range"] = range_reference(items, first, radius)
+        reference |= {"radius": radius, "range_queries": len(context["range"]["ids"])}
+    if queries.exclude is not None and any(FAMILIES[spec.family].counts_distances for spec in specs):
+        context["held"] = held_out(items, first, k, radius)
     out = {"exact": reference, "rows": [], "range_rows": []}
     for spec in specs:
         out["rows"] += _measure_spec(spec, context, log)
@@ -115,16 +123,20 @@ def evaluate_indexes(items, item_labels, queries: Queries, specs: list[IndexSpec
     return out
 
 
-def range_reference(items: np.ndarray, queries: Queries, true: np.ndarray) -> dict:
-    """The exact answers of a range query per query, by brute force over float64 distances computed as
-    the exact structures compute them. The radius is the median over these queries of the distance to
-    their 10th nearest neighbour, so a query finds about ten items within it."""
-    q = queries.vectors.astype(np.float64)
-    d = _exact_distances(q, items.astype(np.float64))  # (Q, N)
+def tenth_distance(items: np.ndarray, queries: Queries, true: np.ndarray) -> float:
+    """The range queries' radius: the median over ``queries`` of the distance to their 10th neighbour,
+    so that a query finds about ten items within it."""
+    tenth = true[:len(queries.vectors), min(9, true.shape[1] - 1)]
+    d = np.sqrt(((items[tenth].astype(np.float64) - queries.vectors.astype(np.float64)) ** 2).sum(1))
+    return float(np.median(d))
+
+
+def range_reference(items: np.ndarray, queries: Queries, radius: float) -> dict:
+    """The exact answers of a range query of ``radius`` per query, by brute force over float64 distances
+    computed as the exact structures compute them."""
+    d = _exact_distances(queries.vectors.astype(np.float64), items.astype(np.float64))  # (Q, N)
     if queries.exclude is not None:
-        d[np.arange(len(q)), queries.exclude] = np.inf
-    tenth = np.take_along_axis(d, true[:len(q), min(9, true.shape[1] - 1)][:, None], 1)[:, 0]
-    radius = float(np.median(tenth))
+        d[np.arange(len(d)), queries.exclude] = np.inf
     ids = []
     for row in d:
         inside = np.flatnonzero(row <= radius)
@@ -132,10 +144,27 @@ def range_reference(items: np.ndarray, queries: Queries, true: np.ndarray) -> di
     return {"radius": radius, "ids": ids, "queries": queries}
 
 
+def held_out(items: np.ndarray, queries: Queries, k: int, radius: float | None) -> dict:
+    """The collection the structures that count distances search when the queries are items: the items
+    without the queries' own, and the exact answers there. A structure that keeps stored items as pivots
+    would otherwise meet the query's own copy at distance 0 and learn every distance from its table
+    (AESA then computes k + 2 distances per query, whatever the data); held out, every structure faces a
+    query it has not stored, as a deployed index does."""
+    kept = np.setdiff1d(np.arange(len(items)), queries.exclude)
+    sub, fresh = np.ascontiguousarray(items[kept]), Queries(queries.vectors)
+    out = {"items": sub, "queries": fresh, "true": exact_answers(sub, fresh, k), "positions": Positions(fresh.vectors, sub),
+           "relevant": None, "held_out": True}
+    if radius is not None:
+        out["range"] = range_reference(sub, fresh, radius)
+    return out
+
+
 def _measure_spec(spec: IndexSpec, c: dict, log: Callable[[str], None] | None) -> list[dict]:
     """One index built, then each search setting of its sweep measured (k-NN rows; range rows go to
     ``c["range_rows"]``)."""
     family = FAMILIES[spec.family]
+    if family.counts_distances and "held" in c:
+        c = {**c, **c["held"], "range_rows": c.setdefault("range_rows", [])}
     built = build_index(spec, c["items"], threads=c["threads_all"])
     n_q = min(c["exact_queries"], len(c["true"])) if family.counts_distances else len(c["true"])
     queries, true = c["queries"].head(n_q), c["true"][:n_q]
@@ -180,7 +209,7 @@ def _knn_row(built, spec: IndexSpec, setting: dict, queries: Queries, true: np.n
             "build_s": built.build_s, "bytes_per_vector": built.bytes_per_vector,
             "distance_fraction": per_query / built.n if family.counts_distances and per_query is not None else None,
             "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None,
-            "found": found}
+            "held_out": c.get("held_out", False), "found": found}
 
 
 def per_query_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -204,7 +233,8 @@ def _range_row(built, spec: IndexSpec, setting: dict, c: dict) -> dict:
            "mismatches": int(sum(not np.array_equal(a, b) for a, b in zip(ids, ref["ids"]))),
            "qps_1": len(ids) / one_s,
            "distance_fraction": per_query / built.n if family.counts_distances and per_query is not None else None,
-           "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None}
+           "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None,
+           "held_out": c.get("held_out", False)}
     return {key: row.get(key) for key in RANGE_KEYS}
 
 
