@@ -17,7 +17,7 @@
     dmlbench readme [--check]                   refresh the generated blocks of README.md and docs/
     dmlbench bench losses|miners|eval [...]    time ours against pytorch-metric-learning's
     dmlbench bench train [...]                  training images/s: data pipeline, model step, both
-    dmlbench bench indexes [--n 1000000]        similarity-search indexes on 1M x 128 vectors
+    dmlbench bench indexes --data fashion-mnist  recall-speed frontiers of every index family (also --data manifold)
     dmlbench bench cache [--images 1200]        the image cache's decode rate on 1 and on every core
 """
 

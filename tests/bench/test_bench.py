@@ -137,32 +137,6 @@ def test_hard_embeddings_are_ranked_as_brute_force_ranks_them():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
 
 
-def test_index_benchmark_writes_its_tables_and_the_readme_blocks_read_them(isolated):
-    import json
-
-    from dmlbench.bench.indexes import clustered
-    from dmlbench.cli import main
-    from dmlbench.reporting.readme import index_bench, render_index_block, render_index_table
-
-    assert main(["bench", "indexes", "--n", "4000", "--queries", "40", "--exact-queries", "5"]) == 0
-    results = isolated / "results"
-    bench = json.loads((results / "bench" / "indexes-cpu.json").read_text())
-    assert index_bench(results) == bench
-    families = {row["family"] for row in bench["rows"]}
-    assert families == {"flat", "hnsw", "ivf-flat", "ivf-pq", "sq8", "ball-tree", "pivots"}
-    flat = next(row for row in bench["rows"] if row["family"] == "flat")
-    assert flat["knn_recall"] == 1.0 and f"{flat['qps_1']:,.0f} queries/s" in render_index_block(bench)
-    table = render_index_table(bench)
-    assert table.count("\n| ") == len(bench["rows"]) + 1 and "IndexShards" not in table
-    assert "IndexShards" in (results / "bench" / "indexes-cpu.txt").read_text()
-    # the synthetic set: unit vectors, its clusters tighter than the whole
-    x, labels = clustered(2000, 32, 10, 0.1, seed=1)
-    assert abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-5
-    same = (labels[:, None] == labels[None, :]) & ~np.eye(2000, dtype=bool)
-    sims = x @ x.T
-    assert sims[same].mean() > sims[~same].mean() + 0.3
-
-
 def test_cache_benchmark_decodes_on_one_and_every_core_into_the_same_bytes(isolated):
     import os
 

@@ -136,7 +136,8 @@ class IndexSpec:
 
 def default_specs() -> list[IndexSpec]:
     """The study's indexes: every family at its defaults but IVF-PQ (whose coarse lists pay off only for
-    large galleries: the 1M benchmark has it), PQ at 4, 8 and 16 bytes per vector."""
+    large galleries: the index benchmark has it), PQ at 4, 8 and 16 bytes per vector; the metric-space
+    structures (pivots, VP-tree, M-tree, AESA)."""
     return [IndexSpec.make("flat"), IndexSpec.make("hnsw"), IndexSpec.make("ivf-flat"),
             *[IndexSpec.make("pq", m=m) for m in (4, 8, 16)], IndexSpec.make("sq8"), IndexSpec.make("ball-tree"),
             IndexSpec.make("pivots"), IndexSpec.make("vp-tree"), IndexSpec.make("m-tree"), IndexSpec.make("aesa")]
