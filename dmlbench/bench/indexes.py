@@ -35,6 +35,7 @@ Sharding beyond one index or one machine: :mod:`dmlbench.evaluation.indexes.shar
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import resource
 import statistics
@@ -51,7 +52,7 @@ from ..evaluation.indexes import IndexSpec
 from ..evaluation.indexes.families import BuiltIndex, auto_nlist, build_index
 from ..evaluation.indexes.measure import knn_recall, relative_distance_error
 from ..evaluation.indexes.sweep import timed
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, compact_png
 from ..paths import results_dir
 from .index_data import DATA, DEFAULT_N, clustered, load_data  # noqa: F401  (clustered: the earlier generator)
 from .timing import load_note, load_record, load_span, machine_line, save_table
@@ -352,10 +353,10 @@ def plot_frontiers(table: pd.DataFrame, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")  # eleven families: ten colours would give two the same
     for ax, (mode, speed) in zip(axes, MODES.items()):
         for i, (family, rows) in enumerate(table.groupby("family", sort=False)):
-            colour = colours(i % 10)
+            colour = colours((2 * i) % 20 + (2 * i) // 20 % 2)  # the dark shades first, then the light
             front = rows[rows[f"frontier_{mode}"]].sort_values("knn_recall")
             ax.scatter(rows["knn_recall"], rows[speed], s=6, color=colour, alpha=0.25, linewidths=0)
             ax.plot(front["knn_recall"], front[speed], marker="o", ms=3, lw=1.2, color=colour, label=family)
@@ -368,8 +369,10 @@ def plot_frontiers(table: pd.DataFrame, title: str, path: Path) -> None:
     axes[1].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
+    atomic_write_bytes(path, compact_png(buffer.getvalue()))  # an indexed-colour PNG, as every shipped figure
 
 
 def figure_title(table: pd.DataFrame) -> str:

@@ -265,9 +265,10 @@ def test_each_generated_block_lives_in_its_own_page_only():
     from dmlbench.reporting.readme import (BLOCK_FILES, EVAL_BEGIN, GPU_BEGIN, INDEX_BEGIN, INDEX_STUDY_BEGIN,
                                            INDEX_TABLE_BEGIN, TRAIN_BEGIN, TUNED_BEGIN, TUNED_TABLE_BEGIN)
     from dmlbench.reporting.field import FIELD_BEGIN
+    from dmlbench.reporting.index_catalogue import CATALOGUE_BEGIN
     from dmlbench.reporting.speed import CELL_BEGIN
 
-    begins = {"results": BEGIN, "eval-bench": EVAL_BEGIN, "train-bench": TRAIN_BEGIN, "gpu-check": GPU_BEGIN,
+    begins = {"index-catalogue": CATALOGUE_BEGIN, "results": BEGIN, "eval-bench": EVAL_BEGIN, "train-bench": TRAIN_BEGIN, "gpu-check": GPU_BEGIN,
               "tuned": TUNED_BEGIN, "tuned-table": TUNED_TABLE_BEGIN, "index-bench": INDEX_BEGIN,
               "index-bench-table": INDEX_TABLE_BEGIN, "index-study": INDEX_STUDY_BEGIN, "cell-bench": CELL_BEGIN,
               "field-agreement": FIELD_BEGIN}

@@ -30,14 +30,29 @@ import numpy as np
 
 TOLERANCE = 1e-12  # float64 rounding of a lower bound; a visit is skipped only above kth + this
 FIRST_CHUNK = 64  # items of smallest bound whose distances a k-NN query computes first
+DISTANCE_ROWS = 4096  # rows of differences held at once by _exact_distances
 BLOCK_ELEMENTS = 4_000_000  # bound-table entries (queries x items x pivots) held at once
 
 
 def _exact_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Distances by differences, never by the expanded square (which loses digits near zero)."""
+    """Distances by differences, never by the expanded square (which loses digits near zero). ``y`` is
+    taken ``DISTANCE_ROWS`` rows at a time, so the differences stay in cache rather than filling memory
+    (at a million items, one query's differences would be a gigabyte); each row's sum is the same."""
     out = np.empty((x.shape[0], y.shape[0]))
     for i in range(x.shape[0]):
-        out[i] = np.sqrt(((y - x[i]) ** 2).sum(1))
+        for start in range(0, y.shape[0], DISTANCE_ROWS):
+            part = y[start:start + DISTANCE_ROWS] - x[i]
+            out[i, start:start + DISTANCE_ROWS] = np.sqrt((part * part).sum(1))
+    return out
+
+
+def _distances_of(q: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """d(q, x[i]) for the items ``ids``, as :func:`_exact_distances` computes each, gathered a block of
+    rows at a time (gathering them all at once copies most of the collection per query)."""
+    out = np.empty(len(ids))
+    for start in range(0, len(ids), DISTANCE_ROWS):
+        part = x[ids[start:start + DISTANCE_ROWS]] - q
+        out[start:start + DISTANCE_ROWS] = np.sqrt((part * part).sum(1))
     return out
 
 
@@ -67,11 +82,12 @@ class PivotTable:
         self.pivots = choose_pivots(self.x, num_pivots, first)
         self.table = _exact_distances(self.x[self.pivots], self.x).T  # (N, P)
         self._others = np.setdiff1d(np.arange(len(self.x)), self.pivots)
+        self._other_table = np.ascontiguousarray(self.table[self._others])  # (N - P, P): the rows bounds are for
 
     @property
     def nbytes(self) -> int:
         """The items and the pivot table (float64)."""
-        return self.x.nbytes + self.table.nbytes + self.pivots.nbytes
+        return self.x.nbytes + self.table.nbytes + self._other_table.nbytes + self.pivots.nbytes
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distances (Q, k), item ids (Q, k), distance computations per query (Q,))."""
@@ -97,7 +113,7 @@ class PivotTable:
         for rows, to_pivots, lower in self._bounds(q):
             for row, near, bound in zip(rows, to_pivots, lower):
                 visit = self._others[bound <= radius + TOLERANCE]
-                d = np.concatenate([near, _exact_distances(q[row][None], self.x[visit])[0]])
+                d = np.concatenate([near, _distances_of(q[row], self.x, visit)])
                 seen = np.concatenate([self.pivots, visit])
                 keep = d <= radius
                 order = np.lexsort((seen[keep], d[keep]))
@@ -114,7 +130,7 @@ class PivotTable:
     def _bounds(self, q: np.ndarray):
         """Blocks of (query rows, distances to the pivots (B, P), lower bounds of the non-pivot items
         (B, N - P)), all in numpy: lb(x) = max_p |d(q, p) - d(x, p)|, the triangle inequality's."""
-        others = self.table[self._others]  # (N - P, P)
+        others = self._other_table  # (N - P, P)
         block = max(1, BLOCK_ELEMENTS // max(1, others.size))
         for start in range(0, len(q), block):
             rows = np.arange(start, min(start + block, len(q)))
@@ -130,16 +146,17 @@ class PivotTable:
         id, stopping at the first bound above the running k-th), whose visits all lie in these batches."""
         first = min(len(lower), max(FIRST_CHUNK, 2 * k))
         head = np.argpartition(lower, first - 1)[:first] if first < len(lower) else np.arange(len(lower))
-        d_head = _exact_distances(q[None], self.x[self._others[head]])[0]
+        d_head = _distances_of(q, self.x, self._others[head])
         kth = _kth(np.concatenate([to_pivots, d_head]), k)
-        rest = np.flatnonzero(lower <= kth + TOLERANCE)
-        rest = rest[~np.isin(rest, head)]
-        visit = np.concatenate([head, rest])
-        d = np.concatenate([d_head, _exact_distances(q[None], self.x[self._others[rest]])[0]])
-        order = np.lexsort((visit, lower[visit]))  # the sequential order: bound, then id (others are sorted)
+        wanted = lower <= kth + TOLERANCE
+        wanted[head] = True
+        visit = np.flatnonzero(wanted)  # in id order: the head again, and every item the k-th cannot exclude
+        d = _distances_of(q, self.x, self._others[visit])
+        order = np.argsort(lower[visit], kind="stable")  # the sequential order: bound, then id
         stop = _first_stop(to_pivots, lower[visit][order], d[order], k) if len(visit) else 0
         seen_d, seen_i = np.concatenate([to_pivots, d]), np.concatenate([self.pivots, self._others[visit]])
-        best = np.lexsort((seen_i, seen_d))[:k]
+        near = np.flatnonzero(seen_d <= _kth(seen_d, k))  # the k nearest and every item tied with the k-th
+        best = near[np.lexsort((seen_i[near], seen_d[near]))[:k]]
         return seen_d[best], seen_i[best], len(self.pivots) + stop
 
 
