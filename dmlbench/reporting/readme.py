@@ -681,7 +681,8 @@ def _index_sentence(bench: dict) -> str:
 
 def _study_index_lines(indexes: dict | None) -> str:
     """From the default study's index evaluation (summary.json): per dataset, which cell loses least and
-    most under the strongest product quantisation, and the diagnostic that follows the loss best."""
+    most under the strongest product quantisation, the diagnostic that follows the loss best, and how the
+    pivot table's share of distances follows the runs' intrinsic dimensionality rho."""
     out = []
     for dataset, facts in (indexes or {}).items():
         winners = next((line for line in facts["lines"] if "loses least" in line), None)
@@ -690,6 +691,10 @@ def _study_index_lines(indexes: dict | None) -> str:
         index = winners.split(",")[0].removeprefix("Under ")
         follows = next((line for line in facts["lines"] if line.startswith(f"Across runs, the Recall@1 lost under {index} ")), "")
         out.append(f"On {dataset}'s runs, {winners[0].lower()}{winners[1:]} {follows}".strip())
+        costs = facts.get("cost_lines") or []
+        pivots = next((line for line in costs if line.startswith("pivots (knn)")), None)
+        if costs and pivots:  # what the exact structures cost, against the runs' intrinsic dimensionality
+            out.append(f"{costs[0]} Exact search by pivots (LAESA): {pivots.removeprefix('pivots (knn) ')}")
     return (" " + " ".join(out)) if out else ""
 
 

@@ -156,3 +156,13 @@ def test_the_catalogue_names_tests_that_exist_for_every_family_and_query_type():
             names = {node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)}
             assert name in names, f"{test} does not exist"
     assert all((family, "knn") in PROOFS and (family, "range") in PROOFS for family in FAMILIES)
+
+
+def test_the_flat_range_search_stays_exact_once_faiss_answers_in_torch_tensors():
+    import faiss.contrib.torch_utils  # noqa: F401  pytorch-metric-learning imports it: faiss then returns tensors
+
+    items = random_unit_vectors(300, 8, 4)
+    found, dists, _ = build_index(IndexSpec.make("flat"), items).range_search(items[:10], 0.7, exclude=np.arange(10))
+    expected, _ = brute_range(items[:10], items, 0.7, np.arange(10))
+    assert all(isinstance(f, np.ndarray) and isinstance(d, np.ndarray) for f, d in zip(found, dists))
+    assert [f.tolist() for f in found] == [e.tolist() for e in expected]

@@ -418,7 +418,8 @@ def wrap_faiss(spec: IndexSpec, index, build_s: float = 0.0) -> BuiltIndex:
             lims, scores, ids = index.range_search(q, limit)
         found = [ids[lims[r]:lims[r + 1]].astype(np.int64) for r in range(len(q))]
         if spec.family == "flat":  # exact: kept by the brute force's own float64 distances
-            stored.setdefault("x", index.reconstruct_n(0, n))
+            # as numpy: once pytorch-metric-learning has imported faiss.contrib.torch_utils, faiss returns tensors
+            stored.setdefault("x", np.asarray(index.reconstruct_n(0, n), dtype=np.float32))
             return (*_verified(stored["x"], q, found, radius), count.per_query)
         scores = scores.astype(np.float64)
         d = np.sqrt(np.maximum(scores, 0.0)) if by_l2 else np.sqrt(np.maximum(2.0 - 2.0 * scores, 0.0))
