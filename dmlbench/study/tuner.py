@@ -113,11 +113,25 @@ def _storage_problem(path: Path) -> tuple[str, bool] | None:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=120)) as connection:
-            verdict = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        verdict = _quick_check(sqlite3, path, read_only=True)
+    except sqlite3.OperationalError as error:
+        if "readonly" not in str(error):
+            return f"a damaged SQLite database ({error})", True
+        try:  # a tuner killed inside a transaction left a hot journal: a writable connection rolls it back
+            verdict = _quick_check(sqlite3, path, read_only=False)
+        except sqlite3.DatabaseError as again:
+            return f"a damaged SQLite database ({again})", True
     except sqlite3.DatabaseError as error:
         return f"a damaged SQLite database ({error})", True
     return None if verdict == ["ok"] else (f"a damaged SQLite database ({'; '.join(map(str, verdict[:3]))})", True)
+
+
+def _quick_check(sqlite3, path: Path, read_only: bool) -> list:
+    """SQLite's quick_check of ``path``; read-only unless a hot journal must be rolled back first (a
+    read-only connection cannot, and fails with 'attempt to write a readonly database')."""
+    where = f"{path.resolve().as_uri()}?mode=ro" if read_only else str(path)
+    with contextlib.closing(sqlite3.connect(where, uri=read_only, timeout=120)) as connection:
+        return [row[0] for row in connection.execute("PRAGMA quick_check")]
 
 
 def _journal_problem(path: Path, wait_s: float = 0.5) -> tuple[str, bool] | None:

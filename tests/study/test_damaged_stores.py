@@ -216,3 +216,30 @@ def test_the_report_names_a_damaged_trial_record_it_leaves_out(tmp_path, caplog)
         records = _records(tmp_path)
     assert [r["number"] for r in records] == [0]
     assert str(trials / "0001.json") in caplog.text and "dmlbench tune --study" in caplog.text
+
+
+def test_a_storage_left_with_a_hot_journal_by_a_killed_tuner_is_rolled_back_not_set_aside(tmp_path):
+    """A tuner killed inside an SQLite transaction leaves a hot journal beside the storage; a read-only
+    check cannot roll it back ('attempt to write a readonly database'), so it was taken for damage."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from dmlbench.study.tuner import _storage_problem
+
+    path = tmp_path / "trials.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE trials (id INTEGER, value REAL)")
+        connection.executemany("INSERT INTO trials VALUES (?, ?)", [(i, i / 10) for i in range(2000)])
+    # a one-page cache: the update spills changed pages into the database file mid-transaction, after
+    # their originals went to the journal, which is then hot once the writer dies
+    writer = (f"import os, sqlite3; c = sqlite3.connect({str(path)!r}, isolation_level=None); "
+              f"c.execute('PRAGMA cache_size = 1'); c.execute('BEGIN IMMEDIATE'); "
+              f"c.execute('UPDATE trials SET value = -1'); os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", writer])
+    journal = tmp_path / "trials.db-journal"
+    if not journal.exists() or journal.stat().st_size == 0:
+        pytest.fail("the killed writer left no hot journal: the case this test needs did not arise")
+    assert _storage_problem(path) is None  # rolled back, not set aside
+    with sqlite3.connect(path) as connection:  # the rollback restored the last committed state
+        assert connection.execute("SELECT COUNT(*), MIN(value) FROM trials").fetchone() == (2000, 0.0)
