@@ -42,12 +42,16 @@ def _similarities(ids: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np
 def knn_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> float:
     """Mean over queries of the fraction of the k answers ``found`` (Q, k) at least as close as the
     k-th of the exact answers ``true`` (Q, k)."""
+    return float(per_query_recall(found, true, queries, items).mean())
+
+
+def per_query_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each query's k-NN recall (Q,): the share of its answers at least as close as its true k-th."""
     found, true = np.asarray(found), np.asarray(true)
     if found.shape != true.shape:
         raise ValueError(f"found answers {found.shape} and exact answers {true.shape} differ in shape")
     kth = _similarities(true[:, -1:], queries, items)  # (Q, 1)
-    good = _similarities(found, queries, items) >= kth - TIE_TOLERANCE
-    return float(good.mean())
+    return (_similarities(found, queries, items) >= kth - TIE_TOLERANCE).mean(1)
 
 
 def relative_distance_error(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from ..neighbours import knn
 from .families import FAMILIES, IndexSpec, build_index
 from .pivots import _exact_distances
 from .distribution import distance_statistics
-from .measure import (Positions, distance_ratio_error, knn_recall, label_metrics, relative_distance_error,
+from .measure import (Positions, distance_ratio_error, label_metrics, per_query_recall, relative_distance_error,
                       search_depth)
 
 ROW_KEYS = ("index", "family", "setting", "exact", "queries", "k", "knn_recall", "relative_distance_error",
@@ -210,11 +210,6 @@ def _knn_row(built, spec: IndexSpec, setting: dict, queries: Queries, true: np.n
             "distance_fraction": per_query / built.n if family.counts_distances and per_query is not None else None,
             "distances_per_query": per_query, "efficiency_gain": built.n / per_query if per_query else None,
             "held_out": c.get("held_out", False), "found": found}
-
-
-def per_query_recall(found: np.ndarray, true: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Each query's k-NN recall (Q,): the share of its answers at least as close as its true k-th."""
-    return np.array([knn_recall(found[i:i + 1], true[i:i + 1], queries[i:i + 1], items) for i in range(len(true))])
 
 
 def _range_row(built, spec: IndexSpec, setting: dict, c: dict) -> dict:
